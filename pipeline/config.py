@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -86,7 +86,12 @@ class Config:
     alphavantage_base_url: str = "https://www.alphavantage.co"
     polygon_api_key: Secret | None = None
     polygon_base_url: str = "https://api.polygon.io"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def store_key(self) -> tuple:
+        """Identity of the store this config points at (for caching one store per target)."""
+        if self.es_url:
+            return ("elasticsearch", self.es_url, self.es_index_prefix)
+        return ("sqlite", str(self.sqlite_path))
 
     @property
     def embedded_broker(self) -> bool:
