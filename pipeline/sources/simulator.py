@@ -61,6 +61,8 @@ class MarketSimulator(Source):
     ``speed``: ``None`` emits as fast as possible (backfill); a number is the acceleration of
     simulated time over wall time (``speed=1`` is real time, ``speed=60`` a 1m bar per second).
     ``bars``: bars per symbol to emit, ``None`` for an endless live feed.
+    ``fast_bars``: with a ``speed``, the first ``fast_bars`` steps are emitted at once (a
+    warm-up history), then the live pace starts.
     ``resume``: ``{symbol: (last_ts, last_close)}`` to continue a stored series seamlessly
     (the first new bar is ``last_ts + interval``).
     """
@@ -77,6 +79,7 @@ class MarketSimulator(Source):
         speed: float | None = None,
         params: SimulatorParams | None = None,
         resume: Mapping[str, tuple[int, float]] | None = None,
+        fast_bars: int = 0,
     ):
         if not symbols:
             raise ValueError("the simulator needs at least one symbol")
@@ -90,6 +93,7 @@ class MarketSimulator(Source):
         self.speed = speed
         self.params = params or SimulatorParams()
         self.resume = dict(resume or {})
+        self.fast_bars = max(0, int(fast_bars))
         if start_ms is None:
             # Reproducible default: a fixed, interval-aligned start.
             start_ms = 1_735_725_600_000  # 2025-01-01 10:00 UTC
@@ -126,8 +130,10 @@ class MarketSimulator(Source):
         while not stop.is_set():
             if self.bars_per_symbol is not None and i >= self.bars_per_symbol:
                 return
-            if self.speed is not None:
-                due = t0_wall + (i * self.step_ms / 1000.0) / self.speed
+            if self.speed is not None and i >= self.fast_bars:
+                if i == self.fast_bars:
+                    t0_wall = time.monotonic()
+                due = t0_wall + ((i - self.fast_bars) * self.step_ms / 1000.0) / self.speed
                 delay = due - time.monotonic()
                 if delay > 0 and stop.wait(delay):
                     return

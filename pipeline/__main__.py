@@ -1,0 +1,347 @@
+"""Command line: the pipeline's workers as separate processes (attach mode).
+
+    python -m pipeline broker                 # embedded broker; others find it via the data dir
+    python -m pipeline produce --bars 100000  # simulator backfill (or --speed 60 for live)
+    python -m pipeline index                  # consume, validate, store; DLQ for bad messages
+    python -m pipeline score                  # live scorer (predictions + adaptation)
+    python -m pipeline backfill --bars 100000 # produce and index in one process, then exit
+    python -m pipeline status                 # broker, store, and workers seen by heartbeat
+
+The dashboard pointed at the same configuration (env / .streamlit/secrets.toml / data dir)
+shows the data and the heartbeats of these processes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from pipeline.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker, is_healthy, pid_alive
+from pipeline.config import Config, load_config
+from pipeline.schema import INTERVALS
+from pipeline.sources.base import SourceError
+from pipeline.store import StoreUnavailable, open_store
+
+log = logging.getLogger("pipeline")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipeline.runtime import quiet_kafka_logs
+
+    quiet_kafka_logs()
+    try:
+        config = load_config()
+        return args.func(args, config)
+    except (CliError, BrokerUnavailable, StoreUnavailable, SourceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker until Ctrl-C")
+    b.add_argument("--port", type=int, default=None, help="loopback port (default: a free one)")
+    b.set_defaults(func=cmd_broker)
+
+    pr = sub.add_parser("produce", help="publish bars from a source to the topic")
+    add_source_args(pr)
+    pr.set_defaults(func=cmd_produce)
+
+    ix = sub.add_parser("index", help="consume the topic into the store until Ctrl-C")
+    ix.add_argument("--group", default="kappalab-indexer", help="consumer group id")
+    ix.add_argument("--until-idle", type=float, default=None, metavar="S",
+                    help="exit after S seconds without new messages (for backfills)")
+    ix.set_defaults(func=cmd_index)
+
+    sc = sub.add_parser("score", help="run the live scorer until Ctrl-C")
+    sc.add_argument("--group", default="kappalab-scorer", help="consumer group id")
+    sc.add_argument("--until-idle", type=float, default=None, metavar="S",
+                    help="exit after S seconds without new messages")
+    sc.set_defaults(func=cmd_score)
+
+    bf = sub.add_parser("backfill", help="produce and index in one process, then exit")
+    add_source_args(bf)
+    bf.set_defaults(func=cmd_backfill)
+
+    st = sub.add_parser("status", help="show broker, store and running workers")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", choices=["simulator", "csv", "alphavantage", "polygon"],
+                   default="simulator")
+    p.add_argument("--symbols", default="ACME,GLOBX,INITECH,UMBRL,WAYNE",
+                   help="comma-separated symbols (default: the simulator's five)")
+    p.add_argument("--interval", default="1m", choices=list(INTERVALS))
+    p.add_argument("--bars", type=int, default=None,
+                   help="simulator: bars per symbol (omit for an endless live feed)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="pace: x real time (60 = a 1m bar per second); omit = as fast as possible")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--phi", type=float, default=None, help="simulator: AR(1) signal in returns")
+    p.add_argument("--regime-change-at", type=int, default=None,
+                   help="simulator: bar index where the regime flips")
+    p.add_argument("--file", default=None, help="csv: the file to replay")
+    p.add_argument("--skip-bad", action="store_true", help="csv: skip malformed lines")
+    p.add_argument("--days", type=int, default=5, help="polygon: backfill the last N days")
+    p.add_argument("--live", action="store_true", help="alphavantage/polygon: keep polling")
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def resolve_bootstrap(config: Config, start_if_missing: bool = False) -> tuple[BrokerInfo, EmbeddedBroker | None]:
+    """The configured Kafka, or the running embedded broker recorded in the data dir."""
+    if config.kafka_bootstrap:
+        if not is_healthy(config.kafka_bootstrap, 10):
+            raise CliError(f"Kafka at {config.kafka_bootstrap} did not answer a metadata request; "
+                           "check KAFKA_BOOTSTRAP_SERVERS.")
+        from pipeline.broker import ensure_topics
+
+        ensure_topics(config.kafka_bootstrap, partitions=config.topic_partitions,
+                      **config.kafka_client_kwargs())
+        return BrokerInfo(config.kafka_bootstrap, None, embedded=False), None
+    info = EmbeddedBroker.read_state(config.broker_state_file)
+    if info and pid_alive(info.pid) and is_healthy(info.bootstrap, 5):
+        return info, None
+    if start_if_missing:
+        broker = EmbeddedBroker(config.broker_state_file)
+        return broker.start(reuse=False), broker
+    raise CliError("No broker is running: start one with `python -m pipeline broker` "
+                   "(or the dashboard), or set KAFKA_BOOTSTRAP_SERVERS.")
+
+
+def build_source(args: argparse.Namespace, config: Config, store=None):
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    if args.source == "simulator":
+        from pipeline.runtime import resume_points
+        from pipeline.sources.simulator import MarketSimulator, SimulatorParams
+
+        params: dict[str, Any] = {}
+        if args.phi is not None:
+            params["phi"] = args.phi
+        if args.regime_change_at is not None:
+            params["regime_change_at"] = args.regime_change_at
+        resume = resume_points(store, symbols, args.interval) if store is not None else None
+        return MarketSimulator(symbols=symbols, interval=args.interval, seed=args.seed,
+                               bars=args.bars, speed=args.speed,
+                               params=SimulatorParams(**params), resume=resume)
+    from pipeline.sources.catalog import source_from_cli
+
+    return source_from_cli(args, config, symbols)
+
+
+def wait_for_signal() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def run_worker(worker, stop: threading.Event, until_idle: float | None = None,
+               idle_counter: str | None = None) -> None:
+    """Run a worker in a thread, print progress every 5 s and a final summary."""
+    from pipeline.worker import WorkerThread
+
+    wt = WorkerThread(worker)
+    wt.stop_event = stop
+    wt.thread = threading.Thread(target=worker.run_guarded, args=(stop,), daemon=True)
+    wt.thread.start()
+    last_print = time.time()
+    last_total, last_change = -1, time.time()
+    while wt.alive:
+        time.sleep(0.5)
+        snap = worker.stats(history=False)
+        total = snap["counters"].get(idle_counter or worker.rate_counter, 0)
+        if total != last_total:
+            last_total, last_change = total, time.time()
+        if until_idle is not None and time.time() - last_change > until_idle and worker.state == "running":
+            stop.set()
+        if time.time() - last_print >= 5:
+            last_print = time.time()
+            print(progress_line(snap), file=sys.stderr, flush=True)
+    wt.thread.join()
+    snap = worker.stats(history=False)
+    print(json.dumps({"summary": worker.kind, "state": snap["state"], **snap["counters"],
+                      "uptime_s": snap["uptime_s"], "last_error": snap["last_error"]}))
+    if snap["state"] == "failed":
+        raise CliError(f"{worker.kind} failed: {snap['last_error']}")
+
+
+def progress_line(snap: dict) -> str:
+    counters = ", ".join(f"{k} {v:,}" for k, v in snap["counters"].items())
+    g = snap["gauges"]
+    lag = f", lag {g['lag']:,}" if "lag" in g else ""
+    return f"[{snap['kind']}] {counters}; {g.get('rate_per_s', 0):,.0f}/s{lag}"
+
+
+# ---- commands ------------------------------------------------------------------------------
+def cmd_broker(args, config: Config) -> int:
+    if config.kafka_bootstrap:
+        raise CliError("KAFKA_BOOTSTRAP_SERVERS is set: this configuration uses that Kafka, "
+                       "not the embedded broker; unset it to run one.")
+    stop = wait_for_signal()
+    broker = EmbeddedBroker(config.broker_state_file, port=args.port)
+    info = broker.start(reuse=False)
+    print(f"embedded broker ready at {info.bootstrap} (pid {info.pid}); "
+          f"recorded in {config.broker_state_file}; Ctrl-C to stop", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if broker.process and broker.process.poll() is not None:
+                raise CliError(f"the broker exited with code {broker.process.returncode}")
+    finally:
+        broker.stop()
+        print(json.dumps({"summary": "broker", "bootstrap": info.bootstrap, "stopped": True}))
+    return 0
+
+
+def cmd_produce(args, config: Config) -> int:
+    from pipeline.producer import Producer
+
+    store = open_store(config)
+    info, _ = resolve_bootstrap(config)
+    source = build_source(args, config, store)
+    stop = wait_for_signal()
+    print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
+    worker = Producer(source, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
+                      store=store, mode="process", live=args.speed is not None or args.live)
+    run_worker(worker, stop)
+    return 0
+
+
+def cmd_index(args, config: Config) -> int:
+    from pipeline.indexer import Indexer
+
+    store = open_store(config)
+    store.check()
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    print(f"indexing {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
+    worker = Indexer(store, info.bootstrap, group_id=args.group,
+                     client_kwargs=config.kafka_client_kwargs(), mode="process")
+    run_worker(worker, stop, until_idle=args.until_idle)
+    return 0
+
+
+def cmd_score(args, config: Config) -> int:
+    from pipeline.scorer import Scorer
+
+    store = open_store(config)
+    store.check()
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    worker = Scorer(store, info.bootstrap, group_id=args.group,
+                    client_kwargs=config.kafka_client_kwargs(), mode="process")
+    print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
+    run_worker(worker, stop, until_idle=args.until_idle, idle_counter="consumed")
+    return 0
+
+
+def cmd_backfill(args, config: Config) -> int:
+    """Produce a finite source and index it in this process; exit when all is stored."""
+    from pipeline.indexer import Indexer
+    from pipeline.producer import Producer
+    from pipeline.worker import WorkerThread
+
+    if args.source == "simulator" and args.bars is None:
+        raise CliError("backfill needs a finite source: pass --bars N for the simulator")
+    store = open_store(config)
+    store.check()
+    info, owned = resolve_bootstrap(config, start_if_missing=True)
+    stop = wait_for_signal()
+    before = store.count_bars()
+    t0 = time.time()
+    try:
+        source = build_source(args, config, store)
+        producer = Producer(source, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
+                            store=store, mode="process", live=False)
+        indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="kappalab-backfill",
+                                       client_kwargs=config.kafka_client_kwargs(), mode="process"))
+        indexer.start()
+        print(f"backfilling {source.describe()} via {info.bootstrap} into {store.describe()}",
+              file=sys.stderr, flush=True)
+        producer.run_guarded(stop)
+        produced = producer.stats(history=False)["counters"]["produced"]
+        if producer.state == "failed":
+            raise CliError(f"producer failed: {producer.last_error}")
+        t_produced = time.time()
+        consumed_target = produced
+        last_print = 0.0
+        while not stop.is_set():
+            snap = indexer.worker.stats(history=False)
+            done = snap["counters"]["consumed"]
+            if time.time() - last_print > 5:
+                last_print = time.time()
+                print(progress_line(snap), file=sys.stderr, flush=True)
+            if done >= consumed_target or not indexer.alive:
+                break
+            time.sleep(0.2)
+        indexer.stop()
+        elapsed = time.time() - t0
+        snap = indexer.worker.stats(history=False)["counters"]
+        print(json.dumps({
+            "summary": "backfill", "produced": produced, "stored": snap["stored"],
+            "rejected": snap["rejected"], "bars_in_store_before": before,
+            "bars_in_store_after": store.count_bars(), "elapsed_s": round(elapsed, 2),
+            "produce_s": round(t_produced - t0, 2),
+            "bars_per_s": round(produced / elapsed, 1) if elapsed else None,
+        }))
+    finally:
+        if owned:
+            owned.stop()
+    return 0
+
+
+def cmd_status(args, config: Config) -> int:
+    store = open_store(config)
+    out: dict[str, Any] = {"store": store.describe()}
+    try:
+        store.check()
+        out["bars"] = store.count_bars()
+        out["symbols"] = store.list_symbols()
+    except StoreUnavailable as exc:
+        out["store_error"] = str(exc)
+    if config.kafka_bootstrap:
+        out["broker"] = f"Kafka at {config.kafka_bootstrap}"
+        out["broker_healthy"] = is_healthy(config.kafka_bootstrap, 5)
+    else:
+        info = EmbeddedBroker.read_state(config.broker_state_file)
+        alive = bool(info and pid_alive(info.pid) and is_healthy(info.bootstrap, 3))
+        out["broker"] = info.describe() if info and alive else "no embedded broker running"
+        out["broker_healthy"] = alive
+    beats = store.list_heartbeats(max_age_ms=10_000) if "store_error" not in out else []
+    out["workers"] = [{k: b.get(k) for k in ("kind", "state", "pid", "mode", "counters")}
+                      for b in beats]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>15}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The pipeline runtime of one process: broker connection, store, and worker threads.
+
+The dashboard holds exactly one :class:`Runtime` per server process (``st.cache_resource``);
+the CLI builds one per command. Workers running in *other* processes are seen through their
+heartbeats in the store, so a dashboard can attach to them without owning them.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pipeline.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker, ensure_topics, is_healthy
+from pipeline.config import Config
+from pipeline.schema import DLQ_TOPIC, BARS_TOPIC, PREDICTIONS_TOPIC
+from pipeline.store import Store, open_store
+from pipeline.worker import Worker, WorkerThread
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_FRESH_MS = 10_000
+
+
+def quiet_kafka_logs() -> None:
+    """kafka-python warns about every slow event-loop task on a busy 2-core machine."""
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for name in ("kafka.net.selector", "kafka.conn", "kafka.coordinator", "kafka.client"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@dataclass
+class SimulatorSpec:
+    symbols: tuple[str, ...] = ("ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE")
+    interval: str = "1m"
+    speed: float | None = 60.0  # a 1m bar per second per symbol
+    warmup_bars: int = 0  # bars per symbol emitted at once before the live pace starts
+    bars: int | None = None
+    seed: int = 7
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
+    """Last stored (ts, close) per symbol, so a restarted simulator continues the series."""
+    out = {}
+    for s in symbols:
+        last = store.query_bars(s, interval, limit=1)
+        if len(last):
+            out[s] = (int(last["ts"].iloc[-1]), float(last["close"].iloc[-1]))
+    return out
+
+
+class Runtime:
+    def __init__(self, config: Config, store: Store | None = None):
+        quiet_kafka_logs()
+        self.config = config
+        self.store = store or open_store(config)
+        self._broker: EmbeddedBroker | None = None
+        self.broker_info: BrokerInfo | None = None
+        self.workers: dict[str, WorkerThread] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        atexit.register(self.shutdown)
+
+    # ---- broker --------------------------------------------------------------------------
+    def ensure_broker(self) -> BrokerInfo:
+        with self._lock:
+            if self.broker_info and (not self.broker_info.embedded or self._broker_alive()):
+                return self.broker_info
+            if self.config.kafka_bootstrap:
+                bootstrap = self.config.kafka_bootstrap
+                if not is_healthy(bootstrap, 10):
+                    raise BrokerUnavailable(
+                        f"Kafka at {bootstrap} did not answer a metadata request; check that it "
+                        "is running and that KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_* "
+                        "settings) are right, or unset it to use the embedded broker."
+                    )
+                ensure_topics(bootstrap, (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC),
+                              partitions=self.config.topic_partitions,
+                              **self.config.kafka_client_kwargs())
+                self.broker_info = BrokerInfo(bootstrap, None, embedded=False)
+            else:
+                self._broker = EmbeddedBroker(self.config.broker_state_file)
+                self.broker_info = self._broker.start(reuse=True)
+            return self.broker_info
+
+    def _broker_alive(self) -> bool:
+        from pipeline.broker import pid_alive
+
+        return bool(self.broker_info and pid_alive(self.broker_info.pid))
+
+    @property
+    def owns_broker(self) -> bool:
+        return bool(self._broker and self._broker.owned)
+
+    # ---- workers -------------------------------------------------------------------------
+    def start_worker(self, name: str, factory: Callable[[str], Worker]) -> WorkerThread:
+        """Start ``name`` unless it is already running (reruns and tabs never double it)."""
+        with self._lock:
+            current = self.workers.get(name)
+            if current and current.alive:
+                return current
+            info = self.ensure_broker()
+            wt = WorkerThread(factory(info.bootstrap)).start()
+            self.workers[name] = wt
+            return wt
+
+    def start_indexer(self) -> WorkerThread:
+        from pipeline.indexer import Indexer
+
+        kw = self.config.kafka_client_kwargs()
+        return self.start_worker("indexer", lambda b: Indexer(self.store, b, client_kwargs=kw))
+
+    def start_simulator(self, spec: SimulatorSpec | None = None) -> WorkerThread:
+        from pipeline.producer import Producer
+        from pipeline.sources.simulator import MarketSimulator, SimulatorParams
+
+        spec = spec or SimulatorSpec()
+
+        def factory(bootstrap: str) -> Worker:
+            source = MarketSimulator(
+                symbols=spec.symbols, interval=spec.interval, seed=spec.seed, bars=spec.bars,
+                speed=spec.speed, params=SimulatorParams(**spec.params),
+                resume=resume_points(self.store, spec.symbols, spec.interval),
+                fast_bars=spec.warmup_bars,
+            )
+            return Producer(source, bootstrap, client_kwargs=self.config.kafka_client_kwargs(),
+                            store=self.store, live=spec.speed is not None)
+
+        return self.start_worker("producer", factory)
+
+    def start_source(self, source, live: bool) -> WorkerThread:
+        """Produce from any :class:`~pipeline.sources.base.Source` (CSV, Alpha Vantage...)."""
+        from pipeline.producer import Producer
+
+        return self.start_worker("producer", lambda b: Producer(
+            source, b, client_kwargs=self.config.kafka_client_kwargs(), store=self.store, live=live))
+
+    def start_scorer(self, **kwargs: Any) -> WorkerThread:
+        from pipeline.scorer import Scorer
+
+        kw = self.config.kafka_client_kwargs()
+        return self.start_worker("scorer", lambda b: Scorer(self.store, b, client_kwargs=kw, **kwargs))
+
+    def stop_worker(self, name: str, timeout_s: float = 15.0) -> bool:
+        with self._lock:
+            wt = self.workers.get(name)
+        return wt.stop(timeout_s) if wt else True
+
+    def is_running(self, name: str) -> bool:
+        wt = self.workers.get(name)
+        return bool(wt and wt.alive)
+
+    def local_stats(self) -> dict[str, dict[str, Any]]:
+        return {name: wt.worker.stats() for name, wt in self.workers.items()}
+
+    def attached_stats(self) -> list[dict[str, Any]]:
+        """Fresh heartbeats of workers running in other processes (attach mode)."""
+        local_ids = {wt.worker.worker_id for wt in self.workers.values()}
+        try:
+            beats = self.store.list_heartbeats(max_age_ms=HEARTBEAT_FRESH_MS)
+        except Exception as exc:
+            log.debug("heartbeats unavailable: %s", exc)
+            return []
+        return [b for b in beats if b.get("worker_id") not in local_ids
+                and b.get("state") == "running"]
+
+    # ---- shutdown ------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for wt in list(self.workers.values()):
+                wt.stop(10)
+            if self._broker:
+                self._broker.stop()

@@ -1,0 +1,161 @@
+"""Small long-running workers (producer, indexer, scorer) with one shape.
+
+Each worker has ``run(stop_event)`` and a thread-safe ``stats()`` snapshot; the dashboard only
+ever reads snapshots. The same worker runs as a thread inside the app (:class:`WorkerThread`)
+or as its own process (``python -m pipeline …``); in both cases it publishes its snapshot to
+the store as a heartbeat, which is how a dashboard attaches to workers in other processes.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 2.0
+HISTORY_POINTS = 600  # one point per second: ten minutes of throughput history
+
+
+class RateMeter:
+    """Events per second over a sliding window, plus a per-second history for charts."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
+        self._points: deque[tuple[float, int]] = deque()
+
+    def rate(self, now: float, total: int) -> float:
+        self._points.append((now, total))
+        while self._points and now - self._points[0][0] > self.window_s:
+            self._points.popleft()
+        t0, c0 = self._points[0]
+        return (total - c0) / (now - t0) if now > t0 else 0.0
+
+
+class Worker(abc.ABC):
+    kind: str = "worker"
+    #: counters shown on the Pipeline page, in order
+    counter_names: tuple[str, ...] = ()
+    #: the counter whose per-second rate is the worker's headline throughput
+    rate_counter: str = ""
+
+    def __init__(self, store=None, mode: str = "thread"):
+        self.store = store
+        self.mode = mode
+        self.worker_id = f"{self.kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._lock = threading.Lock()
+        self._counters: dict[str, int] = {name: 0 for name in self.counter_names}
+        self._gauges: dict[str, Any] = {}
+        self.state = "created"
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+        self.last_error: str | None = None
+        self._meter = RateMeter()
+        self._history: deque[dict[str, float]] = deque(maxlen=HISTORY_POINTS)
+        self._last_sample = 0.0
+        self._last_heartbeat = 0.0
+
+    # ---- to implement --------------------------------------------------------------------
+    @abc.abstractmethod
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; call :meth:`tick` regularly."""
+
+    def describe(self) -> str:
+        return self.kind
+
+    # ---- bookkeeping used by subclasses --------------------------------------------------
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] = self._counters.get(name, 0) + n
+
+    def gauge(self, name: str, value: Any) -> None:
+        with self._lock:
+            self._gauges[name] = value
+
+    def error(self, message: str) -> None:
+        log.warning("%s: %s", self.kind, message)
+        with self._lock:
+            self.last_error = f"{time.strftime('%H:%M:%S')} {message}"
+
+    def tick(self, force: bool = False) -> None:
+        """Sample throughput once a second and heartbeat to the store every few seconds."""
+        now = time.time()
+        if force or now - self._last_sample >= 1.0:
+            self._last_sample = now
+            with self._lock:
+                total = self._counters.get(self.rate_counter, 0)
+                rate = self._meter.rate(now, total)
+                self._gauges["rate_per_s"] = round(rate, 1)
+                self._history.append({"t": now, "rate": rate, "total": total})
+        if self.store is not None and (force or now - self._last_heartbeat >= HEARTBEAT_EVERY_S):
+            self._last_heartbeat = now
+            try:
+                self.store.heartbeat(self.worker_id, self.stats(history=False))
+            except Exception as exc:  # a heartbeat must never take the worker down
+                log.debug("heartbeat failed: %s", exc)
+
+    def stats(self, history: bool = True) -> dict[str, Any]:
+        with self._lock:
+            snap = {
+                "worker_id": self.worker_id,
+                "kind": self.kind,
+                "mode": self.mode,
+                "state": self.state,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "description": self.describe(),
+                "started_s": self.started_at,
+                "uptime_s": (round((self.stopped_at or time.time()) - self.started_at, 1)
+                             if self.started_at else 0.0),
+                "counters": dict(self._counters),
+                "gauges": dict(self._gauges),
+                "last_error": self.last_error,
+            }
+            if history:
+                snap["history"] = list(self._history)
+        return snap
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def run_guarded(self, stop: threading.Event) -> None:
+        """Run, recording state and any crash instead of letting it escape."""
+        self.state, self.started_at, self.stopped_at = "running", time.time(), None
+        try:
+            self.run(stop)
+            self.state = "stopped" if stop.is_set() else "finished"
+        except Exception as exc:
+            self.state = "failed"
+            self.error(f"{type(exc).__name__}: {exc}")
+            log.debug("worker crashed\n%s", traceback.format_exc())
+        finally:
+            self.stopped_at = time.time()
+            self.tick(force=True)
+
+
+class WorkerThread:
+    """A worker running in a daemon thread of this process."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=worker.run_guarded, args=(self.stop_event,),
+                                       name=f"kappalab-{worker.kind}", daemon=True)
+
+    def start(self) -> "WorkerThread":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 15.0) -> bool:
+        self.stop_event.set()
+        self.thread.join(timeout_s)
+        return not self.thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
