@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker, is_healthy, pid_alive
 from pipeline.config import Config, load_config
-from pipeline.schema import INTERVALS
+from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
 from pipeline.store import StoreUnavailable, open_store
 
@@ -68,12 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ix = sub.add_parser("index", help="consume the topic into the store until Ctrl-C")
     ix.add_argument("--group", default="kappalab-indexer", help="consumer group id")
+    ix.add_argument("--topic", default=BARS_TOPIC, help="bars topic to consume")
+    ix.add_argument("--dlq-topic", default=DLQ_TOPIC, help="dead-letter topic for bad messages")
     ix.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without new messages (for backfills)")
     ix.set_defaults(func=cmd_index)
 
     sc = sub.add_parser("score", help="run the live scorer until Ctrl-C")
     sc.add_argument("--group", default="kappalab-scorer", help="consumer group id")
+    sc.add_argument("--topic", default=BARS_TOPIC, help="bars topic to consume")
     sc.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without new messages")
     sc.set_defaults(func=cmd_score)
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topic", default=BARS_TOPIC, help="topic to publish to")
     p.add_argument("--source", choices=["simulator", "csv", "alphavantage", "polygon"],
                    default="simulator")
     p.add_argument("--symbols", default="ACME,GLOBX,INITECH,UMBRL,WAYNE",
@@ -178,8 +182,12 @@ def run_worker(worker, stop: threading.Event, until_idle: float | None = None,
         total = snap["counters"].get(idle_counter or worker.rate_counter, 0)
         if total != last_total:
             last_total, last_change = total, time.time()
-        if until_idle is not None and time.time() - last_change > until_idle and worker.state == "running":
-            stop.set()
+        if until_idle is not None and worker.state == "running":
+            # Before the first message the group join may still be under way (a killed
+            # member holds its partitions until its session times out): wait longer then.
+            limit = until_idle if total > 0 else until_idle + 60
+            if time.time() - last_change > limit:
+                stop.set()
         if time.time() - last_print >= 5:
             last_print = time.time()
             print(progress_line(snap), file=sys.stderr, flush=True)
@@ -226,7 +234,8 @@ def cmd_produce(args, config: Config) -> int:
     source = build_source(args, config, store)
     stop = wait_for_signal()
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
-    worker = Producer(source, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
+    worker = Producer(source, info.bootstrap, topic=args.topic,
+                      client_kwargs=config.kafka_client_kwargs(),
                       store=store, mode="process", live=args.speed is not None or args.live)
     run_worker(worker, stop)
     return 0
@@ -240,8 +249,8 @@ def cmd_index(args, config: Config) -> int:
     info, _ = resolve_bootstrap(config)
     stop = wait_for_signal()
     print(f"indexing {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
-    worker = Indexer(store, info.bootstrap, group_id=args.group,
-                     client_kwargs=config.kafka_client_kwargs(), mode="process")
+    worker = Indexer(store, info.bootstrap, topic=args.topic, dlq_topic=args.dlq_topic,
+                     group_id=args.group, client_kwargs=config.kafka_client_kwargs(), mode="process")
     run_worker(worker, stop, until_idle=args.until_idle)
     return 0
 
@@ -253,7 +262,7 @@ def cmd_score(args, config: Config) -> int:
     store.check()
     info, _ = resolve_bootstrap(config)
     stop = wait_for_signal()
-    worker = Scorer(store, info.bootstrap, group_id=args.group,
+    worker = Scorer(store, info.bootstrap, topic=args.topic, group_id=args.group,
                     client_kwargs=config.kafka_client_kwargs(), mode="process")
     print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
     run_worker(worker, stop, until_idle=args.until_idle, idle_counter="consumed")

@@ -61,6 +61,7 @@ class Runtime:
         self.workers: dict[str, WorkerThread] = {}
         self._lock = threading.RLock()
         self._closed = False
+        self.autostart_done = threading.Event()  # the dashboard's first-load start, once
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------

@@ -602,13 +602,15 @@ class PolledApiSource(Source):
                 self._counters["bars"] += 1
                 fresh += 1
                 yield bar
-        log.info("%s %s %s: %d new bar(s)", self.display_name, symbol, self.interval, fresh)
+        logging.getLogger(type(self).__module__).info(
+            "%s %s %s: %d new bar(s)", self.display_name, symbol, self.interval, fresh)
 
     def _invalid(self, symbol: str, where: str, reason: str) -> None:
         self._counters["invalid_bars"] += 1
         if len(self._invalid_samples) < 5:
             self._invalid_samples.append(f"{symbol} {where}: {reason}")
-        log.warning("%s %s: skipped invalid bar at %s: %s", self.display_name, symbol, where, reason)
+        logging.getLogger(type(self).__module__).warning(
+            "%s %s: skipped invalid bar at %s: %s", self.display_name, symbol, where, reason)
 
     def _key_error(self) -> SourceError:
         return SourceError(f"{self.display_name} needs an API key: set {self.key_env} "

@@ -1,0 +1,63 @@
+"""One pipeline runtime per Streamlit server process, shared by every session and tab.
+
+``st.cache_resource`` makes the runtime a per-process singleton (keyed by the configuration's
+targets), so reruns, pages and browser tabs reuse the same worker threads instead of starting
+copies. Workers running as separate processes are shown through their store heartbeats.
+"""
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from dashboard.state import get_config, get_store
+from pipeline.broker import BrokerUnavailable
+from pipeline.runtime import Runtime, SimulatorSpec
+
+#: The default live demo: five simulated symbols, a 1m bar per second each, with a warm-up
+#: history so charts and the model lab have data at once.
+DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500)
+
+
+@st.cache_resource(show_spinner=False)
+def _runtime_for(key: tuple, kafka: str | None, _config) -> Runtime:
+    return Runtime(_config, store=get_store(_config))
+
+
+def get_runtime() -> Runtime:
+    config = get_config()
+    return _runtime_for(config.store_key(), config.kafka_bootstrap, config)
+
+
+def autostart_enabled() -> bool:
+    return os.environ.get("KAPPALAB_AUTOSTART", "1").strip().lower() not in ("0", "false", "no")
+
+
+def autostart(rt: Runtime) -> str | None:
+    """On the first load of this server: broker, indexer and the simulator feed.
+
+    Runs once per runtime (not per session). Skipped when workers of another process are
+    already feeding this store (attach mode). Returns an error sentence, or None.
+    """
+    if rt.autostart_done.is_set() or not autostart_enabled():
+        return None
+    rt.autostart_done.set()
+    if rt.attached_stats():
+        return None
+    try:
+        rt.ensure_broker()
+        rt.start_indexer()
+        rt.start_simulator(DEFAULT_DEMO)
+        if _scorer_available():
+            rt.start_scorer()
+    except BrokerUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def _scorer_available() -> bool:
+    try:
+        import pipeline.scorer  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,203 @@
+"""Model versions and champions, kept in the store (one contract for SQLite and Elasticsearch).
+
+A *model version* is a fitted estimator (pickled) plus the metadata needed to use it honestly
+elsewhere: the feature names in order, the target and horizon, the interval and symbols it was
+trained on, the training time range, its lab metrics and the sha256 of the blob.
+
+Each *scope* (``"global"`` or a symbol) has at most one ``champion``: the version the live
+scorer uses. :func:`promote` makes a version champion and retires the previous one, recording a
+``promotion`` event with the figures; :func:`rollback` brings back the champion before it.
+A symbol scope without its own champion falls back to the global one.
+
+Pickles execute code when loaded: only load versions from a store you trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.features import max_lookback
+from models.targets import to_close
+from pipeline.store.base import Store, now_ms
+
+GLOBAL_SCOPE = "global"
+CANDIDATE, CHAMPION, RETIRED = "candidate", "champion", "retired"
+
+_REQUIRED = ("name", "model_key", "features", "target")
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to predict from a feature frame (see :mod:`models.features`)."""
+
+    meta: dict[str, Any]
+    model: Any = field(repr=False)
+
+    @property
+    def version_id(self) -> str:
+        return self.meta["version_id"]
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.meta["features"])
+
+    @property
+    def target(self) -> str:
+        return self.meta["target"]
+
+    @property
+    def horizon(self) -> int:
+        return int(self.meta.get("horizon") or 1)
+
+    @property
+    def lookback(self) -> int:
+        """Bars of history the scorer must keep to compute this model's features exactly."""
+        return max_lookback(self.features)
+
+    def predict(self, features_df: pd.DataFrame) -> np.ndarray:
+        """Predictions of the target for each row; NaN where a feature is missing (warm-up)."""
+        missing = [f for f in self.features if f not in features_df.columns]
+        if missing:
+            raise ValueError(f"the feature frame lacks {', '.join(missing)} for model "
+                             f"{self.meta.get('version_id')}")
+        X = features_df[self.features].astype("float64")
+        ok = np.isfinite(X.to_numpy()).all(axis=1)
+        out = np.full(len(X), np.nan)
+        if ok.any():
+            out[ok] = np.asarray(self.model.predict(X[ok]), dtype="float64").ravel()
+        return out
+
+    def predict_close(self, features_df: pd.DataFrame, base_close) -> np.ndarray:
+        """Predictions converted to a predicted close (``base_close``: the row's own close)."""
+        return to_close(self.target, self.predict(features_df), base_close)
+
+
+def save_model_version(store: Store, model: Any, meta: dict[str, Any]) -> str:
+    """Pickle ``model`` and store it with ``meta``; returns the new version id.
+
+    ``meta`` needs ``name``, ``model_key``, ``features``, ``target``; ``params``, ``horizon``,
+    ``interval``, ``symbols``, ``train_start_ms``, ``train_end_ms``, ``metrics``, ``status``
+    (default ``candidate``) and ``scope`` (default ``global``) are recommended.
+    """
+    missing = [k for k in _REQUIRED if not meta.get(k)]
+    if missing:
+        raise ValueError(f"model version metadata lacks {', '.join(missing)}")
+    blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    doc = {
+        "params": {}, "horizon": 1, "interval": None, "symbols": [], "train_start_ms": None,
+        "train_end_ms": None, "metrics": {}, "status": CANDIDATE, "scope": GLOBAL_SCOPE,
+        **meta,
+    }
+    doc["features"] = list(doc["features"])
+    doc["lookback"] = max_lookback(doc["features"])
+    doc["content_hash"] = hashlib.sha256(blob).hexdigest()
+    doc["created_ms"] = int(meta.get("created_ms") or now_ms())
+    doc["blob_bytes"] = len(blob)
+    doc.setdefault("runtime", _runtime())
+    status = doc["status"]
+    if status == CHAMPION:  # a champion only ever comes from promote(), which retires the old one
+        doc["status"] = CANDIDATE
+    version_id = store.save_model_version(doc, blob)
+    if status == CHAMPION:
+        promote(store, version_id, doc["scope"], reason="saved as champion")
+    return version_id
+
+
+def load_model_version(store: Store, version_id: str) -> LoadedModel:
+    found = store.get_model_version(version_id)
+    if found is None:
+        raise KeyError(f"model version {version_id} not found")
+    meta, blob = found
+    expected = meta.get("content_hash")
+    if expected and hashlib.sha256(blob).hexdigest() != expected:
+        raise ValueError(f"model version {version_id} is corrupt: its content hash differs")
+    return LoadedModel(meta=meta, model=pickle.loads(blob))
+
+
+def list_versions(store: Store, scope: str | None = None) -> list[dict[str, Any]]:
+    """Version metadata, newest first (optionally only one scope)."""
+    return store.list_model_versions(where={"scope": scope} if scope else None)
+
+
+def get_champion(store: Store, scope: str = GLOBAL_SCOPE) -> dict[str, Any] | None:
+    """The champion's metadata for ``scope``; a symbol scope falls back to the global one."""
+    found = _champions(store, scope)
+    if found:
+        return found[0]
+    if scope != GLOBAL_SCOPE:
+        return get_champion(store, GLOBAL_SCOPE)
+    return None
+
+
+def promote(store: Store, version_id: str, scope: str = GLOBAL_SCOPE,
+            reason: str = "manual") -> dict[str, Any]:
+    """Make ``version_id`` the one champion of ``scope``; returns its updated metadata."""
+    return _promote(store, version_id, scope, reason, record_previous=True)
+
+
+def rollback(store: Store, scope: str = GLOBAL_SCOPE,
+             reason: str = "rollback") -> dict[str, Any]:
+    """Bring back the champion that preceded the current one in ``scope``.
+
+    Repeated rollbacks walk further back along the promotion history.
+    """
+    current = _champions(store, scope)
+    if not current:
+        raise LookupError(f"scope {scope!r} has no champion to roll back")
+    previous_id = current[0].get("previous_version_id")
+    if not previous_id or store.get_model_version(previous_id) is None:
+        raise LookupError(f"the champion of scope {scope!r} has no previous champion to restore")
+    return _promote(store, previous_id, scope, reason, record_previous=False)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _champions(store: Store, scope: str) -> list[dict[str, Any]]:
+    return store.list_model_versions(where={"status": CHAMPION, "scope": scope})
+
+
+def _promote(store: Store, version_id: str, scope: str, reason: str,
+             record_previous: bool) -> dict[str, Any]:
+    found = store.get_model_version(version_id)
+    if found is None:
+        raise KeyError(f"model version {version_id} not found")
+    meta, _ = found
+    now = now_ms()
+    previous = [m for m in _champions(store, scope) if m["version_id"] != version_id]
+    for old in previous:
+        store.update_model_version(old["version_id"], status=RETIRED, retired_ms=now,
+                                   retired_reason=reason)
+    changes: dict[str, Any] = {"status": CHAMPION, "scope": scope, "promoted_ms": now,
+                               "promotion_reason": reason}
+    if record_previous:
+        changes["previous_version_id"] = previous[0]["version_id"] if previous else None
+    store.update_model_version(version_id, **changes)
+    old = previous[0] if previous else None
+    store.record_event(
+        "promotion", scope=scope, reason=reason, version_id=version_id,
+        name=meta.get("name"), model_key=meta.get("model_key"), target=meta.get("target"),
+        metrics=meta.get("metrics") or {},
+        previous_version_id=old["version_id"] if old else None,
+        previous_metrics=(old.get("metrics") or {}) if old else {},
+    )
+    meta.update(changes)
+    return meta
+
+
+def _runtime() -> dict[str, str]:
+    import sklearn
+
+    versions = {"python": platform.python_version(), "sklearn": sklearn.__version__}
+    try:
+        import xgboost
+
+        versions["xgboost"] = xgboost.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return versions

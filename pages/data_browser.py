@@ -1,0 +1,52 @@
+"""Data: browse and filter stored bars and predictions; download them as CSV."""
+from __future__ import annotations
+
+from datetime import datetime, time, timezone
+
+import streamlit as st
+
+from dashboard.formatting import fmt_ts, ts_to_datetime
+from dashboard.state import store_or_stop
+
+store = store_or_stop()
+st.title("🗂️ Data")
+
+symbols = store.list_symbols()
+if not symbols:
+    st.info("The store holds no bars yet. Start the pipeline on the Pipeline page or run "
+            "`python -m pipeline backfill --bars 5000`.")
+    st.stop()
+
+c1, c2, c3 = st.columns([1, 1, 1])
+symbol = c1.selectbox("Symbol", symbols, key="db_symbol")
+interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key="db_interval")
+limit = c3.number_input("Rows (latest)", 10, 200_000, 1000, step=100, key="db_limit")
+span = store.bar_time_range(symbol, interval)
+start_ms = end_ms = None
+if span:
+    first, last = ts_to_datetime(span[0]).date(), ts_to_datetime(span[1]).date()
+    st.caption(f"{store.count_bars(symbol, interval):,} bars stored from {fmt_ts(span[0])} "
+               f"to {fmt_ts(span[1])}")
+    dates = st.date_input("Date range (UTC)", (first, last), min_value=first, max_value=last,
+                          key="db_dates")
+    if isinstance(dates, tuple) and len(dates) == 2:
+        start_ms = int(datetime.combine(dates[0], time.min, tzinfo=timezone.utc).timestamp() * 1000)
+        end_ms = int(datetime.combine(dates[1], time.max, tzinfo=timezone.utc).timestamp() * 1000) + 1
+
+tab_bars, tab_preds = st.tabs(["Bars", "Predictions"])
+with tab_bars:
+    bars = store.query_bars(symbol, interval, start_ms, end_ms, limit=int(limit))
+    shown = bars.assign(time=ts_to_datetime(bars["ts"]))
+    st.dataframe(shown, hide_index=True, width="stretch")
+    st.download_button("Download bars as CSV", bars.to_csv(index=False).encode(),
+                       file_name=f"{symbol}_{interval}_bars.csv", mime="text/csv")
+with tab_preds:
+    preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
+                                    end_ms=end_ms, limit=int(limit))
+    if preds.empty:
+        st.info("No predictions stored for this series yet (the live scorer writes them).")
+    else:
+        st.dataframe(preds.assign(time=ts_to_datetime(preds["ts"])), hide_index=True,
+                     width="stretch")
+        st.download_button("Download predictions as CSV", preds.to_csv(index=False).encode(),
+                           file_name=f"{symbol}_{interval}_predictions.csv", mime="text/csv")

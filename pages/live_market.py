@@ -1,0 +1,101 @@
+"""Live market: candles growing in place, volume, moving averages, predicted next close."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.charts import candlestick
+from dashboard.formatting import fmt_num, fmt_ts
+from dashboard.state import store_or_stop
+from pipeline.schema import INTERVALS
+
+store = store_or_stop()
+st.title("📈 Live market")
+
+intervals = store.list_intervals() or ["1m"]
+symbols = store.list_symbols()
+if not symbols:
+    st.info(
+        "No bars stored yet. The pipeline starts by itself on first load; if it is stopped, "
+        "start the **producer** and **indexer** on the Pipeline page, or run "
+        "`python -m pipeline backfill --bars 5000` in a terminal. This page refreshes itself."
+    )
+
+c1, c2, c3, c4, c5 = st.columns([1.2, 0.8, 1, 1.6, 0.8])
+symbol = c1.selectbox("Symbol", symbols or ["—"], key="lm_symbol")
+interval = c2.selectbox("Interval", intervals, key="lm_interval")
+step = INTERVALS.get(interval, 60_000)
+candle_choices = {k: v for k, v in INTERVALS.items() if v >= step}
+candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle",
+                      help="Bigger candles are aggregated by the store (first open, max high, "
+                           "min low, last close, summed volume).")
+ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10, 50],
+                            key="lm_ma")
+ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
+n_candles = st.slider("Candles shown", 30, 600, 150, step=10, key="lm_n")
+show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
+
+
+@st.fragment(run_every=2.0)
+def live_panel() -> None:
+    if not symbols:
+        count = store.count_bars()
+        if count:
+            st.rerun()  # data arrived: rebuild the pickers
+        st.caption("Waiting for the first bar…")
+        return
+    bucket = INTERVALS[candle]
+    warm = max(ma_windows or [0])
+    candles = store.ohlc_buckets(symbol, interval, bucket, limit=n_candles + warm)
+    stored = store.count_bars(symbol, interval)
+    if candles.empty:
+        st.info(f"No {interval} bars stored for {symbol} yet.")
+        return
+    last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
+    change = last["close"] - prev["close"]
+    k1, k2, k3, k4 = st.columns(4)
+    k1.metric("Last close", fmt_num(last["close"]), f"{change:+.2f} ({change / prev['close']:+.2%})")
+    k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
+    k3.metric("Bars stored", f"{stored:,}")
+    k4.metric("Last bar", fmt_ts(last["ts"]))
+
+    preds = None
+    if show_pred:
+        preds = latest_predictions(symbol, interval, start_ms=int(candles["ts"].iloc[0]))
+    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles")
+    # MAs are warmed up on the extra leading candles, then only the last n are shown.
+    if len(candles) > n_candles:
+        x0 = candles["ts"].iloc[-n_candles]
+        import pandas as pd
+
+        fig.update_xaxes(range=[pd.to_datetime(x0, unit="ms", utc=True),
+                                pd.to_datetime(candles["ts"].iloc[-1] + bucket, unit="ms", utc=True)])
+    st.plotly_chart(fig, width="stretch", key="lm_chart")
+    if preds is not None and len(preds):
+        nxt = preds.iloc[-1]
+        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_num(nxt['predicted_close'])}** "
+                   f"(model {nxt['model_id']}).")
+
+
+def latest_predictions(symbol: str, interval: str, start_ms: int):
+    """The champion's next-close predictions for the shown range (empty without a scorer)."""
+    preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
+                                    limit=2000)
+    if preds.empty:
+        return None
+    latest_model = preds["model_id"].iloc[-1]
+    preds = preds[preds["model_id"] == latest_model].copy()
+    if "predicted_close" not in preds:
+        preds["predicted_close"] = preds["predicted"]
+        if (preds["target"] != "next_close").any():
+            try:
+                from models.targets import to_close
+
+                preds["predicted_close"] = [
+                    float(to_close(t, p, b)) for t, p, b in
+                    zip(preds["target"], preds["predicted"], preds["base_close"])]
+            except Exception:
+                return None
+    return preds
+
+
+live_panel()
