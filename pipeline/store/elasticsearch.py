@@ -25,6 +25,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import threading
 import time
 import urllib.parse
@@ -692,7 +693,11 @@ def _reveal(secret: Any) -> str | None:
 
 
 def _redact_url(url: str) -> str:
-    """The URL without user info (``https://user:pw@host:9200`` -> ``https://host:9200``)."""
+    """The URL without user info (``https://user:pw@host:9200`` -> ``https://host:9200``),
+    also when the URL is malformed (``user:pw@host:9200`` without a scheme)."""
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@", r"\1", url.strip())
+    if "://" not in url:
+        return url
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""

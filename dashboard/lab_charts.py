@@ -1,0 +1,125 @@
+"""Plotly figures for the model lab page (pure functions: data in, figure out)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from models.metrics import METRIC_COLUMNS, METRIC_LABELS
+
+BASELINE_COLOR = "#9aa0a6"
+MODEL_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def model_colors(table: pd.DataFrame) -> dict[str, str]:
+    colors, i = {}, 0
+    for label, kind in table["kind"].items():
+        if kind == "baseline":
+            colors[label] = BASELINE_COLOR
+        else:
+            colors[label] = MODEL_COLORS[i % len(MODEL_COLORS)]
+            i += 1
+    return colors
+
+
+def metric_bars(table: pd.DataFrame, metric: str = "skill") -> go.Figure:
+    """One bar per model for ``metric``; baselines grey."""
+    values = pd.to_numeric(table[metric], errors="coerce")
+    colors = model_colors(table)
+    fig = go.Figure(go.Bar(
+        x=list(table.index), y=values, marker_color=[colors[m] for m in table.index],
+        text=[f"{v:.4g}" if np.isfinite(v) else "n/a" for v in values], textposition="outside",
+        hovertemplate="%{x}: %{y:.6g}<extra></extra>"))
+    higher = METRIC_COLUMNS.get(metric)
+    hint = "" if higher is None else (" (higher is better)" if higher else " (lower is better)")
+    fig.update_layout(title=f"{METRIC_LABELS.get(metric, metric)} by model{hint}",
+                      yaxis_title=METRIC_LABELS.get(metric, metric), height=380,
+                      margin=dict(l=40, r=20, t=50, b=40), showlegend=False)
+    if metric == "skill":
+        fig.add_hline(y=0, line_dash="dot", line_color="black",
+                      annotation_text="persistence", annotation_position="bottom right")
+    return fig
+
+
+def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: dict[str, str],
+                        symbol: str | None = None, predicted_close: dict[str, np.ndarray] | None
+                        = None, max_points: int = 3000) -> go.Figure:
+    """Actual vs predicted over the test range for one symbol.
+
+    With ``predicted_close`` (label -> array aligned to ``predictions``), prices are plotted
+    (actual close against predicted close); otherwise values on the target's own scale.
+    """
+    mask = np.ones(len(predictions), dtype=bool)
+    if symbol is not None:
+        mask = (predictions["symbol"] == symbol).to_numpy()
+    df = predictions[mask]
+    idx = np.arange(len(df))
+    if len(df) > max_points:  # keep the latest points: the most recent behaviour matters most
+        idx = idx[-max_points:]
+    df = df.iloc[idx]
+    x = pd.to_datetime(df["ts"], unit="ms", utc=True)
+    price = predicted_close is not None
+    actual = df["actual_close"] if price else df["actual"]
+    fig = go.Figure(go.Scattergl(x=x, y=actual, name="actual", mode="lines",
+                                 line=dict(color="black", width=1.5)))
+    for label in labels:
+        y = predicted_close[label][mask][idx] if price else df[label]
+        fig.add_trace(go.Scattergl(x=x, y=y, name=label, mode="lines",
+                                   line=dict(color=colors.get(label), width=1)))
+    fig.update_layout(title=("Predicted vs actual close" if price else "Predicted vs actual target")
+                      + (f" — {symbol}" if symbol else ""), height=420,
+                      margin=dict(l=40, r=20, t=50, b=40), hovermode="x unified",
+                      legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
+                          bins: int = 80) -> go.Figure:
+    """Overlaid histograms of actual - predicted, one per model."""
+    fig = go.Figure()
+    for label in residuals.columns:
+        fig.add_trace(go.Histogram(x=residuals[label], name=label, nbinsx=bins, opacity=0.55,
+                                   marker_color=colors.get(label)))
+    fig.update_layout(barmode="overlay", title="Residuals (actual − predicted)", height=380,
+                      margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def importance_bars(importance: pd.DataFrame, model: str, top: int = 25) -> go.Figure:
+    """Permutation importance (increase in test MSE when a feature is shuffled) for one model."""
+    df = importance[importance["model"] == model].sort_values("importance").tail(top)
+    fig = go.Figure(go.Bar(x=df["importance"], y=df["feature"], orientation="h",
+                           error_x=dict(type="data", array=df["std"]),
+                           marker_color=MODEL_COLORS[0]))
+    fig.update_layout(title=f"Permutation importance — {model}",
+                      xaxis_title="increase in test MSE when shuffled",
+                      height=max(260, 24 * len(df) + 100), margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
+    """Grouped bars: one group per model, one bar per run."""
+    fig = go.Figure()
+    for run in compare.columns:
+        fig.add_trace(go.Bar(x=list(compare.index), y=compare[run], name=run))
+    fig.update_layout(barmode="group", title=f"{metric_label} across runs", height=380,
+                      margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def styled_table(table: pd.DataFrame):
+    """Results table for display: metrics only (readable headers), best per column highlighted."""
+    cols = [c for c in METRIC_COLUMNS if c in table.columns]
+    df = table[["kind", *cols]].copy()
+    for c in cols:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df = df.rename(columns=METRIC_LABELS)
+    styler = df.style.format({METRIC_LABELS[c]: "{:.6g}" for c in cols}, na_rep="n/a")
+    best = "background-color: #c8f7c5; font-weight: bold"
+    for c in cols:
+        label = METRIC_LABELS[c]
+        if df[label].notna().sum() < 2:
+            continue
+        highlight = styler.highlight_max if METRIC_COLUMNS[c] else styler.highlight_min
+        styler = highlight(subset=[label], props=best)
+    return styler
