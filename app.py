@@ -12,14 +12,14 @@ import streamlit as st
 from dashboard.runtime import autostart, get_runtime
 from dashboard.state import get_config, store_or_stop
 
-st.set_page_config(page_title="KappaLab", page_icon="📈", layout="wide")
+st.set_page_config(page_title="KappaLab", page_icon=":material/candlestick_chart:", layout="wide")
 
 PAGES = [
-    st.Page("pages/live_market.py", title="Live market", icon="📈", default=True),
-    st.Page("pages/pipeline_control.py", title="Pipeline", icon="🛠️"),
-    st.Page("pages/model_lab.py", title="Model lab", icon="🧪"),
-    st.Page("pages/predictions.py", title="Predictions", icon="🎯"),
-    st.Page("pages/data_browser.py", title="Data", icon="🗂️"),
+    st.Page("pages/live_market.py", title="Live market", icon=":material/candlestick_chart:", default=True),
+    st.Page("pages/pipeline_control.py", title="Pipeline", icon=":material/account_tree:"),
+    st.Page("pages/model_lab.py", title="Model lab", icon=":material/science:"),
+    st.Page("pages/predictions.py", title="Predictions", icon=":material/online_prediction:"),
+    st.Page("pages/data_browser.py", title="Data", icon=":material/table_view:"),
 ]
 
 store_or_stop()

@@ -9,7 +9,7 @@ from dashboard.formatting import fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
 
 store = store_or_stop()
-st.title("🗂️ Data")
+st.title("Data")
 
 symbols = store.list_symbols()
 if not symbols:

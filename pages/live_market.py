@@ -4,12 +4,12 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.charts import candlestick
-from dashboard.formatting import fmt_num, fmt_ts
+from dashboard.formatting import fmt_num, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
-st.title("📈 Live market")
+st.title("Live market")
 
 intervals = store.list_intervals() or ["1m"]
 symbols = store.list_symbols()
@@ -56,7 +56,7 @@ def live_panel() -> None:
     k1.metric("Last close", fmt_num(last["close"]), f"{change:+.2f} ({change / prev['close']:+.2%})")
     k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
     k3.metric("Bars stored", f"{stored:,}")
-    k4.metric("Last bar", fmt_ts(last["ts"]))
+    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime("%b %d %H:%M"))
 
     preds = None
     if show_pred:

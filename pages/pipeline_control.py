@@ -15,7 +15,7 @@ from pipeline.schema import INTERVALS
 store = store_or_stop()
 runtime = get_runtime()
 config = get_config()
-st.title("🛠️ Pipeline")
+st.title("Pipeline")
 st.caption("source → producer → topic `finance-data` → indexer → store → dashboard; "
            "bad messages → `finance-data.dlq`; scorer → predictions.")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,28 +73,46 @@ class SqliteStore(Store):
                 "set KAPPALAB_DATA_DIR to a writable folder."
             ) from None
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: dict[threading.Thread, sqlite3.Connection] = {}
         self._lock = threading.Lock()
+        self._wal_set = False
         self._conn().executescript(_SCHEMA)
 
     # ---- connections ---------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection. Streamlit runs every script run in a fresh thread, so
+        connections of threads that have ended are closed here rather than leaked."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is not None:
+            return conn
+        last_exc: Exception | None = None
+        for attempt in range(5):
             try:
                 conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
                                        isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
+                if not self._wal_set:
+                    conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+                    self._wal_set = True
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=30000")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(
-                    f"Cannot open the SQLite store at {self.path} ({exc}); "
-                    "set KAPPALAB_DATA_DIR to a writable folder."
-                ) from None
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+                break
+            except sqlite3.Error as exc:  # e.g. a racing first open of the -shm file
+                last_exc = exc
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            raise StoreUnavailable(
+                f"Cannot open the SQLite store at {self.path} ({last_exc}); "
+                "set KAPPALAB_DATA_DIR to a writable folder."
+            ) from None
+        self._local.conn = conn
+        with self._lock:
+            self._all[threading.current_thread()] = conn
+            dead = [t for t in self._all if not t.is_alive()]
+            for t in dead:
+                try:
+                    self._all.pop(t).close()
+                except sqlite3.Error:
+                    pass
         return conn
 
     class _Tx:
@@ -121,7 +140,7 @@ class SqliteStore(Store):
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for conn in self._all.values():
                 try:
                     conn.close()
                 except sqlite3.Error:
