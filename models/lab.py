@@ -552,14 +552,17 @@ def run_table(run: dict[str, Any]) -> pd.DataFrame:
 
 def compare_runs(runs: list[dict[str, Any]], metric: str = "skill") -> pd.DataFrame:
     """Side by side: one row per model, one column per run, values of ``metric``."""
-    cols = {}
+    cols, order = {}, []
     for run in runs:
         table = run_table(run)
         cfg = run.get("config", {})
         name = f"{run['run_id']} ({cfg.get('target')}, {cfg.get('split')})"
         if metric in table.columns:
             cols[name] = pd.to_numeric(table[metric], errors="coerce")
-    return pd.DataFrame(cols)
+            order += [m for m in table.index if m not in order]
+    out = pd.DataFrame(cols).reindex(order)
+    out.index.name = "model"
+    return out
 
 
 def delete_run(store, run_id: str) -> bool:

@@ -2,7 +2,7 @@
 
 A spec names the model, builds a fresh estimator from parameters (``factory``), lists its
 default hyperparameters, the widgets the page shows for the main ones, and the search space
-for the optional randomized search. Every spec goes through the same lab code.
+for the optional randomized search (candidate values per parameter, sampled uniformly). Every spec goes through the same lab code.
 
 Two baselines are always shown, because a model is only worth something if it beats them:
 
@@ -24,12 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import loguniform, randint, uniform
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
-from sklearn.linear_model import LinearRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from models.targets import get_target
 
@@ -148,11 +143,17 @@ def features_for(spec: ModelSpec, target: str, features: list[str],
 # Factories
 
 def _linear(p, seed, n_jobs):
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return Pipeline([("scale", StandardScaler()),
                      ("model", LinearRegression(fit_intercept=bool(p["fit_intercept"])))])
 
 
 def _random_forest(p, seed, n_jobs):
+    from sklearn.ensemble import RandomForestRegressor
+
     return RandomForestRegressor(
         n_estimators=int(p["n_estimators"]), max_depth=_none_if_zero(p["max_depth"]),
         min_samples_leaf=int(p["min_samples_leaf"]), max_features=float(p["max_features"]),
@@ -160,6 +161,8 @@ def _random_forest(p, seed, n_jobs):
 
 
 def _hist_gradient_boosting(p, seed, n_jobs):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
     # early_stopping off: its internal validation split would be a random (leaky) one.
     return HistGradientBoostingRegressor(
         max_iter=int(p["max_iter"]), learning_rate=float(p["learning_rate"]),
@@ -220,8 +223,9 @@ register(ModelSpec(
         ParamWidget("min_samples_leaf", "Min samples per leaf", "int", 1, 500, 1),
         ParamWidget("max_features", "Share of features per split", "float", 0.1, 1.0, 0.1),
     ),
-    search_space={"n_estimators": randint(50, 300), "max_depth": randint(3, 20),
-                  "min_samples_leaf": randint(5, 200), "max_features": uniform(0.2, 0.8)},
+    search_space={"n_estimators": [50, 100, 200, 300], "max_depth": [4, 6, 8, 10, 14, 20],
+                  "min_samples_leaf": [5, 10, 20, 50, 100, 200],
+                  "max_features": [0.2, 0.35, 0.5, 0.75, 1.0]},
     description="Averaged deep trees on bootstrap samples.", extrapolates=False))
 
 register(ModelSpec(
@@ -234,9 +238,9 @@ register(ModelSpec(
         ParamWidget("max_leaf_nodes", "Leaves per tree", "int", 2, 255, 1),
         ParamWidget("min_samples_leaf", "Min samples per leaf", "int", 1, 500, 1),
     ),
-    search_space={"max_iter": randint(50, 400), "learning_rate": loguniform(0.01, 0.3),
-                  "max_leaf_nodes": randint(7, 63), "min_samples_leaf": randint(10, 200),
-                  "l2_regularization": loguniform(1e-4, 10.0)},
+    search_space={"max_iter": [50, 100, 200, 400], "learning_rate": [0.01, 0.02, 0.05, 0.1, 0.2],
+                  "max_leaf_nodes": [7, 15, 31, 63], "min_samples_leaf": [10, 20, 50, 100, 200],
+                  "l2_regularization": [0.0, 0.01, 0.1, 1.0, 10.0]},
     description="scikit-learn's histogram gradient boosting.", extrapolates=False))
 
 register(ModelSpec(
@@ -249,10 +253,10 @@ register(ModelSpec(
         ParamWidget("max_depth", "Max depth", "int", 1, 15, 1),
         ParamWidget("subsample", "Row subsample", "float", 0.1, 1.0, 0.05),
     ),
-    search_space={"n_estimators": randint(100, 600), "learning_rate": loguniform(0.01, 0.3),
-                  "max_depth": randint(2, 9), "subsample": uniform(0.5, 0.5),
-                  "colsample_bytree": uniform(0.5, 0.5), "min_child_weight": loguniform(0.5, 50),
-                  "reg_lambda": loguniform(0.1, 10.0)},
+    search_space={"n_estimators": [100, 200, 300, 500], "learning_rate": [0.01, 0.02, 0.05, 0.1, 0.2],
+                  "max_depth": [2, 3, 4, 5, 6, 8], "subsample": [0.5, 0.7, 0.8, 1.0],
+                  "colsample_bytree": [0.5, 0.7, 0.8, 1.0], "min_child_weight": [1, 3, 10, 30],
+                  "reg_lambda": [0.1, 1.0, 3.0, 10.0]},
     description="XGBoost gradient-boosted trees (hist method).", extrapolates=False))
 
 BASELINE_KEYS = [k for k, s in MODEL_SPECS.items() if s.kind == "baseline"]

@@ -59,7 +59,10 @@ class Bar:
         return bar_id(self.symbol, self.interval, self.ts)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Written out rather than dataclasses.asdict, which deep-copies and is ~10x slower.
+        return {"symbol": self.symbol, "interval": self.interval, "ts": self.ts,
+                "open": self.open, "high": self.high, "low": self.low, "close": self.close,
+                "volume": self.volume, "source": self.source}
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()

@@ -39,6 +39,7 @@ import fnmatch
 import json
 import math
 import re
+import socket
 import threading
 import urllib.parse
 from collections import Counter, deque
@@ -70,7 +71,8 @@ class EsTestServer:
     :param api_key: if set, requests must send ``Authorization: ApiKey <api_key>``.
     :param basic_auth: ``(user, password)``; if set, ``Authorization: Basic`` must match.
         With both set, either is accepted.
-    :param version: version reported by ``GET /``.
+    :param version: version reported by ``GET /``; below 9, requests from a 9.x client are
+        refused with ``media_type_header_exception`` as an 8.x server does.
     """
 
     def __init__(self, *, api_key: str | None = None,
@@ -97,7 +99,7 @@ class EsTestServer:
         handler = type("Handler", (_Handler,), {"double": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         name="es-test-double", daemon=True)
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -148,6 +150,11 @@ class EsTestServer:
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any,
                raw: bytes) -> tuple[int, Any]:
         self._authenticate(headers)
+        if int(self.version.split(".")[0]) < 9 and "compatible-with=9" in headers.get("Accept", ""):
+            raise EsError(400, "media_type_header_exception",
+                          "Invalid media-type value on headers [Accept, Content-Type]",
+                          caused_by={"type": "status_exception", "reason":
+                                     "Accept version must be either version 8 or 7, but found 9."})
         for needle in self.forbid_paths:
             if needle in path:
                 raise EsError(403, "security_exception",
@@ -715,6 +722,11 @@ class _Handler(BaseHTTPRequestHandler):
     double: EsTestServer
     timeout = 60
 
+    def setup(self) -> None:
+        super().setup()
+        # one small response per request: without this, Nagle + delayed ACK add ~40 ms each
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         self._serve()
 
@@ -743,10 +755,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         if status == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="security", ApiKey')
-        self.send_header("Content-Length", str(0 if self.command == "HEAD" else len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        if self.command == "HEAD":
+            payload = b""
+        self.send_header("Content-Length", str(len(payload)))
+        self._headers_buffer.append(b"\r\n" + payload)  # headers and body in one write
+        self.flush_headers()
 
 
 # ---- helpers ------------------------------------------------------------------------------

@@ -265,7 +265,8 @@ class MarketApiDouble:
 
     def script(self, api: str, *behaviours: Any) -> None:
         """Queue one-shot behaviours for the next requests to ``api`` ("alphavantage" or
-        "polygon"), used in order before any sticky behaviour or the normal answer."""
+        "polygon"), used in order before any sticky behaviour or the normal answer; a None
+        in the sequence lets that request get the normal answer."""
         with self._lock:
             self._scripts[api].extend(behaviours)
 

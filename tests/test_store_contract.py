@@ -7,8 +7,9 @@ Backends (the ``store`` fixture):
   :class:`tests.es_double.EsTestServer`, a loopback test double (NOT Elasticsearch);
 * ``es-real``   -- :class:`ElasticsearchStore` against the cluster in ``ELASTICSEARCH_URL``
   (credentials from the usual ``ELASTICSEARCH_*`` variables), under a random index prefix that
-  is dropped afterwards; skipped when the variable is unset. Run only these with
-  ``ELASTICSEARCH_URL=http://localhost:9200 python -m pytest tests/test_store_contract.py -m real_es``.
+  is dropped afterwards; skipped when the variable is unset. Run only these with::
+
+    ELASTICSEARCH_URL=http://localhost:9200 python -m pytest tests/test_store_contract.py -m real_es
 
 The tests after the contract section exercise Elasticsearch-only behaviour (partial bulk
 failures, 429 retries, connection/auth errors) and need the double's failure knobs.
@@ -18,7 +19,9 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
@@ -443,7 +446,7 @@ def test_es_double_hides_unrefreshed_writes(server):
 def test_es_partial_failure_is_reported_per_item(server):
     bars = make_bars(n=12)
     server.reject_ids = {bars[3].doc_id}
-    bad_type = Bar("AAA", "1m", T0 + 100 * MIN, "not-a-price", 2.0, 1.0, 1.5, 1.0)  # type: ignore[arg-type]
+    bad_type = Bar("AAA", "1m", T0 + 100 * MIN, "not-a-price", 2.0, 1.0, 1.5, 1.0)  # type: ignore
     not_finite = Bar("AAA", "1m", T0 + 101 * MIN, 1.0, 2.0, 1.0, float("nan"), 1.0)
     store = _store(server.url, chunk_size=5)
     result = store.upsert_bars(bars + [bad_type, not_finite])
@@ -472,14 +475,18 @@ def test_es_429_and_503_items_are_retried_then_accepted(server):
     assert store.count_bars() == 10
 
 
-def test_es_items_still_throttled_after_retries_are_rejected(server):
+def test_es_items_still_throttled_after_retries_fail_the_batch_not_the_items(server):
+    """An overloaded cluster is not a malformed bar: the call fails (the indexer retries the
+    batch) instead of reporting the bar as rejected, which would dead-letter a valid bar."""
     bars = make_bars(n=5)
     server.throttle({bars[1].doc_id}, times=10)
-    result = _store(server.url, bulk_max_retries=2).upsert_bars(bars)
-    assert result.accepted == 4
-    [(item, reason)] = result.rejected
-    assert item is bars[1] and "429" in reason and "retries" in reason
+    store = _store(server.url, bulk_max_retries=2)
+    with pytest.raises(StoreUnavailable) as info:
+        store.upsert_bars(bars)
+    msg = _one_sentence(info.value)
+    assert "overloaded" in msg and "1 of 5" in msg and "429" in msg
     assert server.item_attempts[bars[1].doc_id] == 3
+    assert server.doc_count(store.index_name("bars")) == 4
 
 
 def test_es_whole_request_503_is_retried_by_the_client(server):
@@ -541,6 +548,42 @@ def test_es_403_and_tls_errors_are_one_clear_sentence(server):
         _store(tls_url, max_retries=0).check()
     msg = _one_sentence(info.value)
     assert "TLS" in msg and "ELASTICSEARCH_CA_CERTS" in msg and tls_url in msg
+
+
+def test_es_8x_server_is_one_clear_sentence():
+    with EsTestServer(version="8.17.0") as srv:
+        with pytest.raises(StoreUnavailable) as info:
+            _store(srv.url).check()
+    msg = _one_sentence(info.value)
+    assert "8.x" in msg and "pip install 'elasticsearch>=8,<9'" in msg
+
+
+@pytest.mark.parametrize("status,body", [(200, b"{}"), (404, b"{}"), (200, b"<html>")])
+def test_es_other_http_server_is_one_clear_sentence(status, body):
+    """Something that is not Elasticsearch (a web server, a proxy) answers on the URL."""
+    class NotElasticsearch(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotElasticsearch)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with pytest.raises(StoreUnavailable) as info:
+            _store(url).check()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    msg = _one_sentence(info.value)
+    assert url in msg and "ELASTICSEARCH_URL" in msg and "Elasticsearch 9.x" in msg
 
 
 def test_es_describe_and_errors_hide_credentials(tmp_path):

@@ -258,29 +258,42 @@ class _Layout:
                    source: str) -> Bar:
         if len(row) != self.width:
             self._check_width(row, line)
+        ts_cols = self.ts_columns
         try:
-            ts = self.parse_ts(*[row[i] for i in self.ts_columns])
+            ts = (self.parse_ts(row[ts_cols[0]]) if len(ts_cols) == 1
+                  else self.parse_ts(row[ts_cols[0]], row[ts_cols[1]]))
         except ValueError as exc:
             raise CsvFormatError(self.path, line, self.ts_label, str(exc)) from None
-        mapping: dict[str, Any] = {"ts": ts, "interval": interval, "source": source}
-        for name, idx, label in self.numeric:
-            text = row[idx]
-            try:
-                mapping[name] = float(text)
-            except ValueError:
-                why = "is empty" if not text.strip() else f"{_clip(text)!r} is not a number"
-                raise CsvFormatError(self.path, line, label, why) from None
-        if self.symbol_col is not None and row[self.symbol_col].strip():
-            mapping["symbol"] = row[self.symbol_col].strip()
-        elif symbol:
-            mapping["symbol"] = symbol
-        else:
+        f = self.fields
+        try:
+            mapping: dict[str, Any] = {
+                "symbol": symbol, "interval": interval, "ts": ts, "open": float(row[f["open"]]),
+                "high": float(row[f["high"]]), "low": float(row[f["low"]]),
+                "close": float(row[f["close"]]), "volume": float(row[f["volume"]]),
+                "source": source}
+        except ValueError:
+            self._number_error(row, line)
+            raise  # not reached: _number_error raises
+        if self.symbol_col is not None:
+            cell = row[self.symbol_col].strip()
+            if cell:
+                mapping["symbol"] = cell
+        if not mapping["symbol"]:
             raise CsvFormatError(self.path, line, self.header[self.symbol_col or 0],
                                  "is empty and no symbol= was given")
         try:
             return bar_from_mapping(mapping)
         except InvalidBar as exc:
             raise CsvFormatError(self.path, line, self._column_of(exc.reason), exc.reason) from None
+
+    def _number_error(self, row: list[str], line: int) -> None:
+        for name, idx, label in self.numeric:
+            text = row[idx]
+            try:
+                float(text)
+            except ValueError:
+                why = "is empty" if not text.strip() else f"{_clip(text)!r} is not a number"
+                raise CsvFormatError(self.path, line, label, why) from None
 
     def _check_width(self, row: list[str], line: int) -> None:
         if len(row) < self.width:
@@ -427,6 +440,7 @@ def _time_parts(text: str) -> tuple[int, int, int, int]:
     return h, m, whole, int(round((sec - whole) * 1e6))
 
 
+@lru_cache(maxsize=4096)
 def _time_ms(text: str) -> int:
     h, m, s, us = _time_parts(text)
     return ((h * 60 + m) * 60 + s) * 1000 + us // 1000

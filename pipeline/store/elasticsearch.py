@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.parse
 from collections import defaultdict, deque
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import pandas as pd
 from elasticsearch import (
@@ -97,6 +97,7 @@ _INT_PREDICTION_FIELDS = {"ts", "base_ts", "produced_ms", "stored_ms"}
 _FLOAT_PREDICTION_FIELDS = {"predicted", "base_close", "actual", "error", "latency_ms"}
 _PREDICTION_SORT = [{"ts": "asc"}, {"model_id": "asc"}, {"symbol": "asc"}, {"interval": "asc"}]
 _LONG_STRING = 200  # longer where-values are compared by digest, not indexed verbatim
+_DOC_PAGE = 100  # collection documents can be large (model versions carry their blob)
 
 T = TypeVar("T")
 
@@ -135,7 +136,8 @@ class ElasticsearchStore(Store):
     :param chunk_size: most documents per bulk request.
     :param max_chunk_bytes: most bytes per bulk request.
     :param bulk_max_retries: retries of bulk items answered 429/503 (only those items are
-        resent).
+        resent); items still refused after that fail the call with :class:`StoreUnavailable`
+        rather than being reported as rejected (they are not malformed).
     :param initial_backoff: seconds before the first bulk item retry, doubled each retry.
     :param max_backoff: cap of the bulk item retry wait.
     :param page_size: hits per search page (``search_after`` paging); at most the index's
@@ -176,6 +178,7 @@ class ElasticsearchStore(Store):
         self.initial_backoff = float(initial_backoff)
         self.max_backoff = float(max_backoff)
         self.max_retries = int(max_retries)
+        self.request_timeout = float(request_timeout)
         self.page_size = max(1, min(int(page_size), 10_000))
         self.refresh_after_write = bool(refresh_after_write)
         url_has_user = "@" in urllib.parse.urlsplit(url).netloc
@@ -208,11 +211,12 @@ class ElasticsearchStore(Store):
                             "(ELASTICSEARCH_VERIFY_CERTS=false)", self.url)
         try:
             self._client = Elasticsearch(url, **_supported(Elasticsearch.__init__, kwargs))
-        except ValueError:
-            raise StoreUnavailable(
-                f"ELASTICSEARCH_URL {self.url!r} is not a usable address; set it to the form "
-                "http://host:9200 or https://host:9200 (scheme, host and port)."
-            ) from None
+            return
+        except ValueError:  # the message may quote the URL with its password
+            pass
+        raise StoreUnavailable(
+            f"ELASTICSEARCH_URL {self.url!r} is not a usable address; set it to the form "
+            "http://host:9200 or https://host:9200 (scheme, host and port).")
 
     @classmethod
     def from_config(cls, config: Any) -> "ElasticsearchStore":
@@ -244,9 +248,25 @@ class ElasticsearchStore(Store):
 
     @_at_edge
     def check(self) -> None:
-        """Probe the cluster (``GET /``) and make sure the templates and indices exist, so a
-        missing privilege shows up here rather than at the first write."""
-        self._client.info()
+        """Probe the cluster (``GET /``, short timeout, one retry: a black-holed address fails
+        in seconds, not minutes) and make sure the templates and indices exist, so a missing
+        privilege shows up here rather than at the first write."""
+        probe = self._client.options(request_timeout=min(self.request_timeout, 10.0),
+                                     max_retries=min(self.max_retries, 1))
+        answer = None  # what answered instead, e.g. a proxy or a web server on that port
+        try:
+            probe.info()
+        except SerializationError:
+            answer = "a body that is not JSON"
+        except ApiError as exc:
+            if self._explain(exc) is not None:
+                raise
+            answer = f"HTTP {exc.status_code}"
+        if answer is not None:
+            raise StoreUnavailable(
+                f"The server at {self.url} answered GET / with {answer} instead of "
+                "Elasticsearch's cluster info; set ELASTICSEARCH_URL to an Elasticsearch 9.x "
+                "cluster.")
         self._ensure()
 
     def close(self) -> None:
@@ -438,7 +458,7 @@ class ElasticsearchStore(Store):
             filters.append({"term": {f"eq.{key}": canonical}})
         sort = [{"created_ms": "desc"}, {"doc_id": "asc"}]
         hits = self._scan(self.index_name(collection), {"bool": {"filter": filters}}, sort,
-                          _sqlite_limit(limit))
+                          _sqlite_limit(limit), page_size=min(self.page_size, _DOC_PAGE))
         return [s["body"] for s in hits]
 
     @_at_edge
@@ -491,18 +511,30 @@ class ElasticsearchStore(Store):
             max_retries=self.bulk_max_retries, initial_backoff=self.initial_backoff,
             max_backoff=self.max_backoff, retry_on_status=ITEM_RETRY_STATUSES,
         ))
+        overloaded = 0
         for ok, info in helpers.streaming_bulk(self._client, stream(), **bulk_kwargs):
             answer = next(iter(info.values()))
             item = pending[answer["_id"]].popleft()
             if ok:
                 result.accepted += 1
+            elif answer.get("status") in ITEM_RETRY_STATUSES:
+                overloaded += 1
             else:
                 result.rejected.append((item, self._item_reason(answer)))
         if result.accepted and self.refresh_after_write:
             self._client.indices.refresh(index=index)
         ts = [ts_of(item) for _, item in actions]
-        log.info("%s: %d accepted, %d rejected, ts %d..%d, %.3fs", index, result.accepted,
-                 len(result.rejected), min(ts), max(ts), time.perf_counter() - started)
+        log.info("%s: %d accepted, %d rejected, %d refused as overloaded, ts %d..%d, %.3fs",
+                 index, result.accepted, len(result.rejected), overloaded, min(ts), max(ts),
+                 time.perf_counter() - started)
+        if overloaded:
+            # Not the documents' fault: reporting them as rejected would send valid bars to
+            # the dead-letter topic. Failing the call makes the caller retry the batch later
+            # (the indexer does, with backoff); the accepted part is simply overwritten.
+            raise StoreUnavailable(
+                f"Elasticsearch at {self.url} is overloaded: {overloaded} of {len(actions)} "
+                f"documents were still refused with HTTP 429/503 after {self.bulk_max_retries} "
+                "retries, so the batch must be retried later.")
         return result
 
     def _item_reason(self, answer: dict[str, Any]) -> str:
@@ -512,11 +544,7 @@ class ElasticsearchStore(Store):
             text = f"{error.get('type', 'error')}: {error.get('reason', '')}".strip()
         else:
             text = str(error)
-        if status in ITEM_RETRY_STATUSES:
-            text += f" (HTTP {status}, still refused after {self.bulk_max_retries} retries)"
-        else:
-            text += f" (HTTP {status})"
-        return text
+        return f"{text} (HTTP {status})"
 
     # ---- reading -------------------------------------------------------------------------
     def _latest_or_all(self, index: str, query: dict[str, Any], sort: list[dict[str, str]],
@@ -530,15 +558,16 @@ class ElasticsearchStore(Store):
         return self._scan(index, query, descending, limit)[::-1]
 
     def _scan(self, index: str, query: dict[str, Any], sort: list[dict[str, str]],
-              limit: int | None) -> list[dict[str, Any]]:
+              limit: int | None, page_size: int | None = None) -> list[dict[str, Any]]:
         """Page through all hits with ``search_after``. ``sort`` must be unique per document
         (bars: ts within one series; predictions: ts+model+series; docs: created_ms+id), so
         paging neither skips nor repeats a document that existed when the read started."""
         self._ensure()
+        page = page_size or self.page_size
         out: list[dict[str, Any]] = []
         after: list[Any] | None = None
         while limit is None or len(out) < limit:
-            size = self.page_size if limit is None else min(self.page_size, limit - len(out))
+            size = page if limit is None else min(page, limit - len(out))
             body: dict[str, Any] = {"query": query, "sort": sort, "size": size,
                                     "track_total_hits": False}
             if after is not None:
@@ -571,8 +600,9 @@ class ElasticsearchStore(Store):
         self._ensure()
         values: list[str] = []
         after: dict[str, Any] | None = None
+        page = 1000
         while True:
-            composite: dict[str, Any] = {"size": 1000,
+            composite: dict[str, Any] = {"size": page,
                                          "sources": [{"v": {"terms": {"field": field}}}]}
             if after:
                 composite["after"] = after
@@ -583,7 +613,7 @@ class ElasticsearchStore(Store):
             agg = resp["aggregations"]["values"]
             values += [b["key"]["v"] for b in agg["buckets"]]
             after = agg.get("after_key")
-            if not agg["buckets"] or not after:
+            if len(agg["buckets"]) < page or not after:
                 return values
 
     # ---- setup ---------------------------------------------------------------------------
@@ -765,6 +795,12 @@ def _finite_or_none(value: Any) -> Any:
 
 def _bar_problem(bar: Bar) -> str | None:
     """Why a bar cannot be stored as it is (SQLite refuses the same: NOT NULL columns)."""
+    try:  # fast path: the sum is finite only if every number is
+        if (math.isfinite(bar.open + bar.high + bar.low + bar.close + bar.volume + bar.ts)
+                and None not in (bar.symbol, bar.interval, bar.ts, bar.source)):
+            return None
+    except TypeError:
+        pass  # a non-number: let the mapping decide, below finds nothing else
     for name in ("symbol", "interval", "ts", "open", "high", "low", "close", "volume", "source"):
         value = getattr(bar, name)
         if value is None:

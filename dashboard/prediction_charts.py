@@ -1,0 +1,172 @@
+"""Plotly figures and tables for the Predictions page (live scoring and model versions).
+
+Inputs are the frames of :mod:`models.adaptation` (:func:`~models.adaptation.score_frame`,
+:func:`~models.adaptation.rolling_live_errors`) and the store's model-version and event records,
+so every figure can be built, and tested, without Streamlit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from dashboard.formatting import fmt_ts, ts_to_datetime
+
+ACTUAL_COLOR = "#263238"
+MODEL_COLORS = ["#e040fb", "#29b6f6", "#f2a900", "#26a69a", "#7e57c2", "#ef5350", "#8d6e63"]
+PROMOTED_COLOR, KEPT_COLOR = "#2e7d32", "#9e9e9e"
+CHAMPION_BG = "background-color: rgba(46, 125, 50, 0.18); font-weight: 600"
+
+
+def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
+                        events: list[dict[str, Any]] | None = None, title: str = "") -> go.Figure:
+    """Actual close (line) and each model version's predicted close (dotted) by bar time,
+    with retraining decisions as vertical lines (green: promoted, grey: champion kept)."""
+    fig = go.Figure()
+    if bars is not None and len(bars):
+        fig.add_trace(go.Scatter(x=ts_to_datetime(bars["ts"]), y=bars["close"], name="actual close",
+                                 mode="lines", line=dict(color=ACTUAL_COLOR, width=1.6)))
+    elif len(scored):
+        done = scored[np.isfinite(scored["actual_close"])]
+        fig.add_trace(go.Scatter(x=ts_to_datetime(done["ts"]), y=done["actual_close"],
+                                 name="actual close", mode="lines",
+                                 line=dict(color=ACTUAL_COLOR, width=1.6)))
+    for i, (model_id, g) in enumerate(scored.groupby("model_id", sort=False)):
+        fig.add_trace(go.Scatter(
+            x=ts_to_datetime(g["ts"]), y=g["predicted_close"], name=f"predicted · {model_id}",
+            mode="lines+markers", line=dict(width=1, dash="dot",
+                                            color=MODEL_COLORS[i % len(MODEL_COLORS)]),
+            marker=dict(size=4),
+            customdata=np.stack([g["base_close"], g["abs_error"]], axis=-1),
+            hovertemplate="%{x}<br>predicted %{y:.4f}<br>base close %{customdata[0]:.4f}"
+                          "<br>abs error %{customdata[1]:.4f}<extra>%{fullData.name}</extra>"))
+    _mark_events(fig, events or [], scored)
+    fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=1.08), yaxis_title="close",
+                      uirevision="pred")
+    return fig
+
+
+def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = None,
+                   window: int = 50) -> go.Figure:
+    """Rolling MAE (implied close, price units) and directional accuracy per model version."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=(f"Rolling MAE (last {window} scored)",
+                                        f"Rolling directional accuracy (last {window})"))
+    for i, (model_id, g) in enumerate(rolling.groupby("model_id", sort=False)):
+        color = MODEL_COLORS[i % len(MODEL_COLORS)]
+        x = ts_to_datetime(g["ts"])
+        fig.add_trace(go.Scatter(x=x, y=g["mae"], name=model_id, mode="lines",
+                                 line=dict(color=color, width=1.5), legendgroup=model_id),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=g["directional_accuracy"], name=model_id, mode="lines",
+                                 line=dict(color=color, width=1.5), legendgroup=model_id,
+                                 showlegend=False), row=2, col=1)
+    if len(rolling):
+        fig.add_hline(y=0.5, line=dict(color=KEPT_COLOR, dash="dash", width=1), row=2, col=1)
+    _mark_events(fig, events or [], rolling, annotate=False)
+    fig.update_yaxes(title_text="MAE", row=1, col=1)
+    fig.update_yaxes(title_text="hit rate", range=[0, 1], row=2, col=1)
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=1.12), uirevision="roll")
+    return fig
+
+
+def versions_table(versions: list[dict[str, Any]], live: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per model version: status, scope, model, target, training range, holdout
+    metrics (as saved) and live metrics (from the stored predictions)."""
+    rows = []
+    for v in versions:
+        m = v.get("metrics") or {}
+        rows.append({
+            "version_id": v.get("version_id"),
+            "status": v.get("status"),
+            "scope": v.get("scope"),
+            "name": v.get("name"),
+            "model": v.get("model_key"),
+            "target": v.get("target"),
+            "created": fmt_ts(v.get("created_ms")) if v.get("created_ms") else "—",
+            "trained on": (f"{fmt_ts(v['train_start_ms'])} → {fmt_ts(v['train_end_ms'])}"
+                           if v.get("train_start_ms") and v.get("train_end_ms") else "—"),
+            "by": v.get("trained_by") or "lab",
+            "holdout MAPE %": m.get("mape_pct"),
+            "holdout dir. acc.": m.get("directional_accuracy"),
+            "holdout skill": m.get("skill"),
+        })
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    if live is not None and len(live):
+        lv = live.rename(columns={"model_id": "version_id", "mape_pct": "live MAPE %",
+                                  "directional_accuracy": "live dir. acc.",
+                                  "mae": "live MAE", "scored": "live scored"})
+        df = df.merge(lv[["version_id", "live scored", "live MAE", "live MAPE %",
+                          "live dir. acc."]], on="version_id", how="left")
+    return df
+
+
+def highlight_champion(df: pd.DataFrame):
+    """A Styler with the champion rows highlighted (for ``st.dataframe``)."""
+    def row_style(row: pd.Series) -> list[str]:
+        return [CHAMPION_BG if row.get("status") == "champion" else ""] * len(row)
+
+    return df.style.apply(row_style, axis=1).format(precision=4, na_rep="—")
+
+
+def events_table(events: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for e in events:
+        f = e.get("figures") or {}
+        rows.append({
+            "when": fmt_ts(e.get("created_ms")) if e.get("created_ms") else "—",
+            "at bar": fmt_ts(e["bar_ts"]) if e.get("bar_ts") else "—",
+            "trigger": e.get("trigger"),
+            "promoted": bool(e.get("promoted")),
+            "challenger err %": f.get("challenger_error",
+                                      (e.get("challenger_metrics") or {}).get("mape_pct")),
+            "champion err %": f.get("champion_error"),
+            "persistence err %": f.get("persistence_error",
+                                       (e.get("persistence_metrics") or {}).get("mape_pct")),
+            "train rows": f.get("train_rows"),
+            "holdout rows": f.get("holdout_rows"),
+            "champion after": e.get("champion_version_id"),
+            "reason": e.get("reason"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _mark_events(fig: go.Figure, events: list[dict[str, Any]], frame: pd.DataFrame,
+                 annotate: bool = True) -> None:
+    """Vertical lines at the bar time of each retraining decision inside the frame's range."""
+    if frame is None or frame.empty or not events:
+        return
+    lo, hi = int(frame["ts"].min()), int(frame["ts"].max())
+    for e in events:
+        ts = event_bar_ts(e, frame)
+        if ts is None or not lo <= ts <= hi:
+            continue
+        promoted = bool(e.get("promoted"))
+        fig.add_vline(x=ts_to_datetime(ts), line=dict(
+            color=PROMOTED_COLOR if promoted else KEPT_COLOR, width=1.5,
+            dash="solid" if promoted else "dash"))
+        if annotate:
+            fig.add_annotation(x=ts_to_datetime(ts), y=1.0, yref="paper", showarrow=False,
+                               text=f"{e.get('trigger')}: {'promoted' if promoted else 'kept'}",
+                               font=dict(size=10), xanchor="left", yanchor="bottom",
+                               textangle=-90)
+
+
+def event_bar_ts(event: dict[str, Any], frame: pd.DataFrame | None = None) -> int | None:
+    """The bar time of an event: its ``bar_ts``, else the bar of the prediction stored closest
+    to the event's wall-clock time (bar time and wall time differ in a simulation)."""
+    if event.get("bar_ts"):
+        return int(event["bar_ts"])
+    created = event.get("created_ms")
+    if frame is None or not created or "stored_ms" not in frame or frame["stored_ms"].isna().all():
+        return None
+    stored = frame["stored_ms"].astype("float64")
+    i = int(np.nanargmin(np.abs(stored.to_numpy() - float(created))))
+    return int(frame["ts"].iloc[i])

@@ -1,0 +1,605 @@
+"""Continuous adaptation for the live scorer: when to retrain, and when a retrained model wins.
+
+The live scorer (:mod:`pipeline.scorer`) owns the streaming; this module owns the decisions,
+as plain functions over the store so they can be tested and run without Kafka:
+
+- :class:`RetrainPolicy` — every knob: the schedule (every N new bars), the drift rule
+  (rolling live error above ``drift_factor`` × the champion's reference level), the training
+  window, the holdout, and how much better a challenger must be.
+- :func:`train_default_model` — with no champion, train the default model (linear regression
+  on the scale-free default features, target ``next_return``) on what is stored, save it and
+  promote it; or say how much data is still missing.
+- :func:`retrain` — train a challenger on the most recent window, evaluate it and the champion
+  chronologically on the latest holdout (rows neither trained on), promote the challenger only
+  if it beats the champion, and record the decision as a ``retrain`` event with the figures.
+- :class:`LiveErrors` / :class:`DriftMonitor` — rolling live error, measured by progressive
+  validation (each prediction scored only once its bar has arrived).
+- :func:`score_frame` / :func:`live_summary` / :func:`rolling_live_errors` — the same live
+  error figures computed from the predictions stored in the store (for the Predictions page).
+
+One error metric for all decisions: the absolute percentage error of the *implied close*
+(``mape_pct`` in :mod:`models.metrics`). It is comparable across targets (a next-close model and
+a next-return model predict the same close), across symbols (ACME at 180 and INITECH at 40
+count the same) and between the lab's holdout figures and the live errors.
+
+Why the default target is ``next_return``: one global model serves every symbol, and returns
+are on the same scale for all of them, while closes differ by price level. The price-level
+features (``close``, moving averages...) are left out for the same reason; the predicted close
+is ``base_close × (1 + predicted return)`` (:func:`models.targets.to_close`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from models import metrics as M
+from models.features import DEFAULT_FEATURES, compute_features, is_price_level, max_lookback
+from models.registry import (
+    CHAMPION, GLOBAL_SCOPE, LoadedModel, load_model_version, promote, save_model_version,
+)
+from models.targets import effective_horizon, get_target, make_target, to_close
+from pipeline.store.base import Store
+
+log = logging.getLogger(__name__)
+
+RETRAIN_EVENT = "retrain"
+DEFAULT_TARGET = "next_return"
+DEFAULT_MODEL_KEY = "linear"
+#: Decision metric (lower is better): percentage error of the implied close.
+DECISION_METRIC = "mape_pct"
+
+
+def default_features() -> list[str]:
+    """The model lab's default features without the price-level ones (see module docstring)."""
+    return [f for f in DEFAULT_FEATURES if not is_price_level(f)]
+
+
+def default_estimator():
+    """Ordinary least squares on standardised features (the zoo's ``linear`` model)."""
+    from models.zoo import get_spec
+
+    return get_spec(DEFAULT_MODEL_KEY).build({}, seed=0, n_jobs=1)
+
+
+@dataclass
+class RetrainPolicy:
+    """When the scorer retrains, on what, and what a challenger must do to be promoted.
+
+    Windows are counted in bars *per symbol*; the schedule and the cooldown in bars the
+    scorer consumed (all symbols together).
+    """
+
+    every_bars: int | None = 5000  # scheduled retrain after this many new bars (None: off)
+    drift_factor: float | None = 2.0  # drift: rolling live error > factor × reference (None: off)
+    drift_window: int = 200  # live errors in the rolling drift window
+    drift_min_errors: int = 100  # no drift verdict on fewer live errors than this
+    cooldown_bars: int = 500  # after any retrain decision, no drift retrain for this many bars
+    train_bars: int = 2000  # most recent bars per symbol the challenger learns from
+    holdout_bars: int = 200  # latest bars per symbol, kept out of training, to compare on
+    min_improvement: float = 0.005  # challenger error must be <= champion × (1 - this)
+    min_train_rows: int = 300  # fewer usable training rows: wait for more data
+    min_holdout_rows: int = 30  # fewer usable holdout rows: wait for more data
+    #: Builds the challenger's estimator; None retrains the champion's own model spec.
+    challenger_factory: Callable[[], Any] | None = None
+    keep_rejected: bool = True  # save a losing challenger as a candidate version (promotable)
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["challenger_factory"] = (getattr(self.challenger_factory, "__name__", "custom")
+                                   if self.challenger_factory else None)
+        return d
+
+
+@dataclass
+class RetrainDecision:
+    """The outcome of one retrain: what was trained, the figures, and whether it was promoted."""
+
+    trigger: str  # bootstrap | schedule | drift | manual
+    reason: str
+    promoted: bool
+    scope: str = GLOBAL_SCOPE
+    interval: str | None = None
+    champion_version_id: str | None = None  # the champion after the decision
+    previous_version_id: str | None = None  # the champion before it
+    challenger_version_id: str | None = None
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    persistence_metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    event_id: str | None = None
+    waiting: bool = False  # not enough data yet: nothing trained
+
+    def summary(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+
+class NotEnoughData(Exception):
+    """Too little stored data to train or evaluate; the message says how much is missing."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions
+
+def train_default_model(store: Store, interval: str, policy: RetrainPolicy | None = None,
+                        symbols: list[str] | None = None, bar_ts: int | None = None,
+                        worker_id: str | None = None) -> RetrainDecision:
+    """With no champion: train the default model on the stored bars, save and promote it.
+
+    Returns a decision with ``waiting=True`` (and nothing saved) while too little is stored.
+    """
+    policy = policy or RetrainPolicy()
+    features, target = default_features(), DEFAULT_TARGET
+    symbols = symbols or store.list_symbols(interval)
+    t0 = time.perf_counter()
+    try:
+        data = load_training_data(store, symbols, interval, features, target, 1,
+                                  policy.train_bars + policy.holdout_bars)
+        train, holdout = split_holdout(data, policy, holdout_fraction=0.2)
+    except NotEnoughData as exc:
+        return RetrainDecision("bootstrap", str(exc), False, interval=interval, waiting=True)
+    estimator = default_estimator()
+    estimator.fit(train[features], train["y"].to_numpy())
+    metrics = evaluate(lambda X: estimator.predict(X[features]), holdout, target)
+    persistence = persistence_metrics(holdout, target)
+    meta = _version_meta(
+        name="Linear regression (default, next return)", model_key=DEFAULT_MODEL_KEY,
+        features=features, target=target, horizon=1, interval=interval, train=train,
+        metrics=metrics, trigger="bootstrap", parent=None, scope=GLOBAL_SCOPE)
+    version_id = save_model_version(store, estimator, meta)
+    reason = ("no saved model: trained the default model on the stored bars "
+              f"({len(train):,} rows of {len(set(train['symbol']))} symbols)")
+    promote(store, version_id, GLOBAL_SCOPE, reason=f"bootstrap: {reason}")
+    decision = RetrainDecision(
+        "bootstrap", reason, True, GLOBAL_SCOPE, interval, version_id, None, version_id,
+        challenger_metrics=metrics, persistence_metrics=persistence,
+        figures={**_data_figures(train, holdout), "fit_s": round(time.perf_counter() - t0, 3)})
+    decision.event_id = _record(store, decision, policy, bar_ts, worker_id)
+    return decision
+
+
+def retrain(store: Store, champion: LoadedModel, trigger: str, reason: str,
+            policy: RetrainPolicy | None = None, symbols: list[str] | None = None,
+            interval: str | None = None, scope: str | None = None, bar_ts: int | None = None,
+            live: dict[str, Any] | None = None, worker_id: str | None = None) -> RetrainDecision:
+    """Train a challenger on the recent window; promote it only if it beats ``champion``.
+
+    Both are scored on the same chronological holdout: the latest ``holdout_bars`` bars per
+    symbol, which the challenger never saw. The decision and its figures are recorded as a
+    ``retrain`` event whether or not the challenger wins. Raises :class:`NotEnoughData`
+    when the store cannot supply the windows yet.
+    """
+    policy = policy or RetrainPolicy()
+    t0 = time.perf_counter()
+    meta = champion.meta
+    scope = scope or meta.get("scope") or GLOBAL_SCOPE
+    interval = interval or meta.get("interval")
+    if interval is None:
+        raise ValueError("retrain needs the interval of the bars to learn from")
+    if symbols is None:
+        symbols = [scope] if scope != GLOBAL_SCOPE else store.list_symbols(interval)
+    target, horizon = champion.target, champion.horizon
+    challenger_est, ch_key, ch_name, ch_params = _challenger_estimator(champion, policy)
+    features = champion.features
+    data = load_training_data(store, symbols, interval, features, target, horizon,
+                              policy.train_bars + policy.holdout_bars)
+    train, holdout = split_holdout(data, policy)
+    challenger_est.fit(train[features], train["y"].to_numpy())
+    ch_metrics = evaluate(lambda X: challenger_est.predict(X[features]), holdout, target)
+    champ_metrics = evaluate(champion.predict, holdout, target)
+    pers = persistence_metrics(holdout, target)
+
+    # Rows of the holdout the champion was trained on flatter it; say so in the figures.
+    champ_end = meta.get("train_end_ms")
+    seen = int((holdout["ts"] <= champ_end).sum()) if champ_end is not None else 0
+    ch_err, champ_err = ch_metrics.get(DECISION_METRIC), champ_metrics.get(DECISION_METRIC)
+    better = (_finite(ch_err) and (not _finite(champ_err)
+                                   or ch_err <= champ_err * (1.0 - policy.min_improvement)))
+    figures = {
+        **_data_figures(train, holdout),
+        "decision_metric": DECISION_METRIC,
+        "challenger_error": ch_err, "champion_error": champ_err,
+        "persistence_error": pers.get(DECISION_METRIC),
+        "improvement": (1.0 - ch_err / champ_err) if _finite(ch_err) and _finite(champ_err)
+        and champ_err > 0 else None,
+        "min_improvement": policy.min_improvement,
+        "holdout_rows_in_champion_training": seen,
+        "fit_s": round(time.perf_counter() - t0, 3),
+        "live": live or {},
+    }
+    verdict = (f"challenger {DECISION_METRIC} {_fmt(ch_err)} vs champion {_fmt(champ_err)}: "
+               + ("promoted" if better else "champion kept"))
+    challenger_id = None
+    if better or policy.keep_rejected:
+        challenger_id = save_model_version(store, challenger_est, _version_meta(
+            name=f"{ch_name} (retrained: {trigger})", model_key=ch_key, params=ch_params,
+            features=features, target=target, horizon=horizon, interval=interval, train=train,
+            metrics=ch_metrics, trigger=trigger, parent=champion.version_id, scope=scope))
+    if better:
+        promote(store, challenger_id, scope, reason=f"{trigger} retrain: {verdict}")
+    decision = RetrainDecision(
+        trigger, f"{reason}; {verdict}", bool(better), scope, interval,
+        champion_version_id=challenger_id if better else champion.version_id,
+        previous_version_id=champion.version_id, challenger_version_id=challenger_id,
+        challenger_metrics=ch_metrics, champion_metrics=champ_metrics, persistence_metrics=pers,
+        figures=figures)
+    decision.event_id = _record(store, decision, policy, bar_ts, worker_id)
+    return decision
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def load_training_data(store: Store, symbols: list[str], interval: str, features: list[str],
+                       target: str, horizon: int, bars_per_symbol: int) -> pd.DataFrame:
+    """Rows with finite features and target from the latest bars of each symbol.
+
+    Columns: ``symbol, ts, base_close, actual_close, y, target_ts`` and the features, ts order
+    within each symbol. ``target_ts`` is the bar whose close the target is about.
+    """
+    h = effective_horizon(target, horizon)
+    need = int(bars_per_symbol) + max_lookback(features) + h
+    parts = []
+    for sym in symbols:
+        bars = store.query_bars(sym, interval, limit=need)
+        if len(bars) <= h:
+            continue
+        bars = bars.reset_index(drop=True)
+        feats = compute_features(bars, features)
+        part = pd.DataFrame({
+            "symbol": sym, "ts": bars["ts"].to_numpy(),
+            "base_close": bars["close"].to_numpy(dtype="float64"),
+            "actual_close": bars["close"].shift(-h).to_numpy(dtype="float64"),
+            "target_ts": bars["ts"].shift(-h).to_numpy(dtype="float64"),
+            "y": make_target(bars, target, h).to_numpy(),
+        })
+        part = pd.concat([part, feats.reset_index(drop=True)], axis=1)
+        ok = np.isfinite(part[["y", *features]].to_numpy(dtype="float64")).all(axis=1)
+        parts.append(part[ok].tail(int(bars_per_symbol)))
+    if not parts:
+        raise NotEnoughData(f"waiting for data: no {interval} bars with complete features stored "
+                            "yet")
+    return pd.concat(parts, ignore_index=True)
+
+
+def split_holdout(data: pd.DataFrame, policy: RetrainPolicy,
+                  holdout_fraction: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chronological split per symbol: the latest rows are the holdout, the ``train_bars``
+    before them the training window. ``holdout_fraction`` (bootstrap) caps the holdout at that
+    share of each symbol's rows, so a young store still trains."""
+    train_parts, hold_parts = [], []
+    for _, rows in data.groupby("symbol", sort=False):
+        n_hold = policy.holdout_bars
+        if holdout_fraction is not None:
+            n_hold = min(n_hold, int(len(rows) * holdout_fraction))
+        n_hold = min(n_hold, len(rows))
+        hold_parts.append(rows.iloc[len(rows) - n_hold:])
+        train_parts.append(rows.iloc[:len(rows) - n_hold].tail(policy.train_bars))
+    train = pd.concat(train_parts, ignore_index=True)
+    holdout = pd.concat(hold_parts, ignore_index=True)
+    min_train = policy.min_train_rows
+    if len(train) < min_train or len(holdout) < policy.min_holdout_rows:
+        raise NotEnoughData(
+            f"waiting for data: {len(train):,} training rows (need {min_train:,}) and "
+            f"{len(holdout):,} holdout rows (need {policy.min_holdout_rows:,}) with complete "
+            "features are stored")
+    return train, holdout
+
+
+def evaluate(predict: Callable[[pd.DataFrame], Any], rows: pd.DataFrame,
+             target: str) -> dict[str, float]:
+    """The lab's metrics (:func:`models.metrics.score`) plus ``mae_close`` and ``n``."""
+    y_pred = np.asarray(predict(rows), dtype="float64").ravel()
+    ok = np.isfinite(y_pred)
+    if not ok.any():
+        return {"n": 0}
+    r = rows[ok]
+    y_pred = y_pred[ok]
+    pred_close = to_close(target, y_pred, r["base_close"].to_numpy())
+    y = r["y"].to_numpy()
+    out = M.score(y, y_pred, r["actual_close"], pred_close, r["base_close"],
+                  mse_persistence=M.mse(y, _persistence_values(r, target)))
+    out["mae_close"] = float(np.mean(np.abs(pred_close - r["actual_close"].to_numpy())))
+    out["n"] = int(len(r))
+    return _clean(out)
+
+
+def persistence_metrics(rows: pd.DataFrame, target: str) -> dict[str, float]:
+    """The "no change" forecast on the same rows (what every model must beat)."""
+    return evaluate(lambda r: _persistence_values(r, target), rows, target)
+
+
+def _persistence_values(rows: pd.DataFrame, target: str) -> np.ndarray:
+    base = rows["base_close"].to_numpy(dtype="float64")
+    return np.zeros(len(rows)) if get_target(target).is_return else base
+
+
+# ---------------------------------------------------------------------------------------------
+# Live error (progressive validation)
+
+def close_error(target: str, predicted: float, actual: float, base_close: float) -> tuple[float, float, float | None]:
+    """(absolute error of the implied close, its percentage of the actual close, direction hit)
+    for one scored prediction; the hit is None when the price did not move."""
+    pred_close = float(to_close(target, predicted, base_close))
+    actual_close = float(to_close(target, actual, base_close))
+    abs_err = abs(pred_close - actual_close)
+    pct = 100.0 * abs_err / abs(actual_close) if actual_close else float("nan")
+    actual_move = np.sign(actual_close - base_close)
+    hit = None if actual_move == 0 else bool(np.sign(pred_close - base_close) == actual_move)
+    return abs_err, pct, hit
+
+
+class LiveErrors:
+    """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy."""
+
+    def __init__(self, window: int = 200):
+        self._abs: deque[float] = deque(maxlen=window)
+        self._pct: deque[float] = deque(maxlen=window)
+        self._hits: deque[bool] = deque(maxlen=window)
+        self.total = 0
+
+    def add(self, abs_err: float, pct_err: float, hit: bool | None) -> None:
+        self._abs.append(abs_err)
+        self._pct.append(pct_err)
+        if hit is not None:
+            self._hits.append(hit)
+        self.total += 1
+
+    @property
+    def n(self) -> int:
+        return len(self._abs)
+
+    @property
+    def mape_pct(self) -> float:
+        vals = [v for v in self._pct if math.isfinite(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        if not self._abs:
+            return {"n": 0, "scored": self.total}
+        a = np.fromiter(self._abs, float)
+        return _clean({
+            "mae": float(a.mean()), "rmse": float(np.sqrt(np.mean(a * a))),
+            "mape_pct": self.mape_pct,
+            "directional_accuracy": float(np.mean(self._hits)) if self._hits else None,
+            "n": len(a), "scored": self.total,
+        })
+
+
+class DriftMonitor:
+    """Rolling live error of one model against its reference level.
+
+    The reference is the model's holdout error when it was trained (``metrics.mape_pct``, the
+    same measure as the live one); for a model without it, the first ``drift_window`` live
+    errors set it. After every retrain decision the reference is reset to the champion's error
+    on the latest holdout, so a lasting change (a calmer or wilder market) triggers once, not
+    on every bar.
+    """
+
+    def __init__(self, policy: RetrainPolicy, reference: float | None = None):
+        self.policy = policy
+        self.reference = reference if _finite(reference) and reference > 0 else None
+        self.errors = LiveErrors(policy.drift_window)
+
+    def add(self, pct_err: float) -> None:
+        if not math.isfinite(pct_err):
+            return
+        self.errors.add(pct_err, pct_err, None)
+        if self.reference is None and self.errors.n >= self.policy.drift_window:
+            self.reference = self.errors.mape_pct
+
+    @property
+    def rolling(self) -> float:
+        return self.errors.mape_pct
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference is None or self.errors.n == 0:
+            return None
+        return self.rolling / self.reference
+
+    def drifted(self) -> bool:
+        f = self.policy.drift_factor
+        return (f is not None and self.reference is not None
+                and self.errors.n >= self.policy.drift_min_errors
+                and self.rolling > f * self.reference)
+
+    def rebaseline(self, reference: float | None) -> None:
+        if _finite(reference) and reference > 0:
+            self.reference = float(reference)
+        self.errors = LiveErrors(self.policy.drift_window)
+
+    def summary(self) -> dict[str, Any]:
+        return _clean({"rolling_mape_pct": self.rolling if self.errors.n else None,
+                       "reference_mape_pct": self.reference, "ratio": self.ratio,
+                       "n": self.errors.n, "factor": self.policy.drift_factor})
+
+
+# ---------------------------------------------------------------------------------------------
+# Live error from the store (for the Predictions page and reports)
+
+def score_frame(preds: pd.DataFrame) -> pd.DataFrame:
+    """Stored predictions with the implied closes and the per-row close errors added:
+    ``predicted_close``, ``actual_close`` (NaN until scored), ``abs_error``, ``pct_error``,
+    ``hit`` (direction right; NaN when unscored or the price did not move)."""
+    df = preds.copy()
+    if df.empty:
+        for c in ("predicted_close", "actual_close", "abs_error", "pct_error", "hit"):
+            df[c] = pd.Series(dtype="float64")
+        return df
+    pred_close = np.empty(len(df))
+    actual_close = np.empty(len(df))
+    predicted = df["predicted"].to_numpy(dtype="float64")
+    actual = pd.to_numeric(df["actual"], errors="coerce").to_numpy(dtype="float64")
+    base = df["base_close"].to_numpy(dtype="float64")
+    for tgt in df["target"].unique():
+        m = (df["target"] == tgt).to_numpy()
+        pred_close[m] = to_close(tgt, predicted[m], base[m])
+        actual_close[m] = to_close(tgt, actual[m], base[m])
+    df["predicted_close"] = pred_close
+    df["actual_close"] = actual_close
+    df["abs_error"] = np.abs(pred_close - actual_close)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["pct_error"] = 100.0 * df["abs_error"] / np.abs(actual_close)
+    moved = np.sign(actual_close - base)
+    hit = (np.sign(pred_close - base) == moved).astype("float64")
+    hit[~np.isfinite(actual_close) | (moved == 0)] = np.nan
+    df["hit"] = hit
+    return df
+
+
+def live_summary(scored: pd.DataFrame, by: str = "model_id") -> pd.DataFrame:
+    """Live error per ``by`` value over the scored rows: n, MAE, RMSE, MAPE %, directional
+    accuracy, and the persistence MAE on the same rows."""
+    cols = [by, "predictions", "scored", "mae", "rmse", "mape_pct", "directional_accuracy",
+            "persistence_mae"]
+    if scored.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, g in scored.groupby(by, sort=False):
+        s = g[np.isfinite(g["abs_error"])]
+        pers = (np.abs(s["actual_close"] - s["base_close"]).mean() if len(s) else np.nan)
+        rows.append({
+            by: key, "predictions": len(g), "scored": len(s),
+            "mae": s["abs_error"].mean() if len(s) else np.nan,
+            "rmse": float(np.sqrt((s["abs_error"] ** 2).mean())) if len(s) else np.nan,
+            "mape_pct": s["pct_error"].mean() if len(s) else np.nan,
+            "directional_accuracy": s["hit"].mean() if len(s) else np.nan,
+            "persistence_mae": pers,
+        })
+    return pd.DataFrame(rows, columns=cols)
+
+
+def rolling_live_errors(scored: pd.DataFrame, window: int = 50) -> pd.DataFrame:
+    """Rolling MAE, RMSE, MAPE % and directional accuracy over the last ``window`` scored
+    predictions, by ts (one series per model_id)."""
+    out = []
+    s = scored[np.isfinite(scored["abs_error"])].sort_values("ts")
+    for model_id, g in s.groupby("model_id", sort=False):
+        r = pd.DataFrame({"ts": g["ts"].to_numpy(), "model_id": model_id})
+        a = g["abs_error"].reset_index(drop=True)
+        minp = max(1, min(window, 5))
+        r["mae"] = a.rolling(window, min_periods=minp).mean()
+        r["rmse"] = np.sqrt((a ** 2).rolling(window, min_periods=minp).mean())
+        r["mape_pct"] = g["pct_error"].reset_index(drop=True).rolling(window, min_periods=minp).mean()
+        r["directional_accuracy"] = (g["hit"].reset_index(drop=True)
+                                     .rolling(window, min_periods=minp).mean())
+        out.append(r)
+    if not out:
+        return pd.DataFrame(columns=["ts", "model_id", "mae", "rmse", "mape_pct",
+                                     "directional_accuracy"])
+    return pd.concat(out, ignore_index=True)
+
+
+def retrain_events(store: Store, limit: int = 200) -> list[dict[str, Any]]:
+    return store.list_events(kind=RETRAIN_EVENT, limit=limit)
+
+
+def champions(store: Store) -> dict[str, dict[str, Any]]:
+    """Every scope's champion metadata in one query: ``{scope: meta}``.
+
+    Same answer as :func:`models.registry.get_champion` per scope (a symbol without its own
+    champion uses ``"global"``), without one query per symbol on every refresh.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for meta in store.list_model_versions(where={"status": CHAMPION}):
+        out.setdefault(meta.get("scope") or GLOBAL_SCOPE, meta)  # newest first
+    return out
+
+
+def load_champion(store: Store, scope: str = GLOBAL_SCOPE) -> LoadedModel | None:
+    found = champions(store)
+    meta = found.get(scope) or found.get(GLOBAL_SCOPE)
+    return load_model_version(store, meta["version_id"]) if meta else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _challenger_estimator(champion: LoadedModel, policy: RetrainPolicy):
+    """A fresh, unfitted estimator for the challenger, with its key, name and params."""
+    meta = champion.meta
+    if policy.challenger_factory is not None:
+        est = policy.challenger_factory()
+        return est, type(est).__name__.lower(), type(est).__name__, {}
+    key, params = meta.get("model_key"), dict(meta.get("params") or {})
+    name = meta.get("name") or key or "model"
+    name = name.split(" (retrained")[0]
+    try:
+        from models.zoo import MODEL_SPECS
+
+        spec = MODEL_SPECS.get(key)
+        if spec is not None:
+            # One thread: the retrain runs beside the live consumer on a small machine.
+            return spec.build({k: v for k, v in params.items() if k in spec.defaults},
+                              seed=0, n_jobs=1), key, name, params
+    except Exception as exc:  # an unknown or changed spec: fall back to cloning
+        log.debug("zoo spec %s unusable (%s); cloning the champion", key, exc)
+    from sklearn.base import clone
+
+    est = clone(champion.model)
+    if "n_jobs" in est.get_params():
+        est.set_params(n_jobs=1)
+    return est, key or type(est).__name__.lower(), name, params
+
+
+def _version_meta(name: str, model_key: str, features: list[str], target: str, horizon: int,
+                  interval: str, train: pd.DataFrame, metrics: dict[str, float], trigger: str,
+                  parent: str | None, scope: str, params: dict | None = None) -> dict[str, Any]:
+    return {
+        "name": name, "model_key": model_key, "params": params or {}, "features": features,
+        "target": target, "horizon": horizon, "interval": interval,
+        "symbols": sorted(set(train["symbol"])),
+        "train_start_ms": int(train["ts"].min()),
+        # The last bar whose data the model saw, targets included: the scorer predicts only
+        # bars after it, so live errors are never measured on training data.
+        "train_end_ms": int(np.nanmax(train["target_ts"].to_numpy())),
+        "train_rows": int(len(train)), "metrics": metrics, "scope": scope,
+        "trained_by": "scorer", "trigger": trigger, "parent_version_id": parent,
+    }
+
+
+def _data_figures(train: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "train_rows": int(len(train)), "holdout_rows": int(len(holdout)),
+        "symbols": int(train["symbol"].nunique()),
+        "train_start_ms": int(train["ts"].min()), "train_end_ms": int(train["ts"].max()),
+        "holdout_start_ms": int(holdout["ts"].min()), "holdout_end_ms": int(holdout["ts"].max()),
+    }
+
+
+def _record(store: Store, d: RetrainDecision, policy: RetrainPolicy, bar_ts: int | None,
+            worker_id: str | None) -> str:
+    return store.record_event(
+        RETRAIN_EVENT, trigger=d.trigger, reason=d.reason, promoted=d.promoted, scope=d.scope,
+        interval=d.interval, champion_version_id=d.champion_version_id,
+        previous_version_id=d.previous_version_id, challenger_version_id=d.challenger_version_id,
+        challenger_metrics=d.challenger_metrics, champion_metrics=d.champion_metrics,
+        persistence_metrics=d.persistence_metrics, figures=d.figures, bar_ts=bar_ts,
+        worker_id=worker_id, policy=policy.describe())
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fmt(x) -> str:
+    return f"{x:.4f}%" if _finite(x) else "n/a"
+
+
+def _clean(obj):
+    """JSON-friendly copy: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

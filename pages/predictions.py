@@ -1,0 +1,163 @@
+"""Predictions: live predicted vs actual, rolling error, model versions and retraining events."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from dashboard.formatting import fmt_num, fmt_ts
+from dashboard.prediction_charts import (
+    events_table, highlight_champion, predicted_vs_actual, rolling_errors, versions_table,
+)
+from dashboard.state import store_or_stop
+from models.adaptation import live_summary, retrain_events, rolling_live_errors, score_frame
+from models.registry import GLOBAL_SCOPE, promote, rollback
+
+store = store_or_stop()
+st.title("🎯 Predictions")
+st.caption("The live scorer predicts each symbol's next close with the champion model and "
+           "scores every prediction only when its bar arrives (progressive validation), so the "
+           "errors below are measured on data the model had never seen.")
+
+
+def scorer_snapshot() -> dict | None:
+    """The live scorer's stats: a thread of this app, or a process seen by its heartbeat."""
+    try:
+        from dashboard.runtime import get_runtime
+
+        runtime = get_runtime()
+        snap = runtime.local_stats().get("scorer")
+        if snap and snap.get("state") == "running":
+            return snap
+        return next((b for b in runtime.attached_stats() if b.get("kind") == "scorer"), snap)
+    except Exception:
+        return None
+
+
+snap = scorer_snapshot()
+if snap:
+    g, c = snap.get("gauges", {}), snap.get("counters", {})
+    state = snap.get("state")
+    st.markdown(f"**Scorer** ({state}): {g.get('status', '—')}")
+    lat = g.get("latency_ms") or {}
+    k = st.columns(5)
+    k[0].metric("Predictions", f"{c.get('predictions', 0):,}")
+    k[1].metric("Scored", f"{c.get('scored', 0):,}")
+    k[2].metric("Latency p50", f"{lat['p50']:.0f} ms" if lat else "—",
+                help="bar produced to Kafka → prediction stored")
+    k[3].metric("Latency p99", f"{lat['p99']:.0f} ms" if lat else "—")
+    k[4].metric("Retrains (promoted)", f"{c.get('retrains', 0)} ({c.get('promotions', 0)})")
+else:
+    st.caption("No live scorer is running in this app or attached by heartbeat; start it on "
+               "the Pipeline page or with `python -m pipeline score`.")
+
+versions = store.list_model_versions()
+n_predictions = store.count_predictions()
+if not versions and not n_predictions:
+    st.info("No model versions and no predictions yet. Once the **scorer** runs and enough bars "
+            "are stored, it trains a default model (linear regression on the next return), makes "
+            "it champion and starts predicting; or save and promote a model from the **Model "
+            "lab**. This page then shows predicted vs actual, live errors and every retraining.")
+    st.stop()
+
+# ---- series ----------------------------------------------------------------------------------
+symbols = store.list_symbols()
+c1, c2, c3, c4 = st.columns([1.2, 0.8, 1, 1])
+symbol = c1.selectbox("Symbol", symbols or ["—"], key="pr_symbol")
+interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key="pr_interval")
+n_points = c3.slider("Predictions shown", 20, 2000, 200, step=20, key="pr_n")
+window = c4.slider("Rolling window (predictions)", 5, 500, 50, step=5, key="pr_window")
+auto = st.toggle("Refresh every 2 s", value=True, key="pr_auto")
+
+
+@st.fragment(run_every=2.0 if auto else None)
+def live_panel() -> None:
+    preds = store.query_predictions(symbol=symbol, interval=interval, limit=n_points)
+    if preds.empty:
+        st.info(f"No predictions stored for {symbol} {interval} yet. They appear once the scorer "
+                "has a champion and this series' bars flow.")
+        return
+    scored = score_frame(preds)
+    done = scored[np.isfinite(scored["abs_error"])]
+    recent = done.tail(window)
+    k = st.columns(6)
+    k[0].metric("Scored / shown", f"{len(done):,} / {len(scored):,}")
+    k[1].metric(f"MAE (last {len(recent)})", fmt_num(recent["abs_error"].mean(), 4)
+                if len(recent) else "—", help="implied close, price units")
+    k[2].metric("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)
+                if len(recent) else "—")
+    k[3].metric("MAPE", f"{recent['pct_error'].mean():.4f} %" if len(recent) else "—")
+    k[4].metric("Direction right", f"{recent['hit'].mean():.1%}"
+                if len(recent) and recent["hit"].notna().any() else "—")
+    pers = (recent["actual_close"] - recent["base_close"]).abs().mean() if len(recent) else None
+    k[5].metric("Persistence MAE", fmt_num(pers, 4) if pers is not None else "—",
+                help="'no change' forecast on the same bars: the bar to beat")
+    events = retrain_events(store)
+    bars = store.query_bars(symbol, interval, start_ms=int(scored["base_ts"].min()),
+                            end_ms=int(scored["ts"].max()) + 1)
+    st.plotly_chart(predicted_vs_actual(scored, bars, events,
+                                        title=f"{symbol} · predicted vs actual close"),
+                    width="stretch", key="pr_chart")
+    nxt = scored.iloc[-1]
+    st.caption(f"Latest: close predicted for {fmt_ts(nxt['ts'])} = "
+               f"**{fmt_num(nxt['predicted_close'], 4)}** by `{nxt['model_id']}` "
+               f"(from the close {fmt_num(nxt['base_close'], 4)} of {fmt_ts(nxt['base_ts'])}).")
+    if len(done):
+        st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
+                        width="stretch", key="pr_roll")
+        st.caption("Live error per model version on this series")
+        st.dataframe(live_summary(scored), hide_index=True, width="stretch")
+
+
+live_panel()
+
+# ---- model versions --------------------------------------------------------------------------
+st.subheader("Model versions")
+if not versions:
+    st.info("No model version saved yet.")
+else:
+    live = live_summary(score_frame(store.query_predictions(interval=interval, limit=20_000)))
+    table = versions_table(versions, live)
+    st.dataframe(highlight_champion(table), hide_index=True, width="stretch")
+    st.caption("Highlighted: champion(s). Holdout figures were measured when the version was "
+               "trained; live figures come from its stored, scored predictions "
+               f"(latest 20,000 {interval} predictions, all symbols).")
+
+    with st.form("pr_manage"):
+        st.markdown("**Promote or roll back by hand**")
+        f1, f2 = st.columns([2, 1])
+        labels = {v["version_id"]: f"{v['version_id']} · {v.get('name')} · {v.get('status')}"
+                  for v in versions}
+        chosen = f1.selectbox("Version", list(labels), format_func=labels.get, key="pr_version")
+        scope = f2.selectbox("Scope", [GLOBAL_SCOPE, *symbols], key="pr_scope",
+                             help="global: every symbol without its own champion")
+        b1, b2 = st.columns(2)
+        do_promote = b1.form_submit_button("Promote to champion", type="primary")
+        do_rollback = b2.form_submit_button("Roll back this scope")
+    if do_promote:
+        try:
+            promote(store, chosen, scope, reason="manual (Predictions page)")
+            st.session_state["pr_msg"] = ("success", f"{chosen} is now the champion of {scope}; "
+                                          "the scorer switches within a few seconds.")
+        except (KeyError, ValueError) as exc:
+            st.session_state["pr_msg"] = ("error", f"Could not promote {chosen}: {exc}")
+        st.rerun()
+    if do_rollback:
+        try:
+            meta = rollback(store, scope, reason="manual rollback (Predictions page)")
+            st.session_state["pr_msg"] = ("success", f"Rolled back {scope}: "
+                                          f"{meta['version_id']} is champion again.")
+        except LookupError as exc:
+            st.session_state["pr_msg"] = ("error", f"Nothing to roll back: {exc}.")
+        st.rerun()
+    if "pr_msg" in st.session_state:
+        kind, text = st.session_state.pop("pr_msg")
+        (st.success if kind == "success" else st.error)(text)
+
+# ---- retraining events -----------------------------------------------------------------------
+st.subheader("Retraining decisions")
+events = retrain_events(store)
+if not events:
+    st.caption("None yet. The scorer retrains on a schedule and when its live error drifts "
+               "above its reference level; each decision, promoted or not, is listed here.")
+else:
+    st.dataframe(events_table(events), hide_index=True, width="stretch")

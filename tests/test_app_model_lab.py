@@ -1,0 +1,95 @@
+"""The model lab page under Streamlit's AppTest, on a real SQLite store in a temp data dir."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pipeline.sources.simulator import MarketSimulator, SimulatorParams
+from pipeline.store.sqlite import SqliteStore
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "model_lab.py")
+TIMEOUT = 180
+
+
+@pytest.fixture()
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
+    for var in ("ELASTICSEARCH_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture()
+def filled(data_dir):
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    sim = MarketSimulator(["ACME", "GLOBX"], "1m", 21, bars=1500, params=SimulatorParams(phi=0.3))
+    store.upsert_bars(list(sim.bars(threading.Event())))
+    yield store
+    store.close()
+
+
+def small_models(at: AppTest) -> None:
+    at.number_input(key="ml_random_forest_n_estimators").set_value(20)
+    at.number_input(key="ml_hist_gradient_boosting_max_iter").set_value(30)
+    at.number_input(key="ml_xgboost_n_estimators").set_value(30)
+
+
+def test_empty_store_shows_the_empty_state(data_dir):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("python -m pipeline backfill" in i.value for i in at.info)
+    assert not at.button  # nothing to run yet
+
+
+def test_run_shows_all_models_with_baselines_and_keeps_the_run(filled):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("1,500 bars selected" in c.value for c in at.caption)
+    at.multiselect(key="ml_groups").set_value(["returns", "rsi", "volume"])
+    at.multiselect(key="ml_extra_features").set_value(["close_to_sma_20"])
+    at.multiselect(key="ml_models").set_value(["linear", "random_forest",
+                                               "hist_gradient_boosting", "xgboost"])
+    small_models(at)
+    at.button(key="ml_run").click().run()
+    assert not at.exception and not at.error
+
+    table = at.dataframe[0].value
+    assert list(table.index) == ["Persistence", "Moving average (5)", "Linear regression",
+                                 "Random forest", "Gradient boosting", "XGBoost"]
+    assert "Skill vs persistence" in table.columns
+    assert any("R² near 0" in i.value for i in at.info)  # guidance shown
+    runs = filled.list_runs()
+    assert len(runs) == 1
+    assert runs[0]["config"]["features"][:2] == ["ret_1", "ret_5"]
+    assert "close_to_sma_20" in runs[0]["config"]["features"]
+
+    # a rerun (any widget change) shows the stored result without retraining
+    at.selectbox(key="ml_metric").set_value("rmse").run()
+    assert not at.exception and len(filled.list_runs()) == 1
+    assert list(at.dataframe[0].value.index) == list(table.index)
+
+    # save the best model as the champion
+    at.checkbox(key="ml_save_champion").check()
+    at.button(key="ml_save").click().run()
+    assert not at.exception and at.success
+    versions = filled.list_model_versions()
+    assert len(versions) == 1 and versions[0]["status"] == "champion"
+
+
+def test_random_split_warns_and_runs_can_be_deleted(filled):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.radio(key="ml_split").set_value("random").run()
+    assert any("leaks the future" in w.value for w in at.warning)
+    at.multiselect(key="ml_models").set_value(["linear"])
+    at.button(key="ml_run").click().run()
+    assert not at.exception
+    assert list(at.dataframe[0].value.index) == ["Persistence", "Moving average (5)",
+                                                 "Linear regression"]
+    run_id = filled.list_runs()[0]["run_id"]
+    at.selectbox(key="ml_delete_pick").set_value(run_id)
+    at.button(key="ml_delete").click().run()
+    assert not at.exception
+    assert filled.list_runs() == []
