@@ -9,7 +9,10 @@ from dashboard.formatting import fmt_duration, fmt_num, fmt_ts
 from dashboard.runtime import get_runtime
 from dashboard.state import get_config, store_or_stop
 from pipeline.broker import BrokerUnavailable
+from pipeline.config import Secret
 from pipeline.runtime import SimulatorSpec
+from pipeline.sources.base import SourceError
+from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
@@ -45,24 +48,67 @@ def guarded(action, *args, **kwargs) -> None:
         action(*args, **kwargs)
     except BrokerUnavailable as exc:
         st.error(str(exc))
+    except SourceError as exc:
+        st.error(str(exc))
     except ImportError as exc:
         st.error(f"This worker is not available in this installation ({exc}).")
 
 
-with st.expander("Producer source: market simulator", expanded=not runtime.is_running("producer")):
-    s1, s2, s3, s4 = st.columns(4)
-    sym_text = s1.text_input("Symbols", "ACME,GLOBX,INITECH,UMBRL,WAYNE", key="pc_symbols")
-    sim_interval = s2.selectbox("Interval", list(INTERVALS), key="pc_interval")
-    speed = s3.number_input("Speed (× real time)", 1.0, 100_000.0, 60.0, key="pc_speed",
-                            help="60 = one 1m bar per second per symbol")
-    warmup = s4.number_input("Warm-up bars (instant)", 0, 100_000, 0, step=500, key="pc_warmup")
-    seed = st.number_input("Seed", 0, 1_000_000, 7, key="pc_seed")
-    spec = SimulatorSpec(symbols=tuple(s.strip() for s in sym_text.split(",") if s.strip()),
-                         interval=sim_interval, speed=float(speed), warmup_bars=int(warmup),
-                         seed=int(seed))
+with st.expander("Producer source", expanded=not runtime.is_running("producer")):
+    session_keys = st.session_state.setdefault("api_keys", {})
+    choices = available_sources(config, session_keys)
+    labels = {c.key: c.label + ("" if c.enabled else " — needs a key") for c in choices}
+    kind = st.radio("Source", [c.key for c in choices], format_func=labels.get,
+                    horizontal=True, key="pc_source")
+    chosen = next(c for c in choices if c.key == kind)
+    s1, s2, s3 = st.columns(3)
+    default_symbols = "ACME,GLOBX,INITECH,UMBRL,WAYNE" if kind == "simulator" else ""
+    sym_text = s1.text_input("Symbols (comma-separated)", default_symbols, key=f"pc_symbols_{kind}")
+    src_interval = s2.selectbox("Interval", list(INTERVALS), key="pc_interval")
+    symbols = [s.strip() for s in sym_text.split(",") if s.strip()]
+    start_producer = None
+    if kind == "simulator":
+        speed = s3.number_input("Speed (× real time)", 1.0, 100_000.0, 60.0, key="pc_speed",
+                                help="60 = one 1m bar per second per symbol")
+        w1, w2 = st.columns(2)
+        warmup = w1.number_input("Warm-up bars (instant)", 0, 100_000, 0, step=500, key="pc_warmup")
+        seed = w2.number_input("Seed", 0, 1_000_000, 7, key="pc_seed")
+        spec = SimulatorSpec(symbols=tuple(symbols), interval=src_interval, speed=float(speed),
+                             warmup_bars=int(warmup), seed=int(seed))
+        start_producer = lambda: runtime.start_simulator(spec)  # noqa: E731
+    elif kind == "csv":
+        path = s3.text_input("CSV file path", key="pc_csv_path",
+                             help="Seed template (Date, Time, Open, High, Low, Close, Volume; "
+                                  "day-first dates) or a timestamp column + OHLCV.")
+        c1, c2 = st.columns(2)
+        csv_speed = c1.number_input("Speed (× real time, 0 = as fast as possible)", 0.0,
+                                    100_000.0, 0.0, key="pc_csv_speed")
+        skip_bad = c2.checkbox("Skip malformed lines", key="pc_csv_skip")
+
+        def start_producer():
+            from pipeline.sources.csv_replay import CsvReplaySource
+
+            source = CsvReplaySource(path, symbol=symbols[0] if symbols else None,
+                                     interval=src_interval, speed=csv_speed or None,
+                                     skip_bad=skip_bad)
+            return runtime.start_source(source, live=bool(csv_speed))
+    else:
+        if not chosen.enabled:
+            st.info(f"{chosen.label} is disabled: {chosen.hint}.")
+        typed = st.text_input("API key for this session only (not stored)", type="password",
+                              key=f"pc_key_{kind}")
+        if typed:
+            session_keys[kind] = Secret(typed)
+        live = st.checkbox("Keep polling (live)", value=True, key=f"pc_live_{kind}")
+        days = st.number_input("Backfill days (Polygon)", 1, 3650, 5, key="pc_days")
+
+        def start_producer():
+            source = build_api_source(kind, config, symbols, src_interval, live=live,
+                                      api_key=session_keys.get(kind), days=int(days))
+            return runtime.start_source(source, live=live)
 
 WORKERS = [
-    ("producer", "Producer", lambda: runtime.start_simulator(spec)),
+    ("producer", "Producer", start_producer),
     ("indexer", "Indexer", runtime.start_indexer),
     ("scorer", "Scorer", runtime.start_scorer),
 ]

@@ -1,0 +1,66 @@
+"""Which sources exist and how to build each one from user choices (CLI or dashboard).
+
+Live API sources are offered but disabled until their key is configured, with the hint of
+what to set; a key typed into the dashboard lives in that session only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import Config, Secret
+from pipeline.sources.base import Source, SourceError
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    key: str
+    label: str
+    enabled: bool
+    hint: str = ""
+
+
+def available_sources(config: Config, session_keys: dict[str, Any] | None = None) -> list[SourceChoice]:
+    session_keys = session_keys or {}
+    av = bool(config.alphavantage_api_key or session_keys.get("alphavantage"))
+    pg = bool(config.polygon_api_key or session_keys.get("polygon"))
+    return [
+        SourceChoice("simulator", "Market simulator", True),
+        SourceChoice("csv", "CSV replay", True),
+        SourceChoice("alphavantage", "Alpha Vantage (live API)", av,
+                     "" if av else "set ALPHAVANTAGE_API_KEY, or type a key for this session"),
+        SourceChoice("polygon", "Polygon / Massive (live API)", pg,
+                     "" if pg else "set POLYGON_API_KEY, or type a key for this session"),
+    ]
+
+
+def build_api_source(kind: str, config: Config, symbols: list[str], interval: str, *,
+                     live: bool, api_key: Secret | str | None = None, days: int = 5) -> Source:
+    """An Alpha Vantage or Polygon source; the key comes from ``api_key`` or the config."""
+    if kind == "alphavantage":
+        from pipeline.sources.alphavantage import AlphaVantageSource
+
+        return AlphaVantageSource(
+            symbols, interval, api_key=api_key or config.alphavantage_api_key,
+            mode="live" if live else "backfill", base_url=config.alphavantage_base_url,
+            outputsize="full" if not live else "compact")
+    if kind == "polygon":
+        from pipeline.sources.polygon import PolygonSource
+
+        return PolygonSource(symbols, interval, api_key=api_key or config.polygon_api_key,
+                             mode="live" if live else "backfill", days=days,
+                             base_url=config.polygon_base_url)
+    raise SourceError(f"unknown API source {kind!r}")
+
+
+def source_from_cli(args, config: Config, symbols: list[str]) -> Source:
+    """The non-simulator sources of ``python -m pipeline produce|backfill``."""
+    if args.source == "csv":
+        from pipeline.sources.csv_replay import CsvReplaySource
+
+        if not args.file:
+            raise SourceError("--source csv needs --file PATH")
+        return CsvReplaySource(args.file, symbol=symbols[0] if len(symbols) == 1 else None,
+                               interval=args.interval, speed=args.speed, skip_bad=args.skip_bad)
+    return build_api_source(args.source, config, symbols, args.interval, live=args.live,
+                            days=args.days)
