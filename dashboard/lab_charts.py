@@ -36,8 +36,21 @@ def metric_bars(table: pd.DataFrame, metric: str = "skill") -> go.Figure:
                       yaxis_title=METRIC_LABELS.get(metric, metric), height=380,
                       margin=dict(l=40, r=20, t=50, b=40), showlegend=False)
     if metric == "skill":
-        fig.add_hline(y=0, line_dash="dot", line_color="black",
-                      annotation_text="persistence", annotation_position="bottom right")
+        fig.add_hline(y=0, line_dash="dot", line_color="grey")
+        # A poor baseline (the moving average's skill is often far below 0) would flatten the
+        # models' bars: cut the axis just below the models and say so.
+        models = values[(table["kind"] == "model").to_numpy()].dropna()
+        finite = values.dropna()
+        if len(models) and len(finite):
+            floor = min(-0.02, 2.0 * min(float(models.min()), 0.0))
+            top = max(0.02, float(finite.max())) * 1.3
+            if float(finite.min()) < floor:
+                fig.update_yaxes(range=[floor, top])
+                fig.update_traces(textposition="auto")
+                fig.add_annotation(text="bars below the axis are cut; see the table",
+                                   xref="paper", yref="paper", x=0, y=0, showarrow=False,
+                                   font=dict(size=11, color="grey"), yanchor="bottom",
+                                   xanchor="left")
     return fig
 
 
@@ -115,7 +128,7 @@ def styled_table(table: pd.DataFrame):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df = df.rename(columns=METRIC_LABELS)
     styler = df.style.format({METRIC_LABELS[c]: "{:.6g}" for c in cols}, na_rep="n/a")
-    best = "background-color: #c8f7c5; font-weight: bold"
+    best = "background-color: #c8f7c5; color: #0b3d0b; font-weight: bold"
     for c in cols:
         label = METRIC_LABELS[c]
         if df[label].notna().sum() < 2:

@@ -164,20 +164,22 @@ config = lab.LabConfig(
     search_budget=budget, seed=seed, n_jobs=1, max_rows=MAX_ROWS)
 
 if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen or not features):
-    st.button("Cancel", key="ml_cancel",
-              help="Stops the run (any click on the page does: the run is interrupted).")
+    cancel_slot = st.empty()
+    cancel_slot.button("Cancel", key="ml_cancel",
+                       help="Stops the run (any click on the page interrupts it).")
     bar = st.progress(0.0, text="Starting")
     try:
         result = lab.run_comparison(bars, config,
                                     progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), m))
     except lab.LabError as exc:
-        bar.empty()
         st.error(str(exc))
     else:
-        bar.empty()
         lab.save_run(store, result)
         st.session_state[RESULT_KEY] = result
-        st.session_state["ml_compare_runs"] = [result.run_id]
+        st.session_state["ml_compare_pick"] = [result.run_id]  # show the new run side by side
+    finally:
+        bar.empty()
+        cancel_slot.empty()
 elif st.session_state.get("ml_cancel"):
     st.info("Run cancelled.")
 
@@ -252,10 +254,10 @@ if runs.empty:
 else:
     st.dataframe(runs, hide_index=True, width="stretch", key="ml_runs_table")
     ids = runs["run_id"].tolist()
-    preselected = [r for r in st.session_state.get("ml_compare_runs", []) if r in ids]
+    kept = [r for r in st.session_state.get("ml_compare_pick", []) if r in ids]
+    st.session_state["ml_compare_pick"] = kept or ids[:2]  # drop deleted runs
     c1, c2 = st.columns([3, 1])
-    picked = c1.multiselect("Compare runs side by side", ids, default=preselected or ids[:1],
-                            key="ml_compare_pick")
+    picked = c1.multiselect("Compare runs side by side", ids, key="ml_compare_pick")
     cmp_metric = c2.selectbox("Metric", list(METRIC_COLUMNS), format_func=METRIC_LABELS.get,
                               index=list(METRIC_COLUMNS).index("skill"), key="ml_compare_metric")
     if picked:

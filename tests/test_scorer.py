@@ -246,11 +246,11 @@ def test_regime_change_triggers_drift_retrain_and_worse_challenger_is_kept_out(
         wait_for(lambda: any(e["trigger"] == "drift" for e in store.list_events("retrain")),
                  60, "a drift retrain")
         wait_for(lambda: counters(scorer)["retrains"] >= 1, 10, "the scorer to see its decision")
-        stats = scorer.worker.stats()
     finally:
         for wt in (scorer, producer, indexer):
             if wt is not None:
                 wt.stop()
+    stats = scorer.worker.stats()  # the final snapshot, published on stop
 
     drift = [e for e in store.list_events("retrain") if e["trigger"] == "drift"]
     event = drift[-1]  # the first drift decision (newest first)
