@@ -424,7 +424,7 @@ def _fold_table(fold_rows: list[dict]) -> pd.DataFrame:
 
 GUIDE_R2_LEVELS = (
     "R² on price levels is close to 1 for every model, persistence included (here "
-    "persistence scores R² = {r2:.4f}), because the price hardly moves from one bar to the "
+    "persistence scores R² = {r2:.6f}), because the price hardly moves from one bar to the "
     "next: R² mostly measures that prices are autocorrelated. Compare models by skill vs "
     "persistence (above 0 = better than assuming no change)."
 )

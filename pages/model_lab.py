@@ -174,9 +174,10 @@ if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen
     except lab.LabError as exc:
         st.error(str(exc))
     else:
+        previous = lab.list_runs(store, limit=1)["run_id"].tolist()
         lab.save_run(store, result)
         st.session_state[RESULT_KEY] = result
-        st.session_state["ml_compare_pick"] = [result.run_id]  # show the new run side by side
+        st.session_state["ml_compare_pick"] = [result.run_id, *previous]  # new vs last run
     finally:
         bar.empty()
         cancel_slot.empty()
@@ -254,8 +255,11 @@ if runs.empty:
 else:
     st.dataframe(runs, hide_index=True, width="stretch", key="ml_runs_table")
     ids = runs["run_id"].tolist()
-    kept = [r for r in st.session_state.get("ml_compare_pick", []) if r in ids]
-    st.session_state["ml_compare_pick"] = kept or ids[:2]  # drop deleted runs
+    if "ml_compare_pick" in st.session_state:  # drop runs deleted meanwhile
+        st.session_state["ml_compare_pick"] = [
+            r for r in st.session_state["ml_compare_pick"] if r in ids]
+    else:
+        st.session_state["ml_compare_pick"] = ids[:2]
     c1, c2 = st.columns([3, 1])
     picked = c1.multiselect("Compare runs side by side", ids, key="ml_compare_pick")
     cmp_metric = c2.selectbox("Metric", list(METRIC_COLUMNS), format_func=METRIC_LABELS.get,

@@ -270,13 +270,28 @@ def test_regime_change_triggers_drift_retrain_and_worse_challenger_is_kept_out(
 
 
 @pytest.mark.slow
-def test_cli_score_runs_and_prints_a_summary(broker, tmp_path):
-    env = {**os.environ, "KAPPALAB_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS":
-           broker.bootstrap, "PYTHONPATH": str(ROOT)}
+def test_cli_score_bootstraps_predicts_and_prints_a_summary(broker, tmp_path):
+    """``python -m pipeline score`` (attach mode) on the configured broker and data dir."""
+    from pipeline.schema import BARS_TOPIC
+    from pipeline.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    store_history(store, 400, seed=21)
+    source = MarketSimulator(symbols=SYMBOLS, bars=30, seed=22,
+                             resume=resume_points(store, SYMBOLS, "1m"))
+    producer = Producer(source, broker.bootstrap, topic=BARS_TOPIC, live=False)
+    producer.run_guarded(threading.Event())
+    assert producer.state == "finished", producer.last_error
+    env = {**os.environ, "KAPPALAB_DATA_DIR": str(tmp_path),
+           "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "PYTHONPATH": str(ROOT)}
     env.pop("ELASTICSEARCH_URL", None)
     out = subprocess.run([sys.executable, "-m", "pipeline", "score", "--group", "sc-cli",
                           "--until-idle", "2"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=90)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["summary"] == "scorer" and summary["state"] == "stopped"
+    assert summary["consumed"] >= 90 and summary["predictions"] > 0
+    assert store.count_predictions() == summary["predictions"]
+    assert get_champion(store)["trained_by"] == "scorer"  # it bootstrapped the default model
+    store.close()

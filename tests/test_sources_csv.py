@@ -195,7 +195,7 @@ def test_stop_is_prompt_during_a_long_gap(tmp_path):
     started = time.monotonic()
     stop.set()
     worker.join(5)
-    assert not worker.is_alive() and time.monotonic() - started < 0.5 and len(got) == 1
+    assert not worker.is_alive() and time.monotonic() - started < 1.0 and len(got) == 1
 
 
 def test_describe_and_stats(tmp_path):
@@ -239,7 +239,7 @@ def test_large_file_is_streamed_not_loaded(tmp_path):
     tracemalloc.start()
     try:
         first = next(bars)
-        for _ in range(20_000):
+        for _ in range(10_000):
             next(bars)
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -249,7 +249,7 @@ def test_large_file_is_streamed_not_loaded(tmp_path):
     # The rest, untraced (tracing every allocation would make this minutes, not seconds):
     # the process's peak resident size must not grow by anything like the file's size.
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    count = 20_001
+    count = 10_001
     last = first
     for last in bars:
         count += 1

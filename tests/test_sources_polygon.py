@@ -313,6 +313,9 @@ def test_constructor_errors_are_sentences():
         PolygonSource("AAPL", api_key=KEY, start="yesterday")
     with pytest.raises(SourceError, match="limit must be"):
         PolygonSource("AAPL", api_key=KEY, limit=0)
+    with pytest.raises(SourceError, match="contains '\|'"):
+        PolygonSource("AA|PL", api_key=KEY)
+    assert PolygonSource(["aapl", "AAPL", " msft "], api_key=KEY).symbols == ["AAPL", "MSFT"]
 
 
 def test_redact_masks_keys_in_urls_even_unregistered():

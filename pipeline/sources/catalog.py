@@ -43,7 +43,8 @@ def build_api_source(kind: str, config: Config, symbols: list[str], interval: st
         return AlphaVantageSource(
             symbols, interval, api_key=api_key or config.alphavantage_api_key,
             mode="live" if live else "backfill", base_url=config.alphavantage_base_url,
-            outputsize="full" if not live else "compact")
+            # "full" daily history is premium-only on free keys; intraday full is free.
+            outputsize="full" if not live and interval != "1d" else "compact")
     if kind == "polygon":
         from pipeline.sources.polygon import PolygonSource
 

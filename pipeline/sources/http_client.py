@@ -14,11 +14,15 @@ given is registered with the module's redactor; a logging filter on the urllib3/
 loggers scrubs registered keys and any ``apikey=``/``apiKey=``/``token=`` query value from
 records before any handler sees them, and exception texts only ever reach messages through
 :func:`redact`. Waits use ``stop.wait`` so a stopping source never sleeps through a stop.
+
+:class:`PolledApiSource` (at the end) is the backfill/live loop both HTTP sources share:
+per-symbol dedupe by ``ts``, finished bars only, back-off on failed live polls.
 """
 from __future__ import annotations
 
 import abc
 import email.utils
+import json
 import logging
 import random
 import re
@@ -32,7 +36,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 import requests
 
 from pipeline.config import Secret
-from pipeline.schema import INTERVALS, Bar
+from pipeline.schema import INTERVALS, MAX_SYMBOL_LEN, Bar
 from pipeline.sources.base import Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -414,8 +418,6 @@ class ApiHttpClient:
 
 
 def _reply(status: int, body: bytes) -> HttpReply:
-    import json
-
     text = body[:300].decode("utf-8", "replace")
     try:
         payload = json.loads(body) if body else None
@@ -491,9 +493,13 @@ class PolledApiSource(Source):
                  live_backoff_max: float, max_budget_wait: float | None):
         if isinstance(symbols, str):
             symbols = [s for s in symbols.replace(",", " ").split() if s]
-        self.symbols = [str(s).strip().upper() for s in symbols]
+        self.symbols = list(dict.fromkeys(str(s).strip().upper() for s in symbols if str(s).strip()))
         if not self.symbols:
             raise SourceError(f"{self.display_name} needs at least one symbol, like AAPL.")
+        for symbol in self.symbols:
+            if len(symbol) > MAX_SYMBOL_LEN or "|" in symbol or " " in symbol:
+                raise SourceError(f"{self.display_name} symbol {symbol!r} is longer than "
+                                  f"{MAX_SYMBOL_LEN} characters or contains '|' or spaces.")
         if interval not in INTERVALS:
             raise SourceError(f"{self.display_name} cannot fetch interval {interval!r}; "
                               f"use one of {', '.join(INTERVALS)}.")
