@@ -131,8 +131,9 @@ else:
         scope = f2.selectbox("Scope", [GLOBAL_SCOPE, *symbols], key="pr_scope",
                              help="global: every symbol without its own champion")
         b1, b2 = st.columns(2)
-        do_promote = b1.form_submit_button("Promote to champion", type="primary")
-        do_rollback = b2.form_submit_button("Roll back this scope")
+        do_promote = b1.form_submit_button("Promote to champion", type="primary",
+                                           key="pr_promote")
+        do_rollback = b2.form_submit_button("Roll back this scope", key="pr_rollback")
     if do_promote:
         try:
             promote(store, chosen, scope, reason="manual (Predictions page)")

@@ -1,0 +1,132 @@
+"""Live scoring latency: bar produced to Kafka → prediction stored, under a steady live feed.
+
+    python benchmarks/bench_scorer_latency.py [--symbols 50] [--seconds 60] [--retrain-every 1000]
+
+Everything real and in one process, as the dashboard runs it: the embedded broker (TCP on
+loopback), the simulator producing ``--symbols`` symbols with one 1m bar per second each (after
+an instant warm-up history), the indexer into a fresh SQLite file, and the scorer (which trains
+its default model on the warm-up, then predicts every live bar and retrains on its schedule in
+the background). After the champion is live, predictions are measured for ``--seconds``.
+
+Prints ONE JSON line:
+- ``latency_ms``: p50/p95/p99/max of ``latency_ms`` stored with each prediction made in the
+  window (Kafka record timestamp of the bar → the moment the prediction batch went to the store);
+- ``latency_acked_ms``: the scorer's own gauge, to the store's acknowledgement (last 2,000);
+- ``predictions_per_s`` over the window, ``bars_per_s_offered`` by the feed;
+- ``retrain_events``: retrain decisions recorded during the run (and how many promoted).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.adaptation import RetrainPolicy  # noqa: E402
+from models.registry import get_champion  # noqa: E402
+from pipeline.broker import EmbeddedBroker  # noqa: E402
+from pipeline.indexer import Indexer  # noqa: E402
+from pipeline.producer import Producer  # noqa: E402
+from pipeline.runtime import quiet_kafka_logs  # noqa: E402
+from pipeline.scorer import Scorer  # noqa: E402
+from pipeline.sources.simulator import MarketSimulator  # noqa: E402
+from pipeline.store.sqlite import SqliteStore  # noqa: E402
+from pipeline.worker import WorkerThread  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--symbols", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--warmup-bars", type=int, default=400, help="instant history per symbol")
+    ap.add_argument("--retrain-every", type=int, default=1000,
+                    help="scheduled retrain every N predicted bars (all symbols)")
+    args = ap.parse_args()
+    quiet_kafka_logs()
+
+    work = Path(tempfile.mkdtemp(prefix="kappalab-bench-scorer-"))
+    store = SqliteStore(work / "kappalab.sqlite")
+    broker = EmbeddedBroker(work / "broker.json")
+    info = broker.start(reuse=False)
+    symbols = [f"S{i:02d}" for i in range(args.symbols)]
+    workers: list[WorkerThread] = []
+    try:
+        indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="bench-indexer")).start()
+        scorer_w = Scorer(store, info.bootstrap, group_id="bench-scorer", bootstrap_check_s=1.0,
+                          policy=RetrainPolicy(every_bars=args.retrain_every))
+        scorer = WorkerThread(scorer_w).start()
+        workers += [indexer, scorer]
+        _wait(lambda: "lag" in scorer_w.stats(history=False)["gauges"], 60, "scorer join")
+        source = MarketSimulator(symbols=symbols, interval="1m", seed=7, speed=60.0,
+                                 fast_bars=args.warmup_bars)
+        producer = WorkerThread(Producer(source, info.bootstrap, store=store, live=True)).start()
+        workers.append(producer)
+        _wait(lambda: get_champion(store) is not None, 120, "the default champion")
+        # Let the backlog (bars that arrived before the champion) drain, then measure.
+        _wait(lambda: (scorer_w.stats(history=False)["gauges"].get("lag", 1e9) < args.symbols
+                       and scorer_w.stats(history=False)["counters"]["predictions"] > 0),
+              60, "the scorer to catch up")
+        time.sleep(2.0)
+        t0 = int(time.time() * 1000)
+        time.sleep(args.seconds)
+        t1 = int(time.time() * 1000)
+        snap = scorer_w.stats(history=False)
+    finally:
+        for wt in reversed(workers):
+            wt.stop(20)
+        broker.stop()
+
+    preds = store.query_predictions()
+    window = preds[(preds["produced_ms"] >= t0) & (preds["produced_ms"] < t1)]
+    lat = window["latency_ms"].dropna().to_numpy(dtype="float64")
+    events = [e for e in store.list_events("retrain", limit=1000)]
+    out = {
+        "bench": "scorer_latency",
+        "symbols": args.symbols,
+        "seconds": round((t1 - t0) / 1000, 1),
+        "bars_per_s_offered": args.symbols,
+        "predictions": int(len(window)),
+        "predictions_per_s": round(len(window) / ((t1 - t0) / 1000), 1),
+        "latency_ms": _percentiles(lat),
+        "latency_acked_ms": snap["gauges"].get("latency_ms"),
+        "retrain_events": len(events),
+        "retrain_triggers": {t: sum(e["trigger"] == t for e in events)
+                             for t in sorted({e["trigger"] for e in events})},
+        "promoted": sum(bool(e["promoted"]) for e in events),
+        "retrain_every_bars": args.retrain_every,
+        "scorer_counters": {k: v for k, v in snap["counters"].items() if v},
+        "cpus": os.cpu_count(),
+    }
+    store.close()
+    print(json.dumps(out))
+    return 0
+
+
+def _percentiles(x: np.ndarray) -> dict:
+    if not len(x):
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    p50, p95, p99 = np.percentile(x, [50, 95, 99])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1),
+            "p99": round(float(p99), 1), "max": round(float(x.max()), 1), "n": int(len(x))}
+
+
+def _wait(cond, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"benchmark: timed out waiting for {what}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Retraining policy on a real SQLite store (no broker): the default model, champion vs
+challenger on a chronological holdout, drift monitoring, and the live error figures."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LinearRegression
+
+from models.adaptation import (
+    DEFAULT_TARGET, DriftMonitor, LiveErrors, RetrainPolicy, close_error, default_features,
+    live_summary, load_training_data, retrain, rolling_live_errors, score_frame, split_holdout,
+    train_default_model,
+)
+from models.registry import get_champion, load_model_version, promote, save_model_version
+from models.zoo import get_spec
+from pipeline.sources.simulator import MarketSimulator, SimulatorParams
+
+SYMBOLS = ("ACME", "GLOBX", "INITECH")
+
+
+def fill(store, bars_per_symbol: int, seed: int = 5, **params) -> None:
+    sim = MarketSimulator(symbols=SYMBOLS, bars=bars_per_symbol, seed=seed,
+                          params=SimulatorParams(**params))
+    store.upsert_bars(list(sim.bars(threading.Event())))
+
+
+def test_default_model_waits_for_data_then_trains_saves_and_promotes(sqlite_store):
+    fill(sqlite_store, 60)
+    waiting = train_default_model(sqlite_store, "1m")
+    assert waiting.waiting and not waiting.promoted
+    assert "waiting for data" in waiting.reason and "need 300" in waiting.reason
+    assert get_champion(sqlite_store) is None and not sqlite_store.list_events("retrain")
+
+    fill(sqlite_store, 500)
+    d = train_default_model(sqlite_store, "1m", bar_ts=123)
+    assert d.promoted and not d.waiting
+    meta = get_champion(sqlite_store)
+    assert meta["version_id"] == d.champion_version_id
+    assert meta["target"] == DEFAULT_TARGET and meta["features"] == default_features()
+    assert not any(f in ("close", "open", "high", "low") for f in meta["features"])
+    # The holdout is after the training rows, and the metrics were measured on it.
+    assert meta["train_end_ms"] < d.figures["holdout_start_ms"] + 60_000
+    assert 0 < meta["metrics"]["mape_pct"] and meta["metrics"]["n"] == d.figures["holdout_rows"]
+    (event,) = sqlite_store.list_events("retrain")
+    assert event["trigger"] == "bootstrap" and event["promoted"] and event["bar_ts"] == 123
+
+
+def test_holdout_is_the_latest_rows_and_never_trained_on(sqlite_store):
+    fill(sqlite_store, 600)
+    policy = RetrainPolicy(train_bars=300, holdout_bars=100)
+    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", default_features(),
+                              DEFAULT_TARGET, 1, 400)
+    train, holdout = split_holdout(data, policy)
+    for sym in SYMBOLS:
+        t, h = train[train["symbol"] == sym], holdout[holdout["symbol"] == sym]
+        assert len(t) == 300 and len(h) == 100
+        assert t["target_ts"].max() <= h["ts"].min()  # not even a training target in it
+    assert np.isfinite(train[default_features()].to_numpy()).all()
+
+
+def test_better_challenger_replaces_a_bad_champion(sqlite_store):
+    fill(sqlite_store, 800, phi=0.3)  # a learnable autocorrelation
+    # A champion of the zoo's linear model, trained on a target biased by +0.2 % per bar.
+    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", default_features(),
+                              DEFAULT_TARGET, 1, 300)
+    bad = get_spec("linear").build({})
+    bad.fit(data[default_features()], data["y"] + 0.002)
+    vid = save_model_version(sqlite_store, bad, {
+        "name": "Linear regression (biased)", "model_key": "linear",
+        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
+        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
+    promote(sqlite_store, vid)
+    d = retrain(sqlite_store, load_model_version(sqlite_store, vid), "schedule",
+                "every 5,000 bars", RetrainPolicy(), interval="1m", bar_ts=42)
+    assert d.promoted and d.champion_version_id == d.challenger_version_id != vid
+    assert get_champion(sqlite_store)["version_id"] == d.challenger_version_id
+    assert sqlite_store.get_model_version(vid)[0]["status"] == "retired"
+    new = sqlite_store.get_model_version(d.challenger_version_id)[0]
+    assert new["model_key"] == "linear" and new["parent_version_id"] == vid
+    f = d.figures
+    assert f["challenger_error"] < f["champion_error"] and f["improvement"] > 0.2
+    assert f["challenger_error"] < f["persistence_error"]  # phi=0.3 is worth learning
+    assert d.challenger_metrics["directional_accuracy"] > 0.55
+    assert f["holdout_rows"] == 3 * 200 and f["symbols"] == 3
+    event = next(e for e in sqlite_store.list_events("retrain") if e["trigger"] == "schedule")
+    assert event["promoted"] and event["bar_ts"] == 42 and "promoted" in event["reason"]
+    assert event["champion_version_id"] == d.challenger_version_id
+
+
+def test_worse_challenger_is_not_promoted_and_the_decision_is_recorded(sqlite_store):
+    fill(sqlite_store, 600)
+    assert train_default_model(sqlite_store, "1m").promoted
+    champion = get_champion(sqlite_store)["version_id"]
+    tiny = RetrainPolicy(train_bars=12, min_train_rows=10, challenger_factory=LinearRegression)
+    d = retrain(sqlite_store, load_model_version(sqlite_store, champion), "drift",
+                "rolling live error 0.09% > 2 × reference 0.03%", tiny, interval="1m")
+    assert not d.promoted
+    assert d.champion_version_id == d.previous_version_id == champion
+    assert get_champion(sqlite_store)["version_id"] == champion
+    assert d.figures["challenger_error"] > d.figures["champion_error"]
+    assert d.figures["train_rows"] == 36
+    kept = sqlite_store.get_model_version(d.challenger_version_id)[0]
+    assert kept["status"] == "candidate"  # kept, so it can still be promoted by hand
+    event = next(e for e in sqlite_store.list_events("retrain") if e["trigger"] == "drift")
+    assert event["promoted"] is False and "champion kept" in event["reason"]
+    assert event["challenger_metrics"]["mape_pct"] > event["champion_metrics"]["mape_pct"]
+    assert event["policy"]["train_bars"] == 12
+
+
+def test_drift_monitor_fires_above_factor_and_rebaselines():
+    policy = RetrainPolicy(drift_factor=2.0, drift_window=50, drift_min_errors=20)
+    m = DriftMonitor(policy, reference=0.1)
+    for _ in range(50):
+        m.add(0.1)
+    assert not m.drifted() and m.ratio == pytest.approx(1.0)
+    for _ in range(30):
+        m.add(0.4)  # the window now holds 20 × 0.1 and 30 × 0.4: mean 0.28 > 0.2
+    assert m.drifted() and m.ratio == pytest.approx(2.8)
+    m.rebaseline(0.4)
+    assert not m.drifted() and m.errors.n == 0
+    for _ in range(50):
+        m.add(0.4)
+    assert not m.drifted()
+
+
+def test_drift_reference_comes_from_live_errors_when_the_model_has_none():
+    policy = RetrainPolicy(drift_window=10, drift_min_errors=5)
+    m = DriftMonitor(policy, reference=None)
+    for _ in range(10):
+        m.add(0.05)
+    assert m.reference == pytest.approx(0.05)
+    off = DriftMonitor(RetrainPolicy(drift_factor=None, drift_min_errors=1), reference=0.01)
+    off.add(1.0)
+    assert not off.drifted()
+
+
+def test_live_errors_on_both_target_scales():
+    # next_close: predicted 101 for a bar that closed at 102 from 100; next_return: the same.
+    for target, predicted, actual in (("next_close", 101.0, 102.0),
+                                      ("next_return", 0.01, 0.02)):
+        abs_err, pct, hit = close_error(target, predicted, actual, 100.0)
+        assert abs_err == pytest.approx(1.0) and pct == pytest.approx(100 / 102)
+        assert hit is True
+    assert close_error("next_close", 99.0, 102.0, 100.0)[2] is False
+    assert close_error("next_close", 99.0, 100.0, 100.0)[2] is None  # no move: not counted
+    errs = LiveErrors(window=3)
+    for a in (1.0, 2.0, 3.0, 4.0):
+        errs.add(a, a, a > 2)
+    s = errs.summary()
+    assert s["n"] == 3 and s["scored"] == 4 and s["mae"] == pytest.approx(3.0)
+    assert s["rmse"] == pytest.approx(np.sqrt((4 + 9 + 16) / 3))
+    assert s["directional_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_score_frame_and_summaries_from_stored_predictions():
+    preds = pd.DataFrame({
+        "model_id": ["a", "a", "b", "b"], "symbol": "ACME", "interval": "1m",
+        "ts": [2, 3, 2, 3], "base_ts": [1, 2, 1, 2],
+        "target": ["next_close", "next_close", "next_return", "next_return"],
+        "predicted": [101.0, 99.0, 0.01, 0.0], "base_close": [100.0, 100.0, 100.0, 100.0],
+        "actual": [102.0, None, 0.02, None], "error": None, "produced_ms": None,
+        "stored_ms": None, "latency_ms": None,
+    })
+    s = score_frame(preds)
+    np.testing.assert_allclose(s["predicted_close"], [101, 99, 101, 100])
+    np.testing.assert_allclose(s["abs_error"].iloc[[0, 2]], [1.0, 1.0])
+    assert s["abs_error"].iloc[[1, 3]].isna().all() and s["hit"].iloc[[1, 3]].isna().all()
+    summary = live_summary(s).set_index("model_id")
+    assert summary.loc["a", "predictions"] == 2 and summary.loc["a", "scored"] == 1
+    assert summary.loc["b", "mae"] == pytest.approx(1.0)
+    assert summary.loc["b", "persistence_mae"] == pytest.approx(2.0)
+    rolling = rolling_live_errors(s, window=5)
+    assert set(rolling["model_id"]) == {"a", "b"} and len(rolling) == 2
+    assert live_summary(score_frame(preds.iloc[0:0])).empty

@@ -1,0 +1,114 @@
+"""Streamlit AppTest of the Predictions page on an empty and on a filled store (real SQLite
+file): charts, live error panels, the versions table, retraining events, and promoting and
+rolling back a version by hand."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression
+from streamlit.testing.v1 import AppTest
+
+from models.adaptation import RetrainPolicy, retrain, train_default_model
+from models.features import compute_features
+from models.registry import get_champion, load_model_version
+from models.targets import from_close
+from pipeline.schema import Prediction
+from pipeline.sources.simulator import MarketSimulator
+from pipeline.store.sqlite import SqliteStore
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "predictions.py")
+SYMBOLS = ("ACME", "GLOBX")
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KAPPALAB_AUTOSTART", "0")
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def fill(data_dir: Path) -> dict:
+    """Bars, a default champion, its scored predictions (as the scorer writes them: each
+    scored by the next bar) and two retraining decisions."""
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    sim = MarketSimulator(symbols=SYMBOLS, bars=700, seed=3)
+    store.upsert_bars(list(sim.bars(threading.Event())))
+    train_default_model(store, "1m")
+    model = load_model_version(store, get_champion(store)["version_id"])
+    preds = []
+    for symbol in SYMBOLS:
+        bars = store.query_bars(symbol, "1m").reset_index(drop=True)
+        yhat = model.predict(compute_features(bars, model.features))
+        for i in range(len(bars) - 1):
+            if bars["ts"][i] < model.meta["train_end_ms"] or not np.isfinite(yhat[i]):
+                continue
+            p = Prediction(model.version_id, symbol, "1m", int(bars["ts"][i + 1]),
+                           int(bars["ts"][i]), model.target, float(yhat[i]),
+                           float(bars["close"][i]), produced_ms=1_000, stored_ms=1_050,
+                           latency_ms=50.0)
+            p.actual = float(from_close(p.target, bars["close"][i + 1], p.base_close))
+            p.error = p.predicted - p.actual
+            preds.append(p)
+    store.upsert_predictions(preds)
+    tiny = RetrainPolicy(train_bars=12, min_train_rows=10, challenger_factory=LinearRegression)
+    rejected = retrain(store, model, "drift", "test drift", tiny, interval="1m",
+                       bar_ts=preds[-5].base_ts)
+    out = {"champion": model.version_id, "candidate": rejected.challenger_version_id,
+           "predictions": len(preds)}
+    store.close()
+    return out
+
+
+def run(at: AppTest) -> AppTest:
+    at.run(timeout=60)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_empty_store_explains_how_predictions_start(data_dir):
+    at = run(AppTest.from_file(PAGE, default_timeout=60))
+    assert any("No model versions and no predictions yet" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_filled_store_shows_predictions_errors_versions_and_events(data_dir):
+    filled = fill(data_dir)
+    at = run(AppTest.from_file(PAGE, default_timeout=60))
+    assert at.selectbox(key="pr_symbol").value == "ACME"
+    assert len(at.get("plotly_chart")) == 2  # predicted vs actual, rolling errors
+    labels = {m.label for m in at.metric}
+    assert {"MAPE", "Direction right", "Persistence MAE"} <= labels
+    assert any(label.startswith("MAE (last") for label in labels)
+    frames = [df.value for df in at.dataframe]
+    versions = next(f for f in frames if "version_id" in getattr(f, "columns", []))
+    assert set(versions["version_id"]) == {filled["champion"], filled["candidate"]}
+    assert (versions.set_index("version_id").loc[filled["champion"], "status"] == "champion")
+    events = next(f for f in frames if "trigger" in getattr(f, "columns", []))
+    assert set(events["trigger"]) == {"bootstrap", "drift"}
+    assert any(c.value and "Latest: close predicted" in c.value for c in at.caption)
+
+
+def test_promote_and_roll_back_by_hand(data_dir):
+    filled = fill(data_dir)
+    at = run(AppTest.from_file(PAGE, default_timeout=60))
+    at.selectbox(key="pr_version").set_value(filled["candidate"])
+    at.button(key="pr_promote").click()
+    run(at)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        assert get_champion(store)["version_id"] == filled["candidate"]
+        assert any("is now the champion of global" in s.value for s in at.success)
+        at.button(key="pr_rollback").click()
+        run(at)
+        assert get_champion(store)["version_id"] == filled["champion"]
+        assert any("Rolled back global" in s.value for s in at.success)
+        at.button(key="pr_rollback").click()  # nothing before the first champion
+        run(at)
+        assert any("Nothing to roll back" in e.value for e in at.error)
+    finally:
+        store.close()
