@@ -116,7 +116,7 @@ cols = st.columns(len(WORKERS))
 for col, (name, label, start) in zip(cols, WORKERS):
     with col:
         running = runtime.is_running(name)
-        st.markdown(f"**{label}** — {'🟢 running' if running else '⚪ stopped'}")
+        st.markdown(f"**{label}** — {'● running' if running else '○ stopped'}")
         if running:
             if st.button(f"Stop {label.lower()}", key=f"stop_{name}"):
                 with st.spinner(f"Stopping the {label.lower()}…"):
@@ -165,7 +165,7 @@ def live_figures() -> None:
 
 def _row(name: str, snap: dict, where: str) -> dict:
     c, g = snap.get("counters", {}), snap.get("gauges", {})
-    return {
+    row = {
         "worker": name,
         "where": where,
         "state": snap.get("state"),
@@ -179,6 +179,9 @@ def _row(name: str, snap: dict, where: str) -> dict:
         "last bar": fmt_ts(g.get("last_bar_ts")) if g.get("last_bar_ts") else "—",
         "last error": snap.get("last_error") or "",
     }
+    # One type per column (Arrow), and "—" rather than "None" for figures a worker lacks.
+    return {k: "—" if v is None else f"{v:,}" if isinstance(v, int) else v
+            for k, v in row.items()}
 
 
 live_figures()
