@@ -78,7 +78,6 @@ class Indexer(Worker):
         self.batch_max = batch_max
         self.max_backoff_s = max_backoff_s
         self.recent_rejects: list[dict[str, Any]] = []
-        self._last_lag_check = 0.0
 
     def describe(self) -> str:
         return f"{self.topic} → {self.store.describe()} (group {self.group_id})"
@@ -108,7 +107,7 @@ class Indexer(Worker):
                     except Exception as exc:  # rebalance: the batch may replay, harmlessly
                         self.count("commit_failures")
                         self.error(f"offset commit failed (batch will replay): {exc}")
-                self._update_lag(consumer)
+                self.track_lag(consumer)
                 self.tick()
         finally:
             try:
@@ -165,21 +164,6 @@ class Indexer(Worker):
                                   "store_ms": round(elapsed * 1000, 1)})
         log.debug("indexed batch: %d consumed, %d stored, %d rejected in %.1f ms",
                   n, result.accepted, len(bad), elapsed * 1000)
-
-    def _update_lag(self, consumer) -> None:
-        now = time.time()
-        if now - self._last_lag_check < 2.0:
-            return
-        self._last_lag_check = now
-        try:
-            assigned = consumer.assignment()
-            if not assigned:
-                return
-            ends = consumer.end_offsets(list(assigned))
-            lag = sum(max(0, ends[tp] - consumer.position(tp)) for tp in assigned)
-            self.gauge("lag", lag)
-        except Exception as exc:
-            log.debug("lag check failed: %s", exc)
 
     def stats(self, history: bool = True) -> dict[str, Any]:
         snap = super().stats(history)

@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -234,10 +234,15 @@ class Scorer(Worker):
                 produced = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
                 by_series.setdefault((bar.symbol, bar.interval), []).append((bar, produced))
         self.count("consumed", n)
-        for key, items in by_series.items():
-            self._handle_series(key, items)
+        work = [w for key, items in by_series.items()
+                if (w := self._prepare_series(key, items)) is not None]
+        self._predict(work)
+        for w in work:
+            self._advance_series(w)
 
-    def _handle_series(self, key: SeriesKey, items: list[tuple[Bar, int | None]]) -> None:
+    def _prepare_series(self, key: SeriesKey,
+                        items: list[tuple[Bar, int | None]]) -> "SeriesWork | None":
+        """New bars of one series, which of them get a prediction, and their features."""
         state = self._state(key, first_ts=items[0][0].ts)
         window = self.windows.get(key)
         fresh: list[tuple[Bar, int | None]] = []
@@ -249,49 +254,64 @@ class Scorer(Worker):
             fresh.append((bar, produced))
             last = bar.ts
         if not fresh:
-            return
+            return None
         self._intervals[key[1]] += len(fresh)
         self._last_bar_ts = max(self._last_bar_ts or 0, fresh[-1][0].ts)
-
-        # Which bars get a prediction, from which model (the champion of the symbol's scope).
-        model = self._model_for(*key)
-        todo: list[int] = []  # positions in ``fresh``
-        if model is None:
+        w = SeriesWork(key, state, window, fresh, self._model_for(*key))
+        if w.model is None:
             self.count("no_model", len(fresh))
-        else:
-            last_pred = self._last_predicted(state, key, model.version_id)
-            train_end = model.meta.get("train_end_ms")
-            for i, (bar, _) in enumerate(fresh):
-                if train_end is not None and bar.ts < train_end:
-                    self.count("before_training_end")  # its target was in the training data
-                elif last_pred is not None and bar.ts <= last_pred:
-                    self.count("already_predicted")
-                else:
-                    todo.append(i)
-        predicted = np.full(len(fresh), np.nan)
-        if todo:
-            feats = window.features_of([b for b, _ in fresh], model.features)
-            predicted[todo] = model.predict(feats.iloc[todo])
-            warming = int((~np.isfinite(predicted[todo])).sum())
-            if warming:
-                self.count("warming_up", warming)  # the window is not full yet
-        todo_set = set(todo)
+            return w
+        last_pred = self._last_predicted(state, key, w.model.version_id)
+        train_end = w.model.meta.get("train_end_ms")
+        for i, (bar, _) in enumerate(fresh):
+            if train_end is not None and bar.ts < train_end:
+                self.count("before_training_end")  # its target was in the training data
+            elif last_pred is not None and bar.ts <= last_pred:
+                self.count("already_predicted")
+            else:
+                w.todo.append(i)
+        if w.todo:
+            feats = window.features_of([b for b, _ in fresh], w.model.features)
+            w.features = feats.iloc[w.todo].to_numpy(dtype="float64")
+        return w
 
-        # Progressive validation, in bar order: score what this bar settles, then predict.
-        step = interval_ms(key[1])
-        for i, (bar, produced) in enumerate(fresh):
-            self._score_pending(state, bar)
-            if i in todo_set and np.isfinite(predicted[i]):
-                h = model.horizon
-                p = Prediction(model.version_id, bar.symbol, bar.interval, bar.ts + h * step,
-                               bar.ts, model.target, float(predicted[i]), bar.close,
-                               produced_ms=produced)
-                state.pending.append(Pending(p, h))
-                state.last_predicted[model.version_id] = bar.ts
-                self._outbox[p.doc_id] = p
-                self._new_in_outbox.add(p.doc_id)
-                self._since_decision[model.version_id] += 1
-        window.extend([b for b, _ in fresh])
+    def _predict(self, work: list["SeriesWork"]) -> None:
+        """One ``predict`` call per model for the whole batch (all series together)."""
+        by_model: dict[str, list[SeriesWork]] = {}
+        for w in work:
+            if w.todo:
+                by_model.setdefault(w.model.version_id, []).append(w)
+        for group in by_model.values():
+            model = group[0].model
+            X = pd.DataFrame(np.vstack([w.features for w in group]), columns=model.features)
+            y = model.predict(X)
+            at = 0
+            for w in group:
+                w.predicted = y[at:at + len(w.todo)]
+                at += len(w.todo)
+                warming = int((~np.isfinite(w.predicted)).sum())
+                if warming:
+                    self.count("warming_up", warming)  # the window is not full yet
+
+    def _advance_series(self, w: "SeriesWork") -> None:
+        """Progressive validation, in bar order: score what each bar settles, then predict."""
+        step = interval_ms(w.key[1])
+        made = dict(zip(w.todo, w.predicted)) if w.todo else {}
+        model = w.model
+        for i, (bar, produced) in enumerate(w.fresh):
+            self._score_pending(w.state, bar)
+            y = made.get(i)
+            if y is None or not np.isfinite(y):
+                continue
+            h = model.horizon
+            p = LivePrediction(model.version_id, bar.symbol, bar.interval, bar.ts + h * step,
+                               bar.ts, model.target, float(y), bar.close, produced_ms=produced)
+            w.state.pending.append(Pending(p, h))
+            w.state.last_predicted[model.version_id] = bar.ts
+            self._outbox[p.doc_id] = p
+            self._new_in_outbox.add(p.doc_id)
+            self._since_decision[model.version_id] += 1
+        w.window.extend([b for b, _ in w.fresh])
 
     def _score_pending(self, state: "SeriesState", bar: Bar) -> None:
         keep = []
@@ -326,9 +346,13 @@ class Scorer(Worker):
             if p.doc_id in new_ids:
                 p.stored_ms = t0
                 p.latency_ms = float(t0 - p.produced_ms) if p.produced_ms else None
+        for p in preds:
+            p.freeze()
         try:
             self.store.upsert_predictions(preds)
         except Exception as exc:
+            for p in preds:
+                p.thaw()
             self.count("store_retries")
             self.error(f"predictions not stored, will retry: {type(exc).__name__}: {exc}")
             return False
@@ -345,12 +369,16 @@ class Scorer(Worker):
         if publisher is not None:
             for p in preds:
                 doc = {**p.to_dict(), "doc_id": p.doc_id}
+                p.thaw()
                 try:
                     publisher.send(self.predictions_topic, key=p.symbol.encode(),
                                    value=json.dumps(doc, allow_nan=False).encode()
                                    ).add_errback(self._on_publish_error)
                 except Exception as exc:  # the store is the record; the topic is a feed
                     self._on_publish_error(exc)
+        else:
+            for p in preds:
+                p.thaw()
         self._outbox = {}
         self._new_in_outbox = set()
         return True
@@ -405,7 +433,7 @@ class Scorer(Worker):
         seen = list(window.bars)
         out = []
         for r in rows.itertuples(index=False):
-            p = Prediction(r.model_id, r.symbol, r.interval, int(r.ts), int(r.base_ts), r.target,
+            p = LivePrediction(r.model_id, r.symbol, r.interval, int(r.ts), int(r.base_ts), r.target,
                            float(r.predicted), float(r.base_close),
                            produced_ms=_int_or_none(r.produced_ms),
                            stored_ms=_int_or_none(r.stored_ms),
@@ -707,6 +735,47 @@ class FeatureWindows:
             self._windows[key] = FeatureWindow(size, window.bars)
 
 
+class LivePrediction(Prediction):
+    """A :class:`~pipeline.schema.Prediction` whose ``to_dict`` is a plain field copy.
+
+    ``dataclasses.asdict`` deep-copies recursively, and store backends call ``to_dict`` once
+    per column; at live rates that copying was the scorer's biggest cost after the features.
+    """
+
+    __slots__ = ("_frozen",)
+
+    def to_dict(self) -> dict[str, Any]:
+        frozen = getattr(self, "_frozen", None)
+        if frozen is not None:
+            return frozen
+        return {name: getattr(self, name) for name in _PREDICTION_FIELDS}
+
+    def freeze(self) -> None:
+        """Build the dict once for a write (the store reads it once per column)."""
+        self._frozen = None
+        self._frozen = self.to_dict()
+
+    def thaw(self) -> None:
+        self._frozen = None
+
+
+_PREDICTION_FIELDS = tuple(f for f in Prediction.__dataclass_fields__ if f != "extra")
+
+
+@dataclass
+class SeriesWork:
+    """One series' share of a poll: its new bars, which get a prediction, and the numbers."""
+
+    key: SeriesKey
+    state: "SeriesState"
+    window: "FeatureWindow"
+    fresh: list[tuple[Bar, int | None]]
+    model: LoadedModel | None
+    todo: list[int] = field(default_factory=list)  # positions in ``fresh`` to predict
+    features: np.ndarray | None = None  # rows of ``todo``, columns = model.features
+    predicted: np.ndarray | None = None
+
+
 @dataclass
 class Pending:
     """A prediction waiting for its bar: the ``horizon``-th bar after its base bar (the next
@@ -728,16 +797,19 @@ class SeriesState:
         self.last_predicted = self.last_predicted or {}
 
 
+_FRAME_COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
+
+
 def bars_frame(bars: Sequence[Bar]) -> pd.DataFrame:
-    """Bars as the numeric frame :func:`compute_features` reads (same dtypes as the store's)."""
-    return pd.DataFrame({
-        "ts": np.fromiter((b.ts for b in bars), dtype="int64", count=len(bars)),
-        "open": np.fromiter((b.open for b in bars), dtype="float64", count=len(bars)),
-        "high": np.fromiter((b.high for b in bars), dtype="float64", count=len(bars)),
-        "low": np.fromiter((b.low for b in bars), dtype="float64", count=len(bars)),
-        "close": np.fromiter((b.close for b in bars), dtype="float64", count=len(bars)),
-        "volume": np.fromiter((b.volume for b in bars), dtype="float64", count=len(bars)),
-    })
+    """Bars as the numeric frame :func:`compute_features` reads.
+
+    One float64 block is the cheapest frame to build per bar. ``ts`` is exact in float64
+    (epoch ms < 2**53) and the feature code reads it back as int64, so the numbers are the
+    same as from the store's int64 column.
+    """
+    data = np.array([(b.ts, b.open, b.high, b.low, b.close, b.volume) for b in bars],
+                    dtype="float64").reshape(len(bars), 6)
+    return pd.DataFrame(data, columns=_FRAME_COLUMNS)
 
 
 def bars_from_frame(df: pd.DataFrame) -> list[Bar]:

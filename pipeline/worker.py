@@ -101,6 +101,24 @@ class Worker(abc.ABC):
             except Exception as exc:  # a heartbeat must never take the worker down
                 log.debug("heartbeat failed: %s", exc)
 
+    def track_lag(self, consumer, every_s: float = 2.0) -> None:
+        """Gauge ``lag``: messages behind the log end over the assigned partitions.
+
+        ``end_offsets`` may trail the true end slightly on the embedded broker, so this is a
+        display figure, never a count to rely on."""
+        now = time.time()
+        if now - getattr(self, "_last_lag_check", 0.0) < every_s:
+            return
+        self._last_lag_check = now
+        try:
+            assigned = consumer.assignment()
+            if not assigned:
+                return
+            ends = consumer.end_offsets(list(assigned))
+            self.gauge("lag", sum(max(0, ends[tp] - consumer.position(tp)) for tp in assigned))
+        except Exception as exc:
+            log.debug("lag check failed: %s", exc)
+
     def stats(self, history: bool = True) -> dict[str, Any]:
         with self._lock:
             snap = {
