@@ -75,7 +75,8 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     return fig
 
 
-def versions_table(versions: list[dict[str, Any]], live: pd.DataFrame | None = None) -> pd.DataFrame:
+def versions_table(versions: list[dict[str, Any]],
+                   live: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per model version: status, scope, model, target, training range, holdout
     metrics (as saved) and live metrics (from the stored predictions)."""
     rows = []

@@ -40,7 +40,9 @@ import numpy as np
 import pandas as pd
 
 from models import metrics as M
-from models.features import DEFAULT_FEATURES, compute_features, is_price_level, max_lookback
+from models.features import (
+    DEFAULT_FEATURES, FEATURE_GROUPS, compute_features, is_price_level, max_lookback,
+)
 from models.registry import (
     CHAMPION, GLOBAL_SCOPE, LoadedModel, load_model_version, promote, save_model_version,
 )
@@ -57,8 +59,15 @@ DECISION_METRIC = "mape_pct"
 
 
 def default_features() -> list[str]:
-    """The model lab's default features without the price-level ones (see module docstring)."""
-    return [f for f in DEFAULT_FEATURES if not is_price_level(f)]
+    """The model lab's default features without the price-level and calendar ones.
+
+    Price levels differ by symbol (see the module docstring). Time of day is left out because
+    a default model is often trained on a few hours of bars: least squares then extrapolates
+    ``minute_sin``/``minute_cos`` far outside what it saw (a benchmark run showed a live error
+    23 × the holdout one until the drift retrain replaced it).
+    """
+    calendar = set(FEATURE_GROUPS["calendar"])
+    return [f for f in DEFAULT_FEATURES if not is_price_level(f) and f not in calendar]
 
 
 def default_estimator():
@@ -85,6 +94,7 @@ class RetrainPolicy:
     holdout_bars: int = 200  # latest bars per symbol, kept out of training, to compare on
     min_improvement: float = 0.005  # challenger error must be <= champion × (1 - this)
     min_train_rows: int = 300  # fewer usable training rows: wait for more data
+    min_symbol_rows: int = 100  # symbols with fewer training rows are left out (<= train_bars)
     min_holdout_rows: int = 30  # fewer usable holdout rows: wait for more data
     #: Builds the challenger's estimator; None retrains the champion's own model spec.
     challenger_factory: Callable[[], Any] | None = None
@@ -274,19 +284,25 @@ def split_holdout(data: pd.DataFrame, policy: RetrainPolicy,
     before them the training window. ``holdout_fraction`` (bootstrap) caps the holdout at that
     share of each symbol's rows, so a young store still trains."""
     train_parts, hold_parts = [], []
+    per_symbol = min(policy.min_symbol_rows, policy.train_bars)
+    short = 0
     for _, rows in data.groupby("symbol", sort=False):
         n_hold = policy.holdout_bars
         if holdout_fraction is not None:
             n_hold = min(n_hold, int(len(rows) * holdout_fraction))
         n_hold = min(n_hold, len(rows))
+        train_rows = rows.iloc[:len(rows) - n_hold].tail(policy.train_bars)
+        if len(train_rows) < per_symbol:
+            short += 1  # too young a series: its few rows would not represent it
+            continue
         hold_parts.append(rows.iloc[len(rows) - n_hold:])
-        train_parts.append(rows.iloc[:len(rows) - n_hold].tail(policy.train_bars))
-    train = pd.concat(train_parts, ignore_index=True)
-    holdout = pd.concat(hold_parts, ignore_index=True)
-    min_train = policy.min_train_rows
-    if len(train) < min_train or len(holdout) < policy.min_holdout_rows:
+        train_parts.append(train_rows)
+    train = pd.concat(train_parts, ignore_index=True) if train_parts else data.iloc[0:0]
+    holdout = pd.concat(hold_parts, ignore_index=True) if hold_parts else data.iloc[0:0]
+    if len(train) < policy.min_train_rows or len(holdout) < policy.min_holdout_rows:
         raise NotEnoughData(
-            f"waiting for data: {len(train):,} training rows (need {min_train:,}) and "
+            f"waiting for data: {len(train):,} training rows (need {policy.min_train_rows:,}, "
+            f"at least {per_symbol:,} per symbol; {short} symbol(s) have fewer) and "
             f"{len(holdout):,} holdout rows (need {policy.min_holdout_rows:,}) with complete "
             "features are stored")
     return train, holdout
@@ -323,7 +339,8 @@ def _persistence_values(rows: pd.DataFrame, target: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Live error (progressive validation)
 
-def close_error(target: str, predicted: float, actual: float, base_close: float) -> tuple[float, float, float | None]:
+def close_error(target: str, predicted: float, actual: float,
+                base_close: float) -> tuple[float, float, bool | None]:
     """(absolute error of the implied close, its percentage of the actual close, direction hit)
     for one scored prediction; the hit is None when the price did not move."""
     pred_close = float(to_close(target, predicted, base_close))
@@ -487,7 +504,8 @@ def rolling_live_errors(scored: pd.DataFrame, window: int = 50) -> pd.DataFrame:
         minp = max(1, min(window, 5))
         r["mae"] = a.rolling(window, min_periods=minp).mean()
         r["rmse"] = np.sqrt((a ** 2).rolling(window, min_periods=minp).mean())
-        r["mape_pct"] = g["pct_error"].reset_index(drop=True).rolling(window, min_periods=minp).mean()
+        r["mape_pct"] = (g["pct_error"].reset_index(drop=True)
+                         .rolling(window, min_periods=minp).mean())
         r["directional_accuracy"] = (g["hit"].reset_index(drop=True)
                                      .rolling(window, min_periods=minp).mean())
         out.append(r)

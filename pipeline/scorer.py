@@ -1,4 +1,4 @@
-"""Scorer: ``finance-data`` → features → champion model → predictions, scored as the bars arrive.
+"""Scorer: ``finance-data`` → features → champion → predictions, scored when their bar arrives.
 
 For every valid bar the scorer (its own consumer group, next to the indexer's):
 
@@ -22,8 +22,11 @@ then it retrains on a schedule (every N bars) and on drift (rolling live error a
 model's reference level), promoting a challenger only if it beats the champion on the latest
 holdout. Every decision is a ``retrain`` event in the store.
 
-Latency is ``stored_ms - produced_ms``: the bar message's Kafka record timestamp (set by the
-producer when it sent the bar) to the store's acknowledgement of the prediction.
+Latency starts at the bar message's Kafka record timestamp (``produced_ms``, set by the
+producer when it sent the bar). Each stored prediction carries ``latency_ms = stored_ms -
+produced_ms`` with ``stored_ms`` the moment its batch was handed to the store; the
+``latency_ms`` gauge (p50/p95/p99 over the last ``latency_window`` predictions) runs to the
+store's acknowledgement of the batch.
 """
 from __future__ import annotations
 
@@ -96,8 +99,8 @@ class Scorer(Worker):
     kind = "scorer"
     counter_names = ("consumed", "predictions", "scored", "invalid", "replayed",
                      "already_predicted", "before_training_end", "no_model", "warming_up",
-                     "retrains",
-                     "promotions", "store_retries", "commit_failures", "publish_errors")
+                     "retrains", "promotions", "store_retries", "commit_failures",
+                     "publish_errors")
     rate_counter = "consumed"
 
     def __init__(self, store, bootstrap: str, topic: str = BARS_TOPIC,
@@ -206,7 +209,7 @@ class Scorer(Worker):
         from kafka import KafkaProducer
 
         return KafkaProducer(bootstrap_servers=self.bootstrap, client_id="kappalab-scorer",
-                             acks=1, linger_ms=5, retries=5, **self.client_kwargs)
+                             acks="all", linger_ms=5, retries=5, **self.client_kwargs)
 
     def _commit(self, consumer) -> bool:
         try:
@@ -351,11 +354,12 @@ class Scorer(Worker):
         try:
             self.store.upsert_predictions(preds)
         except Exception as exc:
-            for p in preds:
-                p.thaw()
             self.count("store_retries")
             self.error(f"predictions not stored, will retry: {type(exc).__name__}: {exc}")
             return False
+        finally:
+            for p in preds:
+                p.thaw()
         acked = now_ms()
         n_new = 0
         for p in preds:
@@ -369,16 +373,12 @@ class Scorer(Worker):
         if publisher is not None:
             for p in preds:
                 doc = {**p.to_dict(), "doc_id": p.doc_id}
-                p.thaw()
                 try:
                     publisher.send(self.predictions_topic, key=p.symbol.encode(),
                                    value=json.dumps(doc, allow_nan=False).encode()
                                    ).add_errback(self._on_publish_error)
                 except Exception as exc:  # the store is the record; the topic is a feed
                     self._on_publish_error(exc)
-        else:
-            for p in preds:
-                p.thaw()
         self._outbox = {}
         self._new_in_outbox = set()
         return True
@@ -433,11 +433,11 @@ class Scorer(Worker):
         seen = list(window.bars)
         out = []
         for r in rows.itertuples(index=False):
-            p = LivePrediction(r.model_id, r.symbol, r.interval, int(r.ts), int(r.base_ts), r.target,
-                           float(r.predicted), float(r.base_close),
-                           produced_ms=_int_or_none(r.produced_ms),
-                           stored_ms=_int_or_none(r.stored_ms),
-                           latency_ms=None if pd.isna(r.latency_ms) else float(r.latency_ms))
+            p = LivePrediction(r.model_id, r.symbol, r.interval, int(r.ts), int(r.base_ts),
+                               r.target, float(r.predicted), float(r.base_close),
+                               produced_ms=_int_or_none(r.produced_ms),
+                               stored_ms=_int_or_none(r.stored_ms),
+                               latency_ms=None if pd.isna(r.latency_ms) else float(r.latency_ms))
             h = max(1, round((p.ts - p.base_ts) / step))
             after = [b for b in seen if b.ts > p.base_ts]
             if len(after) >= h:
@@ -541,8 +541,8 @@ class Scorer(Worker):
                 trigger, reason = "schedule", f"{since:,} new bars since the last decision"
             elif monitor.drifted() and since >= self.policy.cooldown_bars:
                 trigger = "drift"
-                reason = (f"rolling live error {monitor.rolling:.4f}% > {self.policy.drift_factor:g}"
-                          f" × reference {monitor.reference:.4f}%")
+                reason = (f"rolling live error {monitor.rolling:.4f}% > "
+                          f"{self.policy.drift_factor:g} × reference {monitor.reference:.4f}%")
             if trigger is None:
                 continue
             self._since_decision[vid] = 0
@@ -596,12 +596,13 @@ class Scorer(Worker):
                         else f"{d.trigger} retrain promoted")
                 self._set_status(f"{what}: {d.champion_version_id}")
             else:
+                # The champion's error on the latest holdout is its new reference level, unless
+                # it trained on most of that holdout (then the figure flatters it).
                 monitor = self._monitors.get(d.previous_version_id or "")
-                hold = d.figures.get("holdout_rows", 0)
-                if monitor is not None and d.figures.get("holdout_rows_in_champion_training", 0) < hold / 2:
-                    monitor.rebaseline(d.champion_metrics.get("mape_pct"))
-                elif monitor is not None:
-                    monitor.rebaseline(None)
+                seen = d.figures.get("holdout_rows_in_champion_training", 0)
+                if monitor is not None:
+                    fair = seen < d.figures.get("holdout_rows", 0) / 2
+                    monitor.rebaseline(d.champion_metrics.get("mape_pct") if fair else None)
                 self._set_status(f"{d.trigger} retrain: champion {d.previous_version_id} kept")
             log.info("scorer: %s", d.reason)
 
