@@ -44,8 +44,8 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
             hovertemplate="%{x}<br>predicted %{y:.4f}<br>base close %{customdata[0]:.4f}"
                           "<br>abs error %{customdata[1]:.4f}<extra>%{fullData.name}</extra>"))
     _mark_events(fig, events or [], scored)
-    fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=1.08), yaxis_title="close",
+    fig.update_layout(title=title, height=440, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.12), yaxis_title="close",
                       uirevision="pred")
     return fig
 
@@ -70,8 +70,8 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     _mark_events(fig, events or [], rolling, annotate=False)
     fig.update_yaxes(title_text="MAE", row=1, col=1)
     fig.update_yaxes(title_text="hit rate", range=[0, 1], row=2, col=1)
-    fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=1.12), uirevision="roll")
+    fig.update_layout(height=440, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.1), uirevision="roll")
     return fig
 
 
@@ -100,13 +100,19 @@ def versions_table(versions: list[dict[str, Any]],
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    live_cols = ["live scored", "live MAPE %", "live dir. acc."]
     if live is not None and len(live):
         lv = live.rename(columns={"model_id": "version_id", "mape_pct": "live MAPE %",
                                   "directional_accuracy": "live dir. acc.",
-                                  "mae": "live MAE", "scored": "live scored"})
-        df = df.merge(lv[["version_id", "live scored", "live MAE", "live MAPE %",
-                          "live dir. acc."]], on="version_id", how="left")
-    return df
+                                  "scored": "live scored"})
+        df = df.merge(lv[["version_id", *live_cols]], on="version_id", how="left")
+    else:
+        for c in live_cols:
+            df[c] = np.nan
+    first = ["version_id", "status", "scope", "model", "target", "live MAPE %",
+             "live dir. acc.", "live scored", "holdout MAPE %", "holdout dir. acc.",
+             "holdout skill"]
+    return df[first + [c for c in df.columns if c not in first]]
 
 
 def highlight_champion(df: pd.DataFrame):
@@ -115,6 +121,11 @@ def highlight_champion(df: pd.DataFrame):
         return [CHAMPION_BG if row.get("status") == "champion" else ""] * len(row)
 
     return df.style.apply(row_style, axis=1).format(precision=4, na_rep="—")
+
+
+def plain(df: pd.DataFrame):
+    """Numbers to 4 decimals and "—" for missing values."""
+    return df.style.format(precision=4, na_rep="—")
 
 
 def events_table(events: list[dict[str, Any]]) -> pd.DataFrame:
@@ -126,17 +137,21 @@ def events_table(events: list[dict[str, Any]]) -> pd.DataFrame:
             "at bar": fmt_ts(e["bar_ts"]) if e.get("bar_ts") else "—",
             "trigger": e.get("trigger"),
             "promoted": bool(e.get("promoted")),
-            "challenger err %": f.get("challenger_error",
-                                      (e.get("challenger_metrics") or {}).get("mape_pct")),
-            "champion err %": f.get("champion_error"),
-            "persistence err %": f.get("persistence_error",
-                                       (e.get("persistence_metrics") or {}).get("mape_pct")),
+            "challenger err %": _num(f.get("challenger_error",
+                                           (e.get("challenger_metrics") or {}).get("mape_pct"))),
+            "champion err %": _num(f.get("champion_error")),
+            "persistence err %": _num(f.get("persistence_error",
+                                            (e.get("persistence_metrics") or {}).get("mape_pct"))),
             "train rows": f.get("train_rows"),
             "holdout rows": f.get("holdout_rows"),
             "champion after": e.get("champion_version_id"),
             "reason": e.get("reason"),
         })
     return pd.DataFrame(rows)
+
+
+def _num(x) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else np.nan
 
 
 def _mark_events(fig: go.Figure, events: list[dict[str, Any]], frame: pd.DataFrame,
@@ -154,10 +169,9 @@ def _mark_events(fig: go.Figure, events: list[dict[str, Any]], frame: pd.DataFra
             color=PROMOTED_COLOR if promoted else KEPT_COLOR, width=1.5,
             dash="solid" if promoted else "dash"))
         if annotate:
-            fig.add_annotation(x=ts_to_datetime(ts), y=1.0, yref="paper", showarrow=False,
+            fig.add_annotation(x=ts_to_datetime(ts), y=0.99, yref="paper", showarrow=False,
                                text=f"{e.get('trigger')}: {'promoted' if promoted else 'kept'}",
-                               font=dict(size=10), xanchor="left", yanchor="bottom",
-                               textangle=-90)
+                               font=dict(size=10), xanchor="left", yanchor="top", xshift=3)
 
 
 def event_bar_ts(event: dict[str, Any], frame: pd.DataFrame | None = None) -> int | None:

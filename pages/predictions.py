@@ -6,7 +6,8 @@ import streamlit as st
 
 from dashboard.formatting import fmt_num, fmt_ts
 from dashboard.prediction_charts import (
-    events_table, highlight_champion, predicted_vs_actual, rolling_errors, versions_table,
+    events_table, highlight_champion, plain, predicted_vs_actual, rolling_errors,
+    versions_table,
 )
 from dashboard.state import store_or_stop
 from models.adaptation import live_summary, retrain_events, rolling_live_errors, score_frame
@@ -85,7 +86,8 @@ def live_panel() -> None:
                 if len(recent) else "—", help="implied close, price units")
     k[2].metric("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)
                 if len(recent) else "—")
-    k[3].metric("MAPE", f"{recent['pct_error'].mean():.4f} %" if len(recent) else "—")
+    k[3].metric("MAPE", f"{recent['pct_error'].mean():.3f} %" if len(recent) else "—",
+                help="mean absolute error as a percentage of the actual close")
     k[4].metric("Direction right", f"{recent['hit'].mean():.1%}"
                 if len(recent) and recent["hit"].notna().any() else "—")
     pers = (recent["actual_close"] - recent["base_close"]).abs().mean() if len(recent) else None
@@ -105,7 +107,7 @@ def live_panel() -> None:
         st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
                         width="stretch", key="pr_roll")
         st.caption("Live error per model version on this series")
-        st.dataframe(live_summary(scored), hide_index=True, width="stretch")
+        st.dataframe(plain(live_summary(scored)), hide_index=True, width="stretch")
 
 
 live_panel()
@@ -161,4 +163,4 @@ if not events:
     st.caption("None yet. The scorer retrains on a schedule and when its live error drifts "
                "above its reference level; each decision, promoted or not, is listed here.")
 else:
-    st.dataframe(events_table(events), hide_index=True, width="stretch")
+    st.dataframe(plain(events_table(events)), hide_index=True, width="stretch")
