@@ -71,7 +71,7 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     fig.update_yaxes(title_text="MAE", row=1, col=1)
     fig.update_yaxes(title_text="hit rate", range=[0, 1], row=2, col=1)
     fig.update_layout(height=440, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.1), uirevision="roll")
+                      legend=dict(orientation="h", yanchor="top", y=-0.14), uirevision="roll")
     return fig
 
 
@@ -106,6 +106,7 @@ def versions_table(versions: list[dict[str, Any]],
                                   "directional_accuracy": "live dir. acc.",
                                   "scored": "live scored"})
         df = df.merge(lv[["version_id", *live_cols]], on="version_id", how="left")
+        df["live scored"] = df["live scored"].astype("Int64")
     else:
         for c in live_cols:
             df[c] = np.nan

@@ -80,19 +80,20 @@ def live_panel() -> None:
     scored = score_frame(preds)
     done = scored[np.isfinite(scored["abs_error"])]
     recent = done.tail(window)
-    k = st.columns(6)
-    k[0].metric("Scored / shown", f"{len(done):,} / {len(scored):,}")
-    k[1].metric(f"MAE (last {len(recent)})", fmt_num(recent["abs_error"].mean(), 4)
+    k = st.columns(5)
+    k[0].metric(f"MAE (last {len(recent)})", fmt_num(recent["abs_error"].mean(), 4)
                 if len(recent) else "—", help="implied close, price units")
-    k[2].metric("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)
+    k[1].metric("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)
                 if len(recent) else "—")
-    k[3].metric("MAPE", f"{recent['pct_error'].mean():.3f} %" if len(recent) else "—",
+    k[2].metric("MAPE", f"{recent['pct_error'].mean():.3f}%" if len(recent) else "—",
                 help="mean absolute error as a percentage of the actual close")
-    k[4].metric("Direction right", f"{recent['hit'].mean():.1%}"
+    k[3].metric("Direction right", f"{recent['hit'].mean():.1%}"
                 if len(recent) and recent["hit"].notna().any() else "—")
     pers = (recent["actual_close"] - recent["base_close"]).abs().mean() if len(recent) else None
-    k[5].metric("Persistence MAE", fmt_num(pers, 4) if pers is not None else "—",
+    k[4].metric("Persistence MAE", fmt_num(pers, 4) if pers is not None else "—",
                 help="'no change' forecast on the same bars: the bar to beat")
+    st.caption(f"{len(done):,} of the {len(scored):,} predictions shown are scored (the rest "
+               "wait for their bar); figures over the last rolling window.")
     events = retrain_events(store)
     bars = store.query_bars(symbol, interval, start_ms=int(scored["base_ts"].min()),
                             end_ms=int(scored["ts"].max()) + 1)
