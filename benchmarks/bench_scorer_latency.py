@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -49,6 +50,8 @@ def main() -> int:
     ap.add_argument("--warmup-bars", type=int, default=400, help="instant history per symbol")
     ap.add_argument("--retrain-every", type=int, default=1000,
                     help="scheduled retrain every N predicted bars (all symbols)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the data directory (store, broker log) for inspection")
     args = ap.parse_args()
     quiet_kafka_logs()
 
@@ -106,6 +109,10 @@ def main() -> int:
         "cpus": os.cpu_count(),
     }
     store.close()
+    if args.keep:
+        out["data_dir"] = str(work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out))
     return 0
 

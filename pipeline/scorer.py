@@ -1,4 +1,4 @@
-"""Scorer: ``finance-data`` → features → champion → predictions, scored when their bar arrives.
+"""Scorer: ``finance-data`` → features → champion → predictions, scored when their bar comes.
 
 For every valid bar the scorer (its own consumer group, next to the indexer's):
 
@@ -144,7 +144,6 @@ class Scorer(Worker):
         self._last_refresh = 0.0
         self._last_bootstrap_try = 0.0
         self._last_gauges = 0.0
-        self._last_lag_check = 0.0
         self._job: threading.Thread | None = None
         self._decisions: queue.Queue = queue.Queue()
         self._status = "starting"
@@ -189,7 +188,7 @@ class Scorer(Worker):
                 self._collect_decisions()
                 self._refresh_models()
                 self._adapt()
-                self._update_lag(consumer)
+                self.track_lag(consumer)
                 self._publish_gauges()
                 self.tick()
         finally:
@@ -647,20 +646,6 @@ class Scorer(Worker):
                 "previous_version_id", "event_id")})
         if self._last_bar_ts:
             self.gauge("last_bar_ts", self._last_bar_ts)
-
-    def _update_lag(self, consumer) -> None:
-        now = time.time()
-        if now - self._last_lag_check < 2.0:
-            return
-        self._last_lag_check = now
-        try:
-            assigned = consumer.assignment()
-            if not assigned:
-                return
-            ends = consumer.end_offsets(list(assigned))
-            self.gauge("lag", sum(max(0, ends[tp] - consumer.position(tp)) for tp in assigned))
-        except Exception as exc:
-            log.debug("lag check failed: %s", exc)
 
     def stats(self, history: bool = True) -> dict[str, Any]:
         snap = super().stats(history)
