@@ -238,7 +238,7 @@ class SqliteStore(Store):
     def upsert_predictions(self, predictions: Sequence[Prediction]) -> UpsertResult:
         if not predictions:
             return UpsertResult()
-        rows = [tuple(p.to_dict()[c] for c in PREDICTION_COLUMNS) for p in predictions]
+        rows = [tuple(d[c] for c in PREDICTION_COLUMNS) for d in (p.to_dict() for p in predictions)]
         with self._write() as conn:
             conn.executemany(_PRED_UPSERT, rows)
         return UpsertResult(accepted=len(rows))
