@@ -47,7 +47,7 @@ def any_store(request, tmp_path):
         yield store
         store.close()
         return
-    es_double = pytest.importorskip("tests.es_double")
+    from tests import es_double
     from pipeline.store.elasticsearch import ElasticsearchStore
 
     server = es_double.EsTestServer()
