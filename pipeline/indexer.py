@@ -232,16 +232,17 @@ class Indexer(Worker):
                 if self.bounds is not None:
                     batch = self._within_bounds(batch)
                 if batch:
+                    attempt_started = time.monotonic()
                     try:
                         self._handle(batch, dlq)
                     except StoreOutage as exc:
                         self.count("store_retries")
-                        failing_since = failing_since or time.monotonic()
-                        reason = f"batch not stored, retrying: {exc}"
+                        failing_since = failing_since or attempt_started
                         if time.monotonic() - failing_since > self.stall_after_s:
-                            self.stall(f"stalled for {time.monotonic() - failing_since:.0f} s: {exc}")
+                            self.stall(f"no batch stored for over {self.stall_after_s:.0f} s, "
+                                       f"retrying: {exc}")
                         else:
-                            self.error(reason)
+                            self.error(f"batch not stored, retrying: {exc}")
                         for tp, msgs in batch.items():
                             consumer.seek(tp, msgs[0].offset)
                         self._periodic(consumer)
