@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from pipeline.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker, ensure_topics, is_healthy
 from pipeline.config import Config
-from pipeline.schema import DLQ_TOPIC, BARS_TOPIC, PREDICTIONS_TOPIC
+from pipeline.schema import DLQ_TOPIC, BARS_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC
 from pipeline.store import Store, open_store
 from pipeline.worker import Worker, WorkerThread
 
@@ -78,7 +78,7 @@ class Runtime:
                         "is running and that KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_* "
                         "settings) are right, or unset it to use the embedded broker."
                     )
-                ensure_topics(bootstrap, (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC),
+                ensure_topics(bootstrap, (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC),
                               partitions=self.config.topic_partitions,
                               **self.config.kafka_client_kwargs())
                 self.broker_info = BrokerInfo(bootstrap, None, embedded=False)
