@@ -26,7 +26,7 @@ import pandas as pd
 
 from models import metrics as M
 from models.features import DEFAULT_FEATURES, compute_features, expand_features
-from models.registry import GLOBAL_SCOPE, promote, save_model_version
+from models.registry import GLOBAL_SCOPE, champion_refusal, promote, save_model_version
 from models.splits import Split, make_splits, split_warnings, walk_forward_splits
 from models.targets import (SAME_BAR_FEATURES, effective_horizon, get_target, make_target,
                             reference_close, target_close, to_close)
@@ -611,6 +611,9 @@ def save_version(store, result: LabResult, label: str | None = None, champion: b
                  scope: str = GLOBAL_SCOPE) -> str:
     """Save a fitted model of ``result`` (default: the best) as a model version."""
     label = label or result.best_label()
+    refusal = champion_refusal(result.config.target) if champion else None
+    if refusal:
+        raise LabError(f"{label} cannot be champion: {refusal}.")
     if label not in result.fitted:
         raise LabError(f"No fitted model named {label!r} in this run.")
     fm = result.fitted[label]
