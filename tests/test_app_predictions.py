@@ -112,3 +112,26 @@ def test_promote_and_roll_back_by_hand(data_dir):
         assert any("Nothing to roll back" in e.value for e in at.error)
     finally:
         store.close()
+
+
+def test_a_same_bar_model_cannot_be_promoted_and_the_page_says_why(data_dir):
+    from models.registry import save_model_version
+
+    filled = fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        model = LinearRegression().fit(np.arange(20.0).reshape(-1, 1), np.arange(20.0))
+        same_bar = save_model_version(store, model, {
+            "name": "volume-only", "model_key": "linear", "features": ["volume"],
+            "target": "same_bar_close_from_volume", "interval": "1m"})
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+        at.selectbox(key="pr_version").set_value(same_bar)
+        at.button(key="pr_promote").click()
+        run(at)
+        assert any("cannot be champion" in e.value and "not a forecast" in e.value
+                   for e in at.error)
+        run(at)  # still there after another rerun, until dismissed
+        assert any("cannot be champion" in e.value for e in at.error)
+        assert get_champion(store)["version_id"] == filled["champion"]
+    finally:
+        store.close()
