@@ -78,6 +78,14 @@ def with_time_column(df: pd.DataFrame, column: str = "ts") -> pd.DataFrame:
 def sig_styler(df: pd.DataFrame, digits: int = 4):
     """A Styler showing every number with :func:`fmt_sig` and missing values as ``—``."""
     numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])
-               and not pd.api.types.is_bool_dtype(df[c])]
-    return df.style.format({c: (lambda v, d=digits: fmt_sig(v, d)) for c in numeric},
-                           na_rep=MISSING)
+               and not pd.api.types.is_bool_dtype(df[c]) and not is_epoch_column(c)]
+    styler = df.style.format({c: (lambda v, d=digits: fmt_sig(v, d)) for c in numeric},
+                             na_rep=MISSING)
+    epoch = [c for c in df.columns if is_epoch_column(c)]
+    return styler.format({c: (lambda v: MISSING if v != v else f"{int(v)}") for c in epoch})
+
+
+def is_epoch_column(name) -> bool:
+    """Epoch-millisecond columns are shown as plain integers, never rounded or grouped."""
+    name = str(name)
+    return name == "ts" or name.endswith("_ts") or name.endswith("_ms")

@@ -4,14 +4,13 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.charts import candlestick
-from dashboard.formatting import fmt_num, fmt_ts, ts_to_datetime
+from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
 st.title("Live market")
 
-intervals = store.list_intervals() or ["1m"]
 symbols = store.list_symbols()
 if not symbols:
     st.info(
@@ -22,7 +21,8 @@ if not symbols:
 
 c1, c2, c3, c4, c5 = st.columns([1.2, 0.8, 1, 1.6, 0.8])
 symbol = c1.selectbox("Symbol", symbols or ["—"], key="lm_symbol")
-interval = c2.selectbox("Interval", intervals, key="lm_interval")
+interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key="lm_interval",
+                        help="Intervals stored for this symbol.")
 step = INTERVALS.get(interval, 60_000)
 candle_choices = {k: v for k, v in INTERVALS.items() if v >= step}
 candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle",
@@ -53,10 +53,12 @@ def live_panel() -> None:
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
     k1, k2, k3, k4 = st.columns(4)
-    k1.metric("Last close", fmt_num(last["close"]), f"{change:+.2f} ({change / prev['close']:+.2%})")
+    k1.metric("Last close", fmt_sig(last["close"], 6),
+              f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})")
     k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
     k3.metric("Bars stored", f"{stored:,}")
-    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime("%b %d %H:%M"))
+    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime("%Y-%m-%d %H:%M"),
+              help=f"bar start, epoch ms {int(last['ts'])}")
 
     preds = None
     if show_pred:
@@ -72,7 +74,7 @@ def live_panel() -> None:
     st.plotly_chart(fig, width="stretch", key="lm_chart")
     if preds is not None and len(preds):
         nxt = preds.iloc[-1]
-        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_num(nxt['predicted_close'])}** "
+        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_sig(nxt['predicted_close'], 6)}** "
                    f"(model {nxt['model_id']}).")
 
 
