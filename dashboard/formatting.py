@@ -82,7 +82,9 @@ def sig_styler(df: pd.DataFrame, digits: int = 4):
     styler = df.style.format({c: (lambda v, d=digits: fmt_sig(v, d)) for c in numeric},
                              na_rep=MISSING)
     epoch = [c for c in df.columns if is_epoch_column(c)]
-    return styler.format({c: (lambda v: MISSING if v != v else f"{int(v)}") for c in epoch})
+    if epoch:  # a second format() call resets every column in its subset: limit it
+        styler = styler.format(lambda v: MISSING if v != v else f"{int(v)}", subset=epoch)
+    return styler
 
 
 def is_epoch_column(name) -> bool:

@@ -160,7 +160,8 @@ def csv_import_panel(data_dir: Path, key: str = "pc_csv"):
     except SourceError as exc:
         st.error(str(exc))
         return None
-    _show_inspection(insp, interval is None)
+    from_name = symbol.strip() == (symbol_from_filename(display) or "")
+    _show_inspection(insp, interval is None, from_name)
 
     def factory() -> CsvReplaySource:
         return CsvReplaySource(path, symbol=symbol.strip() or None, interval=insp.interval,
@@ -172,10 +173,17 @@ def csv_import_panel(data_dir: Path, key: str = "pc_csv"):
     return factory
 
 
-def _show_inspection(insp, inferred: bool) -> None:
+SYMBOL_FROM = {"column": "from the file's symbol column", "typed": "typed in the Symbol field",
+               "file name": "from the file name"}
+
+
+def _show_inspection(insp, inferred: bool, from_name: bool) -> None:
     interval = f"{insp.interval}" + (" (inferred from the spacing)" if inferred else "")
+    origin = ("from the file name; edit the Symbol field to change it"
+              if insp.symbol_from == "typed" and from_name
+              else SYMBOL_FROM.get(insp.symbol_from, insp.symbol_from))
     st.markdown(f"**Preview:** {insp.bars:,} bars of **{', '.join(insp.symbols) or '?'}** "
-                f"(symbol from the {insp.symbol_from}), interval **{interval}**, "
+                f"({origin}), interval **{interval}**, "
                 f"{fmt_ts(insp.first_ts)} → {fmt_ts(insp.last_ts)}.")
     st.caption("Read as: " + "; ".join(insp.notes) + ".")
     counts = []

@@ -174,7 +174,7 @@ def test_every_page_in_both_themes_upload_and_folds(streamlit_server, browser, t
     ARTIFACTS.mkdir(exist_ok=True)
     csv_path = pandas_csv(tmp_path / "GOOG.csv")
     for scheme in ("dark", "light"):
-        ctx = browser.new_context(color_scheme=scheme, viewport={"width": 1400, "height": 1000})
+        ctx = browser.new_context(color_scheme=scheme, viewport={"width": 1400, "height": 1700})
         page = ctx.new_page()
         watch = Watch(page, url)
         # Open the app once, then move as a user does, through the navigation (opening a
@@ -240,6 +240,7 @@ def upload(page, csv_path: Path, data_dir: Path) -> None:
     finally:
         store.close()
     page.wait_for_selector("text=Importing:", timeout=30_000)
+    page.wait_for_timeout(3000)  # one refresh of the worker panel
     page.screenshot(path=str(ARTIFACTS / "dark_pipeline_after_import.png"), full_page=True)
 
 
