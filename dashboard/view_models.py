@@ -129,3 +129,34 @@ def fold_rows(fold_table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     df = pd.DataFrame(fold_table)
     return df.groupby("fold", sort=True)["n_test"].first()
+
+
+# ---- live pages ---------------------------------------------------------------------------------
+def latest_predictions(store, symbol: str, interval: str, start_ms: int) -> pd.DataFrame | None:
+    """The champion's next-close predictions for the shown range (empty without a scorer)."""
+    preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
+                                    limit=2000)
+    if preds.empty:
+        return None
+    latest_model = preds["model_id"].iloc[-1]
+    preds = preds[preds["model_id"] == latest_model].copy()
+    if "predicted_close" not in preds:
+        preds["predicted_close"] = preds["predicted"]
+        if (preds["target"] != "next_close").any():
+            try:
+                from models.targets import to_close
+
+                preds["predicted_close"] = [
+                    float(to_close(t, p, b)) for t, p, b in
+                    zip(preds["target"], preds["predicted"], preds["base_close"])]
+            except ValueError:  # a target this version of the code does not know
+                return None
+    return preds
+
+
+def scorer_snapshot(runtime) -> dict | None:
+    """The live scorer's stats: a thread of this app, or a process seen by its heartbeat."""
+    snap = runtime.local_stats().get("scorer")
+    if snap and snap.get("state") == "running":
+        return snap
+    return next((b for b in runtime.attached_stats() if b.get("kind") == "scorer"), snap)

@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard.charts import candlestick
 from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
+from dashboard.view_models import latest_predictions
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
@@ -62,42 +63,17 @@ def live_panel() -> None:
 
     preds = None
     if show_pred:
-        preds = latest_predictions(symbol, interval, start_ms=int(candles["ts"].iloc[0]))
+        preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
     fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles")
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     if len(candles) > n_candles:
-        x0 = candles["ts"].iloc[-n_candles]
-        import pandas as pd
-
-        fig.update_xaxes(range=[pd.to_datetime(x0, unit="ms", utc=True),
-                                pd.to_datetime(candles["ts"].iloc[-1] + bucket, unit="ms", utc=True)])
+        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-n_candles]),
+                                ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
     st.plotly_chart(fig, width="stretch", key="lm_chart")
     if preds is not None and len(preds):
         nxt = preds.iloc[-1]
         st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_sig(nxt['predicted_close'], 6)}** "
                    f"(model {nxt['model_id']}).")
-
-
-def latest_predictions(symbol: str, interval: str, start_ms: int):
-    """The champion's next-close predictions for the shown range (empty without a scorer)."""
-    preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
-                                    limit=2000)
-    if preds.empty:
-        return None
-    latest_model = preds["model_id"].iloc[-1]
-    preds = preds[preds["model_id"] == latest_model].copy()
-    if "predicted_close" not in preds:
-        preds["predicted_close"] = preds["predicted"]
-        if (preds["target"] != "next_close").any():
-            try:
-                from models.targets import to_close
-
-                preds["predicted_close"] = [
-                    float(to_close(t, p, b)) for t, p, b in
-                    zip(preds["target"], preds["predicted"], preds["base_close"])]
-            except Exception:
-                return None
-    return preds
 
 
 live_panel()

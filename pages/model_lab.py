@@ -100,6 +100,10 @@ features = expand_features([*groups, *extra])
 if features:
     c1.caption(f"{len(features)} features; warm-up {max_lookback(features)} bars: "
                + ", ".join(features))
+    constant_here = [f for f in features if f.startswith("minute_") and interval == "1d"]
+    if constant_here:
+        c1.caption(f"On {interval} bars {', '.join(constant_here)} never change: the run leaves "
+                   "them out and says so.")
 target = c2.selectbox("Target", list(TARGETS), format_func=lambda k: TARGETS[k].label,
                       index=list(TARGETS).index("next_return"), key="ml_target")
 c2.caption(TARGETS[target].description)

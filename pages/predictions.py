@@ -10,7 +10,7 @@ from dashboard.prediction_charts import (
     versions_table,
 )
 from dashboard.state import store_or_stop
-from dashboard.view_models import HELP
+from dashboard.view_models import HELP, scorer_snapshot
 from dashboard.widgets import push_notice, show_notices
 from models.adaptation import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
@@ -22,21 +22,16 @@ st.caption("The live scorer predicts each symbol's next close with the champion 
            "errors below are measured on data the model had never seen.")
 
 
-def scorer_snapshot() -> dict | None:
-    """The live scorer's stats: a thread of this app, or a process seen by its heartbeat."""
+def _scorer() -> dict | None:
     try:
         from dashboard.runtime import get_runtime
 
-        runtime = get_runtime()
-        snap = runtime.local_stats().get("scorer")
-        if snap and snap.get("state") == "running":
-            return snap
-        return next((b for b in runtime.attached_stats() if b.get("kind") == "scorer"), snap)
-    except Exception:
+        return scorer_snapshot(get_runtime())
+    except Exception:  # no runtime in this process (a bare page run): no scorer figures
         return None
 
 
-snap = scorer_snapshot()
+snap = _scorer()
 if snap:
     g, c = snap.get("gauges", {}), snap.get("counters", {})
     state = snap.get("state")
