@@ -365,3 +365,45 @@ def test_symbol_from_filename(name, symbol):
     from pipeline.sources.csv_replay import symbol_from_filename
 
     assert symbol_from_filename(name) == symbol
+
+
+# ------------------------------------------------------------------ the command line, end to end
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_cli_backfill_of_a_pandas_file_then_models_compare(broker, tmp_path):
+    """`python -m pipeline backfill --source csv --file GOOG.csv` with no --interval or
+    --symbols stores GOOG 1d bars; `python -m models compare --symbols GOOG` finds them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.store.sqlite import SqliteStore
+
+    idx = pd.bdate_range("2020-01-01", periods=400)
+    close = 100 + np.cumsum(np.random.default_rng(1).normal(0, 1, 400))
+    pd.DataFrame({"Open": close, "High": close + 1, "Low": close - 1, "Close": close,
+                  "Volume": 1000}, index=idx).iloc[::-1].to_csv(tmp_path / "GOOG.csv")
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+               KAPPALAB_DATA_DIR=str(tmp_path), PYTHONPATH=os.getcwd())
+    env.pop("ELASTICSEARCH_URL", None)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "backfill", "--source", "csv",
+                           "--file", str(tmp_path / "GOOG.csv"), "--topic", f"csv-{os.getpid()}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "400 bars of GOOG (file name); interval 1d" in done.stderr
+    assert "399 out of time order (sorted before import)" in done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["stored"] == 400
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    assert store.list_intervals("GOOG") == ["1d"] and store.count_bars("GOOG", "1d") == 400
+    store.close()
+    lab = subprocess.run([sys.executable, "-m", "models", "compare", "--symbols", "GOOG",
+                          "--models", "linear", "--quiet", "--no-save"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert lab.returncode == 0, lab.stderr
+    assert "GOOG 1d" in lab.stdout
