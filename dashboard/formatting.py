@@ -75,16 +75,29 @@ def with_time_column(df: pd.DataFrame, column: str = "ts") -> pd.DataFrame:
     return out
 
 
+def display_frame(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """``df`` with every number written out (:func:`fmt_sig`; epoch ms as plain integers) and
+    missing values as ``—``: st.dataframe shows a null cell as "None" whatever the Styler says,
+    so the text is made here."""
+    out = df.copy()
+    for c in out.columns:
+        col = out[c]
+        if pd.api.types.is_bool_dtype(col):
+            continue
+        if is_epoch_column(c) and pd.api.types.is_numeric_dtype(col):
+            out[c] = [MISSING if v != v or v is None else f"{int(v)}" for v in col]
+        elif pd.api.types.is_numeric_dtype(col):
+            out[c] = [fmt_sig(v, digits) for v in col]
+        elif col.dtype == object:
+            out[c] = [MISSING if v is None or (isinstance(v, float) and v != v)
+                      else fmt_sig(v, digits) if isinstance(v, (int, float))
+                      and not isinstance(v, bool) else v for v in col]
+    return out
+
+
 def sig_styler(df: pd.DataFrame, digits: int = 4):
-    """A Styler showing every number with :func:`fmt_sig` and missing values as ``—``."""
-    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])
-               and not pd.api.types.is_bool_dtype(df[c]) and not is_epoch_column(c)]
-    styler = df.style.format({c: (lambda v, d=digits: fmt_sig(v, d)) for c in numeric},
-                             na_rep=MISSING)
-    epoch = [c for c in df.columns if is_epoch_column(c)]
-    if epoch:  # a second format() call resets every column in its subset: limit it
-        styler = styler.format(lambda v: MISSING if v != v else f"{int(v)}", subset=epoch)
-    return styler
+    """A Styler of :func:`display_frame` (so styles can still be added)."""
+    return display_frame(df, digits).style
 
 
 def is_epoch_column(name) -> bool:

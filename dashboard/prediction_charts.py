@@ -119,10 +119,7 @@ def highlight_champion(df: pd.DataFrame):
     def row_style(row: pd.Series) -> list[str]:
         return [CHAMPION_BG if row.get("status") == "champion" else ""] * len(row)
 
-    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])
-               and not pd.api.types.is_bool_dtype(df[c])]
-    return df.style.apply(row_style, axis=1).format(
-        {c: (lambda v: fmt_sig(v, 4)) for c in numeric}, na_rep="—")
+    return sig_styler(df).apply(row_style, axis=1)
 
 
 def plain(df: pd.DataFrame):
