@@ -36,7 +36,7 @@ def show_notices(scope: str = "global") -> None:
     for n in list(st.session_state.get(NOTICE_KEY, [])):
         if n["scope"] != scope:
             continue
-        c1, c2 = st.columns([12, 1], vertical_alignment="center")
+        c1, c2 = st.columns([7, 1], vertical_alignment="center")
         {"error": c1.error, "warning": c1.warning, "success": c1.success}.get(
             n["kind"], c1.info)(n["text"])
         if c2.button("Dismiss", key=f"dismiss_{n['key']}"):

@@ -84,8 +84,10 @@ class CsvInspection:
 
     def summary(self) -> str:
         """One line for the preview and the CLI."""
+        origin = {"column": " (symbol column)", "file name": " (file name)"}.get(
+            self.symbol_from, "")
         parts = [f"{self.rows:,} rows", f"{self.bars:,} bars of {', '.join(self.symbols) or '?'}"
-                 f" ({self.symbol_from})", f"interval {self.interval or '?'}"]
+                 f"{origin}", f"interval {self.interval or '?'}"]
         if self.out_of_order:
             parts.append(f"{self.out_of_order:,} out of time order (sorted before import)")
         if self.duplicates:
