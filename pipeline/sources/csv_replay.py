@@ -161,10 +161,12 @@ class CsvReplaySource(Source):
         if not self.path.is_file():
             raise SourceError(f"The CSV file {str(self.path)!r} does not exist or is not a file.")
         if interval is not None and interval not in INTERVALS:
-            raise SourceError(f"CSV replay interval {interval!r} is not one of "
-                              f"{', '.join(INTERVALS)}.")
+            raise SourceError(f"The interval {interval!r} is not one of {', '.join(INTERVALS)} "
+                              "(--interval, or the Interval field).")
         if speed is not None and not speed > 0:
-            raise SourceError(f"CSV replay speed must be a positive factor or None, not {speed!r}.")
+            raise SourceError(f"The replay speed must be above 0, not {speed!r} (--speed, or the "
+                              "Speed field; leave it out, or 0 in the field, for as fast as "
+                              "possible).")
         try:
             self.zone = timezone.utc if tz.upper() == "UTC" else ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
