@@ -121,8 +121,8 @@ def test_malformed_row_names_line_and_column(tmp_path, row, line_col, why):
 
 
 def test_header_problems_name_line_one(tmp_path):
-    with pytest.raises(CsvFormatError, match=r"line 1, column 'volume': the header has no volume"):
-        replay(write(tmp_path, "timestamp,open,high,low,close\n1706693580,1,2,0.5,1.5\n"))
+    with pytest.raises(CsvFormatError, match=r"line 1, column 'close': the header has no close"):
+        replay(write(tmp_path, "timestamp,open,high,low,volume\n1706693580,1,2,0.5,1\n"))
     with pytest.raises(CsvFormatError, match=r"line 1, column 'timestamp': the header has no timestamp"):
         replay(write(tmp_path, "when,open,high,low,close,volume\n"))
     with pytest.raises(CsvFormatError, match="file is empty"):
@@ -330,6 +330,13 @@ def test_adj_close_is_recognised_and_close_used(tmp_path):
 def test_first_column_names_pandas_writes(tmp_path, first):
     text = f"{first},Open,High,Low,Close,Volume\n2024-01-02,1,2,0.5,1.5,3\n"
     assert replay(write(tmp_path, text), "T", "1d")[0].ts == utc_ms(2024, 1, 2)
+
+
+def test_a_file_without_volume_stores_zero_and_says_so(tmp_path):
+    path = write(tmp_path, "Datetime,Open,High,Low,Close\n2024-03-01 00:00,1.08,1.09,1.07,1.085\n")
+    src = CsvReplaySource(path, "EURUSD", "1h")
+    assert "no volume column: volume stored as 0" in src.inspect().notes
+    assert next(iter(src.bars(threading.Event()))).volume == 0.0
 
 
 def test_hourly_fx_file_is_inferred_as_1h_and_tz_applies(tmp_path):

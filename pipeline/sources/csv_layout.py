@@ -24,6 +24,7 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
 }
 ADJ_CLOSE_ALIASES = ("adj_close", "adjclose", "adj._close", "adjusted_close")
 SYMBOL_ALIASES = ("symbol", "ticker", "sym")
+NO_COLUMN = -1
 SEED_HEADER = "Date,Time,Open,High,Low,Close,Volume"
 GENERIC_HEADER = "timestamp,open,high,low,close,volume"
 
@@ -59,7 +60,8 @@ class CsvLayout:
         self.adjusted = adjusted
         self.ts_label = "+".join(header[i] for i in ts_columns)
         self.width = len(header)
-        self.numeric = [(name, idx, header[idx]) for name, idx in fields.items()]
+        self.numeric = [(name, idx, header[idx]) for name, idx in fields.items()
+                        if idx != NO_COLUMN]
 
     @classmethod
     def from_header(cls, raw: list[str], path: Path, line: int, zone, *,
@@ -77,6 +79,9 @@ class CsvLayout:
             index["close"] = index[_normalise(adjusted)]  # only an adjusted close: use it
         for name, aliases in FIELD_ALIASES.items():
             found = next((index[a] for a in aliases if a in index), None)
+            if found is None and name == "volume":
+                fields[name] = NO_COLUMN  # forex files often have none: stored as 0
+                continue
             if found is None:
                 raise CsvFormatError(path, line, name,
                                      f"the header has no {name} column (it has "
@@ -116,6 +121,8 @@ class CsvLayout:
                                                else f" ({self.adjusted} not used)"))
         if self.symbol_col is not None:
             out.append(f"symbol from column {self.header[self.symbol_col]}")
+        if self.fields["volume"] == NO_COLUMN:
+            out.append("no volume column: volume stored as 0")
         return out
 
     def row_to_bar(self, row: list[str], line: int, symbol: str | None, interval: str,
@@ -135,7 +142,7 @@ class CsvLayout:
             mapping: dict[str, Any] = {
                 "symbol": symbol, "interval": interval, "ts": ts, "open": float(row[f["open"]]),
                 "high": float(row[f["high"]]), "low": float(row[f["low"]]),
-                "close": float(row[f["close"]]), "volume": float(row[f["volume"]]),
+                "close": float(row[f["close"]]), "volume": float(row[f["volume"]]) if f["volume"] != NO_COLUMN else 0.0,
                 "source": source}
         except ValueError:
             self._number_error(row, line)
