@@ -332,6 +332,18 @@ def test_first_column_names_pandas_writes(tmp_path, first):
     assert replay(write(tmp_path, text), "T", "1d")[0].ts == utc_ms(2024, 1, 2)
 
 
+def test_yfinance_file_with_price_ticker_and_date_rows(tmp_path):
+    text = ("Price,Close,High,Low,Open,Volume\nTicker,GOOG,GOOG,GOOG,GOOG,GOOG\nDate,,,,,\n"
+            "2024-01-02,139.5,140.6,137.7,139.6,20071900\n"
+            "2024-01-03,140.3,141.9,139.5,139.7,18974300\n")
+    src = CsvReplaySource(write(tmp_path, text, "download.csv"), None, None)
+    insp = src.inspect()
+    assert (insp.symbols, insp.interval, insp.rows) == (["GOOG"], "1d", 2)
+    bars = list(src.bars(threading.Event()))
+    assert [b.ts for b in bars] == [utc_ms(2024, 1, 2), utc_ms(2024, 1, 3)]
+    assert bars[0].close == 139.5 and bars[0].open == 139.6
+
+
 def test_a_file_without_volume_stores_zero_and_says_so(tmp_path):
     path = write(tmp_path, "Datetime,Open,High,Low,Close\n2024-03-01 00:00,1.08,1.09,1.07,1.085\n")
     src = CsvReplaySource(path, "EURUSD", "1h")

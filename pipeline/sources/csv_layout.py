@@ -14,7 +14,7 @@ from pipeline.sources.daily import normalise_daily_ts
 
 TIMESTAMP_ALIASES = ("timestamp", "datetime", "date_time", "time_stamp", "ts", "date", "time")
 #: A first column named like this (or not named at all) holds the time: pandas' to_csv().
-INDEX_NAMES = ("", "index", "unnamed:_0", "unnamed_0")
+INDEX_NAMES = ("", "index", "unnamed:_0", "unnamed_0", "price")
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "open": ("open", "o"),
     "high": ("high", "h"),
@@ -95,7 +95,8 @@ class CsvLayout:
                                  "--symbols on the command line)")
         strong = [a for a in TIMESTAMP_ALIASES[:5] if a in index]
         if not strong and keys[0] in INDEX_NAMES:
-            # pandas' df.to_csv() writes the DatetimeIndex as an unnamed (or "index") first column
+            # pandas' df.to_csv() writes the DatetimeIndex as an unnamed (or "index") first
+            # column; yfinance's files label it "Price" (with Ticker and Date rows below)
             return cls(path, header, "pandas", (0,), fields, symbol_col, generic_parser(zone), zone, adjusted)
         if not strong and "date" in index and "time" in index:
             return cls(path, header, "seed", (index["date"], index["time"]), fields, symbol_col,

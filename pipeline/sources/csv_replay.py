@@ -252,9 +252,13 @@ class CsvReplaySource(Source):
             raise CsvFormatError(self.display_name, max(reader.line_num, 1), None,
                                  "the file is empty; expected a header like "
                                  f"{SEED_HEADER} or {GENERIC_HEADER}")
+        rows = _HeaderRows(reader)
+        ticker = rows.skip_extra_header_rows(header)
+        if ticker and not self.symbol_typed:
+            self.symbol = ticker  # yfinance's "Ticker" row names the symbol
         layout = CsvLayout.from_header(header, Path(self.display_name), reader.line_num,
                                        self.zone, has_symbol=self.symbol is not None)
-        return reader, layout
+        return rows, layout
 
     def _rows(self, reader, layout: CsvLayout, interval: str) -> Iterator[tuple[int, Bar]]:
         """(line number, bar) per good row; bad rows raise or are counted and sampled."""
@@ -375,6 +379,41 @@ class CsvReplaySource(Source):
             log.warning("%s: skipped %d malformed line(s), e.g. %s", self.display_name,
                         self._stats["bad_lines"],
                         self._bad_samples[0] if self._bad_samples else "")
+
+
+class _HeaderRows:
+    """The csv reader after the header, past the extra header rows yfinance writes
+    (``Price,Close,…`` then ``Ticker,GOOG,…`` then ``Date,,,…``), keeping ``line_num``."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.pending: list[list[str]] = []
+
+    @property
+    def line_num(self) -> int:
+        return self.reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        return self.pending.pop() if self.pending else next(self.reader)
+
+    def skip_extra_header_rows(self, header: list[str]) -> str | None:
+        if header[0].strip().lower() != "price":
+            return None
+        ticker = None
+        for row in self.reader:
+            first = row[0].strip().lower() if row else ""
+            rest = {c.strip() for c in row[1:]}
+            if first == "ticker" and len(rest) == 1:
+                ticker = rest.pop() or None
+            elif first in ("date", "datetime") and rest <= {""}:
+                pass
+            else:
+                self.pending.append(row)
+                break
+        return ticker
 
 
 def _sniff_delimiter(fh) -> str:
