@@ -61,7 +61,8 @@ def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None =
                       yaxis_title="messages / s", title="Throughput", uirevision="tp")
     if ceiling:
         fig.update_yaxes(range=[0, ceiling])
-        fig.add_annotation(text="warm-up burst above the axis", xref="paper", yref="paper",
-                           x=0, y=1, showarrow=False, xanchor="left", yanchor="top",
+        fig.add_annotation(text="axis cut: the warm-up burst goes higher", xref="paper",
+                           yref="paper", x=1, y=1, showarrow=False, xanchor="right",
+                           yanchor="bottom",
                            font=dict(size=11, color=palette().muted))
     return fig

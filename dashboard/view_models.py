@@ -60,15 +60,24 @@ def worker_row(name: str, snap: dict, where: str, running: bool = True) -> dict[
         v, bool) else v for k, v in row.items()}
 
 
-def throughput_ceiling(history: dict[str, list[dict]], quantile: float = 0.95) -> float | None:
-    """A y-axis top that keeps the steady rate readable: the warm-up burst (thousands of bars
-    a second for a few seconds) would otherwise flatten the live line. None if no cut needed."""
-    rates = np.array([p["rate"] for pts in history.values() for p in pts], dtype=float)
-    rates = rates[np.isfinite(rates)]
-    if len(rates) < 5:
+def throughput_ceiling(history: dict[str, list[dict]], recent_share: float = 0.5) -> float | None:
+    """A y-axis top that keeps the live rate readable: the warm-up burst (a thousand bars a
+    second for a few seconds) would otherwise flatten a steady 5 bars a second. The top is set
+    from the recent half of the window; None when nothing needs cutting."""
+    tops = []
+    for points in history.values():
+        rates = np.array([p["rate"] for p in points], dtype=float)
+        rates = rates[np.isfinite(rates)]
+        if len(rates) < 10:
+            continue
+        recent = rates[int(len(rates) * (1 - recent_share)):]
+        tops.append((float(recent.max()), float(rates.max())))
+    if not tops:
         return None
-    top = float(np.quantile(rates, quantile)) * 1.5
-    return top if top > 0 and rates.max() > top else None
+    recent_top = max(t for t, _ in tops)
+    overall = max(m for _, m in tops)
+    ceiling = max(recent_top * 2.5, 1.0)
+    return ceiling if recent_top > 0 and overall > ceiling * 1.5 else None
 
 
 # ---- model lab ----------------------------------------------------------------------------------

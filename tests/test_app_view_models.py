@@ -62,9 +62,11 @@ def test_warnings_shown_once():
 
 def test_throughput_axis_cuts_the_warm_up_burst_only():
     steady = [{"t": i, "rate": 5.0} for i in range(100)]
-    burst = [{"t": i, "rate": 2000.0} for i in range(3)]
-    assert throughput_ceiling({"indexer": burst + steady}) < 100
+    burst = [{"t": i, "rate": 2000.0} for i in range(10)]
+    assert throughput_ceiling({"indexer": burst + steady}) == 12.5
     assert throughput_ceiling({"indexer": steady}) is None
+    idle = [{"t": i, "rate": 0.0} for i in range(100)]  # stopped: nothing to zoom in on
+    assert throughput_ceiling({"indexer": burst + idle}) is None
 
 
 def test_palette_actual_line_contrasts_with_each_background():
