@@ -58,7 +58,8 @@ def live_panel() -> None:
               f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})")
     k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
     k3.metric("Bars stored", f"{stored:,}")
-    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime("%b %d, %H:%M"),
+    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
+        "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"),
               help=f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}")
 
     preds = None
