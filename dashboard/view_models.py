@@ -2,6 +2,7 @@
 captions, per-fold tables, warnings without repeats. Pure functions, tested directly."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -169,3 +170,32 @@ def scorer_snapshot(runtime) -> dict | None:
     if snap and snap.get("state") == "running":
         return snap
     return next((b for b in runtime.attached_stats() if b.get("kind") == "scorer"), snap)
+
+
+@dataclass(frozen=True)
+class Kpi:
+    label: str
+    value: str
+    help: str | None = None
+
+
+def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
+    """The live error figures over the rolling window (rows of ``score_frame`` that are
+    scored), with the persistence figure to beat beside them."""
+    n = len(recent)
+    if not n:
+        return [Kpi("MAE", MISSING), Kpi("RMSE", MISSING), Kpi("MAPE", MISSING),
+                Kpi("Direction right", MISSING), Kpi("Persistence MAE", MISSING)]
+    hits = recent["hit"].dropna()
+    persistence = float((recent["actual_close"] - recent["base_close"]).abs().mean())
+    return [
+        Kpi(f"MAE (last {n})", fmt_num(float(recent["abs_error"].mean()), 4),
+            "mean absolute error of the implied close, in price units"),
+        Kpi("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)),
+        Kpi("MAPE", f"{recent['pct_error'].mean():.3f}%",
+            "mean absolute error as a percentage of the actual close"),
+        Kpi("Direction right", f"{hits.mean():.1%}" if len(hits) else MISSING,
+            "share of predictions on the right side of the last close"),
+        Kpi("Persistence MAE", fmt_num(persistence, 4),
+            "the 'no change' forecast on the same bars: the bar to beat"),
+    ]

@@ -10,7 +10,7 @@ from dashboard.prediction_charts import (
     versions_table,
 )
 from dashboard.state import store_or_stop
-from dashboard.view_models import HELP, scorer_snapshot
+from dashboard.view_models import HELP, live_kpis, scorer_snapshot
 from dashboard.widgets import push_notice, show_notices
 from models.adaptation import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
@@ -83,18 +83,8 @@ def live_panel() -> None:
     scored = score_frame(preds)
     done = scored[np.isfinite(scored["abs_error"])]
     recent = done.tail(window)
-    k = st.columns(5)
-    k[0].metric(f"MAE (last {len(recent)})", fmt_num(recent["abs_error"].mean(), 4)
-                if len(recent) else "—", help="implied close, price units")
-    k[1].metric("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)
-                if len(recent) else "—")
-    k[2].metric("MAPE", f"{recent['pct_error'].mean():.3f}%" if len(recent) else "—",
-                help="mean absolute error as a percentage of the actual close")
-    k[3].metric("Direction right", f"{recent['hit'].mean():.1%}"
-                if len(recent) and recent["hit"].notna().any() else "—")
-    pers = (recent["actual_close"] - recent["base_close"]).abs().mean() if len(recent) else None
-    k[4].metric("Persistence MAE", fmt_num(pers, 4) if pers is not None else "—",
-                help="'no change' forecast on the same bars: the bar to beat")
+    for col, kpi in zip(st.columns(5), live_kpis(recent)):
+        col.metric(kpi.label, kpi.value, help=kpi.help)
     st.caption(f"{len(done):,} of the {len(scored):,} predictions shown are scored (the rest "
                "wait for their bar); figures over the last rolling window.")
     events = retrain_events(store)
