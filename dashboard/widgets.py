@@ -148,7 +148,10 @@ def csv_import_panel(data_dir: Path, key: str = "pc_csv"):
     auto = "inferred from the file"
     interval_choice = c2.selectbox("Interval", [auto, *INTERVALS], key=f"{key}_interval",
                                    help="By default the median spacing of the rows decides.")
-    tz = c3.selectbox("Time zone", TIME_ZONES, key=f"{key}_tz", help=TZ_HELP)
+    tz = c3.selectbox("Time zone", TIME_ZONES, key=f"{key}_tz", help=TZ_HELP,
+                      format_func=lambda z: {"UTC": "UTC (default)",
+                                             "America/New_York": "America/New_York (US exchanges)"
+                                             }.get(z, z))
     c4, c5 = st.columns(2)
     speed = c4.number_input("Speed (x real time, 0 = as fast as possible)", 0.0, 1e7, 0.0,
                             key=f"{key}_speed")

@@ -426,3 +426,13 @@ def test_cli_backfill_of_a_pandas_file_then_models_compare(broker, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert lab.returncode == 0, lab.stderr
     assert "GOOG 1d" in lab.stdout
+
+
+def test_newest_first_file_is_paced_in_time_order(tmp_path):
+    # Sorted before pacing: the gaps are positive, so the replay keeps its speed.
+    rows = [f"{1706693400 + i * 60},1,2,0.5,1.5,3" for i in range(5)][::-1]
+    path = write(tmp_path, "ts,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    started = time.monotonic()
+    bars = replay(path, speed=600)  # 60 s / 600 = 0.1 s per gap
+    assert [b.ts for b in bars] == sorted(b.ts for b in bars)
+    assert time.monotonic() - started >= 0.35
