@@ -67,6 +67,9 @@ with st.expander("Producer source", expanded=not runtime.is_running("producer"))
                                     "row below counts the bars; the Live market and Data pages "
                                     "show them as they are stored.", "pipeline")
                 st.rerun()
+            if runtime.is_running("producer"):
+                st.caption("One producer at a time: stop the running producer below, then "
+                           "import.")
     else:
         s1, s2, s3 = st.columns(3)
         default_symbols = "ACME,GLOBX,INITECH,UMBRL,WAYNE" if kind == "simulator" else ""
