@@ -73,14 +73,16 @@ def test_upload_preview_and_import_stores_the_right_bars(data_dir):
         runtime.shutdown()
 
 
-def test_a_start_error_stays_on_screen_until_dismissed(data_dir):
+@pytest.mark.parametrize("source,variable", [("alphavantage", "ALPHAVANTAGE_API_KEY"),
+                                             ("polygon", "POLYGON_API_KEY")])
+def test_a_start_error_stays_on_screen_until_dismissed(data_dir, source, variable):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
-    at.radio(key="pc_source").set_value("alphavantage").run()
-    at.text_input(key="pc_symbols_alphavantage").set_value("IBM").run()
+    at.radio(key="pc_source").set_value(source).run()
+    at.text_input(key=f"pc_symbols_{source}").set_value("IBM").run()
     at.button(key="start_producer").click().run()
     assert not at.exception
     errors = [e.value for e in at.error]
-    assert any("Could not start the producer" in e and "ALPHAVANTAGE_API_KEY" in e
+    assert any("Could not start the producer" in e and variable in e
                for e in errors), errors
     at.run()  # any rerun (a fragment refresh, another widget) keeps it
     at.run()
