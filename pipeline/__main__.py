@@ -102,13 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _IntervalGiven(argparse.Action):
+    """Records that --interval was typed, so a CSV's interval is inferred only when it was not."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.interval_given = True
+
+
 def add_source_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(interval_given=False)
     p.add_argument("--topic", default=BARS_TOPIC, help="topic to publish to")
     p.add_argument("--source", choices=["simulator", "csv", "alphavantage", "polygon"],
                    default="simulator")
     p.add_argument("--symbols", default="ACME,GLOBX,INITECH,UMBRL,WAYNE",
                    help="comma-separated symbols (default: the simulator's five)")
-    p.add_argument("--interval", default="1m", choices=list(INTERVALS))
+    p.add_argument("--interval", default="1m", choices=list(INTERVALS), action=_IntervalGiven,
+                   help="bar interval (default 1m; csv: inferred from the rows' spacing)")
+    p.add_argument("--tz", default="UTC",
+                   help="csv: zone of times without one (UTC; America/New_York for US exchanges)")
     p.add_argument("--bars", type=int, default=None,
                    help="simulator: bars per symbol (omit for an endless live feed)")
     p.add_argument("--speed", type=float, default=None,
