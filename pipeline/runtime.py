@@ -114,6 +114,9 @@ class Runtime:
     def _broker_alive(self) -> bool:
         from pipeline.broker import pid_alive
 
+        proc = self._broker.process if self._broker else None
+        if proc is not None and self.broker_info and proc.pid == self.broker_info.pid:
+            return proc.poll() is None  # our child: a killed one is a zombie until reaped
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
 
     @property
