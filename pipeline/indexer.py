@@ -236,8 +236,21 @@ class Indexer(Worker):
         dlq = DeadLetters(make_dlq_producer(self.bootstrap, self.client_kwargs), self.dlq_topic)
         backoff, failing_since = 0.5, None
         try:
+            poll_failing_since = None
             while not stop.is_set() and not self._bounds_done(consumer):
-                batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                try:
+                    batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                    poll_failing_since = None
+                except Exception as exc:  # e.g. a corrupt record batch: keep trying, say so
+                    poll_failing_since = poll_failing_since or time.monotonic()
+                    reason = f"cannot read {self.topic} ({describe_failure(exc)})"
+                    if time.monotonic() - poll_failing_since > self.stall_after_s:
+                        self.stall(reason)
+                    else:
+                        self.error(reason, log_it=False)
+                    self.tick()
+                    stop.wait(1.0)
+                    continue
                 if self.bounds is not None:
                     batch = self._own_records(consumer, batch)
                 if batch:
