@@ -12,9 +12,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker, ensure_topics, is_healthy
+from pipeline.broker import BrokerInfo, EmbeddedBroker, find_or_start_broker, pid_alive
 from pipeline.config import Config
-from pipeline.schema import DLQ_TOPIC, BARS_TOPIC, PREDICTIONS_TOPIC
+from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import Store, open_store
 from pipeline.worker import Worker, WorkerThread
 
@@ -32,7 +32,7 @@ def quiet_kafka_logs() -> None:
 
 @dataclass
 class SimulatorSpec:
-    symbols: tuple[str, ...] = ("ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE")
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     interval: str = "1m"
     speed: float | None = 60.0  # a 1m bar per second per symbol
     warmup_bars: int = 0  # bars per symbol emitted at once before the live pace starts
@@ -66,29 +66,16 @@ class Runtime:
 
     # ---- broker --------------------------------------------------------------------------
     def ensure_broker(self) -> BrokerInfo:
+        """The configured Kafka, or the embedded broker (found running or started here)."""
         with self._lock:
             if self.broker_info and (not self.broker_info.embedded or self._broker_alive()):
                 return self.broker_info
-            if self.config.kafka_bootstrap:
-                bootstrap = self.config.kafka_bootstrap
-                if not is_healthy(bootstrap, 10):
-                    raise BrokerUnavailable(
-                        f"Kafka at {bootstrap} did not answer a metadata request; check that it "
-                        "is running and that KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_* "
-                        "settings) are right, or unset it to use the embedded broker."
-                    )
-                ensure_topics(bootstrap, (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC),
-                              partitions=self.config.topic_partitions,
-                              **self.config.kafka_client_kwargs())
-                self.broker_info = BrokerInfo(bootstrap, None, embedded=False)
-            else:
-                self._broker = EmbeddedBroker(self.config.broker_state_file)
-                self.broker_info = self._broker.start(reuse=True)
+            self.broker_info, started = find_or_start_broker(self.config)
+            if started is not None:
+                self._broker = started
             return self.broker_info
 
     def _broker_alive(self) -> bool:
-        from pipeline.broker import pid_alive
-
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
 
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import json
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from pipeline.schema import Bar, Prediction
+from pipeline.jsonsafe import json_safe
+from pipeline.schema import BAR_FIELDS, Bar, Prediction
 
-BAR_COLUMNS = ["symbol", "interval", "ts", "open", "high", "low", "close", "volume", "source"]
+BAR_COLUMNS = list(BAR_FIELDS)
 OHLC_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "n"]
 PREDICTION_COLUMNS = [
     "model_id", "symbol", "interval", "ts", "base_ts", "target", "predicted", "base_close",
@@ -167,7 +167,7 @@ class Store(abc.ABC):
         run = dict(run)
         run.setdefault("run_id", f"run-{uuid.uuid4().hex[:12]}")
         run.setdefault("created_ms", now_ms())
-        self.put_doc(RUNS, run["run_id"], _jsonable(run))
+        self.put_doc(RUNS, run["run_id"], json_safe(run))
         return run["run_id"]
 
     def list_runs(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -187,7 +187,7 @@ class Store(abc.ABC):
         meta.setdefault("version_id", f"mv-{uuid.uuid4().hex[:12]}")
         meta.setdefault("created_ms", now_ms())
         meta["blob_b64"] = base64.b64encode(blob).decode("ascii")
-        self.put_doc(MODEL_VERSIONS, meta["version_id"], _jsonable(meta))
+        self.put_doc(MODEL_VERSIONS, meta["version_id"], json_safe(meta))
         return meta["version_id"]
 
     def list_model_versions(self, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -210,12 +210,12 @@ class Store(abc.ABC):
         if doc is None:
             raise KeyError(f"model version {version_id} not found")
         doc.update(changes)
-        self.put_doc(MODEL_VERSIONS, version_id, _jsonable(doc))
+        self.put_doc(MODEL_VERSIONS, version_id, json_safe(doc))
 
     def record_event(self, kind: str, **fields: Any) -> str:
         event_id = f"ev-{uuid.uuid4().hex[:12]}"
         doc = {"event_id": event_id, "kind": kind, "created_ms": now_ms(), **fields}
-        self.put_doc(EVENTS, event_id, _jsonable(doc))
+        self.put_doc(EVENTS, event_id, json_safe(doc))
         return event_id
 
     def list_events(self, kind: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
@@ -226,7 +226,7 @@ class Store(abc.ABC):
         doc = dict(snapshot)
         doc["worker_id"] = worker_id
         doc["created_ms"] = now_ms()
-        self.put_doc(WORKERS, worker_id, _jsonable(doc))
+        self.put_doc(WORKERS, worker_id, json_safe(doc))
 
     def list_heartbeats(self, max_age_ms: int | None = None) -> list[dict[str, Any]]:
         docs = self.list_docs(WORKERS)
@@ -234,23 +234,6 @@ class Store(abc.ABC):
             cutoff = now_ms() - max_age_ms
             docs = [d for d in docs if d.get("created_ms", 0) >= cutoff]
         return docs
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain-JSON copy: numpy scalars/arrays become Python values, NaN/inf become None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return _jsonable(obj.tolist())
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)
 
 
 def bars_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:

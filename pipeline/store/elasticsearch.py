@@ -430,7 +430,7 @@ class ElasticsearchStore(Store):
                                refresh=True)
         except SerializationError:
             raise ValueError(f"document {doc_id!r} is not plain JSON (NaN, infinity or an "
-                             "unsupported type); pass it through base._jsonable first") from None
+                             "unsupported type); pass it through pipeline.jsonsafe.json_safe first") from None
 
     @_at_edge
     def get_doc(self, collection: str, doc_id: str) -> dict[str, Any] | None:
