@@ -7,9 +7,9 @@ Their mappings come from composable index templates put on first use, so an inde
 auto-created by a write (for example by another process right after :meth:`reset`) still gets
 the right mapping.
 
-Semantics match :class:`~pipeline.store.sqlite.SqliteStore` exactly (same frames, dtypes,
-ordering, half-open ranges, "latest N" limits, null-preserving prediction updates); the
-contract suite in ``tests/test_store_contract.py`` runs both.
+Semantics are the contract written in :mod:`pipeline.store.base` (frames, dtypes, ordering,
+half-open ranges, "latest N" limits, null-preserving prediction updates, compare-and-set);
+the contract suite in ``tests/test_store_contract.py`` runs both backends.
 
 Writes go through :func:`elasticsearch.helpers.streaming_bulk` with deterministic ``_id``
 (replays overwrite, never duplicate), chunks bounded by count and bytes, and per-item retries
@@ -19,6 +19,7 @@ in :attr:`UpsertResult.rejected`. Reads page with ``search_after`` on a unique s
 """
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import inspect
@@ -34,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import pandas as pd
 from elasticsearch import (
-    ApiError, AuthenticationException, AuthorizationException, ConnectionError,
+    ApiError, AuthenticationException, AuthorizationException, ConflictError, ConnectionError,
     ConnectionTimeout, Elasticsearch, NotFoundError, SerializationError, SSLError,
     TransportError, UnsupportedProductError, helpers,
 )
@@ -42,14 +43,15 @@ from elasticsearch.serializer import JsonSerializer
 
 from pipeline.schema import INTERVALS, Bar, Prediction
 from pipeline.store.base import (
-    COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable, UpsertResult,
-    bars_frame,
+    BAR_COLUMNS, COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
+    UpsertResult, bars_frame, check_limit, now_ms,
 )
 
 log = logging.getLogger(__name__)
 
 BARS = "bars"
 PREDICTIONS = "predictions"
+ARTEFACTS = "artefacts"
 
 #: Statuses worth retrying: per bulk item (helpers) and per whole request (transport).
 ITEM_RETRY_STATUSES = (429, 503)
@@ -61,11 +63,8 @@ _KEYWORD = {"type": "keyword"}
 
 _BAR_MAPPING = {
     "dynamic": "strict",
-    "properties": {
-        "symbol": _KEYWORD, "interval": _KEYWORD, "ts": _EPOCH_MS, "open": _DOUBLE,
-        "high": _DOUBLE, "low": _DOUBLE, "close": _DOUBLE, "volume": _DOUBLE,
-        "source": _KEYWORD,
-    },
+    "properties": {c: (_EPOCH_MS if c == "ts" else _KEYWORD if c in ("symbol", "interval", "source")
+                       else _DOUBLE) for c in BAR_COLUMNS},
 }
 _PREDICTION_MAPPING = {
     "dynamic": "strict",
@@ -77,9 +76,10 @@ _PREDICTION_MAPPING = {
     },
 }
 # A collection document is stored as {created_ms, doc_id, body, eq}: ``body`` is the caller's
-# JSON kept verbatim in _source and never indexed (model versions carry a large base64 blob);
-# ``eq`` holds one canonical keyword per top-level scalar so ``list_docs(where=...)`` is a
-# term query. ``flattened`` indexes those keywords without adding a mapping field per key.
+# JSON kept verbatim in _source and never indexed (documents are schemaless: a mapping field
+# per key would grow without bound); ``eq`` holds one canonical keyword per top-level scalar
+# (numbers by value, see _canonical) so the contract's ``list_docs(where=...)`` equality is a
+# term query. ``flattened`` indexes those keywords without a mapping field per key.
 _DOC_MAPPING = {
     "dynamic": False,
     "properties": {
@@ -89,15 +89,22 @@ _DOC_MAPPING = {
         "eq": {"type": "flattened", "ignore_above": 256},
     },
 }
+# Artefacts: one document per content hash; the bytes ride in a ``binary`` field (base64 in
+# _source, not indexed), apart from the small, searchable model-version documents.
+_ARTEFACT_MAPPING = {
+    "dynamic": "strict",
+    "properties": {"created_ms": _EPOCH_MS, "size": {"type": "long"},
+                   "data": {"type": "binary"}},
+}
 _INDEX_SETTINGS = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
 _TEMPLATE_PRIORITY = 500  # above the built-in logs-*/metrics-* templates (100)
 
-_REQUIRED_PREDICTION_FIELDS = PREDICTION_COLUMNS[:8]  # NOT NULL columns in SQLite
+_REQUIRED_PREDICTION_FIELDS = PREDICTION_COLUMNS[:8]  # required by the store contract
 _INT_PREDICTION_FIELDS = {"ts", "base_ts", "produced_ms", "stored_ms"}
 _FLOAT_PREDICTION_FIELDS = {"predicted", "base_close", "actual", "error", "latency_ms"}
 _PREDICTION_SORT = [{"ts": "asc"}, {"model_id": "asc"}, {"symbol": "asc"}, {"interval": "asc"}]
 _LONG_STRING = 200  # longer where-values are compared by digest, not indexed verbatim
-_DOC_PAGE = 100  # collection documents can be large (model versions carry their blob)
+_DOC_PAGE = 100  # collection documents can be large (a lab run carries its whole table)
 
 T = TypeVar("T")
 
@@ -170,6 +177,7 @@ class ElasticsearchStore(Store):
         page_size: int = 5000,
         refresh_after_write: bool = True,
     ):
+        super().__init__()
         self.url = _redact_url(url)
         self.index_prefix = _valid_prefix(index_prefix)
         self.chunk_size = int(chunk_size)
@@ -241,7 +249,7 @@ class ElasticsearchStore(Store):
 
     @property
     def indices(self) -> list[str]:
-        return [self.index_name(k) for k in (BARS, PREDICTIONS, *COLLECTIONS)]
+        return [self.index_name(k) for k in (BARS, PREDICTIONS, ARTEFACTS, *COLLECTIONS)]
 
     def describe(self) -> str:
         return f"Elasticsearch at {self.url} (indices {self.index_prefix}-*, {self._auth})"
@@ -294,21 +302,16 @@ class ElasticsearchStore(Store):
             if problem:
                 result.rejected.append((bar, problem))
                 continue
-            doc = {"symbol": bar.symbol, "interval": bar.interval, "ts": int(bar.ts),
-                   "open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close,
-                   "volume": bar.volume, "source": bar.source}
+            doc = bar.to_dict()
+            doc["ts"] = int(bar.ts)
             actions.append(({"_index": index, "_id": bar.doc_id, "_source": doc}, bar))
         return self._bulk(index, actions, result, lambda b: b.ts)
 
     @_at_edge
     def query_bars(self, symbol, interval, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
         query = _series_query(symbol, interval, start_ms, end_ms)
-        rows = [
-            (s["symbol"], s["interval"], int(s["ts"]), s["open"], s["high"], s["low"],
-             s["close"], s["volume"], s["source"])
-            for s in self._latest_or_all(self.index_name(BARS), query, [{"ts": "asc"}], limit)
-        ]
-        return bars_frame(rows)
+        hits = self._latest_or_all(self.index_name(BARS), query, [{"ts": "asc"}], limit)
+        return bars_frame([tuple(h[c] for c in BAR_COLUMNS) for h in hits])
 
     @_at_edge
     def ohlc_buckets(self, symbol, interval, bucket_ms, start_ms=None, end_ms=None,
@@ -320,7 +323,7 @@ class ElasticsearchStore(Store):
         bucket_ms = int(bucket_ms)
         if bucket_ms <= 0:
             raise ValueError("bucket_ms must be positive")
-        limit = _sqlite_limit(limit)
+        limit = check_limit(limit)
         empty = pd.DataFrame([], columns=OHLC_COLUMNS)
         if limit == 0:
             return _ohlc_frame(empty)
@@ -383,7 +386,7 @@ class ElasticsearchStore(Store):
     @_at_edge
     def upsert_predictions(self, predictions: Sequence[Prediction]) -> UpsertResult:
         """Partial ``update`` with ``doc_as_upsert`` and the ``None`` fields left out, so a
-        later write without ``actual`` keeps the stored one (SQLite's ``COALESCE``).
+        later write without ``actual`` keeps the stored one (the contract's null-preserving update).
         Refreshed once per batch, as :meth:`upsert_bars` explains."""
         self._ensure()
         index = self.index_name(PREDICTIONS)
@@ -444,9 +447,7 @@ class ElasticsearchStore(Store):
 
     @_at_edge
     def list_docs(self, collection, where=None, limit=1000) -> list[dict[str, Any]]:
-        """Top-level scalar equality as in SQLite's ``json_extract(body, '$.key') = value``:
-        numbers compare by value (``1 == 1.0``, ``True == 1``), strings only to strings, and
-        ``None`` matches nothing."""
+        """The contract's equality on top-level scalars, as term queries on ``eq``."""
         _check_collection(collection)
         filters: list[dict[str, Any]] = []
         for key, value in (where or {}).items():
@@ -458,7 +459,7 @@ class ElasticsearchStore(Store):
             filters.append({"term": {f"eq.{key}": canonical}})
         sort = [{"created_ms": "desc"}, {"doc_id": "asc"}]
         hits = self._scan(self.index_name(collection), {"bool": {"filter": filters}}, sort,
-                          _sqlite_limit(limit), page_size=min(self.page_size, _DOC_PAGE))
+                          check_limit(limit), page_size=min(self.page_size, _DOC_PAGE))
         return [s["body"] for s in hits]
 
     @_at_edge
@@ -473,6 +474,53 @@ class ElasticsearchStore(Store):
         return resp.get("result") == "deleted"
 
     @_at_edge
+    def replace_doc_if(self, collection, doc_id, doc, expected) -> bool:
+        """Read the document with its sequence number, compare, then write with
+        ``if_seq_no``/``if_primary_term`` (or ``_create`` when ``expected`` is None): a
+        concurrent writer makes the write fail with 409, never overwrite."""
+        _check_collection(collection)
+        self._ensure()
+        index = self.index_name(collection)
+        wrapped = {"created_ms": int(doc.get("created_ms", 0)), "doc_id": doc_id, "body": doc,
+                   "eq": _eq_fields(doc)}
+        try:
+            if expected is None:
+                self._client.create(index=index, id=doc_id, document=wrapped, refresh=True)
+                return True
+            try:
+                current = self._client.get(index=index, id=doc_id)
+            except NotFoundError:
+                return False
+            if current["_source"].get("body") != expected:
+                return False
+            self._client.index(index=index, id=doc_id, document=wrapped, refresh=True,
+                               if_seq_no=current["_seq_no"],
+                               if_primary_term=current["_primary_term"])
+            return True
+        except ConflictError:
+            return False
+
+    @_at_edge
+    def _write_artefact(self, digest: str, data: bytes) -> None:
+        self._ensure()
+        doc = {"created_ms": now_ms(), "size": len(data),
+               "data": base64.b64encode(data).decode("ascii")}
+        try:
+            self._client.create(index=self.index_name(ARTEFACTS), id=digest, document=doc,
+                                refresh=True)
+        except ConflictError:
+            pass  # the same content is already there
+
+    @_at_edge
+    def _read_artefact(self, digest: str) -> bytes | None:
+        self._ensure()
+        try:
+            resp = self._client.get(index=self.index_name(ARTEFACTS), id=digest)
+        except NotFoundError:
+            return None
+        return base64.b64decode(resp["_source"]["data"])
+
+    @_at_edge
     def reset(self) -> None:
         """Delete this prefix's indices (cheaper than deleting their documents); the templates
         stay, so the next write, from this or any other process, recreates them with the
@@ -481,6 +529,7 @@ class ElasticsearchStore(Store):
             for index in self.indices:
                 self._client.options(ignore_status=404).indices.delete(index=index)
             self._ready = False
+        self._forget_artefacts()
 
     @_at_edge
     def drop(self) -> None:
@@ -551,7 +600,7 @@ class ElasticsearchStore(Store):
                        limit: int | None) -> list[dict[str, Any]]:
         """Hits of ``query`` in ``sort`` order (ascending); with ``limit``, the last ``limit``
         of them, fetched newest first and turned around."""
-        limit = _sqlite_limit(limit)
+        limit = check_limit(limit)
         if limit is None:
             return self._scan(index, query, sort, None)
         descending = [{k: ("desc" if v == "asc" else "asc") for k, v in s.items()} for s in sort]
@@ -622,6 +671,7 @@ class ElasticsearchStore(Store):
         return {
             self.index_name(BARS): ([self.index_name(BARS)], _BAR_MAPPING),
             self.index_name(PREDICTIONS): ([self.index_name(PREDICTIONS)], _PREDICTION_MAPPING),
+            self.index_name(ARTEFACTS): ([self.index_name(ARTEFACTS)], _ARTEFACT_MAPPING),
             self.index_name("docs"): (docs, _DOC_MAPPING),
         }
 
@@ -757,14 +807,6 @@ def _check_collection(collection: str) -> None:
         raise ValueError(f"unknown collection {collection!r}; expected one of {COLLECTIONS}")
 
 
-def _sqlite_limit(limit: int | None) -> int | None:
-    """SQLite's LIMIT: a negative limit means no limit."""
-    if limit is None:
-        return None
-    limit = int(limit)
-    return None if limit < 0 else limit
-
-
 def _range_filter(start_ms: int | None, end_ms: int | None) -> list[dict[str, Any]]:
     bounds: dict[str, Any] = {}
     if start_ms is not None:
@@ -794,14 +836,14 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def _bar_problem(bar: Bar) -> str | None:
-    """Why a bar cannot be stored as it is (SQLite refuses the same: NOT NULL columns)."""
+    """Why a bar cannot be stored as it is (the contract: every field present and finite)."""
     try:  # fast path: the sum is finite only if every number is
         if (math.isfinite(bar.open + bar.high + bar.low + bar.close + bar.volume + bar.ts)
                 and None not in (bar.symbol, bar.interval, bar.ts, bar.source)):
             return None
     except TypeError:
         pass  # a non-number: let the mapping decide, below finds nothing else
-    for name in ("symbol", "interval", "ts", "open", "high", "low", "close", "volume", "source"):
+    for name in BAR_COLUMNS:
         value = getattr(bar, name)
         if value is None:
             return f"field {name} is missing"
@@ -815,7 +857,7 @@ def _prediction_doc(pred: Prediction) -> dict[str, Any]:
 
 
 def _prediction_value(column: str, value: Any) -> Any:
-    """The Python type SQLite would hand back for this column (REAL/INTEGER affinity)."""
+    """The contract's Python type for this column (floats for prices, ints for times)."""
     if value is None:
         return None
     if column in _FLOAT_PREDICTION_FIELDS and isinstance(value, (int, float)):
@@ -826,7 +868,8 @@ def _prediction_value(column: str, value: Any) -> Any:
 
 
 def _canonical(value: Any) -> str | None:
-    """One keyword per JSON scalar such that equal-in-SQLite values get equal keywords."""
+    """One keyword per JSON scalar such that values equal under the contract (numbers by
+    value, ``True == 1``) get equal keywords."""
     if isinstance(value, bool):
         return "n:1" if value else "n:0"
     if isinstance(value, int):
@@ -845,7 +888,7 @@ def _canonical(value: Any) -> str | None:
 def _eq_fields(doc: dict[str, Any]) -> dict[str, str]:
     out = {}
     for key, value in doc.items():
-        if not key or "." in key or key == "blob_b64":
+        if not key or "." in key or key == "blob_b64":  # blob_b64: versions stored before artefacts
             continue
         canonical = _canonical(value)
         if canonical is not None:

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.schema import Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
-    UpsertResult, bars_frame,
+    UpsertResult, bars_frame, check_limit, now_ms,
 )
 
 _SCHEMA = """
@@ -42,14 +42,17 @@ CREATE TABLE IF NOT EXISTS docs (
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS docs_by_time ON docs (collection, created_ms);
+CREATE TABLE IF NOT EXISTS artefacts (
+    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
 """
 
-_BAR_UPSERT = """
-INSERT INTO bars (symbol, interval, ts, open, high, low, close, volume, source)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+_BAR_UPSERT = f"""
+INSERT INTO bars ({', '.join(BAR_COLUMNS)})
+VALUES ({', '.join('?' * len(BAR_COLUMNS))})
 ON CONFLICT (symbol, interval, ts) DO UPDATE SET
-    open=excluded.open, high=excluded.high, low=excluded.low, close=excluded.close,
-    volume=excluded.volume, source=excluded.source
+    {', '.join(f'{c}=excluded.{c}' for c in BAR_COLUMNS[3:])}
 """
 
 _PRED_UPSERT = f"""
@@ -64,6 +67,7 @@ class SqliteStore(Store):
     backend = "sqlite"
 
     def __init__(self, path: str | Path):
+        super().__init__()
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,13 +156,13 @@ class SqliteStore(Store):
     def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
         if not bars:
             return UpsertResult()
-        rows = [(b.symbol, b.interval, int(b.ts), b.open, b.high, b.low, b.close, b.volume,
-                 b.source) for b in bars]
+        rows = [tuple(getattr(b, c) for c in BAR_COLUMNS) for b in bars]
         with self._write() as conn:
             conn.executemany(_BAR_UPSERT, rows)
         return UpsertResult(accepted=len(rows))
 
     def query_bars(self, symbol, interval, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
+        limit = check_limit(limit)
         where, params = _series_where(symbol, interval, start_ms, end_ms)
         cols = ", ".join(BAR_COLUMNS)
         if limit is not None:
@@ -245,6 +249,7 @@ class SqliteStore(Store):
 
     def query_predictions(self, symbol=None, interval=None, model_id=None, start_ms=None,
                           end_ms=None, limit=None) -> pd.DataFrame:
+        limit = check_limit(limit)
         clauses, params = ["1=1"], []
         for col, val in (("symbol", symbol), ("interval", interval), ("model_id", model_id)):
             if val is not None:
@@ -297,6 +302,9 @@ class SqliteStore(Store):
 
     def list_docs(self, collection, where=None, limit=1000) -> list[dict[str, Any]]:
         _check_collection(collection)
+        limit = check_limit(limit)
+        if limit is None:
+            limit = -1  # SQLite: no limit
         clauses, params = ["collection = ?"], [collection]
         for key, value in (where or {}).items():
             clauses.append("json_extract(body, ?) = ?")
@@ -306,6 +314,22 @@ class SqliteStore(Store):
             f"SELECT body FROM docs WHERE {' AND '.join(clauses)} "
             "ORDER BY created_ms DESC, id LIMIT ?", params).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def replace_doc_if(self, collection, doc_id, doc, expected) -> bool:
+        _check_collection(collection)
+        body = json.dumps(doc, allow_nan=False)
+        with self._write() as conn:  # BEGIN IMMEDIATE: no other writer until COMMIT
+            row = conn.execute("SELECT body FROM docs WHERE collection = ? AND id = ?",
+                               (collection, doc_id)).fetchone()
+            current = None if row is None else json.loads(row[0])
+            if current != expected:
+                return False
+            conn.execute(
+                "INSERT INTO docs (collection, id, created_ms, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (collection, id) DO UPDATE SET created_ms=excluded.created_ms, "
+                "body=excluded.body",
+                (collection, doc_id, int(doc.get("created_ms", 0)), body))
+        return True
 
     def delete_doc(self, collection: str, doc_id: str) -> bool:
         _check_collection(collection)
@@ -319,6 +343,19 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM bars")
             conn.execute("DELETE FROM predictions")
             conn.execute("DELETE FROM docs")
+            conn.execute("DELETE FROM artefacts")
+        self._forget_artefacts()
+
+    # ---- artefacts -----------------------------------------------------------------------
+    def _write_artefact(self, digest: str, data: bytes) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO artefacts (digest, size, created_ms, data) "
+                         "VALUES (?, ?, ?, ?)", (digest, len(data), now_ms(), data))
+
+    def _read_artefact(self, digest: str) -> bytes | None:
+        row = self._conn().execute("SELECT data FROM artefacts WHERE digest = ?",
+                                   (digest,)).fetchone()
+        return None if row is None else bytes(row[0])
 
 
 def _series_where(symbol, interval, start_ms, end_ms) -> tuple[str, list[Any]]:
