@@ -162,16 +162,8 @@ class SqliteStore(Store):
         return UpsertResult(accepted=len(rows))
 
     def query_bars(self, symbol, interval, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
-        limit = check_limit(limit)
         where, params = _series_where(symbol, interval, start_ms, end_ms)
-        cols = ", ".join(BAR_COLUMNS)
-        if limit is not None:
-            sql = (f"SELECT * FROM (SELECT {cols} FROM bars WHERE {where} ORDER BY ts DESC "
-                   f"LIMIT ?) ORDER BY ts")
-            params.append(int(limit))
-        else:
-            sql = f"SELECT {cols} FROM bars WHERE {where} ORDER BY ts"
-        return bars_frame(self._conn().execute(sql, params).fetchall())
+        return bars_frame(self._latest_or_all("bars", BAR_COLUMNS, where, params, limit))
 
     def ohlc_buckets(self, symbol, interval, bucket_ms, start_ms=None, end_ms=None,
                      limit=None) -> pd.DataFrame:
@@ -203,15 +195,7 @@ class SqliteStore(Store):
                           "close": "float64", "volume": "float64", "n": "int64"})
 
     def count_bars(self, symbol=None, interval=None) -> int:
-        clauses, params = [], []
-        if symbol is not None:
-            clauses.append("symbol = ?")
-            params.append(symbol)
-        if interval is not None:
-            clauses.append("interval = ?")
-            params.append(interval)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        return int(self._conn().execute(f"SELECT COUNT(*) FROM bars{where}", params).fetchone()[0])
+        return self._count("bars", *_where(symbol=symbol, interval=interval))
 
     def list_symbols(self, interval=None) -> list[str]:
         if interval is None:
@@ -249,38 +233,29 @@ class SqliteStore(Store):
 
     def query_predictions(self, symbol=None, interval=None, model_id=None, start_ms=None,
                           end_ms=None, limit=None) -> pd.DataFrame:
-        limit = check_limit(limit)
-        clauses, params = ["1=1"], []
-        for col, val in (("symbol", symbol), ("interval", interval), ("model_id", model_id)):
-            if val is not None:
-                clauses.append(f"{col} = ?")
-                params.append(val)
-        if start_ms is not None:
-            clauses.append("ts >= ?")
-            params.append(int(start_ms))
-        if end_ms is not None:
-            clauses.append("ts < ?")
-            params.append(int(end_ms))
-        cols = ", ".join(PREDICTION_COLUMNS)
-        where = " AND ".join(clauses)
-        if limit is not None:
-            sql = (f"SELECT * FROM (SELECT {cols} FROM predictions WHERE {where} "
-                   f"ORDER BY ts DESC LIMIT ?) ORDER BY ts")
-            params.append(int(limit))
-        else:
-            sql = f"SELECT {cols} FROM predictions WHERE {where} ORDER BY ts"
-        rows = self._conn().execute(sql, params).fetchall()
+        where, params = _where(start_ms, end_ms, symbol=symbol, interval=interval,
+                               model_id=model_id)
+        rows = self._latest_or_all("predictions", PREDICTION_COLUMNS, where, params, limit)
         return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
     def count_predictions(self, symbol=None, model_id=None) -> int:
-        clauses, params = ["1=1"], []
-        if symbol is not None:
-            clauses.append("symbol = ?")
-            params.append(symbol)
-        if model_id is not None:
-            clauses.append("model_id = ?")
-            params.append(model_id)
-        sql = f"SELECT COUNT(*) FROM predictions WHERE {' AND '.join(clauses)}"
+        return self._count("predictions", *_where(symbol=symbol, model_id=model_id))
+
+    def _latest_or_all(self, table: str, columns: Sequence[str], where: str,
+                       params: list[Any], limit: int | None) -> list[tuple]:
+        """Rows in ts order; with ``limit``, the latest ``limit`` of them."""
+        limit = check_limit(limit)
+        cols = ", ".join(columns)
+        if limit is None:
+            sql = f"SELECT {cols} FROM {table} WHERE {where} ORDER BY ts"
+        else:
+            sql = (f"SELECT * FROM (SELECT {cols} FROM {table} WHERE {where} "
+                   f"ORDER BY ts DESC LIMIT ?) ORDER BY ts")
+            params = [*params, limit]
+        return self._conn().execute(sql, params).fetchall()
+
+    def _count(self, table: str, where: str, params: list[Any]) -> int:
+        sql = f"SELECT COUNT(*) FROM {table} WHERE {where}"
         return int(self._conn().execute(sql, params).fetchone()[0])
 
     # ---- documents -----------------------------------------------------------------------
@@ -359,7 +334,17 @@ class SqliteStore(Store):
 
 
 def _series_where(symbol, interval, start_ms, end_ms) -> tuple[str, list[Any]]:
-    clauses, params = ["symbol = ?", "interval = ?"], [symbol, interval]
+    return _where(start_ms, end_ms, symbol=symbol, interval=interval)
+
+
+def _where(start_ms: int | None = None, end_ms: int | None = None,
+           **equal: Any) -> tuple[str, list[Any]]:
+    """SQL condition and parameters: each non-None ``equal`` column, then the half-open range."""
+    clauses, params = ["1=1"], []
+    for column, value in equal.items():
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
     if start_ms is not None:
         clauses.append("ts >= ?")
         params.append(int(start_ms))
