@@ -229,6 +229,7 @@ def write_large_seed_file(path: Path, n: int) -> int:
     return path.stat().st_size
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_large_file_is_streamed_not_loaded(tmp_path):
     n = 1_000_000
