@@ -112,14 +112,15 @@ def ensure_topics(bootstrap: str, topics=DEFAULT_TOPICS, partitions: int = 1, **
         admin.close()
 
 
-def find_or_start_broker(config: "Config", *, start: bool = True
+def find_or_start_broker(config: "Config", *, start: bool = True, port: int | None = None
                          ) -> tuple[BrokerInfo, "EmbeddedBroker | None"]:
     """The broker every process of this configuration uses: the one place that decides.
 
     - ``KAFKA_BOOTSTRAP_SERVERS`` set: that Kafka, health-checked with a metadata request and
       with the three topics created if missing.
     - unset: the embedded broker recorded in the data directory if it is alive and answers;
-      otherwise, with ``start``, a new embedded broker (the caller owns it and stops it).
+      otherwise, with ``start``, a new embedded broker on ``port`` (default: a free one; the
+      caller owns it and stops it).
 
     Returns the broker's address and the :class:`EmbeddedBroker` this call started (None when
     it found a running one). Raises :class:`BrokerUnavailable` with one sentence saying what
@@ -142,7 +143,7 @@ def find_or_start_broker(config: "Config", *, start: bool = True
         raise BrokerUnavailable(
             "No broker is running: start one with `python -m pipeline broker` (or the "
             "dashboard), or set KAFKA_BOOTSTRAP_SERVERS.")
-    broker = EmbeddedBroker(config.broker_state_file)
+    broker = EmbeddedBroker(config.broker_state_file, port=port)
     return broker.start(reuse=False), broker
 
 

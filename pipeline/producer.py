@@ -10,11 +10,56 @@ import logging
 import threading
 import time
 
+from collections import defaultdict, deque
+from typing import Callable, Mapping
+
 from pipeline.schema import BARS_TOPIC
 from pipeline.sources.base import Source, SourceError
 from pipeline.worker import Worker
 
 log = logging.getLogger(__name__)
+
+#: Per series, how many recently sent bars the producer remembers to find, after a broker
+#: restart, the first bar that never reached the store.
+RECENT_BARS = 50_000
+
+ResumePoints = Mapping[str, tuple[int, float]]  # symbol -> (last good ts, its close)
+
+
+class OffsetLedger:
+    """The offsets the broker acknowledged for one producer's records, per partition.
+
+    A backfill's indexer reads exactly these records (and knows when it has them all)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._acked: dict[int, set[int]] = defaultdict(set)
+        self._max: dict[int, int] = {}
+        self.finished = False
+
+    def add(self, partition: int, offset: int) -> None:
+        with self._lock:
+            self._acked[partition].add(offset)
+            if offset > self._max.get(partition, -1):
+                self._max[partition] = offset
+
+    def classify(self, partition: int, offset: int) -> bool | None:
+        """True: one of ours. False: another writer's. None: not acknowledged (yet)."""
+        with self._lock:
+            if offset in self._acked.get(partition, ()):
+                return True
+            if offset < self._max.get(partition, -1) or self.finished:
+                return False
+            return None
+
+    def ends(self) -> dict[int, int] | None:
+        """Once the producer finished: the offset after our last record, per partition."""
+        with self._lock:
+            return {p: m + 1 for p, m in self._max.items()} if self.finished else None
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._acked.values())
 
 
 def make_kafka_producer(bootstrap: str, live: bool, client_kwargs: dict | None = None):
@@ -40,8 +85,18 @@ class Producer(Worker):
 
     def __init__(self, source: Source, bootstrap: str, topic: str = BARS_TOPIC,
                  client_kwargs: dict | None = None, live: bool | None = None, store=None,
-                 mode: str = "thread", flush_every: int = 10_000):
+                 mode: str = "thread", flush_every: int = 10_000,
+                 resume_source: Callable[[ResumePoints], Source] | None = None,
+                 ledger: OffsetLedger | None = None):
+        """:param resume_source: builds the source again from resume points, for when the
+            (memory-only) embedded broker restarted and lost bars not yet stored.
+        :param ledger: records the offsets of every acknowledged record (backfill)."""
         super().__init__(store=store, mode=mode)
+        self.resume_source = resume_source
+        self.ledger = ledger
+        self._last_offset: dict[int, int] = {}
+        self._log_reset = threading.Event()
+        self._recent: dict[tuple[str, str], deque[tuple[int, float]]] = {}
         self.source = source
         self.bootstrap = bootstrap
         self.topic = topic
@@ -54,8 +109,17 @@ class Producer(Worker):
     def describe(self) -> str:
         return f"{self.source.describe()} → {self.topic}"
 
-    def _on_sent(self, _metadata) -> None:
+    def _on_sent(self, metadata) -> None:
         self.count("produced")
+        partition, offset = metadata.partition, metadata.offset
+        last = self._last_offset.get(partition)
+        if last is not None and offset <= last:
+            # Offsets only grow within a partition's log: this one started again, i.e. the
+            # broker restarted without its data (the embedded broker keeps it in memory).
+            self._log_reset.set()
+        self._last_offset[partition] = offset
+        if self.ledger is not None:
+            self.ledger.add(partition, offset)
 
     def _on_error(self, exc: Exception) -> None:
         self.count("send_errors")
@@ -63,29 +127,77 @@ class Producer(Worker):
 
     def run(self, stop: threading.Event) -> None:
         producer = make_kafka_producer(self.bootstrap, self.live, self.client_kwargs)
+        source = self.source
         try:
-            n = 0
-            for bar in self.source.bars(stop):
-                future = producer.send(
-                    self.topic, key=bar.symbol.encode(), value=bar.to_json(),
-                    timestamp_ms=int(time.time() * 1000),
-                )
-                future.add_callback(self._on_sent).add_errback(self._on_error)
-                n += 1
-                if self.first_ts is None:
-                    self.first_ts = bar.ts
-                self.last_ts = bar.ts
-                if self.live or n % 512 == 0:
-                    self.gauge("source", self.source.stats())
-                    self.gauge("last_bar_ts", bar.ts)
-                    self.tick()
-                if n % self.flush_every == 0:
-                    producer.flush()
+            while source is not None and not stop.is_set():
+                self._send_all(producer, source, stop)
+                if not self._log_reset.is_set():
+                    break  # the source is exhausted, or we were asked to stop
+                source = self._rewind(producer, stop)
         except SourceError as exc:
-            self.error(str(exc))
+            self.error(str(exc), log_it=False)
             raise
         finally:
             producer.flush(timeout=30)
             producer.close(timeout=10)
+            if self.ledger is not None:
+                self.ledger.finished = True
             self.gauge("source", self.source.stats())
             self.tick(force=True)
+
+    def _send_all(self, producer, source: Source, stop: threading.Event) -> None:
+        n = 0
+        for bar in source.bars(stop):
+            future = producer.send(
+                self.topic, key=bar.symbol.encode(), value=bar.to_json(),
+                timestamp_ms=int(time.time() * 1000),
+            )
+            future.add_callback(self._on_sent).add_errback(self._on_error)
+            recent = self._recent.get((bar.symbol, bar.interval))
+            if recent is None:
+                recent = self._recent[(bar.symbol, bar.interval)] = deque(maxlen=RECENT_BARS)
+            recent.append((bar.ts, bar.close))
+            n += 1
+            if self.first_ts is None:
+                self.first_ts = bar.ts
+            self.last_ts = bar.ts
+            if self.live or n % 512 == 0:
+                self.gauge("source", source.stats())
+                self.gauge("last_bar_ts", bar.ts)
+                self.tick()
+            if n % self.flush_every == 0:
+                producer.flush()
+            if self._log_reset.is_set():
+                return
+
+    def _rewind(self, producer, stop: threading.Event) -> Source | None:
+        """The broker lost its log: start the source again after the last bar the store has
+        before the first bar that never arrived, so the store ends with no gap."""
+        self._log_reset.clear()
+        self._last_offset.clear()
+        if self.resume_source is None or self.store is None:
+            self.error("the broker restarted without its data; bars sent but not yet stored "
+                       "before the restart are lost for this source (restart it to refill)")
+            return None
+        producer.flush(timeout=30)
+        stop.wait(3.0)  # let the indexer store what reached the new log
+        points = self.resume_points()
+        self.error("the broker restarted without its data; resuming the source from the "
+                   "last bar in the store")
+        self._recent.clear()
+        return self.resume_source(points)
+
+    def resume_points(self) -> dict[str, tuple[int, float]]:
+        """Per symbol: the last stored bar before the first recently sent bar that is missing
+        from the store (or the last sent bar, when none is missing)."""
+        points: dict[str, tuple[int, float]] = {}
+        for (symbol, interval), recent in self._recent.items():
+            have = set(self.store.query_bars(symbol, interval, start_ms=recent[0][0])["ts"].tolist())
+            missing = next((ts for ts, _ in recent if ts not in have), None)
+            if missing is None:
+                points[symbol] = recent[-1]
+                continue
+            before = self.store.query_bars(symbol, interval, end_ms=missing, limit=1)
+            if len(before):
+                points[symbol] = (int(before["ts"].iloc[-1]), float(before["close"].iloc[-1]))
+        return points
