@@ -44,12 +44,8 @@ class SimulatorSpec:
 
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
     """Last stored (ts, close) per symbol, so a restarted simulator continues the series."""
-    out = {}
-    for s in symbols:
-        last = store.query_bars(s, interval, limit=1)
-        if len(last):
-            out[s] = (int(last["ts"].iloc[-1]), float(last["close"].iloc[-1]))
-    return out
+    last = store.latest_bars(symbols, interval, 1)
+    return {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
 
 
 class Runtime:

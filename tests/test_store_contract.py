@@ -397,6 +397,17 @@ def test_reset_deletes_everything_and_store_stays_usable(store):
     assert store.count_bars() == 3
 
 
+def test_latest_bars_per_symbol(store):
+    store.upsert_bars(make_bars("AAA", n=10) + make_bars("BBB", n=3) + make_bars("CCC", n=5))
+    got = store.latest_bars(["CCC", "ZZZ", "AAA"], "1m", 4, end_ms=T0 + 9 * MIN)
+    assert got["symbol"].tolist() == ["CCC"] * 4 + ["AAA"] * 4
+    assert got["ts"].tolist() == [T0 + i * MIN for i in (1, 2, 3, 4, 5, 6, 7, 8)]
+    assert list(got.index) == list(range(8))
+    assert got.dtypes.to_dict() == store.query_bars("AAA", "1m").dtypes.to_dict()
+    empty = store.latest_bars(["ZZZ"], "1m", 4)
+    assert empty.empty and list(empty.columns) == BAR_COLUMNS
+
+
 def test_replace_doc_if_is_a_compare_and_set(store):
     first = {"created_ms": 1, "scope": "global", "version_id": "mv-a"}
     second = {"created_ms": 2, "scope": "global", "version_id": "mv-b"}

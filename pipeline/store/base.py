@@ -40,10 +40,12 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from pipeline.jsonsafe import json_safe
-from pipeline.schema import BAR_FIELDS, Bar, Prediction
+from pipeline.schema import BAR_FIELDS, PRICE_FIELDS, Bar, Prediction
 
 BAR_COLUMNS = list(BAR_FIELDS)
-OHLC_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "n"]
+OHLC_COLUMNS = ["ts", *PRICE_FIELDS, "volume", "n"]
+#: dtypes of the numeric bar columns in every frame the store returns
+BAR_DTYPES = {"ts": "int64", **{f: "float64" for f in (*PRICE_FIELDS, "volume")}}
 PREDICTION_COLUMNS = [
     "model_id", "symbol", "interval", "ts", "base_ts", "target", "predicted", "base_close",
     "actual", "error", "produced_ms", "stored_ms", "latency_ms",
@@ -130,6 +132,16 @@ class Store(abc.ABC):
     ) -> pd.DataFrame:
         """Bars of one series in the range, ts ascending, columns :data:`BAR_COLUMNS`
         (dtypes of :func:`bars_frame`); with ``limit``, the latest ``limit`` of the range."""
+
+    def latest_bars(self, symbols: Iterable[str], interval: str, per_symbol: int,
+                    start_ms: int | None = None, end_ms: int | None = None) -> pd.DataFrame:
+        """The latest ``per_symbol`` bars of each symbol in the range, as one frame: symbols
+        in the order given (those without bars left out), ts ascending within each, a fresh
+        0..n-1 index. Columns and dtypes as :meth:`query_bars`."""
+        parts = [self.query_bars(s, interval, start_ms, end_ms, limit=per_symbol)
+                 for s in symbols]
+        parts = [p for p in parts if len(p)]
+        return pd.concat(parts, ignore_index=True) if parts else bars_frame()
 
     @abc.abstractmethod
     def ohlc_buckets(
@@ -352,6 +364,4 @@ class Store(abc.ABC):
 
 
 def bars_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows or []), columns=BAR_COLUMNS)
-    return df.astype({"ts": "int64", "open": "float64", "high": "float64", "low": "float64",
-                      "close": "float64", "volume": "float64"})
+    return pd.DataFrame(list(rows or []), columns=BAR_COLUMNS).astype(BAR_DTYPES)

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.schema import Bar, Prediction
-from pipeline.store.base import BAR_COLUMNS, COLLECTIONS, PREDICTION_COLUMNS
+from pipeline.store.base import BAR_COLUMNS, BAR_DTYPES, COLLECTIONS, PREDICTION_COLUMNS
 
 BARS = "bars"
 PREDICTIONS = "predictions"
@@ -174,5 +174,4 @@ def _eq_fields(doc: dict[str, Any]) -> dict[str, str]:
 
 
 def _ohlc_frame(df: pd.DataFrame) -> pd.DataFrame:
-    return df.astype({"ts": "int64", "open": "float64", "high": "float64", "low": "float64",
-                      "close": "float64", "volume": "float64", "n": "int64"})
+    return df.astype({**BAR_DTYPES, "n": "int64"})
