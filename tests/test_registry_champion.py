@@ -78,7 +78,7 @@ def test_symbol_scope_falls_back_to_global_and_loads_through_the_artefact_cache(
     assert registry.get_champion(store, "AAA")["version_id"] == s
     assert set(registry.champions(store)) == {"global", "AAA"}
     first = registry.load_model_version(store, s)
-    hits = store.artefact_cache_hits if hasattr(store, "artefact_cache_hits") else 0
+    hits = store.artefact_cache_hits
     again = registry.load_model_version(store, s)
     assert store.artefact_cache_hits == hits + 1 and again.version_id == first.version_id
 

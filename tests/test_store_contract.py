@@ -453,7 +453,7 @@ def test_artefacts_are_content_addressed_kept_apart_and_cached(store):
     vid = store.save_model_version({"model": "ridge"}, blob)
     doc = store.get_doc(MODEL_VERSIONS, vid)
     assert doc["artefact"] == digest and "blob_b64" not in doc  # the blob is not in the doc
-    hits = getattr(store, "artefact_cache_hits", 0)
+    hits = store.artefact_cache_hits
     assert store.get_model_version(vid)[1] == blob
     assert store.artefact_cache_hits == hits + 1  # served from the cache, not re-read
     store.reset()

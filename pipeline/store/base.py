@@ -101,6 +101,7 @@ class Store(abc.ABC):
     def __init__(self) -> None:
         self._artefact_cache: OrderedDict[str, bytes] = OrderedDict()
         self._artefact_lock = threading.Lock()
+        self.artefact_cache_hits = 0  # reads served without touching the backend
 
     # ---- identity and health -------------------------------------------------------------
     @abc.abstractmethod
@@ -258,7 +259,7 @@ class Store(abc.ABC):
             cached = self._artefact_cache.get(digest)
             if cached is not None:
                 self._artefact_cache.move_to_end(digest)
-                self.artefact_cache_hits = getattr(self, "artefact_cache_hits", 0) + 1
+                self.artefact_cache_hits += 1
                 return cached
         data = self._read_artefact(digest)
         if data is None:
