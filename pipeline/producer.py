@@ -124,22 +124,25 @@ class Producer(Worker):
     def _on_error(self, exc: Exception) -> None:
         self.count("send_errors")
         self.error(f"send failed: {exc}")
+        if self.resume_source is not None:
+            self._log_reset.set()  # start again from what the store has, on a new client
 
     def run(self, stop: threading.Event) -> None:
-        producer = make_kafka_producer(self.bootstrap, self.live, self.client_kwargs)
         source = self.source
         try:
             while source is not None and not stop.is_set():
-                self._send_all(producer, source, stop)
+                producer = make_kafka_producer(self.bootstrap, self.live, self.client_kwargs)
+                try:
+                    self._send_all(producer, source, stop)
+                finally:
+                    _close(producer)
                 if not self._log_reset.is_set():
                     break  # the source is exhausted, or we were asked to stop
-                source = self._rewind(producer, stop)
+                source = self._rewind(stop)
         except SourceError as exc:
             self.error(str(exc), log_it=False)
             raise
         finally:
-            producer.flush(timeout=30)
-            producer.close(timeout=10)
             if self.ledger is not None:
                 self.ledger.finished = True
             self.gauge("source", self.source.stats())
@@ -170,20 +173,30 @@ class Producer(Worker):
             if self._log_reset.is_set():
                 return
 
-    def _rewind(self, producer, stop: threading.Event) -> Source | None:
-        """The broker lost its log: start the source again after the last bar the store has
-        before the first bar that never arrived, so the store ends with no gap."""
+    def _rewind(self, stop: threading.Event) -> Source | None:
+        """The broker lost records (it restarted without its data, or sends failed): once it
+        answers again, start the source after the last bar the store has before the first
+        bar that never arrived, so the store ends with no gap and no duplicate."""
+        from pipeline.broker import is_healthy
+
         self._log_reset.clear()
         self._last_offset.clear()
         if self.resume_source is None or self.store is None:
             self.error("the broker restarted without its data; bars sent but not yet stored "
                        "before the restart are lost for this source (restart it to refill)")
             return None
-        producer.flush(timeout=30)
-        stop.wait(3.0)  # let the indexer store what reached the new log
+        down_since = time.monotonic()
+        while not stop.is_set() and not is_healthy(self.bootstrap, 2):
+            if time.monotonic() - down_since > 15:
+                self.stall(f"cannot reach the broker at {self.bootstrap}; retrying")
+            stop.wait(1.0)
+        if stop.is_set():
+            return None
+        self.unstall()
+        stop.wait(3.0)  # let the indexer store what reached the broker
         points = self.resume_points()
-        self.error("the broker restarted without its data; resuming the source from the "
-                   "last bar in the store")
+        self.error("the broker lost bars that were not stored yet; resuming the source from "
+                   "the last bar in the store")
         self._recent.clear()
         return self.resume_source(points)
 
@@ -201,3 +214,15 @@ class Producer(Worker):
             if len(before):
                 points[symbol] = (int(before["ts"].iloc[-1]), float(before["close"].iloc[-1]))
         return points
+
+
+def _close(producer) -> None:
+    """Flush and close; a client in a fatal state (its broker vanished) may refuse both."""
+    try:
+        producer.flush(timeout=30)
+    except Exception as exc:
+        log.debug("flush on close failed: %s", exc)
+    try:
+        producer.close(timeout=10)
+    except Exception as exc:
+        log.debug("close failed: %s", exc)
