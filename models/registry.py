@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from models.features import max_lookback
-from models.targets import to_close
+from models.targets import get_target, to_close
 from pipeline.store.base import CHAMPIONS, Store, now_ms
 
 GLOBAL_SCOPE = "global"
@@ -109,6 +109,9 @@ def save_model_version(store: Store, model: Any, meta: dict[str, Any]) -> str:
     doc["blob_bytes"] = len(blob)
     doc.setdefault("runtime", _runtime())
     status = doc["status"]
+    if status == CHAMPION and champion_refusal(doc["target"]):
+        raise ValueError(f"{doc['name']} cannot be saved as champion: "
+                         f"{champion_refusal(doc['target'])}")
     if status == CHAMPION:  # a champion only ever comes from promote(), which retires the old one
         doc["status"] = CANDIDATE
     version_id = store.save_model_version(doc, blob)
@@ -151,6 +154,24 @@ def champions(store: Store) -> dict[str, dict[str, Any]]:
             found.pop("blob_b64", None)
             out[pointer["scope"]] = found
     return out
+
+
+def champion_refusal(target: str | None) -> str | None:
+    """Why a model of ``target`` may not be champion (one sentence), or None if it may.
+
+    The live scorer predicts the *next* bar; a target known only when its own bar is over
+    (the seed's same-bar close from volume) cannot be served, so it is refused here, before
+    the scorer would have to reject it and silently keep the previous champion.
+    """
+    try:
+        spec = get_target(target or "")
+    except ValueError:
+        return f"its target {target!r} is unknown, so the live scorer cannot use it"
+    if not spec.is_forecast:
+        return (f"its target ({spec.label}) is not a forecast: it is known only when its own "
+                "bar is over, so the live scorer cannot predict with it; train a next close, "
+                "close h bars ahead or next return model instead")
+    return None
 
 
 def promote(store: Store, version_id: str, scope: str = GLOBAL_SCOPE,
@@ -225,6 +246,9 @@ def _promote(store: Store, version_id: str, scope: str, reason: str, record_prev
     if meta is None:
         raise KeyError(f"model version {version_id} not found")
     meta.pop("blob_b64", None)
+    refusal = champion_refusal(meta.get("target"))
+    if refusal:
+        raise ValueError(f"{version_id} cannot be champion: {refusal}")
     for _ in range(_PROMOTE_ATTEMPTS):
         current = _pointer(store, scope)
         if expected_version_id is not None and (current or {}).get("version_id") \

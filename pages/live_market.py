@@ -4,14 +4,14 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.charts import candlestick
-from dashboard.formatting import fmt_num, fmt_ts, ts_to_datetime
+from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
+from dashboard.view_models import latest_predictions
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
 st.title("Live market")
 
-intervals = store.list_intervals() or ["1m"]
 symbols = store.list_symbols()
 if not symbols:
     st.info(
@@ -22,7 +22,8 @@ if not symbols:
 
 c1, c2, c3, c4, c5 = st.columns([1.2, 0.8, 1, 1.6, 0.8])
 symbol = c1.selectbox("Symbol", symbols or ["—"], key="lm_symbol")
-interval = c2.selectbox("Interval", intervals, key="lm_interval")
+interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key="lm_interval",
+                        help="Intervals stored for this symbol.")
 step = INTERVALS.get(interval, 60_000)
 candle_choices = {k: v for k, v in INTERVALS.items() if v >= step}
 candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle",
@@ -53,49 +54,27 @@ def live_panel() -> None:
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
     k1, k2, k3, k4 = st.columns(4)
-    k1.metric("Last close", fmt_num(last["close"]), f"{change:+.2f} ({change / prev['close']:+.2%})")
+    k1.metric("Last close", fmt_sig(last["close"], 6),
+              f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})")
     k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
     k3.metric("Bars stored", f"{stored:,}")
-    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime("%b %d %H:%M"))
+    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
+        "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"),
+              help=f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}")
 
     preds = None
     if show_pred:
-        preds = latest_predictions(symbol, interval, start_ms=int(candles["ts"].iloc[0]))
+        preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
     fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles")
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     if len(candles) > n_candles:
-        x0 = candles["ts"].iloc[-n_candles]
-        import pandas as pd
-
-        fig.update_xaxes(range=[pd.to_datetime(x0, unit="ms", utc=True),
-                                pd.to_datetime(candles["ts"].iloc[-1] + bucket, unit="ms", utc=True)])
+        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-n_candles]),
+                                ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
     st.plotly_chart(fig, width="stretch", key="lm_chart")
     if preds is not None and len(preds):
         nxt = preds.iloc[-1]
-        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_num(nxt['predicted_close'])}** "
+        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_sig(nxt['predicted_close'], 6)}** "
                    f"(model {nxt['model_id']}).")
-
-
-def latest_predictions(symbol: str, interval: str, start_ms: int):
-    """The champion's next-close predictions for the shown range (empty without a scorer)."""
-    preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
-                                    limit=2000)
-    if preds.empty:
-        return None
-    latest_model = preds["model_id"].iloc[-1]
-    preds = preds[preds["model_id"] == latest_model].copy()
-    if "predicted_close" not in preds:
-        preds["predicted_close"] = preds["predicted"]
-        if (preds["target"] != "next_close").any():
-            try:
-                from models.targets import to_close
-
-                preds["predicted_close"] = [
-                    float(to_close(t, p, b)) for t, p, b in
-                    zip(preds["target"], preds["predicted"], preds["base_close"])]
-            except Exception:
-                return None
-    return preds
 
 
 live_panel()

@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC
+from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC
 
 if TYPE_CHECKING:
     from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC)
+DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC)
 
 
 class BrokerUnavailable(RuntimeError):

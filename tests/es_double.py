@@ -91,6 +91,7 @@ class EsTestServer:
         self._indices: dict[str, _Index] = {}
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()  # open keep-alive connections
         self._thread: threading.Thread | None = None
         self.url: str | None = None
 
@@ -109,6 +110,14 @@ class EsTestServer:
         return self.url
 
     def stop(self) -> None:
+        """Stop serving and cut every open keep-alive connection (a real outage)."""
+        with self._lock:
+            for conn in list(self._connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._connections.clear()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -739,6 +748,15 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # one small response per request: without this, Nagle + delayed ACK add ~40 ms each
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.double._lock:
+            self.double._connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.double._lock:
+                self.double._connections.discard(self.connection)
 
     def do_GET(self) -> None:
         self._serve()

@@ -96,11 +96,14 @@ def test_interval_mapping(api, interval, av):
     assert api.requests_for("alphavantage")[0].params["interval"] == av
 
 
-def test_daily_series_starts_at_eastern_midnight(api):
+def test_daily_bars_start_at_midnight_utc_of_the_trading_date(api):
+    # Alpha Vantage labels days in US/Eastern; the store's convention (pipeline.sources.daily)
+    # is midnight UTC of that date, the same for every source.
     days = [eastern_ms(2024, 1, d) for d in (29, 30, 31)]
     api.set_av_bars("IBM", "daily", [b for d in days for b in make_bars(d, 1, 86_400_000)])
     bars = run(source(api, interval="1d"))
-    assert [b.ts for b in bars] == days and bars[0].interval == "1d"
+    utc_days = [1706486400000, 1706572800000, 1706659200000]  # 2024-01-29/30/31T00:00Z
+    assert [b.ts for b in bars] == utc_days and bars[0].interval == "1d"
     req = api.requests_for("alphavantage")[0]
     assert req.params["function"] == "TIME_SERIES_DAILY" and "interval" not in req.params
 

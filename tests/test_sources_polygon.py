@@ -350,3 +350,17 @@ def test_api_key_never_reaches_logs_exceptions_stats_or_describe(api, caplog):
     assert all(KEY not in r.getMessage() for r in caplog.records)
     for text in texts:
         assert KEY not in text
+
+
+def test_daily_bars_start_at_midnight_utc_of_the_trading_date(api):
+    # Polygon's daily `t` is midnight US/Eastern for stocks (05:00 UTC in winter, 04:00 in
+    # summer) and midnight UTC for crypto; all become midnight UTC of the date (the one
+    # convention of pipeline.sources.daily, shared with Alpha Vantage and CSV files).
+    day = 86_400_000
+    utc_midnight = (int(time.time() * 1000) - 3 * day) // day * day
+    eastern = [utc_midnight - 2 * day + 5 * 3_600_000, utc_midnight - day + 4 * 3_600_000,
+               utc_midnight]
+    bars = [b for t in eastern for b in make_bars(t, 1, day)]
+    api.set_polygon_bars("AAPL", 1, "day", bars)
+    got = run(source(api, interval="1d"))
+    assert [b.ts for b in got] == [utc_midnight - 2 * day, utc_midnight - day, utc_midnight]

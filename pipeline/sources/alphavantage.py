@@ -8,7 +8,7 @@ sentence: short-term rate limits are backed off and retried, the rest raise
 5 a minute; the request budget enforces that locally before the server has to.
 
 Timestamps come in the Meta Data ``Time Zone`` (US/Eastern) and label the bar's start; daily
-bars start at midnight in that zone, like Polygon's daily aggregates.
+bars follow the convention of :mod:`pipeline.sources.daily` (midnight UTC of the trading date).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.config import Config, Secret
+from pipeline.sources.daily import normalise_daily_ts
 from pipeline.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError, RateLimited
@@ -222,8 +223,11 @@ class AlphaVantageSource(PolledApiSource):
         local = datetime.fromisoformat(stamp.strip())
         if local.tzinfo is None:
             local = local.replace(tzinfo=zone)
+        ts = int(local.timestamp() * 1000)
+        if self.interval == "1d":
+            ts = normalise_daily_ts(ts, zone)
         row: dict[str, Any] = {"symbol": symbol, "interval": self.interval,
-                               "ts": int(local.timestamp() * 1000), "source": self.name}
+                               "ts": ts, "source": self.name}
         for name, key in FIELDS:
             row[name] = float(values[key])
         return bar_from_mapping(row)

@@ -5,7 +5,8 @@ key, so it is appended again (and a ``next_url`` on another host is re-rooted on
 configured base URL, so the key only ever goes there). HTTP 401/403 and ``status`` values
 other than ``OK``/``DELAYED`` become one sentence; HTTP 429 is backed off and retried; an
 empty answer (``resultsCount`` 0, no ``results``) is simply no bars. ``t`` is the start of the
-aggregate window in epoch ms UTC.
+aggregate window in epoch ms UTC; daily bars are moved to the convention of
+:mod:`pipeline.sources.daily` (midnight UTC of the trading date).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.config import Config, Secret
 from pipeline.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError, RateLimited
+from pipeline.sources.daily import nearest_utc_midnight
 from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
 from pipeline.sources.polled_source import PolledApiSource
 from pipeline.sources.redaction import short_text
@@ -194,10 +196,14 @@ class PolygonSource(PolledApiSource):
 
     def _parse(self, symbol: str, results: list) -> list[Bar]:
         bars = []
+        daily = self.interval == "1d"
         for item in results:
             try:
                 bars.append(bar_from_mapping({
-                    "symbol": symbol, "interval": self.interval, "ts": item["t"],
+                    "symbol": symbol, "interval": self.interval,
+                    "ts": nearest_utc_midnight(item["t"]) if daily and isinstance(
+                        item.get("t"), (int, float)) and not isinstance(item["t"], bool)
+                    else item["t"],
                     "open": item["o"], "high": item["h"], "low": item["l"], "close": item["c"],
                     "volume": item.get("v", 0), "source": self.name}))
             except InvalidBar as exc:

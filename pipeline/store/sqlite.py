@@ -110,7 +110,7 @@ class SqliteStore(Store):
                 time.sleep(0.05 * (attempt + 1))
         else:
             raise StoreUnavailable(
-                f"Cannot open the SQLite store at {self.path} ({last_exc}); "
+                f"Cannot open the SQLite store at {self.path} ({_why_unwritable(self.path, last_exc)}); "
                 "set KAPPALAB_DATA_DIR to a writable folder."
             ) from None
         self._local.conn = conn
@@ -362,3 +362,17 @@ def _where(start_ms: int | None = None, end_ms: int | None = None,
 def _check_collection(collection: str) -> None:
     if collection not in COLLECTIONS:
         raise ValueError(f"unknown collection {collection!r}; expected one of {COLLECTIONS}")
+
+
+def _why_unwritable(path: Path, exc: Exception | None) -> str:
+    """SQLite says "unable to open database file"; say what is actually wrong if we can."""
+    import os
+
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return "the file system is mounted read-only"
+    except OSError:
+        pass
+    if not os.access(path.parent, os.W_OK):
+        return f"no permission to write in {path.parent}"
+    return str(exc)
