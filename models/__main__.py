@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from pipeline.schema import INTERVALS
+
 from models.features import DEFAULT_FEATURES, DEFAULT_GROUP, FEATURE_GROUPS, max_lookback
 from models.splits import SPLIT_METHODS
 from models.targets import TARGETS
