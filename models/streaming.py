@@ -198,6 +198,26 @@ class StreamingFeatures:
         return self._fn(f"rsi_{w}", lambda u, d: _rsi_value(u / w, d / w), up, down)
 
 
+class FeatureSet:
+    """One list of features shared by many series (the scorer's: the default ones plus every
+    champion's), and where each model's features sit in a row of it."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self.lookback = StreamingFeatures(self.names).lookback
+        self._cols: dict[tuple[str, ...], np.ndarray] = {}
+
+    def new(self) -> StreamingFeatures:
+        return StreamingFeatures(self.names)
+
+    def columns(self, features: list[str]) -> np.ndarray:
+        """Positions of a model's features in a row of this set."""
+        key = tuple(features)
+        if key not in self._cols:
+            self._cols[key] = np.array([self.names.index(f) for f in features], dtype=int)
+        return self._cols[key]
+
+
 # ---------------------------------------------------------------------------------------------
 # Nodes: each keeps O(window) floats at most and does O(1) amortised work per bar
 

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.adaptation import RetrainPolicy, champions, default_features
-from models.progressive import LiveScoreboard, PendingBook, unscored_from_store
-from models.registry import GLOBAL_SCOPE, LoadedModel, load_model_version
+from models.adaptation import RetrainPolicy, default_features
+from models.champions import ChampionBook
+from models.live_series import SeriesKey, SeriesState, SeriesStates
+from models.progressive import LiveScoreboard
+from models.registry import LoadedModel
 from models.retrain_schedule import RetrainScheduler
-from models.streaming import StreamingFeatures
-from models.targets import get_target
 from pipeline.schema import (
     BARS_TOPIC, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms, parse_bar,
 )
@@ -48,7 +48,6 @@ from pipeline.worker import Worker
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "kappalab-scorer"
-SeriesKey = tuple[str, str]  # (symbol, interval)
 
 
 class Scorer(Worker):
@@ -100,25 +99,23 @@ class Scorer(Worker):
         self.policy = policy or RetrainPolicy()
         self.batch_max, self.poll_timeout_ms = batch_max, poll_timeout_ms
         self.fetch_wait_ms = fetch_wait_ms
-        self.model_refresh_s, self.max_backoff_s = model_refresh_s, max_backoff_s
+        self.max_backoff_s = max_backoff_s
         self.scoreboard = LiveScoreboard(self.policy, error_window)
         self.scheduler = RetrainScheduler(store, self.policy, self.scoreboard, adapt=adapt,
                                           train_default=train_default,
                                           bootstrap_check_s=bootstrap_check_s,
                                           worker_id=self.worker_id)
-        self.features = FeatureSet(default_features())
-        self._series: dict[SeriesKey, SeriesState] = {}
-        self._models: dict[str, LoadedModel] = {}  # scope -> champion
-        self._champion_scopes: set[str] = set()
+        self.series = SeriesStates(store, default_features(), store_catchup_s,
+                                   settle=self._settle_stored, on_error=self.error)
+        self.champions = ChampionBook(store, model_refresh_s)
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._outbox: dict[str, Prediction] = {}
         self._new_ids: set[str] = set()
         self._intervals: Counter[str] = Counter()
         self._last_bar_ts: int | None = None
-        self._last_refresh = self._last_gauges = 0.0
+        self._last_gauges = 0.0
         self._status = "starting"
         self._last_decision: dict[str, Any] | None = None
-        self._catchup_left = store_catchup_s
 
     def describe(self) -> str:
         return (f"{self.topic} → predictions in {self.store.describe()} and "
@@ -172,7 +169,7 @@ class Scorer(Worker):
     def _housekeeping(self) -> None:
         self._collect_outcomes()
         self._refresh_models()
-        status = self.scheduler.maybe_start(self._models, GLOBAL_SCOPE in self._champion_scopes,
+        status = self.scheduler.maybe_start(self.champions.models, self.champions.has_global,
                                             self._main_interval, self._last_bar_ts)
         if status:
             self._set_status(status)
@@ -235,12 +232,12 @@ class Scorer(Worker):
     def _prepare_series(self, key: SeriesKey,
                         items: list[tuple[Bar, int | None]]) -> "SeriesWork | None":
         """The series' new bars through its streaming features, and the rows to predict."""
-        state = self._state(key, first_ts=items[0][0].ts)
-        w = SeriesWork(state, self._model_for(*key))
+        state = self.series.get(key, first_ts=items[0][0].ts)
+        w = SeriesWork(state, self.champions.model_for(*key))
         model = w.model
         if model is not None:
-            cols = self.features.columns(model.features)
-            last_pred = self._last_predicted(state, key, model.version_id)
+            cols = self.series.features.columns(model.features)
+            last_pred = self.series.last_predicted(state, key, model.version_id)
             train_end = model.meta.get("train_end_ms")
         for bar, produced in items:
             if state.last_ts is not None and bar.ts <= state.last_ts:
@@ -340,127 +337,34 @@ class Scorer(Worker):
         self.count("publish_errors")
         self.error(f"publishing a prediction to {self.predictions_topic} failed: {exc}")
 
-    # ---- per-series state, rebuilt from the store on first sight -------------------------
-    def _state(self, key: SeriesKey, first_ts: int) -> "SeriesState":
-        state = self._series.get(key)
-        if state is None:
-            recent = self._await_store(key, first_ts)
-            state = SeriesState(self.features.new(), deque(maxlen=self.features.lookback))
-            state.warm(recent)
-            try:
-                state.book.pending = unscored_from_store(
-                    self.store, key[0], key[1], first_ts, recent, self._settle_stored)
-            except Exception as exc:
-                self.error(f"could not read earlier predictions of {key[0]}: {exc}")
-            self._series[key] = state
-        return state
-
     def _settle_stored(self, p: Prediction, bar: Bar) -> None:
         self._queue(self.scoreboard.settle(p, bar))
         self.count("scored")
 
-    def _stored_before(self, key: SeriesKey, before_ts: int, n: int) -> list[Bar]:
-        return bars_from_frame(self.store.query_bars(key[0], key[1], end_ms=before_ts, limit=n))
-
-    def _await_store(self, key: SeriesKey, first_ts: int) -> list[Bar]:
-        """The bars stored just before ``first_ts``, giving the indexer (another consumer of
-        the topic) a short, bounded time to store the one right before it, so rebuilt
-        features have no hole. A hole can be real (a market closed overnight): then the wait
-        runs out, once; the whole run spends at most ``store_catchup_s`` waiting."""
-        n = self.features.lookback
-        bars = self._stored_before(key, first_ts, n)
-        step = interval_ms(key[1])
-        if not bars or bars[-1].ts >= first_ts - step or self._catchup_left <= 0:
-            return bars
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < self._catchup_left:
-            time.sleep(0.1)
-            bars = self._stored_before(key, first_ts, n)
-            if bars[-1].ts >= first_ts - step:
-                break
-        self._catchup_left -= time.monotonic() - t0
-        return bars
-
-    def _last_predicted(self, state: "SeriesState", key: SeriesKey, model_id: str) -> int | None:
-        if model_id not in state.book.last_predicted:
-            last = self.store.query_predictions(symbol=key[0], interval=key[1],
-                                                model_id=model_id, limit=1)
-            state.book.last_predicted[model_id] = (int(last["base_ts"].iloc[-1]) if len(last)
-                                                   else None)
-        return state.book.last_predicted[model_id]
-
     # ---- champions -------------------------------------------------------------------------
-    def _model_for(self, symbol: str, interval: str) -> LoadedModel | None:
-        model = self._models.get(symbol) or self._models.get(GLOBAL_SCOPE)
-        if model is None:
-            return None
-        model_interval = model.meta.get("interval")
-        if model_interval and model_interval != interval:
-            return None  # a model of 1m bars says nothing about hourly ones
-        return model
-
     def _refresh_models(self, force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self._last_refresh < self.model_refresh_s:
-            return
-        self._last_refresh = now
-        try:
-            metas = champions(self.store)
-        except Exception as exc:
-            self.error(f"could not read the champions: {type(exc).__name__}: {exc}")
-            return
-        self._champion_scopes = set(metas)
-        changed = False
-        for scope, meta in metas.items():
-            current = self._models.get(scope)
-            if current is not None and current.version_id == meta["version_id"]:
-                continue
-            try:
-                model = load_model_version(self.store, meta["version_id"])
-                if not get_target(model.target).is_forecast:
-                    raise ValueError(f"its target {model.target!r} is not a forecast")
-                model.lookback  # validates the feature names
-            except Exception as exc:
-                self.error(f"champion {meta['version_id']} ({scope}) is not usable: {exc}")
-                continue
-            self._models[scope] = model
-            self.scoreboard.watch(model.version_id, (model.meta.get("metrics") or {}).get(
-                "mape_pct"))
+        changes = self.champions.refresh(force)
+        for message in changes.errors:
+            self.error(message)
+        for model in changes.loaded:
+            self.scoreboard.watch(model.version_id,
+                                  (model.meta.get("metrics") or {}).get("mape_pct"))
             self.scheduler.new_champion(model.version_id)
-            log.info("scorer: champion of %s is %s (%s, %s)", scope, model.version_id,
-                     model.meta.get("name"), model.target)
-            changed = True
-        for scope in [s for s in self._models if s not in metas]:
-            del self._models[scope]  # rolled back to nothing, or deleted
-            changed = True
-        if changed:
+        if changes:
             self._resize_features()
             self._set_status()
 
     def _resize_features(self) -> None:
-        """Champions with other features: rebuild each series' state from its recent bars."""
+        """Every series computes the default features plus every champion's."""
         names = list(default_features())
-        for m in self._models.values():
+        for m in self.champions.models.values():
             names += [f for f in m.features if f not in names]
-        if names == self.features.names:
-            return
-        self.features = FeatureSet(names)
-        for key, state in self._series.items():
-            recent = list(state.recent)
-            if len(recent) < self.features.lookback and state.last_ts is not None:
-                stored = self._stored_before(key, state.last_ts + 1, self.features.lookback)
-                if stored and stored[-1].ts == state.last_ts:
-                    recent = stored
-            state.features = self.features.new()
-            state.recent = deque(maxlen=self.features.lookback)
-            state.last_ts = None
-            state.warm(recent)
+        self.series.use_features(names)
 
     def _set_status(self, message: str | None = None) -> None:
         if message:
             self._status = message
-        elif self._models:
-            m = self._models.get(GLOBAL_SCOPE) or next(iter(self._models.values()))
+        elif (m := self.champions.main()) is not None:
             self._status = (f"predicting {m.target} with {m.version_id} "
                             f"({m.meta.get('name')})")
         log.debug("scorer status: %s", self._status)
@@ -503,7 +407,7 @@ class Scorer(Worker):
         self.gauge("live_error", self.scoreboard.gauges())
         self.gauge("champions", {scope: {"version_id": m.version_id, "name": m.meta.get("name"),
                                          "target": m.target, "model_key": m.meta.get("model_key")}
-                                 for scope, m in self._models.items()})
+                                 for scope, m in self.champions.models.items()})
         self.gauge("status", self._status)
         self.gauge("retraining", self.scheduler.busy)
         self.gauge("bars_since_decision", dict(self.scheduler.since_decision))
@@ -521,25 +425,6 @@ class Scorer(Worker):
         return snap
 
 
-class FeatureSet:
-    """The features every series computes: the default ones plus every champion's."""
-
-    def __init__(self, names: list[str]):
-        self.names = list(names)
-        self.lookback = StreamingFeatures(self.names).lookback
-        self._cols: dict[tuple[str, ...], np.ndarray] = {}
-
-    def new(self) -> StreamingFeatures:
-        return StreamingFeatures(self.names)
-
-    def columns(self, features: list[str]) -> np.ndarray:
-        """Positions of a model's features in a row of this set."""
-        key = tuple(features)
-        if key not in self._cols:
-            self._cols[key] = np.array([self.names.index(f) for f in features], dtype=int)
-        return self._cols[key]
-
-
 @dataclass
 class SeriesWork:
     """One series' share of a poll: its new bars, the feature rows to predict, the results."""
@@ -549,28 +434,3 @@ class SeriesWork:
     fresh: list[tuple[Bar, int | None]] = field(default_factory=list)
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # position in fresh -> row
     predicted: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass
-class SeriesState:
-    """One series: its streaming features, its recent bars (to rebuild them for a champion
-    with other features) and its book of predictions waiting for their bar."""
-
-    features: StreamingFeatures
-    recent: deque
-    book: PendingBook = field(default_factory=PendingBook)
-    last_ts: int | None = None
-
-    def update(self, bar: Bar) -> np.ndarray:
-        self.recent.append(bar)
-        self.last_ts = bar.ts
-        return self.features.update(bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
-
-    def warm(self, bars) -> None:
-        for bar in bars:
-            self.update(bar)
-
-
-def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
-    return [Bar(r.symbol, r.interval, int(r.ts), float(r.open), float(r.high), float(r.low),
-                float(r.close), float(r.volume), r.source) for r in df.itertuples(index=False)]

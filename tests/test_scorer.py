@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,9 @@ from pipeline.indexer import Indexer
 from pipeline.producer import Producer
 from pipeline.runtime import resume_points
 from pipeline.schema import Bar
-from pipeline.scorer import FeatureSet, Scorer, SeriesState, bars_from_frame
+from models.live_series import SeriesState, bars_from_frame
+from models.streaming import FeatureSet
+from pipeline.scorer import Scorer
 from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 from pipeline.worker import WorkerThread
 
@@ -95,7 +96,7 @@ def test_scorer_series_features_equal_batch_features(sqlite_store):
         batch = sqlite_store.query_bars(symbol, "1m")  # what the model lab reads
         want = compute_features(batch, features).to_numpy()
         series = [b for b in bars if b.symbol == symbol]
-        state = SeriesState(feature_set.new(), deque(maxlen=size))  # a scorer from scratch
+        state = SeriesState.new(feature_set)  # a scorer from scratch
         got = np.vstack([state.update(b) for b in series])
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
         assert (np.isnan(got) == np.isnan(want)).all()
@@ -103,7 +104,7 @@ def test_scorer_series_features_equal_batch_features(sqlite_store):
 
         # A restarted scorer rebuilds the state from the store: same numbers again.
         k = 150
-        restarted = SeriesState(feature_set.new(), deque(maxlen=size))
+        restarted = SeriesState.new(feature_set)
         restarted.warm(bars_from_frame(sqlite_store.query_bars(symbol, "1m", end_ms=series[k].ts,
                                                                limit=size)))
         again = np.vstack([restarted.update(b) for b in series[k:]])
