@@ -1,34 +1,54 @@
 """Indexer: ``finance-data`` → validate → store, with a dead-letter topic for bad messages.
 
-At-least-once into an idempotent store: offsets are committed only after the store accepted
-the batch *and* every rejected message of the batch is acknowledged by the DLQ topic. A crash in
-between replays the batch, and the deterministic IDs make the replay harmless.
+Every message ends either stored or dead-lettered with a reason, once, whatever its bytes.
+Failures have two owners:
 
-When the store is down, the batch is not committed: the consumer seeks back to the batch's
-first offsets and retries with backoff, so nothing is lost and the worker keeps polling (and so
-keeps its group membership).
+* **the message's fault** — it cannot be decoded, parsed, validated or encoded for the store:
+  it goes to the dead-letter topic with the exception class in the reason, and the stream
+  moves on. A batch write that fails for a reason that is not an outage is split in halves
+  until the message(s) at fault are found, so the rest of the batch is still stored.
+* **the store's (or the DLQ's) fault** — unreachable, locked, read-only, full: nothing is
+  committed, the consumer seeks back to the batch's first offsets and retries with backoff.
+  After :attr:`Indexer.stall_after_s` of retrying the worker reports ``stalled`` with the
+  reason (and keeps measuring lag); it returns to ``running`` when a write succeeds.
+
+At-least-once into an idempotent store: offsets are committed only after the store accepted
+the batch *and* the DLQ acknowledged every reject of it. A DLQ record is sent once per bad
+offset: an offset the DLQ already acknowledged is skipped when its batch is replayed after a
+store outage. (A crash between the DLQ's ack and the offset commit can repeat a DLQ record;
+its ``source_partition``/``source_offset`` headers identify the duplicate.)
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
+from pipeline.store import StoreUnavailable
 from pipeline.worker import Worker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "kappalab-indexer"
+#: A dead letter keeps at most this many bytes of the original value (and key); the headers
+#: ``original_size`` and ``sha256`` describe the whole original, ``truncated`` says if it was cut.
+DLQ_MAX_VALUE_BYTES = 65_536
+DLQ_MAX_KEY_BYTES = 1_024
+DLQ_MAX_REASON_CHARS = 1_000
 
 
-def make_consumer(bootstrap: str, topic: str, group_id: str, client_kwargs: dict | None = None,
-                  max_poll_records: int = 5000, client_id: str = "kappalab"):
+def make_consumer(bootstrap: str, topic: str | None, group_id: str | None,
+                  client_kwargs: dict | None = None, max_poll_records: int = 5000,
+                  client_id: str = "kappalab"):
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        topic,
+        *([topic] if topic else []),
         bootstrap_servers=bootstrap,
         group_id=group_id,
         client_id=client_id,
@@ -48,19 +68,127 @@ def make_dlq_producer(bootstrap: str, client_kwargs: dict | None = None):
     from kafka import KafkaProducer
 
     return KafkaProducer(bootstrap_servers=bootstrap, client_id="kappalab-dlq", acks="all",
-                         retries=10, linger_ms=5, **(client_kwargs or {}))
+                         retries=10, linger_ms=5, max_block_ms=10_000,
+                         request_timeout_ms=10_000, **(client_kwargs or {}))
 
 
-def dlq_headers(reason: str, msg: Any) -> list[tuple[str, bytes]]:
-    return [
-        ("reason", reason.encode("utf-8", "replace")),
+def is_store_outage(exc: BaseException) -> bool:
+    """True when ``exc`` means the store could not be reached or written (retry later);
+    False when the data handed to it was at fault (dead-letter it)."""
+    if isinstance(exc, (StoreUnavailable, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        # locked, busy, read-only, disk full, I/O error, not a database: the store's fault.
+        return not isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError,
+                                    sqlite3.DataError, sqlite3.ProgrammingError))
+    try:
+        from elastic_transport import TransportError
+        from elasticsearch import ApiError
+    except ImportError:  # pragma: no cover - the client is a dependency
+        return False
+    if isinstance(exc, TransportError):
+        return True
+    if isinstance(exc, ApiError):
+        return exc.meta.status in (408, 429) or exc.meta.status >= 500
+    return False
+
+
+class StoreOutage(Exception):
+    """The batch could not be written (store) or dead-lettered (DLQ): retry it later."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---- dead letters ----------------------------------------------------------------------------
+@dataclass
+class Reject:
+    msg: Any  # a kafka ConsumerRecord
+    reason: str  # one sentence, starting with the exception class
+
+
+def dlq_record(reason: str, msg: Any) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of the dead letter for ``msg``: raw bytes (cut to a bounded
+    size), the reason, where it came from, and the original's size and SHA-256."""
+    raw = msg.value or b""
+    key = msg.key[:DLQ_MAX_KEY_BYTES] if msg.key is not None else None
+    value = raw[:DLQ_MAX_VALUE_BYTES]
+    error_class = reason.split(":", 1)[0] if ":" in reason else "InvalidBar"
+    headers = [
+        ("reason", reason[:DLQ_MAX_REASON_CHARS].encode("utf-8", "backslashreplace")),
+        ("error_class", error_class.encode("utf-8", "backslashreplace")),
         ("source_topic", str(msg.topic).encode()),
         ("source_partition", str(msg.partition).encode()),
         ("source_offset", str(msg.offset).encode()),
+        ("original_size", str(len(raw)).encode()),
+        ("sha256", hashlib.sha256(raw).hexdigest().encode()),
+        ("truncated", b"true" if len(value) < len(raw) or (key is not None and len(key) < len(msg.key)) else b"false"),
     ]
+    return key, value, headers
 
 
+def dlq_headers(reason: str, msg: Any) -> list[tuple[str, bytes]]:
+    return dlq_record(reason, msg)[2]
+
+
+class DeadLetters:
+    """Sends rejects to the DLQ topic, once per (partition, offset) while this process lives."""
+
+    def __init__(self, producer, topic: str):
+        self.producer = producer
+        self.topic = topic
+        self._acked: dict[tuple[str, int], set[int]] = {}
+
+    def already_sent(self, msg: Any) -> bool:
+        return msg.offset in self._acked.get((msg.topic, msg.partition), ())
+
+    def send(self, rejects: list[Reject]) -> None:
+        """Send and wait for the acks; raise :class:`StoreOutage` if the DLQ did not take one
+        (the batch is then retried, and the offsets already acked are not sent again)."""
+        sent = []
+        for r in rejects:
+            key, value, headers = dlq_record(r.reason, r.msg)
+            sent.append((r.msg, self.producer.send(self.topic, key=key, value=value,
+                                                   headers=headers)))
+        if not sent:
+            return
+        self.producer.flush(timeout=30)
+        failed: BaseException | None = None
+        for msg, future in sent:
+            try:
+                future.get(timeout=10)
+            except Exception as exc:  # broker down or refusing: retry the batch later
+                failed = failed or exc
+                continue
+            self._acked.setdefault((msg.topic, msg.partition), set()).add(msg.offset)
+        if failed is not None:
+            raise StoreOutage(f"the dead-letter topic {self.topic} did not acknowledge "
+                              f"a reject ({describe_failure(failed)})")
+
+    def forget_before(self, positions: dict[tuple[str, int], int]) -> None:
+        """Drop the memory of offsets below the committed positions (they never replay)."""
+        for tp, position in positions.items():
+            done = self._acked.get(tp)
+            if done:
+                done.difference_update([o for o in done if o < position])
+
+
+# ---- the worker ------------------------------------------------------------------------------
 class Indexer(Worker):
+    """Consume bars into the store.
+
+    :param store: the store to write to (its ``upsert_bars`` raises for outages).
+    :param bootstrap: Kafka bootstrap servers.
+    :param topic: the bars topic.
+    :param dlq_topic: where rejected messages go.
+    :param group_id: consumer group (several indexers in one group share the partitions).
+    :param bounds: instead of a group, read exactly these ranges ``{partition: (first, end)}``
+        of ``topic`` (end exclusive) and finish: a backfill's own bars, nothing else.
+    :param stall_after_s: retrying one batch for longer than this reports ``stalled``.
+    """
+
     kind = "indexer"
     counter_names = ("consumed", "stored", "rejected", "store_retries", "commit_failures")
     rate_counter = "consumed"
@@ -68,112 +196,230 @@ class Indexer(Worker):
     def __init__(self, store, bootstrap: str, topic: str = BARS_TOPIC,
                  dlq_topic: str = DLQ_TOPIC, group_id: str = DEFAULT_GROUP,
                  client_kwargs: dict | None = None, batch_max: int = 5000,
-                 mode: str = "thread", max_backoff_s: float = 10.0):
+                 mode: str = "thread", max_backoff_s: float = 10.0,
+                 stall_after_s: float = 15.0, bounds: dict[int, tuple[int, int]] | None = None):
         super().__init__(store=store, mode=mode)
         self.bootstrap = bootstrap
         self.topic = topic
         self.dlq_topic = dlq_topic
-        self.group_id = group_id
+        self.group_id = group_id if bounds is None else None
         self.client_kwargs = client_kwargs or {}
         self.batch_max = batch_max
         self.max_backoff_s = max_backoff_s
+        self.stall_after_s = stall_after_s
+        self.bounds = bounds
         self.recent_rejects: list[dict[str, Any]] = []
+        self._committed: dict[Any, int] = {}
+        self._last_check = 0.0
+        self._broker_down_since: float | None = None
 
     def describe(self) -> str:
-        return f"{self.topic} → {self.store.describe()} (group {self.group_id})"
+        how = f"group {self.group_id}" if self.group_id else "assigned ranges"
+        return f"{self.topic} → {self.store.describe()} ({how})"
 
+    # ---- main loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        consumer = make_consumer(self.bootstrap, self.topic, self.group_id, self.client_kwargs,
-                                 self.batch_max, client_id="kappalab-indexer")
-        dlq = make_dlq_producer(self.bootstrap, self.client_kwargs)
-        backoff = 0.5
+        consumer = make_consumer(self.bootstrap, None if self.bounds is not None else self.topic,
+                                 self.group_id, self.client_kwargs, self.batch_max,
+                                 client_id="kappalab-indexer")
+        if self.bounds is not None:
+            self._assign_bounds(consumer)
+        dlq = DeadLetters(make_dlq_producer(self.bootstrap, self.client_kwargs), self.dlq_topic)
+        backoff, failing_since = 0.5, None
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not self._bounds_done(consumer):
                 batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                if self.bounds is not None:
+                    batch = self._within_bounds(batch)
                 if batch:
+                    attempt_started = time.monotonic()
                     try:
                         self._handle(batch, dlq)
-                    except Exception as exc:  # store or DLQ unavailable: replay the batch
+                    except StoreOutage as exc:
                         self.count("store_retries")
-                        self.error(f"batch not stored, will retry: {type(exc).__name__}: {exc}")
+                        failing_since = failing_since or attempt_started
+                        if time.monotonic() - failing_since > self.stall_after_s:
+                            self.stall(f"no batch stored for over {self.stall_after_s:.0f} s, "
+                                       f"retrying: {exc}")
+                        else:
+                            self.error(f"batch not stored, retrying: {exc}")
                         for tp, msgs in batch.items():
                             consumer.seek(tp, msgs[0].offset)
+                        self._periodic(consumer)
+                        self.tick()
                         stop.wait(backoff)
                         backoff = min(backoff * 2, self.max_backoff_s)
                         continue
-                    backoff = 0.5
-                    try:
-                        consumer.commit()
-                    except Exception as exc:  # rebalance: the batch may replay, harmlessly
-                        self.count("commit_failures")
-                        self.error(f"offset commit failed (batch will replay): {exc}")
-                self.track_lag(consumer)
+                    backoff, failing_since = 0.5, None
+                    self.unstall()
+                    self._commit(consumer, batch, dlq)
+                self._periodic(consumer)
                 self.tick()
         finally:
             try:
-                dlq.flush(timeout=10)
+                dlq.producer.flush(timeout=10)
+            except Exception as exc:  # nothing pending matters: every reject was acked
+                log.debug("DLQ flush on close: %s", exc)
             finally:
-                dlq.close(timeout=5)
+                dlq.producer.close(timeout=5)
                 consumer.close()
                 self.tick(force=True)
 
-    def _handle(self, batch: dict, dlq) -> None:
-        good: list[Bar] = []
-        bad: list[tuple[Any, str]] = []
+    def _commit(self, consumer, batch: dict, dlq: DeadLetters) -> None:
+        positions = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+        if self.group_id is None:
+            dlq.forget_before({(tp.topic, tp.partition): o for tp, o in positions.items()})
+            return
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in positions.items()})
+        except Exception as exc:  # rebalance or broker gone: the batch may replay, harmlessly
+            self.count("commit_failures")
+            self.error(f"offset commit failed, the batch may be replayed: {describe_failure(exc)}")
+            return
+        self._committed.update(positions)
+        dlq.forget_before({(tp.topic, tp.partition): o for tp, o in positions.items()})
+
+    # ---- one batch -----------------------------------------------------------------------
+    def _handle(self, batch: dict, dlq: DeadLetters) -> None:
+        items: list[tuple[Any, Bar]] = []
+        rejects: list[Reject] = []
         n = 0
         for msgs in batch.values():
             for msg in msgs:
                 n += 1
+                if dlq.already_sent(msg):
+                    continue  # dead-lettered by an earlier attempt of this batch
                 if msg.value is None:
-                    bad.append((msg, "message has no value"))
+                    rejects.append(Reject(msg, "InvalidBar: message has no value"))
                     continue
                 try:
-                    good.append(parse_bar(msg.value))
+                    items.append((msg, parse_bar(msg.value)))
                 except InvalidBar as exc:
-                    bad.append((msg, exc.reason))
+                    rejects.append(Reject(msg, f"InvalidBar: {exc.reason}"))
+                except Exception as exc:  # parse_bar is total; this is a bug, not a stall
+                    rejects.append(Reject(msg, f"{describe_failure(exc)} while parsing"))
         t0 = time.perf_counter()
-        result = self.store.upsert_bars(good)
-        if result.rejected:
-            by_id = {}
-            for msgs in batch.values():
-                for msg in msgs:
-                    by_id.setdefault(_bar_key(msg.value), msg)
-            for bar, reason in result.rejected:
-                msg = by_id.get(bar.doc_id)
-                if msg is not None:
-                    bad.append((msg, f"store rejected the bar: {reason}"))
-        futures = [dlq.send(self.dlq_topic, key=m.key, value=m.value or b"",
-                            headers=dlq_headers(reason, m)) for m, reason in bad]
-        if futures:
-            dlq.flush(timeout=30)
-            for f in futures:
-                f.get(timeout=10)  # raises if the DLQ did not take it: batch is retried
+        stored, store_rejects = self._write(items)
+        rejects += store_rejects
+        dlq.send(rejects)
         elapsed = time.perf_counter() - t0
         self.count("consumed", n)
-        self.count("stored", result.accepted)
-        self.count("rejected", len(bad))
-        if bad:
+        self.count("stored", stored)
+        self.count("rejected", len(rejects))
+        if rejects:
             with self._lock:
-                for m, reason in bad[-20:]:
-                    self.recent_rejects.append({"offset": m.offset, "reason": reason,
-                                                "raw": (m.value or b"")[:200].decode("utf-8", "replace")})
+                for r in rejects[-20:]:
+                    self.recent_rejects.append({
+                        "offset": r.msg.offset, "partition": r.msg.partition, "reason": r.reason,
+                        "raw": (r.msg.value or b"")[:200].decode("utf-8", "replace")})
                 del self.recent_rejects[:-50]
-        if good:
-            self.gauge("last_bar_ts", max(b.ts for b in good))
-        self.gauge("last_batch", {"size": n, "stored": result.accepted, "rejected": len(bad),
+        good_ts = [b.ts for _, b in items]
+        if good_ts:
+            self.gauge("last_bar_ts", max(good_ts))
+        self.gauge("last_batch", {"size": n, "stored": stored, "rejected": len(rejects),
                                   "store_ms": round(elapsed * 1000, 1)})
         log.debug("indexed batch: %d consumed, %d stored, %d rejected in %.1f ms",
-                  n, result.accepted, len(bad), elapsed * 1000)
+                  n, stored, len(rejects), elapsed * 1000)
+
+    def _write(self, items: list[tuple[Any, Bar]]) -> tuple[int, list[Reject]]:
+        """Upsert; on a failure that is not an outage, bisect to find the bars at fault."""
+        if not items:
+            return 0, []
+        try:
+            result = self.store.upsert_bars([bar for _, bar in items])
+        except Exception as exc:
+            if is_store_outage(exc):
+                raise StoreOutage(f"the store is unavailable ({describe_failure(exc)})") from exc
+            if len(items) == 1:
+                return 0, [Reject(items[0][0],
+                                  f"{describe_failure(exc)} (the store could not take the bar)")]
+            mid = len(items) // 2
+            left, right = self._write(items[:mid]), self._write(items[mid:])
+            return left[0] + right[0], left[1] + right[1]
+        rejects: list[Reject] = []
+        if result.rejected:
+            by_id: dict[str, list[Any]] = {}
+            for msg, bar in items:
+                by_id.setdefault(bar.doc_id, []).append(msg)
+            for bar, reason in result.rejected:
+                for msg in by_id.pop(bar.doc_id, []):
+                    rejects.append(Reject(msg, f"StoreRejected: {reason}"))
+        return result.accepted, rejects
+
+    # ---- bounded reads (backfill) --------------------------------------------------------
+    def _assign_bounds(self, consumer) -> None:
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.bounds)]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, self.bounds[tp.partition][0])
+
+    def _within_bounds(self, batch: dict) -> dict:
+        out = {}
+        for tp, msgs in batch.items():
+            end = self.bounds[tp.partition][1]
+            kept = [m for m in msgs if m.offset < end]
+            if kept:
+                out[tp] = kept
+        return out
+
+    def _bounds_done(self, consumer) -> bool:
+        if self.bounds is None:
+            return False
+        from kafka import TopicPartition
+
+        return all(consumer.position(TopicPartition(self.topic, p)) >= end
+                   for p, (_, end) in self.bounds.items())
+
+    # ---- health checks every few seconds -------------------------------------------------
+    def _periodic(self, consumer, every_s: float = 2.0) -> None:
+        """Lag, broker reachability, and recovery from a broker that restarted empty."""
+        now = time.monotonic()
+        if now - self._last_check < every_s:
+            return
+        self._last_check = now
+        try:
+            assigned = consumer.assignment()
+            if not assigned:
+                self._broker_ok()
+                return
+            ends = consumer.end_offsets(list(assigned))
+            lag = 0
+            for tp in assigned:
+                position = consumer.position(tp)
+                if self.group_id and self._offsets_lost(consumer, tp):
+                    # The group's committed offset vanished: the (memory-only) broker
+                    # restarted. Re-read its new log from the start. (A position past the
+                    # new log's end is reset by the client itself: auto_offset_reset.)
+                    self.error(f"partition {tp.partition} restarted empty on the broker; "
+                               "reading it again from the start")
+                    consumer.seek_to_beginning(tp)
+                    self._committed.pop(tp, None)
+                    continue
+                lag += max(0, ends[tp] - position)
+            self.gauge("lag", lag)
+            self._broker_ok()
+        except Exception as exc:
+            self._broker_down_since = self._broker_down_since or now
+            if now - self._broker_down_since > self.stall_after_s:
+                self.stall(f"cannot reach the broker at {self.bootstrap} for "
+                           f"{now - self._broker_down_since:.0f} s ({describe_failure(exc)})")
+
+    def _offsets_lost(self, consumer, tp) -> bool:
+        if tp not in self._committed:
+            return False
+        return consumer.committed(tp) is None
+
+    def _broker_ok(self) -> None:
+        if self._broker_down_since is not None:
+            self._broker_down_since = None
+            self.unstall()
 
     def stats(self, history: bool = True) -> dict[str, Any]:
         snap = super().stats(history)
         with self._lock:
             snap["recent_rejects"] = list(self.recent_rejects[-10:])
         return snap
-
-
-def _bar_key(raw: bytes | None) -> str | None:
-    try:
-        return parse_bar(raw).doc_id if raw else None
-    except InvalidBar:
-        return None

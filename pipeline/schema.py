@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -29,6 +30,16 @@ INTERVALS: dict[str, int] = {
 BAR_FIELDS = ("symbol", "interval", "ts", "open", "high", "low", "close", "volume", "source")
 PRICE_FIELDS = ("open", "high", "low", "close")
 MAX_SYMBOL_LEN = 32
+MAX_SOURCE_LEN = 64
+#: A bar message is about 200 bytes; anything over this limit is rejected unread.
+MAX_MESSAGE_BYTES = 16_384
+#: Longest integer literal accepted in a message (a ts in epoch ms has 13 digits). Longer
+#: literals are refused before Python builds the integer (which would overflow ``float()``
+#: at ~310 digits and hit the interpreter's 4,300-digit limit).
+MAX_INT_DIGITS = 20
+#: Prices must be in (0, MAX_PRICE]; volume in [0, MAX_VOLUME].
+MAX_PRICE = 1e9
+MAX_VOLUME = 1e15
 # 2000-01-01 .. 2100-01-01: catches seconds-instead-of-millis and garbage timestamps.
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
@@ -86,18 +97,74 @@ def interval_ms(interval: str) -> int:
 
 
 def parse_bar(raw: bytes | str) -> Bar:
-    """Decode and validate one message; raise :class:`InvalidBar` with the reason."""
+    """Decode and validate one message; raise :class:`InvalidBar` with the reason.
+
+    Total over its input: any bytes, of any size, raise :class:`InvalidBar` (whose reason
+    names the exception class when a decoder refused them) or return a valid :class:`Bar`.
+    """
+    size = len(raw)
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidBar(f"message is {size:,} bytes, over the {MAX_MESSAGE_BYTES:,}-byte limit")
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-    except UnicodeDecodeError:
-        raise InvalidBar("message is not valid UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidBar(f"message is not valid UTF-8 (UnicodeDecodeError at byte {exc.start})") from None
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidBar(f"message is not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        obj = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant,
+                         object_pairs_hook=_unique_keys)
+    except InvalidBar:
+        raise
+    except json.JSONDecodeError as exc:
+        raise InvalidBar(f"message is not JSON (JSONDecodeError: {exc.msg} at char {exc.pos})") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise InvalidBar(f"message is not JSON ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise InvalidBar(f"message is JSON {type(obj).__name__}, expected an object")
     return bar_from_mapping(obj)
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidBar(f"integer literal of {len(literal):,} digits is out of range "
+                         f"(at most {MAX_INT_DIGITS} digits)")
+    return int(literal)
+
+
+def _refuse_constant(name: str) -> float:
+    raise InvalidBar(f"{name} is not finite (JSON numbers must be finite)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise InvalidBar(f"duplicate field {_show(dup)}")
+    return obj
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _show(value: str, limit: int = 40) -> str:
+    """A string for a DLQ reason: quoted, shortened, unencodable characters escaped."""
+    short = value if len(value) <= limit else value[:limit] + "…"
+    return ascii(short)
+
+
+def _check_text(name: str, value: Any, max_len: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidBar(f"field {name} must be a string, got {type(value).__name__}")
+    if not value or len(value) > max_len:
+        raise InvalidBar(f"field {name} {_show(value)} must be 1 to {max_len} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidBar(f"field {name} {_show(value)} holds a lone surrogate "
+                         "(UnicodeEncodeError)") from None
+    if _CONTROL.search(value):
+        raise InvalidBar(f"field {name} {_show(value)} holds a control character")
+    return value
 
 
 def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
@@ -107,16 +174,16 @@ def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
         raise InvalidBar(f"missing field(s): {', '.join(missing)}")
     extra = sorted(set(obj) - set(BAR_FIELDS))
     if extra:
-        raise InvalidBar(f"unexpected field(s): {', '.join(extra)}")
+        shown = ", ".join(_show(str(e), 20) for e in extra[:5])
+        raise InvalidBar(f"unexpected field(s): {shown}{' …' if len(extra) > 5 else ''}")
 
-    symbol, interval, source = obj["symbol"], obj["interval"], obj["source"]
-    for name, value in (("symbol", symbol), ("interval", interval), ("source", source)):
-        if not isinstance(value, str):
-            raise InvalidBar(f"field {name} must be a string, got {type(value).__name__}")
-    if not symbol or len(symbol) > MAX_SYMBOL_LEN or "|" in symbol or symbol != symbol.strip():
-        raise InvalidBar(f"field symbol {symbol!r} is empty, too long or contains '|' or spaces")
+    symbol = _check_text("symbol", obj["symbol"], MAX_SYMBOL_LEN)
+    interval = _check_text("interval", obj["interval"], 8)
+    source = _check_text("source", obj["source"], MAX_SOURCE_LEN)
+    if "|" in symbol or symbol != symbol.strip():
+        raise InvalidBar(f"field symbol {_show(symbol)} contains '|' or leading/trailing spaces")
     if interval not in INTERVALS:
-        raise InvalidBar(f"field interval {interval!r} is not one of {', '.join(INTERVALS)}")
+        raise InvalidBar(f"field interval {_show(interval)} is not one of {', '.join(INTERVALS)}")
 
     ts = obj["ts"]
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
@@ -133,9 +200,12 @@ def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
         value = obj[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidBar(f"field {name} must be a number, got {type(value).__name__}")
-        value = float(value)
+        value = float(value)  # ints are at most MAX_INT_DIGITS long: cannot overflow
         if not math.isfinite(value):
             raise InvalidBar(f"field {name} is not finite ({value})")
+        limit = MAX_VOLUME if name == "volume" else MAX_PRICE
+        if abs(value) > limit:
+            raise InvalidBar(f"field {name} {value:g} is out of range (limit {limit:g})")
         nums[name] = value
     o, h, l, c, v = (nums[k] for k in ("open", "high", "low", "close", "volume"))
     if l <= 0:

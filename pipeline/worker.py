@@ -57,6 +57,8 @@ class Worker(abc.ABC):
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.last_error: str | None = None
+        self.last_error_ms: int | None = None
+        self._logged_error: str | None = None
         self._meter = RateMeter()
         self._history: deque[dict[str, float]] = deque(maxlen=HISTORY_POINTS)
         self._last_sample = 0.0
@@ -79,10 +81,29 @@ class Worker(abc.ABC):
         with self._lock:
             self._gauges[name] = value
 
-    def error(self, message: str) -> None:
-        log.warning("%s: %s", self.kind, message)
+    def error(self, message: str, log_it: bool = True) -> None:
+        """Record ``message`` (one sentence) as the last error. A message repeated by a retry
+        loop is logged once, not once per attempt; the time is kept apart from the text."""
         with self._lock:
-            self.last_error = f"{time.strftime('%H:%M:%S')} {message}"
+            self.last_error = message
+            self.last_error_ms = int(time.time() * 1000)
+            repeated, self._logged_error = self._logged_error == message, message
+        if log_it and not repeated:
+            log.warning("%s: %s", self.kind, message)
+
+    def stall(self, reason: str) -> None:
+        """Report that the worker cannot make progress (it keeps trying): state ``stalled``."""
+        if self.state == "running":
+            self.state = "stalled"
+        self.error(reason)
+
+    def unstall(self) -> None:
+        """Progress again after a stall or a retried failure."""
+        with self._lock:
+            was_stalled, self._logged_error = self.state == "stalled", None
+        if was_stalled:
+            self.state = "running"
+            log.info("%s: making progress again", self.kind)
 
     def tick(self, force: bool = False) -> None:
         """Sample throughput once a second and heartbeat to the store every few seconds."""
@@ -135,6 +156,7 @@ class Worker(abc.ABC):
                 "counters": dict(self._counters),
                 "gauges": dict(self._gauges),
                 "last_error": self.last_error,
+                "last_error_ms": self.last_error_ms,
             }
             if history:
                 snap["history"] = list(self._history)
@@ -149,11 +171,18 @@ class Worker(abc.ABC):
             self.state = "stopped" if stop.is_set() else "finished"
         except Exception as exc:
             self.state = "failed"
-            self.error(f"{type(exc).__name__}: {exc}")
+            # In a thread the log is the only console; a CLI prints the failure itself, once.
+            self.error(_sentence(exc), log_it=self.mode == "thread")
             log.debug("worker crashed\n%s", traceback.format_exc())
         finally:
             self.stopped_at = time.time()
             self.tick(force=True)
+
+
+def _sentence(exc: BaseException) -> str:
+    """An exception as one line: the message, or its class when it has none."""
+    text = " ".join(str(exc).split())
+    return text if text else type(exc).__name__
 
 
 class WorkerThread:

@@ -94,10 +94,12 @@ class EsTestServer:
         self.url: str | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
-    def start(self) -> str:
-        """Serve in a background thread; return the base URL (``http://127.0.0.1:PORT``)."""
+    def start(self, port: int = 0) -> str:
+        """Serve in a background thread; return the base URL (``http://127.0.0.1:PORT``).
+        ``port`` restarts a stopped double on its old port (its data is kept)."""
         handler = type("Handler", (_Handler,), {"double": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         name="es-test-double", daemon=True)

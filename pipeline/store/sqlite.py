@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS docs (
 CREATE INDEX IF NOT EXISTS docs_by_time ON docs (collection, created_ms);
 """
 
+#: How long a write waits for another writer's lock before it fails. Writers hold the lock for
+#: milliseconds; a longer wait means an outage, which the indexer reports (``stalled``) and
+#: retries with backoff rather than blocking silently.
+BUSY_TIMEOUT_S = 5.0
+
 _BAR_UPSERT = """
 INSERT INTO bars (symbol, interval, ts, open, high, low, close, volume, source)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -88,13 +93,13 @@ class SqliteStore(Store):
         last_exc: Exception | None = None
         for attempt in range(5):
             try:
-                conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
                                        isolation_level=None)
                 if not self._wal_set:
                     conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file
                     self._wal_set = True
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
                 break
             except sqlite3.Error as exc:  # e.g. a racing first open of the -shm file
                 last_exc = exc
