@@ -60,7 +60,12 @@ def main() -> int:
                     help="cProfile the scorer thread; top lines to stderr")
     args = ap.parse_args()
     quiet_kafka_logs()
-    runs = [run_once(args, int(n)) for n in str(args.symbols).split(",") if n.strip()]
+    runs = []
+    for n in [int(x) for x in str(args.symbols).split(",") if x.strip()]:
+        try:
+            runs.append(run_once(args, n))
+        except TimedOut as exc:  # report it and go on with the next count
+            runs.append({"symbols": n, "failed": str(exc)})
     print(json.dumps({"bench": "scorer_latency", "runs": runs, "cpus": os.cpu_count(),
                       "loadavg_1m": round(os.getloadavg()[0], 2)}))
     return 0
@@ -91,7 +96,7 @@ def run_once(args, n_symbols: int) -> dict:
         # Let the backlog (bars that arrived before the champion) drain, then measure.
         _wait(lambda: (scorer_w.stats(history=False)["gauges"].get("lag", 1e9) < n_symbols
                        and scorer_w.stats(history=False)["counters"]["predictions"] > 0),
-              60, "the scorer to catch up")
+              180, "the scorer to catch up")
         time.sleep(2.0)
         t0 = int(time.time() * 1000)
         time.sleep(args.seconds)
@@ -156,13 +161,17 @@ def _percentiles(x: np.ndarray) -> dict:
             "p99": round(float(p99), 1), "max": round(float(x.max()), 1), "n": int(len(x))}
 
 
+class TimedOut(Exception):
+    pass
+
+
 def _wait(cond, timeout_s: float, what: str) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if cond():
             return
         time.sleep(0.2)
-    raise SystemExit(f"benchmark: timed out waiting for {what}")
+    raise TimedOut(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 if __name__ == "__main__":

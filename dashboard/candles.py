@@ -31,13 +31,14 @@ WHOLE_HISTORY_CANDLES = 600
 @dataclass
 class _Entry:
     frame: pd.DataFrame  # the candles, the last one possibly still growing
+    n: int  # how many were asked for (fewer in the frame: that is the whole series)
     first_ts: int
     last_ts: int
     built: float
 
 
 class CandleFeed:
-    def __init__(self, store: Store, keep: int = 2_000, rebuild_s: float = 600.0):
+    def __init__(self, store: Store, keep: int = 5_000, rebuild_s: float = 600.0):
         self.store = store
         self.keep = keep
         self.rebuild_s = rebuild_s
@@ -56,8 +57,7 @@ class CandleFeed:
             if last is None:
                 self._cache.pop(key, None)
                 return self.store.ohlc_latest(symbol, interval, bucket_ms, n)
-            if (entry is None or len(entry.frame) < min(n, self.keep)
-                    or time.time() - entry.built > self.rebuild_s):
+            if (entry is None or n > entry.n or time.time() - entry.built > self.rebuild_s):
                 entry = self._build(symbol, interval, bucket_ms, max(n, 1), last)
             elif entry.last_ts != last:
                 span = self.store.bar_time_range(symbol, interval)
@@ -80,7 +80,7 @@ class CandleFeed:
     def _build(self, symbol, interval, bucket_ms, n, last) -> _Entry:
         frame = self.store.ohlc_latest(symbol, interval, bucket_ms, n)
         span = self.store.bar_time_range(symbol, interval)
-        return _Entry(frame, span[0] if span else last, last, time.time())
+        return _Entry(frame, n, span[0] if span else last, last, time.time())
 
     def _extend(self, entry: _Entry, symbol, interval, bucket_ms, last) -> _Entry:
         old = entry.frame
@@ -91,7 +91,7 @@ class CandleFeed:
         frame = pd.concat([old[old["ts"] < growing], tail], ignore_index=True)
         if len(frame) > self.keep:
             frame = frame.iloc[-self.keep:].reset_index(drop=True)
-        return _Entry(frame, entry.first_ts, last, entry.built)
+        return _Entry(frame, entry.n, entry.first_ts, last, entry.built)
 
 
 def whole_history_bucket(first_ts: int, last_ts: int, step_ms: int, candles: int) -> int:

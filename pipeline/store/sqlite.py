@@ -241,8 +241,10 @@ class SqliteStore(Store):
         return None if row[0] is None else int(row[0])
 
     def bar_time_range(self, symbol, interval):
+        # Two subqueries: each is one index seek; MIN and MAX together would scan the series.
         row = self._conn().execute(
-            "SELECT MIN(ts), MAX(ts) FROM bars WHERE symbol = ? AND interval = ?",
+            "SELECT (SELECT MIN(ts) FROM bars WHERE symbol = ?1 AND interval = ?2), "
+            "(SELECT MAX(ts) FROM bars WHERE symbol = ?1 AND interval = ?2)",
             (symbol, interval)).fetchone()
         return None if row[0] is None else (int(row[0]), int(row[1]))
 
