@@ -66,6 +66,9 @@ class SeriesStates:
         self.on_error = on_error or (lambda message: None)
         self._states: dict[SeriesKey, SeriesState] = {}
 
+    def __contains__(self, key: SeriesKey) -> bool:
+        return key in self._states
+
     def get(self, key: SeriesKey, first_ts: int) -> SeriesState:
         state = self._states.get(key)
         if state is None:

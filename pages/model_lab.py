@@ -166,7 +166,8 @@ config = lab.LabConfig(
 if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen or not features):
     cancel_slot = st.empty()
     cancel_slot.button("Cancel", key="ml_cancel",
-                       help="Stops the run (any click on the page interrupts it).")
+                       help="Stops the run: training stops at its next chunk of trees or "
+                            "rounds (about a second); any click on the page does the same.")
     bar = st.progress(0.0, text="Starting")
     try:
         result = lab.run_comparison(bars, config,

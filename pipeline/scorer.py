@@ -36,7 +36,7 @@ import pandas as pd
 from models.adaptation import RetrainPolicy, default_features
 from models.champions import ChampionBook
 from models.live_series import SeriesKey, SeriesState, SeriesStates
-from models.progressive import LiveScoreboard
+from models.progressive import LiveScoreboard, PlainPrediction
 from models.registry import LoadedModel
 from models.retrain_schedule import RetrainScheduler
 from pipeline.schema import (
@@ -78,6 +78,7 @@ class Scorer(Worker):
     """
 
     kind = "scorer"
+    INIT_BUDGET_S = 2.0  # per poll, for rebuilding series seen for the first time
     counter_names = ("consumed", "predictions", "scored", "invalid", "replayed",
                      "already_predicted", "before_training_end", "no_model", "warming_up",
                      "retrains", "promotions", "store_retries", "commit_failures",
@@ -109,6 +110,7 @@ class Scorer(Worker):
                                    settle=self._settle_stored, on_error=self.error)
         self.champions = ChampionBook(store, model_refresh_s)
         self._latency: deque[float] = deque(maxlen=latency_window)
+        self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
         self._new_ids: set[str] = set()
         self._intervals: Counter[str] = Counter()
@@ -143,13 +145,17 @@ class Scorer(Worker):
                 if paused:
                     consumer.resume(*paused)
                     paused = set()
-                if uncommitted:
+                if uncommitted and not self._deferred:
                     uncommitted = not self._commit(consumer)
-                batch = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.batch_max)
-                if batch:
-                    self._handle(batch)
+                batch = consumer.poll(timeout_ms=0 if self._deferred else self.poll_timeout_ms,
+                                      max_records=self.batch_max)
+                if batch or self._deferred:
+                    if batch:
+                        self._handle(batch)
+                    else:
+                        self._process({})
                     uncommitted = True
-                    if not self._outbox or self._write_outbox(publisher):
+                    if (not self._outbox or self._write_outbox(publisher)) and not self._deferred:
                         uncommitted = not self._commit(consumer)
                 self._housekeeping()
                 self.track_lag(consumer)
@@ -218,7 +224,27 @@ class Scorer(Worker):
                 produced = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
                 by_series.setdefault((bar.symbol, bar.interval), []).append((bar, produced))
         self.count("consumed", n)
-        work = [w for key, items in by_series.items()
+        self._process(by_series)
+
+    def _process(self, by_series: dict[SeriesKey, list[tuple[Bar, int | None]]]) -> None:
+        """Series seen before go straight on. A series seen for the first time is rebuilt
+        from the store (a few queries), within ``INIT_BUDGET_S`` per poll: after a restart
+        with hundreds of symbols, the rest wait in memory for the next polls, so the loop
+        keeps polling (and its group membership); offsets are committed only once nothing
+        waits."""
+        for key in [k for k in by_series if k in self._deferred]:
+            self._deferred[key].extend(by_series.pop(key))  # after its older bars
+        deadline = time.monotonic() + self.INIT_BUDGET_S
+        ready = {}
+        for key, items in [*self._deferred.items(), *by_series.items()]:
+            if key not in self.series:
+                if time.monotonic() > deadline:
+                    self._deferred[key] = items
+                    continue
+                self.series.get(key, first_ts=items[0][0].ts)
+            self._deferred.pop(key, None)
+            ready[key] = items
+        work = [w for key, items in ready.items()
                 if (w := self._prepare_series(key, items)) is not None]
         by_model: dict[str, list[tuple[SeriesWork, int]]] = {}
         for w in work:
@@ -282,7 +308,7 @@ class Scorer(Worker):
                 self.count("warming_up")  # the features are not warm yet
                 continue
             h = model.horizon
-            p = Prediction(model.version_id, bar.symbol, bar.interval,
+            p = PlainPrediction(model.version_id, bar.symbol, bar.interval,
                            bar.ts + h * interval_ms(bar.interval), bar.ts, model.target, value,
                            bar.close, produced_ms=produced)
             state.book.add(p, h)
