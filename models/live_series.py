@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from models.progressive import PendingBook, unscored_from_store
+from models.registry import LoadedModel
 from models.streaming import FeatureSet, StreamingFeatures
 from pipeline.schema import Bar, Prediction, interval_ms
 from pipeline.store.base import Store
@@ -132,3 +133,14 @@ class SeriesStates:
 def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
     return [Bar(r.symbol, r.interval, int(r.ts), float(r.open), float(r.high), float(r.low),
                 float(r.close), float(r.volume), r.source) for r in df.itertuples(index=False)]
+
+
+@dataclass
+class SeriesWork:
+    """One series' share of a poll: its new bars, the feature rows to predict, the results."""
+
+    state: SeriesState
+    model: LoadedModel | None
+    fresh: list[tuple[Bar, int | None]] = field(default_factory=list)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)  # position in fresh -> row
+    predicted: dict[int, float] = field(default_factory=dict)

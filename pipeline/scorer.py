@@ -27,7 +27,6 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ import pandas as pd
 
 from models.adaptation import RetrainPolicy, default_features
 from models.champions import ChampionBook
-from models.live_series import SeriesKey, SeriesState, SeriesStates
+from models.live_series import SeriesKey, SeriesStates, SeriesWork
 from models.progressive import LiveScoreboard, PlainPrediction
 from models.registry import LoadedModel
 from models.retrain_schedule import RetrainScheduler
@@ -449,14 +448,3 @@ class Scorer(Worker):
         snap = super().stats(history)
         snap["policy"] = self.policy.describe()
         return snap
-
-
-@dataclass
-class SeriesWork:
-    """One series' share of a poll: its new bars, the feature rows to predict, the results."""
-
-    state: "SeriesState"
-    model: LoadedModel | None
-    fresh: list[tuple[Bar, int | None]] = field(default_factory=list)
-    rows: dict[int, np.ndarray] = field(default_factory=dict)  # position in fresh -> row
-    predicted: dict[int, float] = field(default_factory=dict)
