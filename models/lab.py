@@ -198,6 +198,7 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
     step = 0
     n_models = len(entries)
     rows_out, fold_rows, best_params, fitted, importances = [], [], {}, {}, []
+    devices: dict[str, str] = {}  # label -> device that trained it (XGBoost: cpu or cuda)
     n_jobs = max(1, min(int(config.n_jobs), MAX_JOBS))
     for k, entry in enumerate(entries, 1):
         oof = np.full(len(test_rows), np.nan)
@@ -235,6 +236,9 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
                               "n_test": len(s.test), "mse": M.mse(y[s.test], pred)})
             if params is not None:
                 best_params[entry.label] = params
+            device = _device_of(est)
+            if device:
+                devices[entry.label] = device
             fitted[entry.label] = FittedModel(
                 entry.spec.key, entry.label, entry.spec.kind, {**entry.params, **(params or {})},
                 entry.features, est, int(ts[s.train].min()), int(ts[s.train].max()))
@@ -268,6 +272,7 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
         "test_start_ms": int(predictions["ts"].min()),
         "test_end_ms": int(predictions["ts"].max()),
         "elapsed_s": round(time.perf_counter() - started, 3),
+        "devices": devices,
     }
     result = LabResult(config, table, predictions, importance, fold_table, best_params, fitted,
                        [], warnings, summary)
@@ -364,6 +369,13 @@ def _fit_predict(entry: _Entry, X: pd.DataFrame, y: np.ndarray, ts: np.ndarray, 
         pred = np.asarray(est.predict(X_test), dtype="float64").ravel()
         t2 = time.perf_counter()
     return est, params, t1 - t0, t2 - t1, pred
+
+
+def _device_of(est) -> str | None:
+    model = est.steps[-1][1] if hasattr(est, "steps") else est
+    if type(model).__name__ != "XGBRegressor":
+        return None
+    return str(model.get_params().get("device") or "cpu")
 
 
 def fit_in_chunks(est, X, y, tick=None) -> None:

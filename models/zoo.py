@@ -216,10 +216,34 @@ def _hist_gradient_boosting(p, seed, n_jobs):
         random_state=seed)
 
 
+def cuda_available() -> bool:
+    """An XGBoost built with CUDA and an NVIDIA GPU on this machine."""
+    try:
+        import xgboost
+
+        if not xgboost.build_info().get("USE_CUDA"):
+            return False
+    except Exception:
+        return False
+    from pathlib import Path
+
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def xgboost_device(choice: str) -> str:
+    """``auto``: the GPU when there is one, else the CPU; ``cuda`` without one is an error."""
+    if choice == "cuda" and not cuda_available():
+        raise ValueError("no CUDA GPU is available here: set XGBoost's Device to auto or cpu")
+    if choice == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return choice
+
+
 def _xgboost(p, seed, n_jobs):
     from xgboost import XGBRegressor
 
     return XGBRegressor(
+        device=xgboost_device(str(p.get("device") or "auto")),
         n_estimators=int(p["n_estimators"]), learning_rate=float(p["learning_rate"]),
         max_depth=int(p["max_depth"]), subsample=float(p["subsample"]),
         colsample_bytree=float(p["colsample_bytree"]), min_child_weight=float(p["min_child_weight"]),
@@ -293,9 +317,13 @@ register(ModelSpec(
 register(ModelSpec(
     "xgboost", "XGBoost", "model", _xgboost,
     defaults={"n_estimators": 300, "learning_rate": 0.05, "max_depth": 5, "subsample": 0.8,
-              "colsample_bytree": 0.8, "min_child_weight": 1.0, "reg_lambda": 1.0},
+              "colsample_bytree": 0.8, "min_child_weight": 1.0, "reg_lambda": 1.0,
+              "device": "auto"},
     widgets=(
         ParamWidget("n_estimators", "Boosting rounds", "int", 10, 2000, 10),
+        ParamWidget("device", "Device", "choice", options=("auto", "cpu", "cuda"),
+                    help="auto trains on the GPU when one is present (CUDA build of XGBoost), "
+                         "else on the CPU; the results say which one trained."),
         ParamWidget("learning_rate", "Learning rate", "float", 0.005, 1.0, 0.005),
         ParamWidget("max_depth", "Max depth", "int", 1, 15, 1),
         ParamWidget("subsample", "Row subsample", "float", 0.1, 1.0, 0.05),

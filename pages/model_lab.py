@@ -193,7 +193,9 @@ if result is not None:
     st.caption(f"Run {result.run_id}: {', '.join(s['symbols'])} {s['interval']}, target "
                f"{result.config.target}, {SPLIT_METHODS[result.config.split].split(' (')[0]}; "
                f"train {s['n_train']:,} rows, test {s['n_test']:,} rows; {s['elapsed_s']:.1f} s. "
-               "Best value per column highlighted; click a header to sort.")
+               "Best value per column highlighted; click a header to sort."
+               + "".join(f" {m} trained on {d.upper()}." for m, d in
+                         (s.get("devices") or {}).items()))
     for w in result.warnings:
         st.warning(w)
     st.dataframe(lab_charts.styled_table(result.table), width="stretch")
