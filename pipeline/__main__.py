@@ -30,8 +30,15 @@ from pipeline.store import StoreUnavailable, open_store
 log = logging.getLogger("pipeline")
 
 
+DEFAULT_BACKFILL_TIMEOUT_S = 900.0
+
+
 class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+    """A user-facing error: printed as one line, exit status 2 (or ``status``)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, config)
     except (CliError, BrokerUnavailable, StoreUnavailable, SourceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "status", 2)
     except KeyboardInterrupt:
         return 130
 
@@ -83,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bf = sub.add_parser("backfill", help="produce and index in one process, then exit")
     add_source_args(bf)
+    bf.add_argument("--dlq-topic", default=DLQ_TOPIC, help="dead-letter topic for bad messages")
+    bf.add_argument("--timeout", type=float, default=DEFAULT_BACKFILL_TIMEOUT_S, metavar="S",
+                    help="give up (exit 1) if the backfill is not stored within S seconds "
+                         f"(default {DEFAULT_BACKFILL_TIMEOUT_S:.0f})")
     bf.set_defaults(func=cmd_backfill)
 
     st = sub.add_parser("status", help="show broker, store and running workers")
@@ -134,7 +145,7 @@ def resolve_bootstrap(config: Config, start_if_missing: bool = False) -> tuple[B
                    "(or the dashboard), or set KAFKA_BOOTSTRAP_SERVERS.")
 
 
-def build_source(args: argparse.Namespace, config: Config, store=None):
+def build_source(args: argparse.Namespace, config: Config, store=None, resume=None):
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     if args.source == "simulator":
         from pipeline.runtime import resume_points
@@ -145,7 +156,8 @@ def build_source(args: argparse.Namespace, config: Config, store=None):
             params["phi"] = args.phi
         if args.regime_change_at is not None:
             params["regime_change_at"] = args.regime_change_at
-        resume = resume_points(store, symbols, args.interval) if store is not None else None
+        if resume is None and store is not None:
+            resume = resume_points(store, symbols, args.interval)
         return MarketSimulator(symbols=symbols, interval=args.interval, seed=args.seed,
                                bars=args.bars, speed=args.speed,
                                params=SimulatorParams(**params), resume=resume)
@@ -193,10 +205,12 @@ def run_worker(worker, stop: threading.Event, until_idle: float | None = None,
             print(progress_line(snap), file=sys.stderr, flush=True)
     wt.thread.join()
     snap = worker.stats(history=False)
-    print(json.dumps({"summary": worker.kind, "state": snap["state"], **snap["counters"],
-                      "uptime_s": snap["uptime_s"], "last_error": snap["last_error"]}))
-    if snap["state"] == "failed":
+    summary = {"summary": worker.kind, "state": snap["state"], **snap["counters"],
+               "uptime_s": snap["uptime_s"]}
+    if snap["state"] == "failed":  # the error line below says why, once
+        print(json.dumps(summary))
         raise CliError(f"{worker.kind} failed: {snap['last_error']}")
+    print(json.dumps({**summary, "last_error": snap["last_error"]}))
 
 
 def progress_line(snap: dict) -> str:
@@ -219,7 +233,13 @@ def cmd_broker(args, config: Config) -> int:
     try:
         while not stop.wait(1.0):
             if broker.process and broker.process.poll() is not None:
-                raise CliError(f"the broker exited with code {broker.process.returncode}")
+                # Same port, so the workers reconnect by themselves; topics start empty.
+                print(f"the broker exited with code {broker.process.returncode}; starting it "
+                      f"again on {info.bootstrap} (topics start empty: producers resume from "
+                      "the store)", file=sys.stderr, flush=True)
+                broker.stop()
+                broker = EmbeddedBroker(config.broker_state_file, port=int(info.bootstrap.rsplit(":", 1)[1]))
+                info = broker.start(reuse=False)
     finally:
         broker.stop()
         print(json.dumps({"summary": "broker", "bootstrap": info.bootstrap, "stopped": True}))
@@ -234,9 +254,14 @@ def cmd_produce(args, config: Config) -> int:
     source = build_source(args, config, store)
     stop = wait_for_signal()
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
+    resume = None
+    if args.source == "simulator" and args.bars is None:  # an endless feed can resume
+        def resume(points):
+            return build_source(args, config, store, resume=points)
     worker = Producer(source, info.bootstrap, topic=args.topic,
                       client_kwargs=config.kafka_client_kwargs(),
-                      store=store, mode="process", live=args.speed is not None or args.live)
+                      store=store, mode="process", live=args.speed is not None or args.live,
+                      resume_source=resume)
     run_worker(worker, stop)
     return 0
 
@@ -270,55 +295,93 @@ def cmd_score(args, config: Config) -> int:
 
 
 def cmd_backfill(args, config: Config) -> int:
-    """Produce a finite source and index it in this process; exit when all is stored."""
+    """Produce a finite source and index exactly its bars in this process, then exit.
+
+    The indexer reads the partitions directly (no consumer group, so concurrent backfills and
+    the live indexer never share work) and stores exactly the records this run's producer got
+    acknowledged, from the offsets recorded at the start; the summary counts only those."""
+    from kafka import KafkaConsumer, TopicPartition
+
     from pipeline.indexer import Indexer
-    from pipeline.producer import Producer
+    from pipeline.producer import OffsetLedger, Producer
     from pipeline.worker import WorkerThread
 
     if args.source == "simulator" and args.bars is None:
         raise CliError("backfill needs a finite source: pass --bars N for the simulator")
+    if args.timeout <= 0:
+        raise CliError("--timeout must be a positive number of seconds")
     store = open_store(config)
     store.check()
     info, owned = resolve_bootstrap(config, start_if_missing=True)
     stop = wait_for_signal()
     before = store.count_bars()
     t0 = time.time()
+    deadline = t0 + args.timeout
+    indexer = None
     try:
+        from pipeline.broker import ensure_topics
+
+        ensure_topics(info.bootstrap, (args.topic, args.dlq_topic),
+                      partitions=config.topic_partitions, **config.kafka_client_kwargs())
+        probe = KafkaConsumer(bootstrap_servers=info.bootstrap, **config.kafka_client_kwargs())
+        try:
+            parts = probe.partitions_for_topic(args.topic) or {0}
+            tps = [TopicPartition(args.topic, p) for p in parts]
+            starts = {tp.partition: off for tp, off in probe.end_offsets(tps).items()}
+        finally:
+            probe.close()
+        ledger = OffsetLedger()
         source = build_source(args, config, store)
-        producer = Producer(source, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
-                            store=store, mode="process", live=False)
-        indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="kappalab-backfill",
-                                       client_kwargs=config.kafka_client_kwargs(), mode="process"))
-        indexer.start()
+        producer = Producer(source, info.bootstrap, topic=args.topic,
+                            client_kwargs=config.kafka_client_kwargs(), store=store,
+                            mode="process", live=False, ledger=ledger)
+        worker = Indexer(store, info.bootstrap, topic=args.topic, dlq_topic=args.dlq_topic,
+                         client_kwargs=config.kafka_client_kwargs(), mode="process",
+                         bounds=starts, ledger=ledger)
+        indexer = WorkerThread(worker).start()
         print(f"backfilling {source.describe()} via {info.bootstrap} into {store.describe()}",
               file=sys.stderr, flush=True)
-        producer.run_guarded(stop)
-        produced = producer.stats(history=False)["counters"]["produced"]
-        if producer.state == "failed":
-            raise CliError(f"producer failed: {producer.last_error}")
-        t_produced = time.time()
-        consumed_target = produced
-        last_print = 0.0
-        while not stop.is_set():
-            snap = indexer.worker.stats(history=False)
-            done = snap["counters"]["consumed"]
-            if time.time() - last_print > 5:
-                last_print = time.time()
-                print(progress_line(snap), file=sys.stderr, flush=True)
-            if done >= consumed_target or not indexer.alive:
-                break
+        produce = threading.Thread(target=producer.run_guarded, args=(stop,), daemon=True)
+        produce.start()
+        last_print = time.time()
+        while indexer.alive and not stop.is_set() and time.time() < deadline:
             time.sleep(0.2)
+            if producer.state == "failed":
+                break
+            if time.time() - last_print >= 5:
+                last_print = time.time()
+                print(progress_line(worker.stats(history=False)), file=sys.stderr, flush=True)
+        interrupted, timed_out = stop.is_set(), indexer.alive and time.time() >= deadline
+        stop.set()
+        produce.join(30)
         indexer.stop()
+        counters = worker.stats(history=False)["counters"]
+        produced = ledger.count()
         elapsed = time.time() - t0
-        snap = indexer.worker.stats(history=False)["counters"]
         print(json.dumps({
-            "summary": "backfill", "produced": produced, "stored": snap["stored"],
-            "rejected": snap["rejected"], "bars_in_store_before": before,
-            "bars_in_store_after": store.count_bars(), "elapsed_s": round(elapsed, 2),
-            "produce_s": round(t_produced - t0, 2),
-            "bars_per_s": round(produced / elapsed, 1) if elapsed else None,
-        }))
+            "summary": "backfill", "topic": args.topic, "produced": produced,
+            "stored": counters["stored"], "rejected": counters["rejected"],
+            "bars_in_store_before": before, "bars_in_store_after": store.count_bars(),
+            "elapsed_s": round(elapsed, 2),
+            "bars_per_s": round(counters["stored"] / elapsed, 1) if elapsed else None,
+            "complete": not (interrupted or timed_out) and producer.state == "finished",
+        }), flush=True)
+        done = counters["stored"] + counters["rejected"]
+        if producer.state == "failed":
+            raise CliError(f"the producer failed: {producer.last_error}", status=1)
+        if interrupted:
+            raise CliError(f"interrupted: {counters['stored']:,} bars of this backfill were "
+                           "stored before Ctrl-C; run it again to finish (bars are never "
+                           "duplicated)", status=130)
+        if timed_out:
+            raise CliError(f"the backfill did not finish within {args.timeout:.0f} s: "
+                           f"{done:,} of the {produced:,} bars produced so far were handled; run it again with a larger "
+                           "--timeout (bars already stored stay stored)", status=1)
+        if worker.state == "failed":
+            raise CliError(f"the indexer failed: {worker.last_error}", status=1)
     finally:
+        if indexer is not None and indexer.alive:
+            indexer.stop()
         if owned:
             owned.stop()
     return 0
@@ -343,6 +406,8 @@ def cmd_status(args, config: Config) -> int:
         out["broker_healthy"] = alive
     beats = store.list_heartbeats(max_age_ms=10_000) if "store_error" not in out else []
     out["workers"] = [{k: b.get(k) for k in ("kind", "state", "pid", "mode", "counters")}
+                      | {"lag": (b.get("gauges") or {}).get("lag"),
+                         "last_error": b.get("last_error")}
                       for b in beats]
     if args.json:
         print(json.dumps(out))

@@ -184,8 +184,10 @@ class Indexer(Worker):
     :param topic: the bars topic.
     :param dlq_topic: where rejected messages go.
     :param group_id: consumer group (several indexers in one group share the partitions).
-    :param bounds: instead of a group, read exactly these ranges ``{partition: (first, end)}``
-        of ``topic`` (end exclusive) and finish: a backfill's own bars, nothing else.
+    :param bounds: instead of a group, read ``topic``'s partitions from these offsets
+        ``{partition: first}`` and store only the records in ``ledger`` (a backfill's own
+        producer), finishing once that producer is done and all its records are handled.
+    :param ledger: the :class:`~pipeline.producer.OffsetLedger` that goes with ``bounds``.
     :param stall_after_s: retrying one batch for longer than this reports ``stalled``.
     """
 
@@ -197,7 +199,8 @@ class Indexer(Worker):
                  dlq_topic: str = DLQ_TOPIC, group_id: str = DEFAULT_GROUP,
                  client_kwargs: dict | None = None, batch_max: int = 5000,
                  mode: str = "thread", max_backoff_s: float = 10.0,
-                 stall_after_s: float = 15.0, bounds: dict[int, tuple[int, int]] | None = None):
+                 stall_after_s: float = 15.0, bounds: dict[int, int] | None = None,
+                 ledger=None):
         super().__init__(store=store, mode=mode)
         self.bootstrap = bootstrap
         self.topic = topic
@@ -208,6 +211,9 @@ class Indexer(Worker):
         self.max_backoff_s = max_backoff_s
         self.stall_after_s = stall_after_s
         self.bounds = bounds
+        self.ledger = ledger
+        if (bounds is None) != (ledger is None):
+            raise ValueError("bounds and ledger go together")
         self.recent_rejects: list[dict[str, Any]] = []
         self._committed: dict[Any, int] = {}
         self._last_check = 0.0
@@ -230,7 +236,7 @@ class Indexer(Worker):
             while not stop.is_set() and not self._bounds_done(consumer):
                 batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
                 if self.bounds is not None:
-                    batch = self._within_bounds(batch)
+                    batch = self._own_records(consumer, batch)
                 if batch:
                     attempt_started = time.monotonic()
                     try:
@@ -355,13 +361,21 @@ class Indexer(Worker):
         tps = [TopicPartition(self.topic, p) for p in sorted(self.bounds)]
         consumer.assign(tps)
         for tp in tps:
-            consumer.seek(tp, self.bounds[tp.partition][0])
+            consumer.seek(tp, self.bounds[tp.partition])
 
-    def _within_bounds(self, batch: dict) -> dict:
+    def _own_records(self, consumer, batch: dict) -> dict:
+        """Keep the ledger's records; skip other writers'; stop at a record whose ack the
+        producer has not seen yet (seek back to it and read it again later)."""
         out = {}
         for tp, msgs in batch.items():
-            end = self.bounds[tp.partition][1]
-            kept = [m for m in msgs if m.offset < end]
+            kept = []
+            for m in msgs:
+                mine = self.ledger.classify(tp.partition, m.offset)
+                if mine is None:
+                    consumer.seek(tp, m.offset)
+                    break
+                if mine:
+                    kept.append(m)
             if kept:
                 out[tp] = kept
         return out
@@ -369,10 +383,13 @@ class Indexer(Worker):
     def _bounds_done(self, consumer) -> bool:
         if self.bounds is None:
             return False
+        ends = self.ledger.ends()
+        if ends is None:
+            return False
         from kafka import TopicPartition
 
         return all(consumer.position(TopicPartition(self.topic, p)) >= end
-                   for p, (_, end) in self.bounds.items())
+                   for p, end in ends.items())
 
     # ---- health checks every few seconds -------------------------------------------------
     def _periodic(self, consumer, every_s: float = 2.0) -> None:

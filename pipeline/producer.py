@@ -5,22 +5,65 @@ moment of production (the scorer measures its latency from it). Batching is tune
 a backfill lingers to fill large batches; a live feed sends almost at once.
 
 Throughput: the idempotent producer keeps per-partition order through retries with up to 5
-requests in flight (instead of one at a time), with ``acks=all``. Deliveries are accounted by
-reaping finished futures every few thousand sends, in send order, rather than by a Python
-callback per message run on the client's network thread.
+requests in flight (instead of one at a time), with ``acks=all``. Acknowledgements are handled
+by reaping finished futures in send order every few thousand sends (every send when live),
+rather than by a Python callback per message on the client's network thread.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
+from typing import Callable, Mapping
 
 from pipeline.schema import BARS_TOPIC
 from pipeline.sources.base import Source, SourceError
 from pipeline.worker import Worker
 
 log = logging.getLogger(__name__)
+
+#: Per series, how many recently sent bars the producer remembers to find, after a broker
+#: restart, the first bar that never reached the store.
+RECENT_BARS = 50_000
+
+ResumePoints = Mapping[str, tuple[int, float]]  # symbol -> (last good ts, its close)
+
+
+class OffsetLedger:
+    """The offsets the broker acknowledged for one producer's records, per partition.
+
+    A backfill's indexer reads exactly these records (and knows when it has them all)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._acked: dict[int, set[int]] = defaultdict(set)
+        self._max: dict[int, int] = {}
+        self.finished = False
+
+    def add(self, partition: int, offset: int) -> None:
+        with self._lock:
+            self._acked[partition].add(offset)
+            if offset > self._max.get(partition, -1):
+                self._max[partition] = offset
+
+    def classify(self, partition: int, offset: int) -> bool | None:
+        """True: one of ours. False: another writer's. None: not acknowledged (yet)."""
+        with self._lock:
+            if offset in self._acked.get(partition, ()):
+                return True
+            if offset < self._max.get(partition, -1) or self.finished:
+                return False
+            return None
+
+    def ends(self) -> dict[int, int] | None:
+        """Once the producer finished: the offset after our last record, per partition."""
+        with self._lock:
+            return {p: m + 1 for p, m in self._max.items()} if self.finished else None
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._acked.values())
 
 
 def make_kafka_producer(bootstrap: str, live: bool, client_kwargs: dict | None = None):
@@ -49,8 +92,18 @@ class Producer(Worker):
 
     def __init__(self, source: Source, bootstrap: str, topic: str = BARS_TOPIC,
                  client_kwargs: dict | None = None, live: bool | None = None, store=None,
-                 mode: str = "thread", flush_every: int = 50_000):
+                 mode: str = "thread", flush_every: int = 50_000,
+                 resume_source: Callable[[ResumePoints], Source] | None = None,
+                 ledger: OffsetLedger | None = None):
+        """:param resume_source: builds the source again from resume points, for when the
+            (memory-only) embedded broker restarted and lost bars not yet stored.
+        :param ledger: records the offsets of every acknowledged record (backfill)."""
         super().__init__(store=store, mode=mode)
+        self.resume_source = resume_source
+        self.ledger = ledger
+        self._last_offset: dict[int, int] = {}
+        self._log_reset = threading.Event()
+        self._recent: dict[tuple[str, str], deque[tuple[int, float]]] = {}
         self.source = source
         self.bootstrap = bootstrap
         self.topic = topic
@@ -63,49 +116,135 @@ class Producer(Worker):
     def describe(self) -> str:
         return f"{self.source.describe()} → {self.topic}"
 
+    def _on_sent(self, metadata) -> None:
+        self.count("produced")
+        partition, offset = metadata.partition, metadata.offset
+        last = self._last_offset.get(partition)
+        if last is not None and offset <= last:
+            # Offsets only grow within a partition's log: this one started again, i.e. the
+            # broker restarted without its data (the embedded broker keeps it in memory).
+            self._log_reset.set()
+        self._last_offset[partition] = offset
+        if self.ledger is not None:
+            self.ledger.add(partition, offset)
+
+    def _on_error(self, exc: Exception) -> None:
+        self.count("send_errors")
+        self.error(f"send failed: {exc}")
+        if self.resume_source is not None:
+            self._log_reset.set()  # start again from what the store has, on a new client
+
     def run(self, stop: threading.Event) -> None:
-        producer = make_kafka_producer(self.bootstrap, self.live, self.client_kwargs)
-        inflight: deque = deque()
-        send, topic, clock = producer.send, self.topic, time.time
+        source = self.source
         try:
-            n = 0
-            for bar in self.source.bars(stop):
-                inflight.append(send(topic, key=bar.symbol.encode(), value=bar.to_json(),
-                                     timestamp_ms=int(clock() * 1000)))
-                n += 1
-                if self.first_ts is None:
-                    self.first_ts = bar.ts
-                self.last_ts = bar.ts
-                if self.live or n % 2048 == 0:
+            while source is not None and not stop.is_set():
+                producer = make_kafka_producer(self.bootstrap, self.live, self.client_kwargs)
+                inflight: deque = deque()
+                try:
+                    self._send_all(producer, source, stop, inflight)
+                finally:
+                    _close(producer)
                     self._reap(inflight)
-                    self.gauge("source", self.source.stats())
-                    self.gauge("last_bar_ts", bar.ts)
-                    self.tick()
-                if len(inflight) >= self.flush_every:  # bound memory if the broker is slow
-                    try:
-                        inflight[0].get(timeout=30)
-                    except Exception:  # counted (and reported) by _reap
-                        pass
-                    self._reap(inflight)
+                if not self._log_reset.is_set():
+                    break  # the source is exhausted, or we were asked to stop
+                source = self._rewind(stop)
         except SourceError as exc:
-            self.error(str(exc))
+            self.error(str(exc), log_it=False)
             raise
         finally:
-            producer.flush(timeout=30)
-            self._reap(inflight)
-            producer.close(timeout=10)
+            if self.ledger is not None:
+                self.ledger.finished = True
             self.gauge("source", self.source.stats())
             self.tick(force=True)
 
+    def _send_all(self, producer, source: Source, stop: threading.Event,
+                  inflight: deque) -> None:
+        n = 0
+        send, topic, clock = producer.send, self.topic, time.time
+        for bar in source.bars(stop):
+            inflight.append(send(topic, key=bar.symbol.encode(), value=bar.to_json(),
+                                 timestamp_ms=int(clock() * 1000)))
+            recent = self._recent.get((bar.symbol, bar.interval))
+            if recent is None:
+                recent = self._recent[(bar.symbol, bar.interval)] = deque(maxlen=RECENT_BARS)
+            recent.append((bar.ts, bar.close))
+            n += 1
+            if self.first_ts is None:
+                self.first_ts = bar.ts
+            self.last_ts = bar.ts
+            if self.live or n % 2048 == 0:
+                self._reap(inflight)
+                self.gauge("source", source.stats())
+                self.gauge("last_bar_ts", bar.ts)
+                self.tick()
+            if len(inflight) >= self.flush_every:  # bound memory when the broker is slow
+                try:
+                    inflight[0].get(timeout=30)
+                except Exception:  # handled (and reported) by _reap
+                    pass
+                self._reap(inflight)
+            if self._log_reset.is_set():
+                return
+
     def _reap(self, inflight: deque) -> None:
-        """Count the finished sends, oldest first (they finish in order per partition)."""
-        ok = 0
+        """Handle the finished sends, oldest first (per partition they finish in order)."""
         while inflight and inflight[0].is_done:
             future = inflight.popleft()
             if future.failed():
-                self.count("send_errors")
-                self.error(f"send failed: {future.exception}")
+                self._on_error(future.exception)
             else:
-                ok += 1
-        if ok:
-            self.count("produced", ok)
+                self._on_sent(future.value)
+
+    def _rewind(self, stop: threading.Event) -> Source | None:
+        """The broker lost records (it restarted without its data, or sends failed): once it
+        answers again, start the source after the last bar the store has before the first
+        bar that never arrived, so the store ends with no gap and no duplicate."""
+        from pipeline.broker import is_healthy
+
+        self._log_reset.clear()
+        self._last_offset.clear()
+        if self.resume_source is None or self.store is None:
+            self.error("the broker restarted without its data; bars sent but not yet stored "
+                       "before the restart are lost for this source (restart it to refill)")
+            return None
+        down_since = time.monotonic()
+        while not stop.is_set() and not is_healthy(self.bootstrap, 2):
+            if time.monotonic() - down_since > 15:
+                self.stall(f"cannot reach the broker at {self.bootstrap}; retrying")
+            stop.wait(1.0)
+        if stop.is_set():
+            return None
+        self.unstall()
+        stop.wait(3.0)  # let the indexer store what reached the broker
+        points = self.resume_points()
+        self.error("the broker lost bars that were not stored yet; resuming the source from "
+                   "the last bar in the store")
+        self._recent.clear()
+        return self.resume_source(points)
+
+    def resume_points(self) -> dict[str, tuple[int, float]]:
+        """Per symbol: the last stored bar before the first recently sent bar that is missing
+        from the store (or the last sent bar, when none is missing)."""
+        points: dict[str, tuple[int, float]] = {}
+        for (symbol, interval), recent in self._recent.items():
+            have = set(self.store.query_bars(symbol, interval, start_ms=recent[0][0])["ts"].tolist())
+            missing = next((ts for ts, _ in recent if ts not in have), None)
+            if missing is None:
+                points[symbol] = recent[-1]
+                continue
+            before = self.store.query_bars(symbol, interval, end_ms=missing, limit=1)
+            if len(before):
+                points[symbol] = (int(before["ts"].iloc[-1]), float(before["close"].iloc[-1]))
+        return points
+
+
+def _close(producer) -> None:
+    """Flush and close; a client in a fatal state (its broker vanished) may refuse both."""
+    try:
+        producer.flush(timeout=30)
+    except Exception as exc:
+        log.debug("flush on close failed: %s", exc)
+    try:
+        producer.close(timeout=10)
+    except Exception as exc:
+        log.debug("close failed: %s", exc)

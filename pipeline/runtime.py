@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -82,9 +83,33 @@ class Runtime:
                               **self.config.kafka_client_kwargs())
                 self.broker_info = BrokerInfo(bootstrap, None, embedded=False)
             else:
-                self._broker = EmbeddedBroker(self.config.broker_state_file)
+                # A restart keeps the port, so running workers reconnect by themselves.
+                port = int(self.broker_info.bootstrap.rsplit(":", 1)[1]) if self.broker_info else None
+                self._broker = EmbeddedBroker(self.config.broker_state_file, port=port)
                 self.broker_info = self._broker.start(reuse=True)
+                self._watch_broker()
             return self.broker_info
+
+    def _watch_broker(self, every_s: float = 2.0) -> None:
+        """Restart the embedded broker (same port) if its process dies while we run."""
+        if getattr(self, "_watchdog", None) is not None:
+            return
+
+        def watch() -> None:
+            while not self._closed:
+                time.sleep(every_s)
+                if self._closed or not self.broker_info or self._broker_alive():
+                    continue
+                log.warning("the embedded broker stopped; starting it again on %s (it keeps "
+                            "topics in memory: bars not yet stored are produced again)",
+                            self.broker_info.bootstrap)
+                try:
+                    self.ensure_broker()
+                except Exception as exc:
+                    log.warning("could not restart the embedded broker: %s", exc)
+
+        self._watchdog = threading.Thread(target=watch, name="kappalab-broker-watch", daemon=True)
+        self._watchdog.start()
 
     def _broker_alive(self) -> bool:
         from pipeline.broker import pid_alive
@@ -119,15 +144,21 @@ class Runtime:
 
         spec = spec or SimulatorSpec()
 
-        def factory(bootstrap: str) -> Worker:
-            source = MarketSimulator(
+        def simulator(resume, fast_bars: int = 0) -> MarketSimulator:
+            return MarketSimulator(
                 symbols=spec.symbols, interval=spec.interval, seed=spec.seed, bars=spec.bars,
-                speed=spec.speed, params=SimulatorParams(**spec.params),
-                resume=resume_points(self.store, spec.symbols, spec.interval),
-                fast_bars=spec.warmup_bars,
+                speed=spec.speed, params=SimulatorParams(**spec.params), resume=resume,
+                fast_bars=fast_bars,
             )
+
+        def factory(bootstrap: str) -> Worker:
+            source = simulator(resume_points(self.store, spec.symbols, spec.interval),
+                               spec.warmup_bars)
+            # An endless feed can pick up where the store ends after a broker restart.
+            resume = simulator if spec.bars is None else None
             return Producer(source, bootstrap, client_kwargs=self.config.kafka_client_kwargs(),
-                            store=self.store, live=spec.speed is not None)
+                            store=self.store, live=spec.speed is not None,
+                            resume_source=resume)
 
         return self.start_worker("producer", factory)
 
