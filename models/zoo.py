@@ -285,8 +285,8 @@ register(ModelSpec(
 
 register(ModelSpec(
     "random_forest", "Random forest", "model", _random_forest,
-    defaults={"n_estimators": 60, "max_depth": 10, "min_samples_leaf": 20, "max_features": 0.5,
-              "rows_per_tree": 20_000},
+    defaults={"n_estimators": 50, "max_depth": 10, "min_samples_leaf": 20, "max_features": 0.5,
+              "rows_per_tree": 15_000},
     widgets=(
         ParamWidget("n_estimators", "Trees", "int", 10, 500, 10),
         ParamWidget("rows_per_tree", "Rows per tree (0 = all)", "int", 0, 1_000_000, 5_000),

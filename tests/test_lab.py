@@ -289,12 +289,9 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert _cli("compare", "--help").returncode == 0
 
 
-@pytest.mark.parametrize("model, unit", [("random_forest", "trees"),
-                                         ("hist_gradient_boosting", "rounds"),
-                                         ("xgboost", "rounds")])
+@pytest.mark.parametrize("model, unit", [("random_forest", "trees"), ("xgboost", "rounds")])
 def test_cancel_stops_the_training_inside_a_model(model, unit):
-    size = {"random_forest": {"n_estimators": 200}, "hist_gradient_boosting": {"max_iter": 200},
-            "xgboost": {"n_estimators": 200}}[model]
+    size = {"random_forest": {"n_estimators": 200}, "xgboost": {"n_estimators": 200}}[model]
     cancel = threading.Event()
     seen = []
 
@@ -317,8 +314,7 @@ def test_chunked_fit_is_the_same_model_as_one_fit():
     y = X["ret_1"].shift(-1).fillna(0.0).to_numpy()
     from models.zoo import get_spec
 
-    for key, params in (("random_forest", {"n_estimators": 25, "rows_per_tree": 500}),
-                        ("hist_gradient_boosting", {"max_iter": 30})):
+    for key, params in (("random_forest", {"n_estimators": 25, "rows_per_tree": 500}),):
         whole = get_spec(key).build(params, seed=1)
         whole.fit(X, y)
         chunked = get_spec(key).build(params, seed=1)
