@@ -7,12 +7,16 @@ indexer into an embedded SQLite store (and the live scorer), once per server pro
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from dashboard.runtime import autostart, get_runtime
 from dashboard.state import get_config, store_or_stop
 
-st.set_page_config(page_title="KappaLab", page_icon=":material/candlestick_chart:", layout="wide")
+# A local file: a material-icon favicon is fetched from a font CDN, which fails offline.
+FAVICON = Path(__file__).resolve().parent / "dashboard" / "assets" / "favicon.png"
+st.set_page_config(page_title="KappaLab", page_icon=str(FAVICON), layout="wide")
 
 PAGES = [
     st.Page("pages/live_market.py", title="Live market", icon=":material/candlestick_chart:", default=True),

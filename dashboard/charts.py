@@ -6,9 +6,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import ts_to_datetime
-
-UP, DOWN = "#26a69a", "#ef5350"
-MA_COLORS = ["#f2a900", "#7e57c2", "#29b6f6", "#8d6e63"]
+from dashboard.theme import DOWN, UP, palette
+from models.features import compute_features, max_lookback
 
 
 def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SMA",
@@ -18,6 +17,7 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
     ``candles`` has columns ts, open, high, low, close, volume (extra leading rows may be
     included only to warm up the moving averages: they are computed, then cut by ``n_show``).
     """
+    pal = palette()
     x = ts_to_datetime(candles["ts"])
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25],
                         vertical_spacing=0.03)
@@ -25,30 +25,34 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
                                  low=candles["low"], close=candles["close"], name="price",
                                  increasing_line_color=UP, decreasing_line_color=DOWN),
                   row=1, col=1)
+    averages = compute_features(candles, ma_feature_names(ma_windows, ma_kind)) \
+        if ma_windows else None
     for i, w in enumerate(ma_windows):
-        series = (candles["close"].rolling(w).mean() if ma_kind == "SMA"
-                  else candles["close"].ewm(span=w, adjust=False).mean())
+        series = averages[ma_feature_names([w], ma_kind)[0]]
         fig.add_trace(go.Scatter(x=x, y=series, name=f"{ma_kind} {w}", mode="lines",
-                                 line=dict(width=1.4, color=MA_COLORS[i % len(MA_COLORS)])),
+                                 line=dict(width=1.4, color=pal.ma(w, i))),
                       row=1, col=1)
     if predictions is not None and len(predictions):
         fig.add_trace(go.Scatter(x=ts_to_datetime(predictions["ts"]),
                                  y=predictions["predicted_close"], name="predicted close",
                                  mode="markers+lines",
-                                 line=dict(width=1, dash="dot", color="#e040fb"),
+                                 line=dict(width=1, dash="dot", color=pal.prediction),
                                  marker=dict(size=5, symbol="diamond")), row=1, col=1)
     colors = [UP if c >= o else DOWN for o, c in zip(candles["open"], candles["close"])]
     fig.add_trace(go.Bar(x=x, y=candles["volume"], marker_color=colors, name="volume",
                          showlegend=False), row=2, col=1)
-    fig.update_layout(title=title, height=560, margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis_rangeslider_visible=False, legend=dict(orientation="h", y=1.06),
+    # Title on the left, legend on its own row under the plot: they never overlap.
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=580,
+                      margin=dict(l=10, r=10, t=40, b=10), xaxis_rangeslider_visible=False,
+                      legend=dict(orientation="h", yanchor="top", y=-0.06, x=0),
                       uirevision="live")  # keep the user's zoom across refreshes
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="volume", row=2, col=1)
     return fig
 
 
-def throughput(history_by_worker: dict[str, list[dict]]) -> go.Figure:
+def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None = None) -> go.Figure:
+    """Messages per second per worker; ``ceiling`` cuts the axis above a warm-up burst."""
     fig = go.Figure()
     for name, points in history_by_worker.items():
         if not points:
@@ -57,4 +61,22 @@ def throughput(history_by_worker: dict[str, list[dict]]) -> go.Figure:
                                  y=[p["rate"] for p in points], mode="lines", name=name))
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10),
                       yaxis_title="messages / s", title="Throughput", uirevision="tp")
+    if ceiling:
+        fig.update_yaxes(range=[0, ceiling])
+        fig.add_annotation(text="axis cut: the warm-up burst goes higher", xref="paper",
+                           yref="paper", x=1, y=1, showarrow=False, xanchor="right",
+                           yanchor="bottom",
+                           font=dict(size=11, color=palette().muted))
     return fig
+
+
+def ma_feature_names(ma_windows, ma_kind: str) -> list[str]:
+    """The model features a chart's moving averages are (``sma_<w>`` / ``ema_<w>``): the
+    chart draws the same numbers the models see (:mod:`models.features`)."""
+    prefix = "sma" if ma_kind == "SMA" else "ema"
+    return [f"{prefix}_{int(w)}" for w in ma_windows]
+
+
+def ma_warmup(ma_windows, ma_kind: str) -> int:
+    """Leading candles the moving averages need before their first value."""
+    return max_lookback(ma_feature_names(ma_windows, ma_kind)) if ma_windows else 0

@@ -5,10 +5,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dashboard.formatting import display_frame, fmt_sig
+from dashboard.theme import BASELINE_COLOR, MODEL_COLORS, palette
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
-
-BASELINE_COLOR = "#9aa0a6"
-MODEL_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
 
 def model_colors(table: pd.DataFrame) -> dict[str, str]:
@@ -28,7 +27,7 @@ def metric_bars(table: pd.DataFrame, metric: str = "skill") -> go.Figure:
     colors = model_colors(table)
     fig = go.Figure(go.Bar(
         x=list(table.index), y=values, marker_color=[colors[m] for m in table.index],
-        text=[f"{v:.4g}" if np.isfinite(v) else "n/a" for v in values], textposition="outside",
+        text=[fmt_sig(v, 3) if np.isfinite(v) else "n/a" for v in values], textposition="outside",
         hovertemplate="%{x}: %{y:.6g}<extra></extra>"))
     higher = METRIC_COLUMNS.get(metric)
     hint = "" if higher is None else (" (higher is better)" if higher else " (lower is better)")
@@ -75,7 +74,7 @@ def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: di
     price = predicted_close is not None
     actual = df["actual_close"] if price else df["actual"]
     fig = go.Figure(go.Scattergl(x=x, y=actual, name="actual", mode="lines",
-                                 line=dict(color="black", width=1.5)))
+                                 line=dict(color=palette().actual, width=1.8)))
     for label in labels:
         y = predicted_close[label][mask][idx] if price else df[label]
         fig.add_trace(go.Scattergl(x=x, y=y, name=label, mode="lines",
@@ -146,18 +145,43 @@ def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
 
 
 def styled_table(table: pd.DataFrame):
-    """Results table for display: metrics only (readable headers), best per column highlighted."""
+    """Results table for display: metrics only (readable headers), numbers written out with
+    significant figures, best per column highlighted."""
     cols = [c for c in METRIC_COLUMNS if c in table.columns]
-    df = table[["kind", *cols]].copy()
-    for c in cols:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    df = df.rename(columns=METRIC_LABELS)
-    styler = df.style.format({METRIC_LABELS[c]: "{:.6g}" for c in cols}, na_rep="n/a")
+    num = table[cols].apply(pd.to_numeric, errors="coerce")
+    shown = display_frame(table[["kind", *cols]].assign(**{c: num[c] for c in cols}))
+    shown = shown.rename(columns=METRIC_LABELS)
     best = "background-color: #c8f7c5; color: #0b3d0b; font-weight: bold"
+    styler = shown.style
     for c in cols:
-        label = METRIC_LABELS[c]
-        if df[label].notna().sum() < 2:
+        values = num[c]
+        if values.notna().sum() < 2:
             continue
-        highlight = styler.highlight_max if METRIC_COLUMNS[c] else styler.highlight_min
-        styler = highlight(subset=[label], props=best)
+        winner = values.idxmax() if METRIC_COLUMNS[c] else values.idxmin()
+        hits = values == values[winner]
+        styler = styler.apply(lambda s, h=hits: [best if h.get(i, False) else "" for i in s.index],
+                              subset=[METRIC_LABELS[c]])
     return styler
+
+
+def fold_skill_chart(folds: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+    """Skill vs persistence per walk-forward fold, one line per model (``folds``: the
+    :func:`dashboard.view_models.fold_view` table)."""
+    fig = go.Figure()
+    cols = [c for c in folds.columns if c.startswith("fold ")]
+    for model, row in folds.iterrows():
+        fig.add_trace(go.Scatter(x=cols, y=row[cols].astype(float), name=str(model),
+                                 mode="lines+markers", line=dict(color=colors.get(model))))
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    values = folds[cols].astype(float).to_numpy()
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() < -1.0 and np.median(finite) > -1.0:
+        # One fold's collapse (skill -27) would flatten the rest: cut the axis, say so.
+        fig.update_yaxes(range=[-1.0, max(0.1, float(finite.max()) * 1.3)])
+        fig.add_annotation(text="points below -1 are cut; see the table", xref="paper",
+                           yref="paper", x=0, y=0, showarrow=False, xanchor="left",
+                           yanchor="bottom", font=dict(size=11, color="grey"))
+    fig.update_layout(title="Skill vs persistence per fold (above 0 beats 'no change')",
+                      yaxis_title="skill", height=380, margin=dict(l=40, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig

@@ -13,11 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.formatting import fmt_ts, ts_to_datetime
-
-ACTUAL_COLOR = "#263238"
-MODEL_COLORS = ["#e040fb", "#29b6f6", "#f2a900", "#26a69a", "#7e57c2", "#ef5350", "#8d6e63"]
-PROMOTED_COLOR, KEPT_COLOR = "#2e7d32", "#9e9e9e"
+from dashboard.formatting import fmt_sig, fmt_ts, sig_styler, ts_to_datetime
+from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette
 CHAMPION_BG = "background-color: rgba(46, 125, 50, 0.18); font-weight: 600"
 
 
@@ -26,14 +23,15 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
     """Actual close (line) and each model version's predicted close (dotted) by bar time,
     with retraining decisions as vertical lines (green: promoted, grey: champion kept)."""
     fig = go.Figure()
+    actual_color = palette().actual
     if bars is not None and len(bars):
         fig.add_trace(go.Scatter(x=ts_to_datetime(bars["ts"]), y=bars["close"], name="actual close",
-                                 mode="lines", line=dict(color=ACTUAL_COLOR, width=1.6)))
+                                 mode="lines", line=dict(color=actual_color, width=1.6)))
     elif len(scored):
         done = scored[np.isfinite(scored["actual_close"])]
         fig.add_trace(go.Scatter(x=ts_to_datetime(done["ts"]), y=done["actual_close"],
                                  name="actual close", mode="lines",
-                                 line=dict(color=ACTUAL_COLOR, width=1.6)))
+                                 line=dict(color=actual_color, width=1.6)))
     for i, (model_id, g) in enumerate(scored.groupby("model_id", sort=False)):
         fig.add_trace(go.Scatter(
             x=ts_to_datetime(g["ts"]), y=g["predicted_close"], name=f"predicted · {model_id}",
@@ -44,7 +42,7 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
             hovertemplate="%{x}<br>predicted %{y:.4f}<br>base close %{customdata[0]:.4f}"
                           "<br>abs error %{customdata[1]:.4f}<extra>%{fullData.name}</extra>"))
     _mark_events(fig, events or [], scored)
-    fig.update_layout(title=title, height=440, margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.12), yaxis_title="close",
                       uirevision="pred")
     return fig
@@ -121,12 +119,12 @@ def highlight_champion(df: pd.DataFrame):
     def row_style(row: pd.Series) -> list[str]:
         return [CHAMPION_BG if row.get("status") == "champion" else ""] * len(row)
 
-    return df.style.apply(row_style, axis=1).format(precision=4, na_rep="—")
+    return sig_styler(df).apply(row_style, axis=1)
 
 
 def plain(df: pd.DataFrame):
-    """Numbers to 4 decimals and "—" for missing values."""
-    return df.style.format(precision=4, na_rep="—")
+    """Numbers to 4 significant figures and "—" for missing values."""
+    return sig_styler(df)
 
 
 def events_table(events: list[dict[str, Any]]) -> pd.DataFrame:

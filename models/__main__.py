@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Train and compare models plus baselines on market bars.")
     src = c.add_argument_group("data")
     src.add_argument("--symbols", default="", help="comma-separated symbols (default: all)")
-    src.add_argument("--interval", default="1m", help="bar interval (default 1m)")
+    src.add_argument("--interval", default=None,
+                     help="bar interval (default: the one stored for --symbols when there is "
+                          "only one, else 1m)")
     src.add_argument("--start", help="first bar time, ISO date/time UTC or epoch ms")
     src.add_argument("--end", help="end time (exclusive), ISO date/time UTC or epoch ms")
     src.add_argument("--simulate", type=int, metavar="N",
@@ -104,12 +106,15 @@ def _compare(args) -> int:
         test_fraction=args.test_fraction, n_folds=args.folds, gap=args.gap,
         models=_models(args.models, args.set), search=args.search, search_budget=args.budget,
         seed=args.seed, n_jobs=args.n_jobs, max_rows=args.max_rows)
-    _check(args, config)
     store = None
+    if args.simulate is None:
+        store = data = _open_store()
+        config.interval = args.interval or _stored_interval(store, config.symbols)
+    else:
+        config.interval = args.interval or "1m"
+    _check(args, config)
     if args.simulate is not None:
         data = _simulate(args, config)
-    else:
-        store = data = _open_store()
     progress = None if args.quiet else _print_progress
     cancel = threading.Event()
     try:
@@ -190,6 +195,21 @@ def _simulate(args, config) -> pd.DataFrame:
         print(f"simulating {args.simulate:,} {config.interval} bars for {', '.join(symbols)} "
               f"(seed {args.seed}, phi {params.phi:g})", file=sys.stderr)
     return pd.DataFrame([b.to_dict() for b in sim.bars(threading.Event())])
+
+
+def _stored_interval(store, symbols: list[str]) -> str:
+    """The interval stored for all of ``symbols`` when there is exactly one; else 1m, or the
+    choice the user has to make spelled out."""
+    per_symbol = [set(store.list_intervals(s)) for s in symbols] if symbols \
+        else [set(store.list_intervals())]
+    common = set.intersection(*per_symbol) if per_symbol else set()
+    if len(common) == 1:
+        return common.pop()
+    if "1m" in common or not common:
+        return "1m"
+    ordered = [i for i in INTERVALS if i in common]
+    raise UsageError(f"{', '.join(symbols) or 'the store'} has bars at {', '.join(ordered)}; "
+                     "choose one with --interval.")
 
 
 def _open_store():

@@ -26,7 +26,7 @@ import pandas as pd
 
 from models import metrics as M
 from models.features import DEFAULT_FEATURES, compute_features, expand_features
-from models.registry import GLOBAL_SCOPE, promote, save_model_version
+from models.registry import GLOBAL_SCOPE, champion_refusal, promote, save_model_version
 from models.splits import Split, make_splits, split_warnings, walk_forward_splits
 from models.targets import (SAME_BAR_FEATURES, effective_horizon, get_target, make_target,
                             reference_close, target_close, to_close)
@@ -163,13 +163,22 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
     y = make_target(bars, config.target, config.horizon)
     base = reference_close(bars, config.target)
     actual_close = target_close(bars, config.target, config.horizon)
-    known = np.isfinite(feats.to_numpy()).all(axis=1) & np.isfinite(y.to_numpy()) \
-        & np.isfinite(base.to_numpy()) & np.isfinite(actual_close.to_numpy())
+    target_known = np.isfinite(y.to_numpy()) & np.isfinite(base.to_numpy()) \
+        & np.isfinite(actual_close.to_numpy())
+    features, constant = _drop_constant(feats, features, target_known, entries)
+    if constant:
+        warnings.append(f"Left out {', '.join(constant)}: constant on these {config.interval} "
+                        "bars, so they carry no information.")
+    if not features:
+        raise LabError("Every chosen feature is constant on these bars; choose other features.")
+    used = list(dict.fromkeys(features + [c for e in entries for c in e.features]))
+    feat_ok = np.isfinite(feats[used].to_numpy()).all(axis=1)
     order = np.lexsort((bars["symbol"].astype(str).to_numpy(), bars["ts"].to_numpy()))
-    rows = order[known[order]]
-    if len(rows) < MIN_ROWS:
-        raise LabError(f"Only {len(rows)} bars have all features and a known target (need "
-                       f"{MIN_ROWS}); choose a longer date range or features with less warm-up.")
+    rows = order[target_known[order]]
+    if int(feat_ok[rows].sum()) < MIN_ROWS:
+        raise LabError(f"Only {int(feat_ok[rows].sum())} bars have all features and a known "
+                       f"target (need {MIN_ROWS}); choose a longer date range or features with "
+                       "less warm-up.")
     frame = bars.iloc[rows].reset_index(drop=True)
     X = feats.iloc[rows].reset_index(drop=True)
     y = y.iloc[rows].to_numpy()
@@ -178,10 +187,19 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
     ts = frame["ts"].to_numpy()
     gap = max(int(config.gap), horizon - 1) if config.split != "random" else 0
     try:
+        # Cut on time first (every feature set gets the same test bars), then drop the rows
+        # whose features are still warming up inside each side.
         splits = make_splits(ts, config.split, config.test_fraction, config.n_folds, gap,
                              config.seed)
     except ValueError as exc:
         raise LabError(f"{exc}; choose a longer date range or fewer folds.") from None
+    ok = feat_ok[rows]
+    warmup = {"train": int(sum((~ok[s.train]).sum() for s in splits[-1:])),
+              "test": int(sum((~ok[s.test]).sum() for s in splits))}
+    splits = [Split(s.fold, s.train[ok[s.train]], s.test[ok[s.test]]) for s in splits]
+    if any(len(s.train) == 0 or len(s.test) == 0 for s in splits):
+        raise LabError("Feature warm-up leaves a fold without rows; choose a longer date range, "
+                       "fewer folds or features with less warm-up.")
 
     test_rows = np.unique(np.concatenate([s.test for s in splits]))
     fold_of = np.full(len(frame), -1)
@@ -264,6 +282,9 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
         "n_bars": int(len(bars)),
         "n_rows": int(len(frame)),
         "n_train": int(len(splits[-1].train)),
+        "n_train_first": int(len(splits[0].train)),
+        "warmup_dropped": warmup,
+        "features_constant": constant,
         "n_test": int(len(test_rows)),
         "n_folds": len(splits),
         "gap": gap,
@@ -484,6 +505,19 @@ def _score_table(rows: list[dict], predictions: pd.DataFrame, target: str) -> pd
     return pd.DataFrame(out, columns=cols).set_index("model")
 
 
+def _drop_constant(feats: pd.DataFrame, features: list[str], rows_ok: np.ndarray,
+                   entries: list[_Entry]) -> tuple[list[str], list[str]]:
+    """Features with one value on every usable row (minute of day on daily bars) are left out
+    of the models' inputs; baselines keep theirs."""
+    constant = [f for f in features
+                if feats.loc[rows_ok, f].dropna().nunique() <= 1]
+    if constant:
+        for e in entries:
+            if e.spec.kind == "model":
+                e.features = [f for f in e.features if f not in constant]
+    return [f for f in features if f not in constant], constant
+
+
 def _fold_table(fold_rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(fold_rows, columns=["model", "key", "fold", "n_test", "mse"])
     persistence = df[df["key"] == "persistence"].set_index("fold")["mse"]
@@ -517,7 +551,7 @@ GUIDE_NO_SKILL = (
     "is usually fitting noise."
 )
 GUIDE_SMALL_SKILL = (
-    "The best skill vs persistence is small ({skill:.3f}); check it is stable across "
+    "The best skill vs persistence is small ({skill:.2g}); check it is stable across "
     "walk-forward folds before trusting it."
 )
 GUIDE_DIRECTION = (
@@ -538,7 +572,7 @@ def guidance(result: LabResult, y: np.ndarray, splits: list[Split]) -> list[str]
     if not spec.is_forecast:
         notes.append(GUIDE_SAME_BAR)
     persistence = table[table["key"] == "persistence"]
-    if not spec.is_return and len(persistence):
+    if spec.is_forecast and not spec.is_return and len(persistence):
         notes.append(GUIDE_R2_LEVELS.format(r2=float(persistence["r2"].iloc[0])))
     if spec.is_return:
         notes.append(GUIDE_R2_RETURNS)
@@ -649,6 +683,9 @@ def save_version(store, result: LabResult, label: str | None = None, champion: b
                  scope: str = GLOBAL_SCOPE) -> str:
     """Save a fitted model of ``result`` (default: the best) as a model version."""
     label = label or result.best_label()
+    refusal = champion_refusal(result.config.target) if champion else None
+    if refusal:
+        raise LabError(f"{label} cannot be champion: {refusal}.")
     if label not in result.fitted:
         raise LabError(f"No fitted model named {label!r} in this run.")
     fm = result.fitted[label]

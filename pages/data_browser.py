@@ -5,8 +5,10 @@ from datetime import datetime, time, timezone
 
 import streamlit as st
 
-from dashboard.formatting import fmt_ts, ts_to_datetime
+from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_column
 from dashboard.state import store_or_stop
+
+TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
 store = store_or_stop()
 st.title("Data")
@@ -35,9 +37,10 @@ if span:
 
 tab_bars, tab_preds = st.tabs(["Bars", "Predictions"])
 with tab_bars:
-    bars = store.query_bars(symbol, interval, start_ms, end_ms, limit=int(limit))
-    shown = bars.assign(time=ts_to_datetime(bars["ts"]))
-    st.dataframe(shown, hide_index=True, width="stretch")
+    bars = with_time_column(store.query_bars(symbol, interval, start_ms, end_ms,
+                                             limit=int(limit)))
+    st.dataframe(bars, hide_index=True, width="stretch", column_config=TS_COLUMN)
+    st.caption("ts is the bar start in epoch milliseconds (UTC); time (UTC) is the same instant.")
     st.download_button("Download bars as CSV", bars.to_csv(index=False).encode(),
                        file_name=f"{symbol}_{interval}_bars.csv", mime="text/csv")
 with tab_preds:
@@ -46,7 +49,8 @@ with tab_preds:
     if preds.empty:
         st.info("No predictions stored for this series yet (the live scorer writes them).")
     else:
-        st.dataframe(preds.assign(time=ts_to_datetime(preds["ts"])), hide_index=True,
-                     width="stretch")
+        preds = with_time_column(preds)
+        st.dataframe(sig_styler(preds), hide_index=True, width="stretch",
+                     column_config=TS_COLUMN)
         st.download_button("Download predictions as CSV", preds.to_csv(index=False).encode(),
                            file_name=f"{symbol}_{interval}_predictions.csv", mime="text/csv")

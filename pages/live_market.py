@@ -1,19 +1,18 @@
 """Live market: candles growing in place, volume, moving averages, predicted next close."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from dashboard.candles import CandleFeed
-from dashboard.charts import candlestick
-from dashboard.formatting import fmt_num, fmt_ts, ts_to_datetime
+from dashboard.charts import candlestick, ma_warmup
+from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
+from dashboard.view_models import latest_predictions
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
 st.title("Live market")
 
-intervals = store.list_intervals() or ["1m"]
 symbols = store.list_symbols()
 if not symbols:
     st.info(
@@ -24,7 +23,8 @@ if not symbols:
 
 c1, c2, c3, c4, c5 = st.columns([1.2, 0.8, 1, 1.6, 0.8])
 symbol = c1.selectbox("Symbol", symbols or ["—"], key="lm_symbol")
-interval = c2.selectbox("Interval", intervals, key="lm_interval")
+interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key="lm_interval",
+                        help="Intervals stored for this symbol.")
 step = INTERVALS.get(interval, 60_000)
 candle_choices = {k: v for k, v in INTERVALS.items() if v >= step}
 candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle",
@@ -68,7 +68,7 @@ def live_panel() -> None:
     if drawn and drawn["view"] == view and drawn["marker"] == marker:
         _show(drawn)  # nothing new in the store: redraw what was drawn, aggregate nothing
         return
-    warm = max(ma_windows or [0])
+    warm = ma_warmup(ma_windows, ma_kind)  # the model features need this many leading bars
     if whole:
         candles, bucket = feed.whole_history(symbol, interval, step)
         shown = len(candles)
@@ -79,39 +79,40 @@ def live_panel() -> None:
     if candles.empty:
         st.info(f"No {interval} bars stored for {symbol} yet.")
         return
-    drawn = {"view": view, "marker": marker, "figure": None, "kpis": None, "caption": None}
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
-    size = candle if not whole else _fmt_bucket(bucket)
-    drawn["kpis"] = [
-        ("Last close", fmt_num(last["close"]), f"{change:+.2f} ({change / prev['close']:+.2%})"),
-        (f"Volume (last {size})", fmt_num(last["volume"], 0), None),
-        ("Bars stored", f"{stored_count(store, store.describe(), symbol, interval):,}", None),
-        ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime("%b %d %H:%M"), None),
-    ]
+    size = _fmt_bucket(bucket) if whole else candle
+    drawn = {"view": view, "marker": marker, "caption": None, "kpis": [
+        ("Last close", fmt_sig(last["close"], 6),
+         f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})", None),
+        (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
+        ("Bars stored", f"{stored_count(store, store.describe(), symbol, interval):,}", None,
+         None),
+        ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
+            "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
+         f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
+    ]}
     preds = None
     if show_pred:
-        preds = latest_predictions(symbol, interval, start_ms=int(candles["ts"].iloc[0]))
+        preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
     fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {size} candles")
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     if len(candles) > shown > 0:
-        x0 = candles["ts"].iloc[-shown]
-        fig.update_xaxes(range=[pd.to_datetime(x0, unit="ms", utc=True),
-                                pd.to_datetime(candles["ts"].iloc[-1] + bucket, unit="ms",
-                                               utc=True)])
+        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-shown]),
+                                ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
     drawn["figure"] = fig
     if preds is not None and len(preds):
         nxt = preds.iloc[-1]
         drawn["caption"] = (f"Next close predicted for {fmt_ts(nxt['ts'])}: "
-                            f"**{fmt_num(nxt['predicted_close'])}** (model {nxt['model_id']}).")
+                            f"**{fmt_sig(nxt['predicted_close'], 6)}** (model {nxt['model_id']}).")
     st.session_state["lm_drawn"] = drawn
     st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
     _show(drawn)
 
 
 def _show(drawn: dict) -> None:
-    for col, (label, value, delta) in zip(st.columns(4), drawn["kpis"]):
-        col.metric(label, value, delta)
+    for col, (label, value, delta, help_) in zip(st.columns(4), drawn["kpis"]):
+        col.metric(label, value, delta, help=help_)
     st.plotly_chart(drawn["figure"], width="stretch", key="lm_chart")
     if drawn["caption"]:
         st.caption(drawn["caption"])
@@ -129,26 +130,44 @@ def latest_prediction_ts(symbol: str, interval: str) -> int | None:
     return int(last["ts"].iloc[-1]) if len(last) else None
 
 
-def latest_predictions(symbol: str, interval: str, start_ms: int):
-    """The champion's next-close predictions for the shown range (empty without a scorer)."""
-    preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
-                                    limit=2000)
-    if preds.empty:
-        return None
-    latest_model = preds["model_id"].iloc[-1]
-    preds = preds[preds["model_id"] == latest_model].copy()
-    if "predicted_close" not in preds:
-        preds["predicted_close"] = preds["predicted"]
-        if (preds["target"] != "next_close").any():
-            try:
-                from models.targets import to_close
+live_panel() -> None:
+    if not symbols:
+        count = store.count_bars()
+        if count:
+            st.rerun()  # data arrived: rebuild the pickers
+        st.caption("Waiting for the first bar…")
+        return
+    bucket = INTERVALS[candle]
+    warm = ma_warmup(ma_windows, ma_kind)  # the model features need this many leading bars
+    candles = store.ohlc_buckets(symbol, interval, bucket, limit=n_candles + warm)
+    stored = store.count_bars(symbol, interval)
+    if candles.empty:
+        st.info(f"No {interval} bars stored for {symbol} yet.")
+        return
+    last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
+    change = last["close"] - prev["close"]
+    k1, k2, k3, k4 = st.columns(4)
+    k1.metric("Last close", fmt_sig(last["close"], 6),
+              f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})")
+    k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
+    k3.metric("Bars stored", f"{stored:,}")
+    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
+        "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"),
+              help=f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}")
 
-                preds["predicted_close"] = [
-                    float(to_close(t, p, b)) for t, p, b in
-                    zip(preds["target"], preds["predicted"], preds["base_close"])]
-            except Exception:
-                return None
-    return preds
+    preds = None
+    if show_pred:
+        preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
+    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles")
+    # MAs are warmed up on the extra leading candles, then only the last n are shown.
+    if len(candles) > n_candles:
+        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-n_candles]),
+                                ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
+    st.plotly_chart(fig, width="stretch", key="lm_chart")
+    if preds is not None and len(preds):
+        nxt = preds.iloc[-1]
+        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_sig(nxt['predicted_close'], 6)}** "
+                   f"(model {nxt['model_id']}).")
 
 
 live_panel()

@@ -1,30 +1,29 @@
 """Model lab page: choose data, features, target, split and models; compare them honestly.
 
-Layout and widgets only: the work is in models.lab, the figures in dashboard.lab_charts.
+Layout and widgets only: the work is in models.lab, the figures in dashboard.lab_charts, the
+results blocks in dashboard.lab_widgets.
 """
 from __future__ import annotations
 
-import sys
 from datetime import date, datetime, time as dtime, timedelta, timezone
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:  # running this page on its own (streamlit run pages/model_lab.py)
-    sys.path.insert(0, str(_ROOT))
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from dashboard import lab_charts  # noqa: E402
-from dashboard.state import store_or_stop  # noqa: E402
-from models import lab  # noqa: E402
-from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features  # noqa: E402
-from models.features import max_lookback  # noqa: E402
-from models.metrics import METRIC_COLUMNS, METRIC_LABELS  # noqa: E402
-from models.registry import GLOBAL_SCOPE  # noqa: E402
-from models.splits import RANDOM_SPLIT_WARNING, SPLIT_METHODS  # noqa: E402
-from models.targets import TARGETS  # noqa: E402
-from models.zoo import BASELINE_KEYS, MODEL_KEYS, MODEL_SPECS, ParamWidget  # noqa: E402
+from dashboard import lab_charts
+from dashboard.lab_widgets import (
+    fresh_result_tabs, param_widget, results_header, save_controls, stored_run_block,
+)
+from dashboard.formatting import sig_styler
+from dashboard.state import store_or_stop
+from dashboard.widgets import confirm_button
+from models import lab
+from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features
+from models.features import max_lookback
+from models.metrics import METRIC_COLUMNS, METRIC_LABELS
+from models.splits import RANDOM_SPLIT_WARNING, SPLIT_METHODS
+from models.targets import TARGETS
+from models.zoo import BASELINE_KEYS, MODEL_KEYS, MODEL_SPECS
 
 MAX_ROWS = 200_000  # hard bound per run on this page (the latest bars are kept)
 EMPTY_STATE = ("The store has no bars yet. Start the pipeline on the Pipeline page, or run "
@@ -57,28 +56,16 @@ def _day_ms(d: date) -> int:
     return int(datetime.combine(d, dtime(0), tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def _param_widget(model_key: str, w: ParamWidget, default):
-    key = f"ml_{model_key}_{w.name}"
-    if w.kind == "bool":
-        return st.checkbox(w.label, value=bool(default), key=key, help=w.help or None)
-    if w.kind == "choice":
-        return st.selectbox(w.label, list(w.options), index=list(w.options).index(default),
-                            key=key, help=w.help or None)
-    if w.kind == "int":
-        return int(st.number_input(w.label, min_value=int(w.min), max_value=int(w.max),
-                                   value=int(default), step=int(w.step or 1), key=key,
-                                   help=w.help or None))
-    return float(st.number_input(w.label, min_value=float(w.min), max_value=float(w.max),
-                                 value=float(default), step=float(w.step or 0.01), key=key,
-                                 format="%.4g", help=w.help or None))
-
-
 # ---- data -------------------------------------------------------------------------------------
 st.subheader("Data")
 c1, c2, c3 = st.columns([2, 1, 2])
 symbols = c1.multiselect("Symbols", symbols_all, default=symbols_all[:1], key="ml_symbols")
-intervals = store.list_intervals() or ["1m"]
-interval = c2.selectbox("Interval", intervals, key="ml_interval")
+# Only intervals stored for every chosen symbol (else for any of them).
+per_symbol = [set(store.list_intervals(s)) for s in symbols] or [set(store.list_intervals())]
+common = set.intersection(*per_symbol) or set.union(*per_symbol)
+intervals = [i for i in store.list_intervals() if i in common] or ["1m"]
+interval = c2.selectbox("Interval", intervals, key="ml_interval",
+                        help="Intervals stored for the chosen symbols.")
 ranges = [store.bar_time_range(s, interval) for s in symbols]
 ranges = [r for r in ranges if r]
 start_ms = end_ms = None
@@ -113,6 +100,10 @@ features = expand_features([*groups, *extra])
 if features:
     c1.caption(f"{len(features)} features; warm-up {max_lookback(features)} bars: "
                + ", ".join(features))
+    constant_here = [f for f in features if f.startswith("minute_") and interval == "1d"]
+    if constant_here:
+        c1.caption(f"On {interval} bars {', '.join(constant_here)} never change: the run leaves "
+                   "them out and says so.")
 target = c2.selectbox("Target", list(TARGETS), format_func=lambda k: TARGETS[k].label,
                       index=list(TARGETS).index("next_return"), key="ml_target")
 c2.caption(TARGETS[target].description)
@@ -148,7 +139,7 @@ for key in [*BASELINE_KEYS, *chosen]:
         with st.expander(f"{spec.name} settings"):
             st.caption(spec.description)
             for w in spec.widgets:
-                params[w.name] = _param_widget(key, w, spec.defaults[w.name])
+                params[w.name] = param_widget(key, w, spec.defaults[w.name])
     models.append((key, params))
 c1, c2, c3 = st.columns(3)
 search = c1.checkbox("Randomized search (inside the training range)", key="ml_search")
@@ -186,69 +177,27 @@ elif st.session_state.get("ml_cancel"):
     st.info("Run cancelled.")
 
 # ---- results ------------------------------------------------------------------------------
+shown_above = [RANDOM_SPLIT_WARNING] if split == "random" else []
 result: lab.LabResult | None = st.session_state.get(RESULT_KEY)
 if result is not None:
-    s = result.summary
     st.subheader("Results")
-    st.caption(f"Run {result.run_id}: {', '.join(s['symbols'])} {s['interval']}, target "
-               f"{result.config.target}, {SPLIT_METHODS[result.config.split].split(' (')[0]}; "
-               f"train {s['n_train']:,} rows, test {s['n_test']:,} rows; {s['elapsed_s']:.1f} s. "
-               "Best value per column highlighted; click a header to sort."
-               + "".join(f" {m} trained on {d.upper()}." for m, d in
-                         (s.get("devices") or {}).items()))
-    for w in result.warnings:
-        st.warning(w)
-    st.dataframe(lab_charts.styled_table(result.table), width="stretch")
-    for g in result.guidance:
-        st.info(g)
+    results_header(result.summary, result.config.to_dict(), result.run_id, result.table,
+                   result.warnings, result.guidance, shown_above)
+    if result.summary.get("devices"):
+        st.caption(" ".join(f"{m} trained on {d.upper()}." for m, d in
+                            result.summary["devices"].items()))
     st.download_button("Download results (CSV)", lab.table_to_csv(result.table),
                        file_name=f"{result.run_id or 'model-lab'}.csv", mime="text/csv",
                        key="ml_download", on_click="ignore")
-
-    colors = lab_charts.model_colors(result.table)
-    tabs = st.tabs(["Metrics", "Predicted vs actual", "Residuals", "Feature importance"])
-    with tabs[0]:
-        metric = st.selectbox("Metric", list(METRIC_COLUMNS), format_func=METRIC_LABELS.get,
-                              index=list(METRIC_COLUMNS).index("skill"), key="ml_metric")
-        st.plotly_chart(lab_charts.metric_bars(result.table, metric), key="ml_metric_chart")
-    with tabs[1]:
-        c1, c2, c3 = st.columns([2, 1, 1])
-        shown = c1.multiselect("Models shown", result.labels, default=[
-            lb for lb in [result.best_label(False), "Persistence"] if lb in result.labels],
-            key="ml_pred_models")
-        sym = c2.selectbox("Symbol", s["symbols"], key="ml_pred_symbol")
-        as_price = c3.toggle("As close price", value=True, key="ml_pred_price")
-        closes = {lb: result.predicted_close(lb) for lb in shown} if as_price else None
-        st.plotly_chart(lab_charts.predicted_vs_actual(
-            result.predictions, shown, colors, sym, closes), key="ml_pred_chart")
-    with tabs[2]:
-        st.plotly_chart(lab_charts.residual_distribution(result.residuals(), colors),
-                        key="ml_resid_chart")
-    with tabs[3]:
-        if result.importance.empty:
-            st.caption("No importances were computed.")
-        else:
-            which = st.selectbox("Model", list(result.importance["model"].unique()),
-                                 key="ml_imp_model")
-            st.plotly_chart(lab_charts.importance_bars(result.importance, which),
-                            key="ml_imp_chart")
-    if result.best_params:
-        with st.expander("Best parameters found by the search"):
-            st.json(result.best_params)
-
-    st.subheader("Save a model version")
-    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-    fitted = list(result.fitted)
-    best = result.best_label()
-    label = c1.selectbox("Model", fitted, index=fitted.index(best) if best in fitted else 0,
-                         key="ml_save_model")
-    champion = c2.checkbox("Make it champion", key="ml_save_champion")
-    scope = c3.text_input("Scope", GLOBAL_SCOPE, key="ml_save_scope",
-                          help="global, or a symbol for a per-symbol champion")
-    if c4.button("Save model version", key="ml_save"):
-        version_id = lab.save_version(store, result, label, champion=champion,
-                                      scope=scope.strip() or GLOBAL_SCOPE)
-        st.success(f"Saved {label} as {version_id}" + (" (champion)" if champion else "") + ".")
+    fresh_result_tabs(result, lab_charts.model_colors(result.table))
+    save_controls(store, result)
+else:
+    latest = lab.list_runs(store, limit=1)
+    if len(latest):  # a reload keeps the last result on screen
+        run = store.get_run(latest["run_id"].iloc[0])
+        if run:
+            st.subheader("Results")
+            stored_run_block(run, shown_above)
 
 # ---- previous runs ------------------------------------------------------------------------
 st.subheader("Previous runs")
@@ -256,7 +205,10 @@ runs = lab.list_runs(store)
 if runs.empty:
     st.caption("No runs recorded yet.")
 else:
-    st.dataframe(runs, hide_index=True, width="stretch", key="ml_runs_table")
+    st.dataframe(runs, hide_index=True, width="stretch", key="ml_runs_table", column_config={
+        "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
+        "best_skill": st.column_config.NumberColumn("best skill", format="%.4g",
+                                                    help="Skill vs persistence of the best model")})
     ids = runs["run_id"].tolist()
     if "ml_compare_pick" in st.session_state:  # drop runs deleted meanwhile
         st.session_state["ml_compare_pick"] = [
@@ -270,7 +222,7 @@ else:
     if picked:
         docs = [d for d in (store.get_run(r) for r in picked) if d]
         compare = lab.compare_runs(docs, cmp_metric)
-        st.dataframe(compare, width="stretch")
+        st.dataframe(sig_styler(compare), width="stretch")
         st.plotly_chart(lab_charts.runs_comparison(compare, METRIC_LABELS[cmp_metric]),
                         key="ml_compare_chart")
         st.download_button("Download comparison (CSV)", lab.table_to_csv(compare),
@@ -278,7 +230,10 @@ else:
                            key="ml_compare_download", on_click="ignore")
     c1, c2 = st.columns([3, 1])
     doomed = c1.selectbox("Run to delete", ids, key="ml_delete_pick")
-    if c2.button("Delete run", key="ml_delete"):
+    with c2:
+        confirmed = confirm_button("Delete run", "ml_delete",
+                                   f"Delete run {doomed}? Its figures cannot be brought back.")
+    if confirmed:
         lab.delete_run(store, doomed)
         current = st.session_state.get(RESULT_KEY)
         if current is not None and current.run_id == doomed:

@@ -10,35 +10,38 @@ from dashboard.prediction_charts import (
     versions_table,
 )
 from dashboard.state import store_or_stop
+from dashboard.view_models import HELP, live_kpis, scorer_snapshot
+from dashboard.widgets import push_notice, show_notices
 from models.adaptation import live_summary, retrain_events, rolling_live_errors, score_frame
-from models.registry import GLOBAL_SCOPE, promote, rollback
+from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
 
 store = store_or_stop()
-st.title("🎯 Predictions")
+st.title("Predictions")
 st.caption("The live scorer predicts each symbol's next close with the champion model and "
            "scores every prediction only when its bar arrives (progressive validation), so the "
            "errors below are measured on data the model had never seen.")
 
 
-def scorer_snapshot() -> dict | None:
-    """The live scorer's stats: a thread of this app, or a process seen by its heartbeat."""
+def _scorer() -> dict | None:
     try:
         from dashboard.runtime import get_runtime
 
-        runtime = get_runtime()
-        snap = runtime.local_stats().get("scorer")
-        if snap and snap.get("state") == "running":
-            return snap
-        return next((b for b in runtime.attached_stats() if b.get("kind") == "scorer"), snap)
-    except Exception:
+        return scorer_snapshot(get_runtime())
+    except Exception:  # no runtime in this process (a bare page run): no scorer figures
         return None
 
 
-snap = scorer_snapshot()
+snap = _scorer()
 if snap:
     g, c = snap.get("gauges", {}), snap.get("counters", {})
     state = snap.get("state")
     st.markdown(f"**Scorer** ({state}): {g.get('status', '—')}")
+    problem = snap.get("last_error") or ""
+    if "not usable" in problem:
+        st.warning(f"The scorer rejected a champion and keeps its previous model: {problem}. "
+                   "It uses the version named above.")
+    elif state in ("failed", "stalled"):
+        st.warning(f"The scorer {state}: {problem or 'no reason recorded'}")
     lat = g.get("latency_ms") or {}
     k = st.columns(5)
     k[0].metric("Predictions", f"{c.get('predictions', 0):,}")
@@ -80,18 +83,8 @@ def live_panel() -> None:
     scored = score_frame(preds)
     done = scored[np.isfinite(scored["abs_error"])]
     recent = done.tail(window)
-    k = st.columns(5)
-    k[0].metric(f"MAE (last {len(recent)})", fmt_num(recent["abs_error"].mean(), 4)
-                if len(recent) else "—", help="implied close, price units")
-    k[1].metric("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)
-                if len(recent) else "—")
-    k[2].metric("MAPE", f"{recent['pct_error'].mean():.3f}%" if len(recent) else "—",
-                help="mean absolute error as a percentage of the actual close")
-    k[3].metric("Direction right", f"{recent['hit'].mean():.1%}"
-                if len(recent) and recent["hit"].notna().any() else "—")
-    pers = (recent["actual_close"] - recent["base_close"]).abs().mean() if len(recent) else None
-    k[4].metric("Persistence MAE", fmt_num(pers, 4) if pers is not None else "—",
-                help="'no change' forecast on the same bars: the bar to beat")
+    for col, kpi in zip(st.columns(5), live_kpis(recent)):
+        col.metric(kpi.label, kpi.value, help=kpi.help)
     st.caption(f"{len(done):,} of the {len(scored):,} predictions shown are scored (the rest "
                "wait for their bar); figures over the last rolling window.")
     events = retrain_events(store)
@@ -129,33 +122,34 @@ else:
         st.markdown("**Promote or roll back by hand**")
         f1, f2 = st.columns([2, 1])
         labels = {v["version_id"]: f"{v['version_id']} · {v.get('name')} · {v.get('status')}"
+                  + (" · cannot be champion" if champion_refusal(v.get("target")) else "")
                   for v in versions}
         chosen = f1.selectbox("Version", list(labels), format_func=labels.get, key="pr_version")
         scope = f2.selectbox("Scope", [GLOBAL_SCOPE, *symbols], key="pr_scope",
                              help="global: every symbol without its own champion")
         b1, b2 = st.columns(2)
         do_promote = b1.form_submit_button("Promote to champion", type="primary",
-                                           key="pr_promote")
+                                           key="pr_promote", help=HELP["champion"] + " Only "
+                                           "forecast targets (next close, close h bars ahead, "
+                                           "next return) can be champion.")
         do_rollback = b2.form_submit_button("Roll back this scope", key="pr_rollback")
     if do_promote:
         try:
             promote(store, chosen, scope, reason="manual (Predictions page)")
-            st.session_state["pr_msg"] = ("success", f"{chosen} is now the champion of {scope}; "
-                                          "the scorer switches within a few seconds.")
+            push_notice("success", f"{chosen} is now the champion of {scope}; the scorer "
+                        "switches within a few seconds.", "predictions")
         except (KeyError, ValueError) as exc:
-            st.session_state["pr_msg"] = ("error", f"Could not promote {chosen}: {exc}")
+            push_notice("error", f"Could not promote {chosen}: {exc}.", "predictions")
         st.rerun()
     if do_rollback:
         try:
             meta = rollback(store, scope, reason="manual rollback (Predictions page)")
-            st.session_state["pr_msg"] = ("success", f"Rolled back {scope}: "
-                                          f"{meta['version_id']} is champion again.")
+            push_notice("success", f"Rolled back {scope}: {meta['version_id']} is champion "
+                        "again.", "predictions")
         except LookupError as exc:
-            st.session_state["pr_msg"] = ("error", f"Nothing to roll back: {exc}.")
+            push_notice("error", f"Nothing to roll back: {exc}.", "predictions")
         st.rerun()
-    if "pr_msg" in st.session_state:
-        kind, text = st.session_state.pop("pr_msg")
-        (st.success if kind == "success" else st.error)(text)
+    show_notices("predictions")
 
 # ---- retraining events -----------------------------------------------------------------------
 st.subheader("Retraining decisions")

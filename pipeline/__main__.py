@@ -102,13 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _IntervalGiven(argparse.Action):
+    """Records that --interval was typed, so a CSV's interval is inferred only when it was not."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.interval_given = True
+
+
 def add_source_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(interval_given=False)
     p.add_argument("--topic", default=BARS_TOPIC, help="topic to publish to")
     p.add_argument("--source", choices=["simulator", "csv", "alphavantage", "polygon"],
                    default="simulator")
     p.add_argument("--symbols", default="ACME,GLOBX,INITECH,UMBRL,WAYNE",
                    help="comma-separated symbols (default: the simulator's five)")
-    p.add_argument("--interval", default="1m", choices=list(INTERVALS))
+    p.add_argument("--interval", default="1m", choices=list(INTERVALS), action=_IntervalGiven,
+                   help="bar interval (default 1m; csv: inferred from the rows' spacing)")
+    p.add_argument("--tz", default="UTC",
+                   help="csv: zone of times without one (UTC; America/New_York for US exchanges)")
     p.add_argument("--bars", type=int, default=None,
                    help="simulator: bars per symbol (omit for an endless live feed)")
     p.add_argument("--speed", type=float, default=None,
@@ -396,6 +408,7 @@ def cmd_status(args, config: Config) -> int:
         out["symbols"] = store.list_symbols()
     except StoreUnavailable as exc:
         out["store_error"] = str(exc)
+    info = None
     if config.kafka_bootstrap:
         out["broker"] = f"Kafka at {config.kafka_bootstrap}"
         out["broker_healthy"] = is_healthy(config.kafka_bootstrap, 5)
@@ -404,11 +417,25 @@ def cmd_status(args, config: Config) -> int:
         alive = bool(info and pid_alive(info.pid) and is_healthy(info.bootstrap, 3))
         out["broker"] = info.describe() if info and alive else "no embedded broker running"
         out["broker_healthy"] = alive
-    beats = store.list_heartbeats(max_age_ms=10_000) if "store_error" not in out else []
+    beats = {}
+    if "store_error" not in out:
+        try:
+            beats = {b["worker_id"]: b for b in store.list_heartbeats(max_age_ms=10_000)}
+        except StoreUnavailable as exc:
+            out["store_error"] = str(exc)
+    bootstrap = config.kafka_bootstrap or (info.bootstrap if info else None)
+    if bootstrap and out["broker_healthy"]:
+        from pipeline.worker import latest_heartbeats
+
+        # The topic copy is newer when the store could not take the heartbeat (outage).
+        for b in latest_heartbeats(bootstrap, 10_000, config.kafka_client_kwargs()):
+            mine = beats.get(b.get("worker_id"))
+            if mine is None or b.get("created_ms", 0) > mine.get("created_ms", 0):
+                beats[b.get("worker_id")] = b
     out["workers"] = [{k: b.get(k) for k in ("kind", "state", "pid", "mode", "counters")}
                       | {"lag": (b.get("gauges") or {}).get("lag"),
                          "last_error": b.get("last_error")}
-                      for b in beats]
+                      for b in beats.values()]
     if args.json:
         print(json.dumps(out))
     else:

@@ -218,6 +218,8 @@ class Indexer(Worker):
         self._committed: dict[Any, int] = {}
         self._last_check = 0.0
         self._broker_down_since: float | None = None
+        self._orphans_since: float | None = None
+        self._last_orphan_check = 0.0
 
     def describe(self) -> str:
         how = f"group {self.group_id}" if self.group_id else "assigned ranges"
@@ -230,11 +232,25 @@ class Indexer(Worker):
                                  client_id="kappalab-indexer")
         if self.bounds is not None:
             self._assign_bounds(consumer)
+        self.gauge("group", self.group_id)
         dlq = DeadLetters(make_dlq_producer(self.bootstrap, self.client_kwargs), self.dlq_topic)
         backoff, failing_since = 0.5, None
         try:
+            poll_failing_since = None
             while not stop.is_set() and not self._bounds_done(consumer):
-                batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                try:
+                    batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                    poll_failing_since = None
+                except Exception as exc:  # e.g. a corrupt record batch: keep trying, say so
+                    poll_failing_since = poll_failing_since or time.monotonic()
+                    reason = f"cannot read {self.topic} ({describe_failure(exc)})"
+                    if time.monotonic() - poll_failing_since > self.stall_after_s:
+                        self.stall(reason)
+                    else:
+                        self.error(reason, log_it=False)
+                    self.tick()
+                    stop.wait(1.0)
+                    continue
                 if self.bounds is not None:
                     batch = self._own_records(consumer, batch)
                 if batch:
@@ -247,8 +263,8 @@ class Indexer(Worker):
                         if time.monotonic() - failing_since > self.stall_after_s:
                             self.stall(f"no batch stored for over {self.stall_after_s:.0f} s, "
                                        f"retrying: {exc}")
-                        else:
-                            self.error(f"batch not stored, retrying: {exc}")
+                        else:  # a blip: counted and shown, logged only if it lasts
+                            self.error(f"batch not stored, retrying: {exc}", log_it=False)
                         for tp, msgs in batch.items():
                             consumer.seek(tp, msgs[0].offset)
                         self._periodic(consumer)
@@ -400,6 +416,7 @@ class Indexer(Worker):
         self._last_check = now
         try:
             assigned = consumer.assignment()
+            self.gauge("partitions", sorted(tp.partition for tp in assigned))
             if not assigned:
                 self._broker_ok()
                 return
@@ -419,11 +436,50 @@ class Indexer(Worker):
                 lag += max(0, ends[tp] - position)
             self.gauge("lag", lag)
             self._broker_ok()
+            if self.group_id:
+                self._adopt_orphans(consumer, assigned)
         except Exception as exc:
             self._broker_down_since = self._broker_down_since or now
             if now - self._broker_down_since > self.stall_after_s:
                 self.stall(f"cannot reach the broker at {self.bootstrap} for "
                            f"{now - self._broker_down_since:.0f} s ({describe_failure(exc)})")
+
+    def _adopt_orphans(self, consumer, assigned, every_s: float = 5.0, grace_s: float = 20.0) -> None:
+        """Take over partitions a dead member still holds.
+
+        Kafka evicts a member that stops heartbeating after its session timeout and hands
+        its partitions to the others. The embedded broker (Tansu) sometimes does not: the
+        survivor keeps its share and the dead member's partitions are consumed by nobody.
+        When this indexer holds only part of the topic and no other indexer of its group has
+        published a heartbeat (``kappalab.workers``) for ``grace_s``, it rejoins the group,
+        which makes the coordinator rebalance without the silent member."""
+        now = time.monotonic()
+        if now - self._last_orphan_check < every_s:
+            return
+        self._last_orphan_check = now
+        partitions = consumer.partitions_for_topic(self.topic) or set()
+        if len(assigned) >= len(partitions):
+            self._orphans_since = None
+            return
+        from pipeline.worker import latest_heartbeats
+
+        peers = [b for b in latest_heartbeats(self.bootstrap, int(grace_s * 1000), self.client_kwargs)
+                 if b.get("kind") == self.kind and b.get("worker_id") != self.worker_id
+                 and (b.get("gauges") or {}).get("group") == self.group_id
+                 and b.get("state") in ("running", "stalled")]
+        if peers:
+            self._orphans_since = None
+            return
+        self._orphans_since = self._orphans_since or now
+        if now - self._orphans_since < grace_s:
+            return
+        mine = {tp.partition for tp in assigned}
+        self.error(f"partitions {sorted(set(partitions) - mine)} of {self.topic} have had no live "
+                   f"consumer in group {self.group_id} for {grace_s:.0f} s; rejoining the group "
+                   "to take them over")
+        self._orphans_since = None
+        consumer.unsubscribe()
+        consumer.subscribe([self.topic])
 
     def _offsets_lost(self, consumer, tp) -> bool:
         if tp not in self._committed:

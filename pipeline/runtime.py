@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker, ensure_topics, is_healthy
+from pipeline.broker import BrokerInfo, EmbeddedBroker, find_or_start_broker, pid_alive
 from pipeline.config import Config
-from pipeline.schema import DLQ_TOPIC, BARS_TOPIC, PREDICTIONS_TOPIC
+from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import Store, open_store
 from pipeline.worker import Worker, WorkerThread
 
@@ -33,7 +33,7 @@ def quiet_kafka_logs() -> None:
 
 @dataclass
 class SimulatorSpec:
-    symbols: tuple[str, ...] = ("ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE")
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     interval: str = "1m"
     speed: float | None = 60.0  # a 1m bar per second per symbol
     warmup_bars: int = 0  # bars per symbol emitted at once before the live pace starts
@@ -44,12 +44,8 @@ class SimulatorSpec:
 
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
     """Last stored (ts, close) per symbol, so a restarted simulator continues the series."""
-    out = {}
-    for s in symbols:
-        last = store.query_bars(s, interval, limit=1)
-        if len(last):
-            out[s] = (int(last["ts"].iloc[-1]), float(last["close"].iloc[-1]))
-    return out
+    last = store.latest_bars(symbols, interval, 1)
+    return {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
 
 
 class Runtime:
@@ -67,26 +63,18 @@ class Runtime:
 
     # ---- broker --------------------------------------------------------------------------
     def ensure_broker(self) -> BrokerInfo:
+        """The configured Kafka, or the embedded broker (found running or started here)."""
         with self._lock:
             if self.broker_info and (not self.broker_info.embedded or self._broker_alive()):
                 return self.broker_info
-            if self.config.kafka_bootstrap:
-                bootstrap = self.config.kafka_bootstrap
-                if not is_healthy(bootstrap, 10):
-                    raise BrokerUnavailable(
-                        f"Kafka at {bootstrap} did not answer a metadata request; check that it "
-                        "is running and that KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_* "
-                        "settings) are right, or unset it to use the embedded broker."
-                    )
-                ensure_topics(bootstrap, (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC),
-                              partitions=self.config.topic_partitions,
-                              **self.config.kafka_client_kwargs())
-                self.broker_info = BrokerInfo(bootstrap, None, embedded=False)
-            else:
-                # A restart keeps the port, so running workers reconnect by themselves.
-                port = int(self.broker_info.bootstrap.rsplit(":", 1)[1]) if self.broker_info else None
-                self._broker = EmbeddedBroker(self.config.broker_state_file, port=port)
-                self.broker_info = self._broker.start(reuse=True)
+            # After the embedded broker died, start it again on the same port, so running
+            # workers reconnect by themselves.
+            port = (int(self.broker_info.bootstrap.rsplit(":", 1)[1])
+                    if self.broker_info and self.broker_info.embedded else None)
+            self.broker_info, started = find_or_start_broker(self.config, port=port)
+            if started is not None:
+                self._broker = started
+            if self.broker_info.embedded:
                 self._watch_broker()
             return self.broker_info
 
@@ -112,8 +100,9 @@ class Runtime:
         self._watchdog.start()
 
     def _broker_alive(self) -> bool:
-        from pipeline.broker import pid_alive
-
+        proc = self._broker.process if self._broker else None
+        if proc is not None and self.broker_info and proc.pid == self.broker_info.pid:
+            return proc.poll() is None  # our child: a killed one is a zombie until reaped
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
 
     @property
@@ -188,15 +177,37 @@ class Runtime:
         return {name: wt.worker.stats() for name, wt in self.workers.items()}
 
     def attached_stats(self) -> list[dict[str, Any]]:
-        """Fresh heartbeats of workers running in other processes (attach mode)."""
+        """Fresh heartbeats of workers running in other processes (attach mode).
+
+        From the store; when the store has none (or cannot be read, e.g. during its own
+        outage), from the ``kappalab.workers`` topic, read at most every 10 s."""
         local_ids = {wt.worker.worker_id for wt in self.workers.values()}
         try:
             beats = self.store.list_heartbeats(max_age_ms=HEARTBEAT_FRESH_MS)
         except Exception as exc:
-            log.debug("heartbeats unavailable: %s", exc)
-            return []
+            log.debug("heartbeats unavailable in the store: %s", exc)
+            beats = []
+        if not beats:
+            beats = self._topic_heartbeats()
         return [b for b in beats if b.get("worker_id") not in local_ids
-                and b.get("state") == "running"]
+                and b.get("state") in ("running", "stalled")]
+
+    def _topic_heartbeats(self, every_s: float = 10.0) -> list[dict[str, Any]]:
+        from pipeline.worker import latest_heartbeats
+
+        now = time.monotonic()
+        cached = getattr(self, "_beats_cache", None)
+        if cached and now - cached[0] < every_s:
+            return cached[1]
+        beats: list[dict[str, Any]] = []
+        if self.broker_info is not None:
+            try:
+                beats = latest_heartbeats(self.broker_info.bootstrap, HEARTBEAT_FRESH_MS,
+                                          self.config.kafka_client_kwargs())
+            except Exception as exc:
+                log.debug("heartbeats unavailable on the topic: %s", exc)
+        self._beats_cache = (now, beats)
+        return beats
 
     # ---- shutdown ------------------------------------------------------------------------
     def shutdown(self) -> None:

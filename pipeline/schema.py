@@ -16,6 +16,8 @@ from typing import Any, Mapping
 BARS_TOPIC = "finance-data"
 DLQ_TOPIC = "finance-data.dlq"
 PREDICTIONS_TOPIC = "finance-predictions"
+#: Worker snapshots (key = worker id), so `status` sees stalls even when the store is down.
+WORKERS_TOPIC = "kappalab.workers"
 
 #: Supported bar intervals and their length in milliseconds.
 INTERVALS: dict[str, int] = {

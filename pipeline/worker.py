@@ -63,6 +63,7 @@ class Worker(abc.ABC):
         self._history: deque[dict[str, float]] = deque(maxlen=HISTORY_POINTS)
         self._last_sample = 0.0
         self._last_heartbeat = 0.0
+        self._beats: KafkaHeartbeats | None = None
 
     # ---- to implement --------------------------------------------------------------------
     @abc.abstractmethod
@@ -115,12 +116,19 @@ class Worker(abc.ABC):
                 rate = self._meter.rate(now, total)
                 self._gauges["rate_per_s"] = round(rate, 1)
                 self._history.append({"t": now, "rate": rate, "total": total})
-        if self.store is not None and (force or now - self._last_heartbeat >= HEARTBEAT_EVERY_S):
+        if force or now - self._last_heartbeat >= HEARTBEAT_EVERY_S:
             self._last_heartbeat = now
-            try:
-                self.store.heartbeat(self.worker_id, self.stats(history=False))
-            except Exception as exc:  # a heartbeat must never take the worker down
-                log.debug("heartbeat failed: %s", exc)
+            snap = self.stats(history=False)
+            if self.store is not None:
+                try:
+                    self.store.heartbeat(self.worker_id, snap)
+                except Exception as exc:  # a heartbeat must never take the worker down
+                    log.debug("heartbeat failed: %s", exc)
+            bootstrap = getattr(self, "bootstrap", None)
+            if bootstrap:
+                if self._beats is None:
+                    self._beats = KafkaHeartbeats(bootstrap, getattr(self, "client_kwargs", None))
+                self._beats.send(self.worker_id, snap)
 
     def track_lag(self, consumer, every_s: float = 2.0) -> None:
         """Gauge ``lag``: messages behind the log end over the assigned partitions.
@@ -177,12 +185,100 @@ class Worker(abc.ABC):
         finally:
             self.stopped_at = time.time()
             self.tick(force=True)
+            if self._beats is not None:
+                self._beats.close()
 
 
 def _sentence(exc: BaseException) -> str:
     """An exception as one line: the message, or its class when it has none."""
     text = " ".join(str(exc).split())
     return text if text else type(exc).__name__
+
+
+class KafkaHeartbeats:
+    """Worker snapshots on the ``kappalab.workers`` topic (key = worker id), beside the
+    store's copy: when the store is the thing that is down, `python -m pipeline status`
+    still sees which worker is ``stalled`` and why."""
+
+    RETRY_CONNECT_S = 30.0
+
+    def __init__(self, bootstrap: str, client_kwargs: dict | None = None):
+        self.bootstrap = bootstrap
+        self.client_kwargs = client_kwargs or {}
+        self._producer = None
+        self._next_try = 0.0
+
+    def send(self, worker_id: str, snapshot: dict[str, Any]) -> None:
+        import json
+
+        from pipeline.schema import WORKERS_TOPIC
+
+        if self._producer is None:
+            if time.monotonic() < self._next_try:
+                return
+            self._next_try = time.monotonic() + self.RETRY_CONNECT_S
+            try:
+                from kafka import KafkaProducer
+
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap, client_id="kappalab-heartbeat",
+                    acks=1, linger_ms=0, max_block_ms=1000, **self.client_kwargs)
+            except Exception as exc:
+                log.debug("heartbeat producer unavailable: %s", exc)
+                return
+        try:
+            value = json.dumps(dict(snapshot, created_ms=int(time.time() * 1000)),
+                               default=str).encode()
+            self._producer.send(WORKERS_TOPIC, key=worker_id.encode(), value=value)
+        except Exception as exc:  # never take the worker down
+            log.debug("heartbeat to Kafka failed: %s", exc)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=2)
+            except Exception:
+                pass
+            self._producer = None
+
+
+def latest_heartbeats(bootstrap: str, max_age_ms: int, client_kwargs: dict | None = None,
+                      scan: int = 2000) -> list[dict[str, Any]]:
+    """The newest snapshot of every worker seen on ``kappalab.workers`` within ``max_age_ms``."""
+    import json
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from pipeline.schema import WORKERS_TOPIC
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=1500, **(client_kwargs or {}))
+    try:
+        parts = consumer.partitions_for_topic(WORKERS_TOPIC)
+        if not parts:
+            return []
+        tps = [TopicPartition(WORKERS_TOPIC, p) for p in parts]
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, ends[tp] - scan))
+        latest: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=300)
+            if not batch:
+                break
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        snap = json.loads(m.value)
+                    except (ValueError, TypeError):
+                        continue
+                    latest[snap.get("worker_id", "")] = snap
+    finally:
+        consumer.close()
+    cutoff = int(time.time() * 1000) - max_age_ms
+    return [s for s in latest.values() if s.get("created_ms", 0) >= cutoff]
 
 
 class WorkerThread:

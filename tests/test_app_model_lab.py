@@ -86,10 +86,56 @@ def test_random_split_warns_and_runs_can_be_deleted(filled):
     at.multiselect(key="ml_models").set_value(["linear"])
     at.button(key="ml_run").click().run()
     assert not at.exception
+    assert sum("leaks the future" in w.value for w in at.warning) == 1  # once, not twice
     assert list(at.dataframe[0].value.index) == ["Persistence", "Moving average (5)",
                                                  "Linear regression"]
     run_id = filled.list_runs()[0]["run_id"]
     at.selectbox(key="ml_delete_pick").set_value(run_id)
     at.button(key="ml_delete").click().run()
     assert not at.exception
+    assert len(filled.list_runs()) == 1  # it asks first
+    assert any(f"Delete run {run_id}?" in w.value for w in at.warning)
+    at.button(key="ml_delete_yes").click().run()
+    assert not at.exception
     assert filled.list_runs() == []
+
+
+def test_walk_forward_shows_the_per_fold_table_and_honest_counts(filled):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.radio(key="ml_split").set_value("walk_forward").run()
+    at.number_input(key="ml_folds").set_value(4)
+    at.multiselect(key="ml_models").set_value(["linear"])
+    at.button(key="ml_run").click().run()
+    assert not at.exception and not at.error
+    folds = next(d.value for d in at.dataframe if "fold 1" in d.value.columns)
+    assert [c for c in folds.columns if c.startswith("fold ")] == [f"fold {i}" for i in range(1, 5)]
+    assert "Linear regression" in folds.index and "folds beating persistence" in folds.columns
+    caption = next(c.value for c in at.caption if c.value.startswith("Run "))
+    assert "4 folds test" in caption and "rows for fold 1 up to" in caption
+
+    # A reload (a new session) shows the recorded run, folds included.
+    again = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not again.exception
+    assert any("Showing the last recorded run" in c.value for c in again.caption)
+    assert any("fold 1" in d.value.columns for d in again.dataframe)
+
+
+def test_champion_guard_for_the_same_bar_target(filled):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.selectbox(key="ml_target").set_value("same_bar_close_from_volume").run()
+    at.multiselect(key="ml_models").set_value(["linear"])
+    at.button(key="ml_run").click().run()
+    assert not at.exception
+    box = at.checkbox(key="ml_save_champion")
+    assert box.disabled and "not a forecast" in box.help
+    assert any("cannot give a champion" in c.value for c in at.caption)
+    # the R² note about price levels is not shown beside a same-bar model's scores
+    assert not any("close to 1 for every model" in i.value for i in at.info)
+    at.button(key="ml_save").click().run()
+    versions = filled.list_model_versions()
+    assert len(versions) == 1 and versions[0]["status"] == "candidate"
+
+    from models.registry import promote
+
+    with pytest.raises(ValueError, match="not a forecast"):
+        promote(filled, versions[0]["version_id"])

@@ -4,6 +4,7 @@ rolling back a version by hand."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,4 +112,60 @@ def test_promote_and_roll_back_by_hand(data_dir):
         run(at)
         assert any("Nothing to roll back" in e.value for e in at.error)
     finally:
+        store.close()
+
+
+def test_a_same_bar_model_cannot_be_promoted_and_the_page_says_why(data_dir):
+    from models.registry import save_model_version
+
+    filled = fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        model = LinearRegression().fit(np.arange(20.0).reshape(-1, 1), np.arange(20.0))
+        same_bar = save_model_version(store, model, {
+            "name": "volume-only", "model_key": "linear", "features": ["volume"],
+            "target": "same_bar_close_from_volume", "interval": "1m"})
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+        at.selectbox(key="pr_version").set_value(same_bar)
+        at.button(key="pr_promote").click()
+        run(at)
+        assert any("cannot be champion" in e.value and "not a forecast" in e.value
+                   for e in at.error)
+        run(at)  # still there after another rerun, until dismissed
+        assert any("cannot be champion" in e.value for e in at.error)
+        assert get_champion(store)["version_id"] == filled["champion"]
+    finally:
+        store.close()
+
+
+def test_the_page_says_when_the_scorer_rejects_a_champion(data_dir):
+    """A same-bar version forced to champion in the store (as an older KappaLab could save
+    it): the real scorer refuses it and keeps the previous one; the page says which."""
+    from dashboard.runtime import get_runtime
+    from models.registry import save_model_version
+
+    filled = fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    model = LinearRegression().fit(np.arange(20.0).reshape(-1, 1), np.arange(20.0))
+    bad = save_model_version(store, model, {
+        "name": "volume-only", "model_key": "linear", "features": ["volume"],
+        "target": "same_bar_close_from_volume", "interval": "1m"})
+    runtime = get_runtime()
+    try:
+        wt = runtime.start_scorer()
+        deadline = time.time() + 30
+        while time.time() < deadline and "predicting" not in str(
+                wt.worker.stats().get("gauges", {}).get("status")):
+            time.sleep(0.2)
+        store.update_model_version(filled["champion"], status="retired")
+        store.update_model_version(bad, status="champion", scope="global")
+        while time.time() < deadline and "not usable" not in str(wt.worker.last_error):
+            time.sleep(0.2)
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+        warning = next(w.value for w in at.warning if "rejected a champion" in w.value)
+        assert bad in warning and "not a forecast" in warning
+        status = next(m.value for m in at.markdown if m.value.startswith("**Scorer**"))
+        assert filled["champion"] in status  # the version it still uses
+    finally:
+        runtime.shutdown()
         store.close()

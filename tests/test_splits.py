@@ -91,3 +91,44 @@ def test_make_splits_and_errors():
         chronological_holdout(np.arange(3), 0.1)
     with pytest.raises(ValueError, match="between 0 and 1"):
         chronological_holdout(ts, 1.5)
+
+
+def _sim_bars(interval: str = "1m", n: int = 600):
+    import threading
+
+    import pandas as pd
+
+    from pipeline.sources.simulator import MarketSimulator
+
+    bars = list(MarketSimulator(["ACME"], interval, seed=3, bars=n).bars(threading.Event()))
+    return pd.DataFrame([b.to_dict() for b in bars])
+
+
+def test_every_feature_set_is_scored_on_the_same_test_bars():
+    # The cut is made on time before warm-up rows are dropped, so a 100-bar warm-up feature
+    # set and a 1-bar one are tested on exactly the same bars.
+    from models import lab
+
+    bars = _sim_bars()
+    runs = []
+    for feats in (["ret_1"], ["ret_1", "sma_100"]):
+        cfg = lab.LabConfig(symbols=["ACME"], interval="1m", features=feats,
+                            models=[("linear", {})], target="next_return")
+        runs.append(lab.run_comparison(bars, cfg))
+    a, b = (r.predictions["ts"].tolist() for r in runs)
+    assert a == b and len(a) > 0
+    assert runs[1].summary["n_train"] < runs[0].summary["n_train"]  # warm-up left the train side
+    assert runs[1].summary["warmup_dropped"]["train"] > 0
+
+
+def test_constant_features_on_daily_bars_are_left_out_with_a_note():
+    from models import lab
+
+    bars = _sim_bars("1d", 400)
+    cfg = lab.LabConfig(symbols=["ACME"], interval="1d", features=["ret_1", "minute_sin",
+                                                                    "minute_cos"],
+                        models=[("linear", {})], target="next_return")
+    result = lab.run_comparison(bars, cfg)
+    assert result.summary["features_constant"] == ["minute_sin", "minute_cos"]
+    assert result.fitted["Linear regression"].features == ["ret_1"]
+    assert sum("minute_sin" in w for w in result.warnings) == 1

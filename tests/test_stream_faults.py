@@ -391,26 +391,22 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["full", "read-only"])
-def test_full_or_read_only_disk_one_sentence_then_recovery(broker, topics, small_disk, fault):
+def test_full_disk_one_sentence_no_crash_loop_then_recovery(broker, topics, small_disk):
     data_dir = small_disk
     store = SqliteStore(data_dir / "kappalab.sqlite")
     bars = good_bars(("D1",), 4000)
     half = len(bars) // 2
     send_all(broker.bootstrap, topics["bars"], [(b.symbol.encode(), b.to_json()) for b in bars[:half]])
-    proc = index_process(broker, topics, data_dir, f"g-disk-{fault}")
+    proc = index_process(broker, topics, data_dir, "g-disk-full")
     try:
         wait_for(lambda: store.count_bars() >= half, 90, "the first half stored")
         filler = data_dir / "filler"
-        if fault == "full":
-            with open(filler, "wb") as fh:  # fill the disk to the last byte
-                try:
-                    while True:
-                        fh.write(b"\0" * 65536)
-                except OSError:
-                    pass
-        else:
-            subprocess.run(["mount", "-o", "remount,ro", str(data_dir)], check=True)
+        with open(filler, "wb") as fh:  # fill the disk to the last byte
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+            except OSError:
+                pass
         send_all(broker.bootstrap, topics["bars"],
                  [(b.symbol.encode(), b.to_json()) for b in bars[half:]])
         time.sleep(25)  # several retry rounds
@@ -418,10 +414,7 @@ def test_full_or_read_only_disk_one_sentence_then_recovery(broker, topics, small
         status = json.loads(subprocess.run(
             [sys.executable, "-m", "pipeline", "status", "--json"],
             env=cli_env(broker, data_dir), capture_output=True, text=True, timeout=60).stdout)
-        if fault == "full":
-            filler.unlink()
-        else:
-            subprocess.run(["mount", "-o", "remount,rw", str(data_dir)], check=True)
+        filler.unlink()
         t_back = time.time()
         wait_for(lambda: store.count_bars() >= len(bars), 120, "every bar stored after the fix")
         recovery = time.time() - t_back
@@ -434,11 +427,41 @@ def test_full_or_read_only_disk_one_sentence_then_recovery(broker, topics, small
     warnings = [line for line in err.splitlines() if "WARNING" in line]
     store_lines = [w for w in warnings if "store is unavailable" in w]
     assert len(store_lines) == 1, f"expected the store failure once, got:\n{err}"
-    assert ("full" if fault == "full" else "readonly") in store_lines[0]
+    assert "database or disk is full" in store_lines[0]
+    indexers = [w for w in status["workers"] if w["kind"] == "indexer"]
+    assert indexers and indexers[0]["state"] == "stalled", (status.get("workers"), err[-3000:])
+    assert "disk is full" in indexers[0]["last_error"]
     assert_exact(store, bars)
-    record({"fault": f"disk {fault}", "produced": len(bars), "stored": store.count_bars(),
+    record({"fault": "disk full", "produced": len(bars), "stored": store.count_bars(),
             "dlq": 0, "duplicates": 0, "log_line": store_lines[0].split(": ", 1)[-1],
-            "status_seen": status.get("workers"), "recovery_s": round(recovery, 2)})
+            "recovery_s": round(recovery, 2)})
+    store.close()
+
+
+@pytest.mark.slow
+def test_read_only_store_one_sentence_then_runs_when_writable(broker, topics, small_disk):
+    """Linux refuses to remount a file system read-only while a file on it is open for
+    writing, so the read-only case is the store turning up read-only when the indexer starts
+    (mid-run, SQLite's "attempt to write a readonly database" takes the disk-full path)."""
+    data_dir = small_disk
+    bars = good_bars(("RO",), 1000)
+    SqliteStore(data_dir / "kappalab.sqlite").close()
+    send_all(broker.bootstrap, topics["bars"], [(b.symbol.encode(), b.to_json()) for b in bars])
+    subprocess.run(["mount", "-o", "remount,ro", str(data_dir)], check=True)
+    proc = index_process(broker, topics, data_dir, "g-disk-ro")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [
+        f"error: Cannot open the SQLite store at {data_dir / 'kappalab.sqlite'} (the file system "
+        "is mounted read-only); set KAPPALAB_DATA_DIR to a writable folder."]
+    subprocess.run(["mount", "-o", "remount,rw", str(data_dir)], check=True)
+    proc = index_process(broker, topics, data_dir, "g-disk-ro", "--until-idle", "3")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    assert_exact(store, bars)
+    record({"fault": "read-only store at start", "produced": len(bars),
+            "stored": store.count_bars(), "dlq": 0, "duplicates": 0})
     store.close()
 
 
@@ -451,22 +474,40 @@ def test_two_indexers_one_group_four_partitions_one_killed(broker, tmp_path):
     topics = {"bars": f"t4-{tag}", "dlq": f"t4-{tag}.dlq"}
     ensure_topics(broker.bootstrap, (topics["bars"],), partitions=4)
     ensure_topics(broker.bootstrap, (topics["dlq"],))
-    bars = good_bars(tuple(f"P{i}" for i in range(8)), 3000)
+    bars = good_bars(tuple(f"P{i}" for i in range(8)), 12_000)
     send_all(broker.bootstrap, topics["bars"], [(b.symbol.encode(), b.to_json()) for b in bars])
     store = SqliteStore(tmp_path / "kappalab.sqlite")
     a = index_process(broker, topics, tmp_path, "g-two")
     b = index_process(broker, topics, tmp_path, "g-two")
+
+    def both_working():
+        from pipeline.worker import latest_heartbeats
+
+        beats = {s.get("pid"): s for s in latest_heartbeats(broker.bootstrap, 5_000)}
+        return all(beats.get(p.pid, {}).get("counters", {}).get("stored", 0) > 0
+                   and beats[p.pid].get("gauges", {}).get("partitions") for p in (a, b))
+
     try:
-        wait_for(lambda: store.count_bars() >= len(bars) // 3, 120, "a third stored")
+        # "Mid-way" means after the group settled: both members hold partitions and stored.
+        wait_for(both_working, 120, "both indexers holding partitions and storing", every=1)
         kill(a)
-        t_kill = time.time()
-        wait_for(lambda: store.count_bars() >= len(bars), 180, "every bar stored by the survivor")
+        t_kill, at_kill = time.time(), store.count_bars()
+        assert at_kill < len(bars), "the kill came too late to test a takeover"
+        try:
+            wait_for(lambda: store.count_bars() >= len(bars), 180,
+                     "every bar stored by the survivor")
+        except AssertionError:
+            from pipeline.worker import latest_heartbeats
+
+            survivor = [s for s in latest_heartbeats(broker.bootstrap, 5_000) if s.get("pid") == b.pid]
+            raise AssertionError(f"survivor: {survivor}; stored {store.count_bars()} of {len(bars)}")
         takeover = time.time() - t_kill
     finally:
         kill(a)
         kill(b)
     assert_exact(store, bars)
     record({"fault": "two indexers, one killed", "partitions": 4, "produced": len(bars),
+            "stored_at_kill": at_kill,
             "stored": store.count_bars(), "dlq": 0, "duplicates": 0,
             "recovery_s": round(takeover, 2)})
     store.close()
@@ -536,3 +577,27 @@ def test_broker_restart_workers_reconnect_store_has_no_gap(tmp_path):
             "stored": store.count_bars(), "dlq": 0, "duplicates": 0, "gaps": 0,
             "recovery_s": round(recovery, 2)})
     store.close()
+
+
+@pytest.mark.slow
+def test_app_runtime_restarts_a_dead_embedded_broker_on_the_same_port(tmp_path, monkeypatch):
+    from pipeline.broker import is_healthy
+    from pipeline.config import load_config
+    from pipeline.runtime import Runtime
+
+    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("ELASTICSEARCH_URL", raising=False)
+    rt = Runtime(load_config())
+    try:
+        info = rt.ensure_broker()
+        os.kill(info.pid, signal.SIGKILL)
+        t0 = time.time()
+        new = wait_for(lambda: rt.broker_info if rt.broker_info.pid != info.pid else None, 60,
+                       "the runtime to start the broker again")
+        assert new.bootstrap == info.bootstrap
+        assert is_healthy(new.bootstrap, 5)
+        record({"fault": "app runtime: broker SIGKILL", "same_port": True,
+                "recovery_s": round(time.time() - t0, 2)})
+    finally:
+        rt.shutdown()

@@ -5,6 +5,7 @@ what to set; a key typed into the dashboard lives in that session only.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,17 @@ def source_from_cli(args, config: Config, symbols: list[str]) -> Source:
 
         if not args.file:
             raise SourceError("--source csv needs --file PATH")
-        return CsvReplaySource(args.file, symbol=symbols[0] if len(symbols) == 1 else None,
-                               interval=args.interval, speed=args.speed, skip_bad=args.skip_bad)
+        # --symbols given once names the file's symbol; otherwise a symbol column or the file
+        # name. --interval left out means: inferred from the rows' spacing.
+        interval = args.interval if getattr(args, "interval_given", True) else None
+        source = CsvReplaySource(args.file, symbol=symbols[0] if len(symbols) == 1 else None,
+                                 interval=interval, speed=args.speed, skip_bad=args.skip_bad,
+                                 tz=getattr(args, "tz", None) or "UTC")
+        insp = source.inspect()
+        print(f"{source.display_name}: {insp.summary()}; times read in "
+              f"{getattr(args, 'tz', None) or 'UTC'}"
+              + ("" if interval else " (interval inferred; set --interval to override)"),
+              file=sys.stderr, flush=True)
+        return source
     return build_api_source(args.source, config, symbols, args.interval, live=args.live,
                             days=args.days)

@@ -5,7 +5,8 @@ key, so it is appended again (and a ``next_url`` on another host is re-rooted on
 configured base URL, so the key only ever goes there). HTTP 401/403 and ``status`` values
 other than ``OK``/``DELAYED`` become one sentence; HTTP 429 is backed off and retried; an
 empty answer (``resultsCount`` 0, no ``results``) is simply no bars. ``t`` is the start of the
-aggregate window in epoch ms UTC.
+aggregate window in epoch ms UTC; daily bars are moved to the convention of
+:mod:`pipeline.sources.daily` (midnight UTC of the trading date).
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pipeline.config import Config, Secret
 from pipeline.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
-from pipeline.sources.http_client import (
-    ApiError, ApiHttpClient, HttpPolicy, HttpReply, PolledApiSource, RateLimited, RequestBudget,
-    join_url, secret_value, short_text,
-)
+from pipeline.sources.api_errors import ApiError, RateLimited
+from pipeline.sources.daily import nearest_utc_midnight
+from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
+from pipeline.sources.polled_source import PolledApiSource
+from pipeline.sources.redaction import short_text
+from pipeline.sources.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +73,9 @@ class PolygonSource(PolledApiSource):
                  poll_seconds: float | None = None, include_incomplete: bool = False,
                  policy: HttpPolicy | None = None, max_budget_wait: float | None = 120.0,
                  live_backoff_max: float = 900.0):
-        super().__init__(symbols, interval, mode=mode, poll_seconds=poll_seconds,
-                         include_incomplete=include_incomplete,
+        super().__init__(symbols, interval, mode=mode, api_key=api_key,
+                         poll_seconds=poll_seconds, include_incomplete=include_incomplete,
                          live_backoff_max=live_backoff_max, max_budget_wait=max_budget_wait)
-        self._api_key = secret_value(api_key)
-        if self._api_key is None:
-            raise self._key_error()
         if int(days) < 1:
             raise SourceError(f"Polygon backfill days must be at least 1, not {days!r}.")
         if not 1 <= int(limit) <= MAX_LIMIT:
@@ -196,10 +196,14 @@ class PolygonSource(PolledApiSource):
 
     def _parse(self, symbol: str, results: list) -> list[Bar]:
         bars = []
+        daily = self.interval == "1d"
         for item in results:
             try:
                 bars.append(bar_from_mapping({
-                    "symbol": symbol, "interval": self.interval, "ts": item["t"],
+                    "symbol": symbol, "interval": self.interval,
+                    "ts": nearest_utc_midnight(item["t"]) if daily and isinstance(
+                        item.get("t"), (int, float)) and not isinstance(item["t"], bool)
+                    else item["t"],
                     "open": item["o"], "high": item["h"], "low": item["l"], "close": item["c"],
                     "volume": item.get("v", 0), "source": self.name}))
             except InvalidBar as exc:

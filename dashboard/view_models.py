@@ -1,0 +1,201 @@
+"""What the pages show, computed without Streamlit: worker rows and states, model-lab run
+captions, per-fold tables, warnings without repeats. Pure functions, tested directly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from dashboard.formatting import MISSING, fmt_duration, fmt_num, fmt_ts
+
+WARNING_STATES = ("failed", "stalled")
+
+#: Column tooltips used wherever these figures appear.
+HELP = {
+    "skill": "Skill vs persistence: 1 - MSE(model) / MSE(persistence). Above 0 beats the "
+             "'no change' forecast on the same test bars; below 0 is worse than doing nothing.",
+    "lag": "Consumer lag: messages in the topic not yet read by this worker.",
+    "dlq": "Rejected messages go to the dead-letter topic finance-data.dlq with the reason.",
+    "champion": "The champion is the model version the live scorer predicts with (per scope: "
+                "global, or one symbol).",
+}
+
+
+def worker_status(snap: dict | None, running: bool) -> tuple[str, str]:
+    """(state, reason) for a worker, the same for its header and its table row.
+
+    ``failed`` and ``stalled`` carry the full ``last_error``; a stopped or finished worker
+    shows its state; one that never ran is ``stopped``.
+    """
+    if not snap:
+        return ("running" if running else "stopped"), ""
+    state = str(snap.get("state") or ("running" if running else "stopped"))
+    if state in WARNING_STATES:
+        return state, str(snap.get("last_error") or "")
+    if state == "running" and not running:
+        return "stopped", ""
+    return state, ""
+
+
+def worker_row(name: str, snap: dict, where: str, running: bool = True) -> dict[str, Any]:
+    c, g = snap.get("counters", {}), snap.get("gauges", {})
+    state, _ = worker_status(snap, running)
+    row = {
+        "worker": name,
+        "where": where,
+        "state": state,
+        "produced": c.get("produced"),
+        "consumed": c.get("consumed"),
+        "stored": c.get("stored", c.get("predictions")),
+        "rejected (DLQ)": c.get("rejected"),
+        "rate/s": fmt_num(g.get("rate_per_s", 0), 1),
+        "lag": g.get("lag"),
+        "uptime": fmt_duration(snap.get("uptime_s")),
+        "last bar": fmt_ts(g.get("last_bar_ts")) if g.get("last_bar_ts") else MISSING,
+        "last error": snap.get("last_error") or "",
+    }
+    # One type per column (Arrow), and a dash rather than "None" for figures a worker lacks.
+    return {k: MISSING if v is None else f"{v:,}" if isinstance(v, int) and not isinstance(
+        v, bool) else v for k, v in row.items()}
+
+
+def throughput_ceiling(history: dict[str, list[dict]], recent_share: float = 0.5) -> float | None:
+    """A y-axis top that keeps the live rate readable: the warm-up burst (a thousand bars a
+    second for a few seconds) would otherwise flatten a steady 5 bars a second. The top is set
+    from the recent half of the window; None when nothing needs cutting."""
+    tops = []
+    for points in history.values():
+        rates = np.array([p["rate"] for p in points], dtype=float)
+        rates = rates[np.isfinite(rates)]
+        if len(rates) < 10:
+            continue
+        recent = rates[int(len(rates) * (1 - recent_share)):]
+        tops.append((float(recent.max()), float(rates.max())))
+    if not tops:
+        return None
+    recent_top = max(t for t, _ in tops)
+    overall = max(m for _, m in tops)
+    ceiling = max(recent_top * 2.5, 1.0)
+    return ceiling if recent_top > 0 and overall > ceiling * 1.5 else None
+
+
+# ---- model lab ----------------------------------------------------------------------------------
+def unique(messages: Iterable[str], already_shown: Iterable[str] = ()) -> list[str]:
+    """Each message once, and none already shown elsewhere on the page."""
+    seen = set(already_shown)
+    out = []
+    for m in messages:
+        if m not in seen:
+            seen.add(m)
+            out.append(m)
+    return out
+
+
+def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: str | None) -> str:
+    """Row counts that add up: for walk-forward the test rows of all folds and how the training
+    window grows, for a holdout train and test; warm-up rows dropped are said."""
+    s = summary
+    rows = s.get("n_rows", s.get("n_bars"))
+    head = (f"Run {run_id or '(not saved)'}: {', '.join(s.get('symbols', []))} "
+            f"{s.get('interval')}, target {target}, {split_label}; ")
+    n_folds = int(s.get("n_folds") or 1)
+    if n_folds > 1:
+        body = (f"{rows:,} rows with a known target; {n_folds} folds test {s['n_test']:,} rows "
+                f"in all, each fold's model trained on every row before its test block "
+                f"({s.get('n_train_first', s['n_train']):,} rows for fold 1 up to "
+                f"{s['n_train']:,} for fold {n_folds})")
+    else:
+        body = (f"{rows:,} rows with a known target: train {s['n_train']:,} rows, "
+                f"test {s['n_test']:,} rows")
+    warm = s.get("warmup_dropped") or {}
+    if warm.get("train") or warm.get("test"):
+        body += (f"; cut on time first, then {warm.get('train', 0):,} training and "
+                 f"{warm.get('test', 0):,} test rows dropped while features warm up")
+    return head + body + f"; {s.get('elapsed_s', 0):.1f} s."
+
+
+def fold_view(fold_table: pd.DataFrame) -> pd.DataFrame:
+    """Skill per model (rows) and fold (columns), plus mean and spread across folds."""
+    if fold_table is None or len(fold_table) == 0:
+        return pd.DataFrame()
+    df = pd.DataFrame(fold_table)
+    wide = df.pivot_table(index="model", columns="fold", values="skill", aggfunc="first",
+                          sort=False)
+    wide.columns = [f"fold {int(c) + 1}" for c in wide.columns]
+    wide["mean"] = wide.mean(axis=1)
+    wide["std"] = wide.drop(columns="mean").std(axis=1)
+    wide["folds beating persistence"] = [
+        f"{int((r > 0).sum())}/{int(r.notna().sum())}"
+        for _, r in wide.drop(columns=["mean", "std"]).iterrows()]
+    order = list(dict.fromkeys(df["model"]))
+    return wide.reindex(order)
+
+
+def fold_rows(fold_table: pd.DataFrame) -> pd.DataFrame:
+    """Test rows per fold (the same for every model), for the caption under the fold table."""
+    if fold_table is None or len(fold_table) == 0:
+        return pd.DataFrame()
+    df = pd.DataFrame(fold_table)
+    return df.groupby("fold", sort=True)["n_test"].first()
+
+
+# ---- live pages ---------------------------------------------------------------------------------
+def latest_predictions(store, symbol: str, interval: str, start_ms: int) -> pd.DataFrame | None:
+    """The champion's next-close predictions for the shown range (empty without a scorer)."""
+    preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
+                                    limit=2000)
+    if preds.empty:
+        return None
+    latest_model = preds["model_id"].iloc[-1]
+    preds = preds[preds["model_id"] == latest_model].copy()
+    if "predicted_close" not in preds:
+        preds["predicted_close"] = preds["predicted"]
+        if (preds["target"] != "next_close").any():
+            try:
+                from models.targets import to_close
+
+                preds["predicted_close"] = [
+                    float(to_close(t, p, b)) for t, p, b in
+                    zip(preds["target"], preds["predicted"], preds["base_close"])]
+            except ValueError:  # a target this version of the code does not know
+                return None
+    return preds
+
+
+def scorer_snapshot(runtime) -> dict | None:
+    """The live scorer's stats: a thread of this app, or a process seen by its heartbeat."""
+    snap = runtime.local_stats().get("scorer")
+    if snap and snap.get("state") == "running":
+        return snap
+    return next((b for b in runtime.attached_stats() if b.get("kind") == "scorer"), snap)
+
+
+@dataclass(frozen=True)
+class Kpi:
+    label: str
+    value: str
+    help: str | None = None
+
+
+def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
+    """The live error figures over the rolling window (rows of ``score_frame`` that are
+    scored), with the persistence figure to beat beside them."""
+    n = len(recent)
+    if not n:
+        return [Kpi("MAE", MISSING), Kpi("RMSE", MISSING), Kpi("MAPE", MISSING),
+                Kpi("Direction right", MISSING), Kpi("Persistence MAE", MISSING)]
+    hits = recent["hit"].dropna()
+    persistence = float((recent["actual_close"] - recent["base_close"]).abs().mean())
+    return [
+        Kpi(f"MAE (last {n})", fmt_num(float(recent["abs_error"].mean()), 4),
+            "mean absolute error of the implied close, in price units"),
+        Kpi("RMSE", fmt_num(float(np.sqrt((recent["abs_error"] ** 2).mean())), 4)),
+        Kpi("MAPE", f"{recent['pct_error'].mean():.3f}%",
+            "mean absolute error as a percentage of the actual close"),
+        Kpi("Direction right", f"{hits.mean():.1%}" if len(hits) else MISSING,
+            "share of predictions on the right side of the last close"),
+        Kpi("Persistence MAE", fmt_num(persistence, 4),
+            "the 'no change' forecast on the same bars: the bar to beat"),
+    ]
