@@ -130,44 +130,4 @@ def latest_prediction_ts(symbol: str, interval: str) -> int | None:
     return int(last["ts"].iloc[-1]) if len(last) else None
 
 
-live_panel() -> None:
-    if not symbols:
-        count = store.count_bars()
-        if count:
-            st.rerun()  # data arrived: rebuild the pickers
-        st.caption("Waiting for the first bar…")
-        return
-    bucket = INTERVALS[candle]
-    warm = ma_warmup(ma_windows, ma_kind)  # the model features need this many leading bars
-    candles = store.ohlc_buckets(symbol, interval, bucket, limit=n_candles + warm)
-    stored = store.count_bars(symbol, interval)
-    if candles.empty:
-        st.info(f"No {interval} bars stored for {symbol} yet.")
-        return
-    last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
-    change = last["close"] - prev["close"]
-    k1, k2, k3, k4 = st.columns(4)
-    k1.metric("Last close", fmt_sig(last["close"], 6),
-              f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})")
-    k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
-    k3.metric("Bars stored", f"{stored:,}")
-    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
-        "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"),
-              help=f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}")
-
-    preds = None
-    if show_pred:
-        preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
-    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles")
-    # MAs are warmed up on the extra leading candles, then only the last n are shown.
-    if len(candles) > n_candles:
-        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-n_candles]),
-                                ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
-    st.plotly_chart(fig, width="stretch", key="lm_chart")
-    if preds is not None and len(preds):
-        nxt = preds.iloc[-1]
-        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_sig(nxt['predicted_close'], 6)}** "
-                   f"(model {nxt['model_id']}).")
-
-
 live_panel()
