@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from models.adaptation import champions
+from models.registry import champions
 from models.registry import GLOBAL_SCOPE, LoadedModel, load_model_version
 from models.targets import get_target
 from pipeline.store.base import Store
