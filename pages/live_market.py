@@ -47,8 +47,20 @@ def candle_feed(_store, store_key: str) -> CandleFeed:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def stored_count(_store, store_key: str, symbol: str, interval: str) -> int:
-    return _store.count_bars(symbol, interval)  # a scan: at most every 30 s, not per refresh
+def _counted(_store, store_key: str, symbol: str, interval: str) -> tuple[int, int | None]:
+    """The series' bar count and its newest ts then: a scan, at most every 30 s."""
+    span = _store.bar_time_range(symbol, interval)
+    return _store.count_bars(symbol, interval), (span[1] if span else None)
+
+
+def stored_count(symbol: str, interval: str) -> int:
+    """Exact for a growing series on every refresh: the last full count plus the bars
+    stored after its newest ts (a short index range). Bars backfilled before that ts show
+    up at the next full count."""
+    count, newest = _counted(store, store.describe(), symbol, interval)
+    if newest is None:
+        return count
+    return count + len(store.query_bars(symbol, interval, start_ms=newest + 1))
 
 
 @st.fragment(run_every=2.0)
@@ -86,8 +98,7 @@ def live_panel() -> None:
         ("Last close", fmt_sig(last["close"], 6),
          f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
-        ("Bars stored", f"{stored_count(store, store.describe(), symbol, interval):,}", None,
-         None),
+        ("Bars stored", f"{stored_count(symbol, interval):,}", None, None),
         ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
             "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
