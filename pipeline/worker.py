@@ -264,10 +264,10 @@ def latest_heartbeats(bootstrap: str, max_age_ms: int, client_kwargs: dict | Non
             consumer.seek(tp, max(0, ends[tp] - scan))
         latest: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        # Read up to the end offsets seen at the start (an empty poll may only mean the
+        # first fetch is still on its way).
+        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):
             batch = consumer.poll(timeout_ms=300)
-            if not batch:
-                break
             for msgs in batch.values():
                 for m in msgs:
                     try:
