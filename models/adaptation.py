@@ -42,7 +42,7 @@ from models.features import (
     DEFAULT_FEATURES, FEATURE_GROUPS, compute_features, is_price_level, max_lookback,
 )
 from models.registry import GLOBAL_SCOPE, LoadedModel, promote, save_model_version
-from models.targets import effective_horizon, get_target, make_target, to_close
+from models.targets import effective_horizon, make_target, to_close
 from pipeline.jsonsafe import json_safe
 from pipeline.store.base import Store
 from models.live_errors import _finite
@@ -318,7 +318,7 @@ def evaluate(predict: Callable[[pd.DataFrame], Any], rows: pd.DataFrame,
     pred_close = to_close(target, y_pred, r["base_close"].to_numpy())
     y = r["y"].to_numpy()
     out = M.score(y, y_pred, r["actual_close"], pred_close, r["base_close"],
-                  mse_persistence=M.mse(y, _persistence_values(r, target)))
+                  mse_persistence=M.mse(y, M.persistence_forecast(target, r["base_close"])))
     out["mae_close"] = float(np.mean(np.abs(pred_close - r["actual_close"].to_numpy())))
     out["n"] = int(len(r))
     return json_safe(out)
@@ -326,12 +326,7 @@ def evaluate(predict: Callable[[pd.DataFrame], Any], rows: pd.DataFrame,
 
 def persistence_metrics(rows: pd.DataFrame, target: str) -> dict[str, float]:
     """The "no change" forecast on the same rows (what every model must beat)."""
-    return evaluate(lambda r: _persistence_values(r, target), rows, target)
-
-
-def _persistence_values(rows: pd.DataFrame, target: str) -> np.ndarray:
-    base = rows["base_close"].to_numpy(dtype="float64")
-    return np.zeros(len(rows)) if get_target(target).is_return else base
+    return evaluate(lambda r: M.persistence_forecast(target, r["base_close"]), rows, target)
 
 
 # ---------------------------------------------------------------------------------------------
