@@ -12,125 +12,36 @@ baseline input or the target is unknown are dropped first.
 
 Runs are kept in the store with :func:`save_run` (config, table, guidance, summary; not the
 big arrays), listed with :func:`list_runs`, compared with :func:`compare_runs`, deleted with
-:func:`delete_run` and exported with :func:`table_to_csv`.
+:func:`delete_run` and exported with :func:`table_to_csv` (all in :mod:`models.lab_runs`);
+the records are in :mod:`models.lab_types`, the fitting of one model (progress, cancel,
+search, importance) in :mod:`models.lab_fitting`.
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from models import metrics as M
-from models.features import DEFAULT_FEATURES, compute_features, expand_features
-from models.registry import GLOBAL_SCOPE, champion_refusal, promote, save_model_version
-from models.splits import Split, make_splits, split_warnings, walk_forward_splits
+from models.features import compute_features, expand_features
+from models.lab_fitting import (  # noqa: F401 (fit_in_chunks re-exported)
+    _device_of, _drop_constant, _entries, _fit_predict, _fold_table, _importance, _score_table,
+    fit_in_chunks,
+)
+# The lab's public surface stays `models.lab`: records and stored runs are re-exported.
+from models.lab_runs import (  # noqa: F401
+    RUN_KIND, compare_runs, delete_run, list_runs, run_table, save_run, save_version,
+    table_to_csv,
+)
+from models.lab_types import (  # noqa: F401
+    MIN_ROWS, FittedModel, LabCancelled, LabConfig, LabError, LabResult, NoData, ProgressCallback,
+)
+from models.splits import Split, make_splits, split_warnings
 from models.targets import (SAME_BAR_FEATURES, effective_horizon, get_target, make_target,
-                            reference_close, target_close, to_close)
-from models.zoo import BASELINE_KEYS, MAX_JOBS, MODEL_KEYS, ModelSpec, features_for, get_spec
-
-ProgressCallback = Callable[[float, str], None]
-
-MIN_ROWS = 60  # below this no split leaves enough rows to fit and score anything
-
-
-class LabError(ValueError):
-    """A comparison that cannot run; the message is one sentence with the fix."""
-
-
-class NoData(LabError):
-    """No bars match the chosen symbols, interval and time range."""
-
-
-class LabCancelled(RuntimeError):
-    """The cancel event was set; no partial result is returned."""
-
-
-@dataclass
-class LabConfig:
-    symbols: list[str] = field(default_factory=list)  # empty: every symbol in the data
-    interval: str = "1m"
-    start_ms: int | None = None
-    end_ms: int | None = None  # exclusive
-    features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))
-    target: str = "next_return"
-    horizon: int = 1
-    split: str = "chronological"
-    test_fraction: float = 0.2
-    n_folds: int = 5
-    gap: int = 0
-    models: list[tuple[str, dict[str, Any]]] = field(
-        default_factory=lambda: [(k, {}) for k in MODEL_KEYS])
-    search: bool = False
-    search_budget: int = 10
-    seed: int = 0
-    n_jobs: int = 1
-    max_rows: int = 500_000  # hard bound on bars loaded (the latest ones are kept)
-    importance_rows: int = 2_000
-    importance_repeats: int = 3
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["models"] = [[k, dict(p)] for k, p in self.models]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LabConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "models" in known:
-            known["models"] = [(k, dict(p or {})) for k, p in known["models"]]
-        return cls(**known)
-
-
-@dataclass
-class FittedModel:
-    key: str
-    label: str
-    kind: str
-    params: dict[str, Any]
-    features: list[str]
-    estimator: Any = field(repr=False)
-    train_start_ms: int | None = None
-    train_end_ms: int | None = None
-
-
-@dataclass
-class LabResult:
-    config: LabConfig
-    table: pd.DataFrame  # one row per model (index: label), metrics of models.metrics
-    predictions: pd.DataFrame  # test rows: ts, symbol, fold, actual, base_close, actual_close, <label>...
-    importance: pd.DataFrame  # model, feature, importance, std (increase in test MSE)
-    fold_table: pd.DataFrame  # model, fold, n_test, mse, skill
-    best_params: dict[str, dict[str, Any]]
-    fitted: dict[str, FittedModel]
-    guidance: list[str]
-    warnings: list[str]
-    summary: dict[str, Any]
-    run_id: str | None = None
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.table.index)
-
-    def best_label(self, include_baselines: bool = True) -> str | None:
-        """The model with the lowest test MSE (= highest skill)."""
-        table = self.table if include_baselines else self.table[self.table["kind"] == "model"]
-        mse = table["mse"].dropna()
-        return None if mse.empty else str(mse.idxmin())
-
-    def predicted_close(self, label: str) -> np.ndarray:
-        return to_close(self.config.target, self.predictions[label].to_numpy(),
-                        self.predictions["base_close"].to_numpy())
-
-    def residuals(self) -> pd.DataFrame:
-        """actual - predicted on the target's scale, one column per model."""
-        actual = self.predictions["actual"]
-        return pd.DataFrame({lb: actual - self.predictions[lb] for lb in self.labels
-                             if lb in self.predictions})
-
+                            reference_close, target_close)
+from models.zoo import MAX_JOBS, get_spec
 
 # ---------------------------------------------------------------------------------------------
 
@@ -339,193 +250,6 @@ def load_bars(data, config: LabConfig) -> tuple[pd.DataFrame, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------
-
-@dataclass
-class _Entry:
-    spec: ModelSpec
-    params: dict[str, Any]
-    label: str
-    features: list[str]
-
-
-def _entries(config: LabConfig) -> list[_Entry]:
-    chosen = [(k, dict(p or {})) for k, p in config.models]
-    keys = [k for k, _ in chosen]
-    for key in reversed(BASELINE_KEYS):  # baselines are always shown, first
-        if key not in keys:
-            chosen.insert(0, (key, {}))
-    chosen.sort(key=lambda kp: 0 if get_spec(kp[0]).kind == "baseline" else 1)
-    if not any(get_spec(k).kind == "model" for k, _ in chosen):
-        raise LabError("Choose at least one model to compare with the baselines.")
-    features = SAME_BAR_FEATURES if not get_target(config.target).is_forecast \
-        else expand_features(config.features)
-    out, seen = [], {}
-    for key, params in chosen:
-        spec = get_spec(key)
-        if spec.kind == "baseline":
-            params = {**params, "target": config.target}
-        label = spec.label(params)
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            label = f"{label} #{seen[label]}"
-        out.append(_Entry(spec, params, label, features_for(spec, config.target, features, params)))
-    return out
-
-
-def _fit_predict(entry: _Entry, X: pd.DataFrame, y: np.ndarray, ts: np.ndarray, s: Split,
-                 config: LabConfig, gap: int, n_jobs: int, tick=None):
-    from threadpoolctl import threadpool_limits
-
-    X_train, y_train = X.iloc[s.train][entry.features], y[s.train]
-    X_test = X.iloc[s.test][entry.features]
-    est = entry.spec.build(entry.params, config.seed, n_jobs)
-    params = None
-    with threadpool_limits(limits=n_jobs):
-        t0 = time.perf_counter()
-        if config.search and entry.spec.search_space and entry.spec.kind == "model":
-            est, params = _search(est, entry.spec, X_train, y_train, ts[s.train], config, gap)
-        else:
-            fit_in_chunks(est, X_train, y_train, tick)
-        t1 = time.perf_counter()
-        pred = np.asarray(est.predict(X_test), dtype="float64").ravel()
-        t2 = time.perf_counter()
-    return est, params, t1 - t0, t2 - t1, pred
-
-
-def _device_of(est) -> str | None:
-    model = est.steps[-1][1] if hasattr(est, "steps") else est
-    if type(model).__name__ != "XGBRegressor":
-        return None
-    return str(model.get_params().get("device") or "cpu")
-
-
-def fit_in_chunks(est, X, y, tick=None) -> None:
-    """``est.fit(X, y)``, with ``tick(done, total, unit)`` called between chunks of trees or
-    boosting rounds, so progress is real and a cancel (``tick`` raising) stops the training
-    within one chunk. Forests grow by ``warm_start`` (the same model as one fit); XGBoost
-    reports from a training callback; other models report once, after their fit."""
-    if tick is None:
-        est.fit(X, y)
-        return
-    model = est.steps[-1][1] if hasattr(est, "steps") else est
-    name = type(model).__name__
-    # Histogram boosting is left whole: each warm_start call re-predicts every training row
-    # with all trees so far, which made it 15x slower; it fits in seconds anyway.
-    size_param = "n_estimators" if "Forest" in name else None
-    if size_param and hasattr(model, "warm_start"):
-        total = int(getattr(model, size_param))
-        chunk = max(1, total // 10)
-        model.set_params(warm_start=True)
-        try:
-            for done in range(chunk, total + chunk, chunk):
-                model.set_params(**{size_param: min(done, total)})
-                est.fit(X, y)
-                tick(min(done, total), total, "trees" if size_param == "n_estimators"
-                     else "rounds")
-        finally:
-            model.set_params(warm_start=False, **{size_param: total})
-        return
-    if name == "XGBRegressor":
-        from xgboost.callback import TrainingCallback
-
-        total = int(model.get_params()["n_estimators"] or 100)
-        every = max(1, total // 10)
-
-        class Progress(TrainingCallback):
-            def after_iteration(self, booster, epoch, evals_log) -> bool:
-                if (epoch + 1) % every == 0:
-                    tick(epoch + 1, total, "rounds")
-                return False
-
-        model.set_params(callbacks=[Progress()])
-        try:
-            est.fit(X, y)
-        finally:
-            model.set_params(callbacks=None)  # the fitted model must pickle without it
-        return
-    est.fit(X, y)
-    tick(1, 1, "fit")
-
-
-def _search(est, spec: ModelSpec, X_train, y_train, ts_train, config: LabConfig, gap: int):
-    """RandomizedSearchCV over walk-forward folds inside the training range (TimeSeriesSplit
-    over timestamps, so several symbols never straddle a fold boundary)."""
-    from sklearn.model_selection import RandomizedSearchCV
-
-    inner = [(s.train, s.test) for s in walk_forward_splits(ts_train, n_folds=3, gap=gap)]
-    search = RandomizedSearchCV(est, spec.search_space, n_iter=max(1, int(config.search_budget)),
-                                scoring="neg_mean_squared_error", cv=inner,
-                                random_state=config.seed, n_jobs=1, refit=True)
-    search.fit(X_train, y_train)
-    best = {k: (v.item() if hasattr(v, "item") else v) for k, v in search.best_params_.items()}
-    return search.best_estimator_, best
-
-
-def _importance(fm: FittedModel, X: pd.DataFrame, y: np.ndarray, s: Split, config: LabConfig,
-                n_jobs: int) -> pd.DataFrame:
-    """Permutation importance on a bounded random sample of the last fold's test rows."""
-    from sklearn.inspection import permutation_importance
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(config.seed)
-    rows = s.test
-    if len(rows) > config.importance_rows:
-        rows = np.sort(rng.choice(rows, size=int(config.importance_rows), replace=False))
-    with threadpool_limits(limits=n_jobs):
-        r = permutation_importance(fm.estimator, X.iloc[rows][fm.features], y[rows],
-                                   scoring="neg_mean_squared_error",
-                                   n_repeats=int(config.importance_repeats),
-                                   random_state=config.seed, n_jobs=1)
-    return pd.DataFrame({"model": fm.label, "feature": fm.features,
-                         "importance": r.importances_mean, "std": r.importances_std})
-
-
-def _score_table(rows: list[dict], predictions: pd.DataFrame, target: str) -> pd.DataFrame:
-    actual = predictions["actual"].to_numpy()
-    base = predictions["base_close"].to_numpy()
-    actual_close = predictions["actual_close"].to_numpy()
-    persistence = next((r["model"] for r in rows if r["key"] == "persistence"), None)
-    mse_p = (M.mse(actual, predictions[persistence].to_numpy())
-             if persistence in predictions else None)
-    out = []
-    for r in rows:
-        row = {"model": r["model"], "key": r["key"], "kind": r["kind"]}
-        if r["model"] in predictions:
-            pred = predictions[r["model"]].to_numpy()
-            row.update(M.score(actual, pred, actual_close, to_close(target, pred, base), base,
-                               mse_p))
-        else:
-            row.update({k: np.nan for k in M.METRIC_COLUMNS})
-        row["fit_time_s"] = r["fit_time_s"]
-        row["predict_time_s"] = r["predict_time_s"]
-        row["n_test"] = int(len(predictions))
-        row["error"] = r["error"]
-        out.append(row)
-    cols = ["model", "key", "kind", *M.METRIC_COLUMNS, "n_test", "error"]
-    return pd.DataFrame(out, columns=cols).set_index("model")
-
-
-def _drop_constant(feats: pd.DataFrame, features: list[str], rows_ok: np.ndarray,
-                   entries: list[_Entry]) -> tuple[list[str], list[str]]:
-    """Features with one value on every usable row (minute of day on daily bars) are left out
-    of the models' inputs; baselines keep theirs."""
-    constant = [f for f in features
-                if feats.loc[rows_ok, f].dropna().nunique() <= 1]
-    if constant:
-        for e in entries:
-            if e.spec.kind == "model":
-                e.features = [f for f in e.features if f not in constant]
-    return [f for f in features if f not in constant], constant
-
-
-def _fold_table(fold_rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(fold_rows, columns=["model", "key", "fold", "n_test", "mse"])
-    persistence = df[df["key"] == "persistence"].set_index("fold")["mse"]
-    df["skill"] = [M.skill(m, persistence.get(f, np.nan)) for m, f in zip(df["mse"], df["fold"])]
-    return df.drop(columns=["key"])
-
-
-# ---------------------------------------------------------------------------------------------
 # Guidance: plain words where the numbers mislead
 
 GUIDE_R2_LEVELS = (
@@ -597,109 +321,3 @@ def guidance(result: LabResult, y: np.ndarray, splits: list[Split]) -> list[str]
     if len(da) and spec.is_forecast and float(da.max()) < 0.5 + band:
         notes.append(GUIDE_DIRECTION.format(n=n, band=band))
     return notes
-
-
-# ---------------------------------------------------------------------------------------------
-# Runs kept in the store, and model versions
-
-RUN_KIND = "model_lab"
-
-
-def save_run(store, result: LabResult) -> str:
-    """Record the run (config, table, guidance, summary) in the store; returns its id."""
-    doc = {
-        "kind": RUN_KIND,
-        "config": result.config.to_dict(),
-        "table": result.table.reset_index().to_dict("records"),
-        "fold_table": result.fold_table.to_dict("records"),
-        "best_params": result.best_params,
-        "guidance": result.guidance,
-        "warnings": result.warnings,
-        "summary": result.summary,
-        "best_model": result.best_label(),
-    }
-    result.run_id = store.save_run(doc)
-    return result.run_id
-
-
-def list_runs(store, limit: int = 200) -> pd.DataFrame:
-    """One row per stored lab run, newest first."""
-    rows = []
-    for run in store.list_runs(limit=limit):
-        if run.get("kind") != RUN_KIND:
-            continue
-        cfg, summary = run.get("config", {}), run.get("summary", {})
-        table = run_table(run)
-        best = run.get("best_model")
-        rows.append({
-            "run_id": run["run_id"],
-            "created": pd.to_datetime(run.get("created_ms", 0), unit="ms", utc=True),
-            "symbols": ", ".join(summary.get("symbols") or cfg.get("symbols") or []),
-            "interval": cfg.get("interval"),
-            "target": cfg.get("target"),
-            "horizon": cfg.get("horizon"),
-            "split": cfg.get("split"),
-            "n_test": summary.get("n_test"),
-            "models": len(table),
-            "best_model": best,
-            "best_skill": (float(table.loc[best, "skill"])
-                           if best in table.index and pd.notna(table.loc[best, "skill"])
-                           else np.nan),
-        })
-    cols = ["run_id", "created", "symbols", "interval", "target", "horizon", "split", "n_test",
-            "models", "best_model", "best_skill"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def run_table(run: dict[str, Any]) -> pd.DataFrame:
-    table = pd.DataFrame(run.get("table") or [])
-    return table.set_index("model") if "model" in table.columns else table
-
-
-def compare_runs(runs: list[dict[str, Any]], metric: str = "skill") -> pd.DataFrame:
-    """Side by side: one row per model, one column per run, values of ``metric``."""
-    cols, order = {}, []
-    for run in runs:
-        table = run_table(run)
-        cfg = run.get("config", {})
-        name = f"{run['run_id']} ({cfg.get('target')}, {cfg.get('split')})"
-        if metric in table.columns:
-            cols[name] = pd.to_numeric(table[metric], errors="coerce")
-            order += [m for m in table.index if m not in order]
-    out = pd.DataFrame(cols).reindex(order)
-    out.index.name = "model"
-    return out
-
-
-def delete_run(store, run_id: str) -> bool:
-    return store.delete_run(run_id)
-
-
-def table_to_csv(table: pd.DataFrame) -> bytes:
-    return table.to_csv(index=table.index.name is not None).encode("utf-8")
-
-
-def save_version(store, result: LabResult, label: str | None = None, champion: bool = False,
-                 scope: str = GLOBAL_SCOPE) -> str:
-    """Save a fitted model of ``result`` (default: the best) as a model version."""
-    label = label or result.best_label()
-    refusal = champion_refusal(result.config.target) if champion else None
-    if refusal:
-        raise LabError(f"{label} cannot be champion: {refusal}.")
-    if label not in result.fitted:
-        raise LabError(f"No fitted model named {label!r} in this run.")
-    fm = result.fitted[label]
-    row = result.table.loc[label]
-    meta = {
-        "name": label, "model_key": fm.key, "params": fm.params, "features": fm.features,
-        "target": result.config.target, "horizon": effective_horizon(result.config.target,
-                                                                      result.config.horizon),
-        "interval": result.config.interval, "symbols": result.summary["symbols"],
-        "train_start_ms": fm.train_start_ms, "train_end_ms": fm.train_end_ms,
-        "metrics": {k: row[k] for k in M.METRIC_COLUMNS if k in row.index},
-        "run_id": result.run_id, "split": result.config.split, "scope": scope,
-    }
-    version_id = save_model_version(store, fm.estimator, meta)
-    if champion:
-        promote(store, version_id, scope, reason=f"model lab run {result.run_id or ''}".strip())
-    return version_id

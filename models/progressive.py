@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from models.adaptation import DriftMonitor, LiveErrors, RetrainPolicy, close_error
+from models.adaptation import RetrainPolicy
+from models.live_errors import DriftMonitor, LiveErrors, close_error
 from models.targets import from_close
 from pipeline.schema import Bar, Prediction, interval_ms
 from pipeline.store.base import Store

@@ -13,6 +13,7 @@ from pipeline.config import Secret
 from pipeline.runtime import SimulatorSpec
 from pipeline.schema import INTERVALS
 from pipeline.sources.catalog import available_sources, build_api_source
+from pipeline.sources.simulator import DEFAULT_SYMBOLS
 
 store = store_or_stop()
 runtime = get_runtime()
@@ -72,7 +73,7 @@ with st.expander("Producer source", expanded=not runtime.is_running("producer"))
                            "import.")
     else:
         s1, s2, s3 = st.columns(3)
-        default_symbols = "ACME,GLOBX,INITECH,UMBRL,WAYNE" if kind == "simulator" else ""
+        default_symbols = ",".join(DEFAULT_SYMBOLS) if kind == "simulator" else ""
         sym_text = s1.text_input("Symbols (comma-separated)", default_symbols,
                                  key=f"pc_symbols_{kind}")
         src_interval = s2.selectbox("Interval", list(INTERVALS), key="pc_interval")

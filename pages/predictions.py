@@ -12,7 +12,7 @@ from dashboard.prediction_charts import (
 from dashboard.state import store_or_stop
 from dashboard.view_models import HELP, live_kpis, scorer_snapshot
 from dashboard.widgets import push_notice, show_notices
-from models.adaptation import live_summary, retrain_events, rolling_live_errors, score_frame
+from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
 
 store = store_or_stop()

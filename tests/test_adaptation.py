@@ -10,9 +10,11 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from models.adaptation import (
-    DEFAULT_TARGET, DriftMonitor, LiveErrors, RetrainPolicy, close_error, default_features,
-    live_summary, load_training_data, retrain, rolling_live_errors, score_frame, split_holdout,
+    DEFAULT_TARGET, RetrainPolicy, default_features, load_training_data, retrain, split_holdout,
     train_default_model,
+)
+from models.live_errors import (
+    DriftMonitor, LiveErrors, close_error, live_summary, rolling_live_errors, score_frame,
 )
 from models.registry import get_champion, load_model_version, promote, save_model_version
 from models.zoo import get_spec

@@ -157,6 +157,12 @@ def test_the_page_says_when_the_scorer_rejects_a_champion(data_dir):
         while time.time() < deadline and "predicting" not in str(
                 wt.worker.stats().get("gauges", {}).get("status")):
             time.sleep(0.2)
+        # Point the global champion at it behind the registry's back (promote() refuses it).
+        from pipeline.store.base import CHAMPIONS
+
+        pointer = store.get_doc(CHAMPIONS, "global")
+        store.put_doc(CHAMPIONS, "global", {**pointer, "version_id": bad,
+                                             "previous_version_id": filled["champion"]})
         store.update_model_version(filled["champion"], status="retired")
         store.update_model_version(bad, status="champion", scope="global")
         while time.time() < deadline and "not usable" not in str(wt.worker.last_error):

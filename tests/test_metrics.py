@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from models import metrics as M
-from models.adaptation import close_error, live_summary, score_frame
+from models.live_errors import close_error, live_summary, score_frame
 
 
 def test_regression_metrics_match_their_definitions():

@@ -1,0 +1,216 @@
+"""Live (progressive-validation) errors: the error of one prediction once its bar arrived, rolling
+error windows, the drift monitor, and the tables the Predictions page shows."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import logging
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.targets import to_close
+from pipeline.jsonsafe import json_safe
+from pipeline.store.base import Store
+
+log = logging.getLogger(__name__)
+
+RETRAIN_EVENT = "retrain"
+DEFAULT_TARGET = "next_return"
+DEFAULT_MODEL_KEY = "linear"
+#: Decision metric (lower is better): percentage error of the implied close.
+DECISION_METRIC = "mape_pct"
+
+
+# ---------------------------------------------------------------------------------------------
+# Live error (progressive validation)
+
+if TYPE_CHECKING:  # the policy is only read here; adaptation imports this module
+    from models.adaptation import RetrainPolicy
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def close_error(target: str, predicted: float, actual: float,
+                base_close: float) -> tuple[float, float, bool | None]:
+    """(absolute error of the implied close, its percentage of the actual close, direction hit)
+    for one scored prediction; the hit is None when the price did not move."""
+    pred_close = float(to_close(target, predicted, base_close))
+    actual_close = float(to_close(target, actual, base_close))
+    abs_err = abs(pred_close - actual_close)
+    pct = 100.0 * abs_err / abs(actual_close) if actual_close else float("nan")
+    actual_move = np.sign(actual_close - base_close)
+    hit = None if actual_move == 0 else bool(np.sign(pred_close - base_close) == actual_move)
+    return abs_err, pct, hit
+
+
+class LiveErrors:
+    """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy."""
+
+    def __init__(self, window: int = 200):
+        self._abs: deque[float] = deque(maxlen=window)
+        self._pct: deque[float] = deque(maxlen=window)
+        self._hits: deque[bool] = deque(maxlen=window)
+        self.total = 0
+
+    def add(self, abs_err: float, pct_err: float, hit: bool | None) -> None:
+        self._abs.append(abs_err)
+        self._pct.append(pct_err)
+        if hit is not None:
+            self._hits.append(hit)
+        self.total += 1
+
+    @property
+    def n(self) -> int:
+        return len(self._abs)
+
+    @property
+    def mape_pct(self) -> float:
+        vals = [v for v in self._pct if math.isfinite(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        if not self._abs:
+            return {"n": 0, "scored": self.total}
+        a = np.fromiter(self._abs, float)
+        return json_safe({
+            "mae": float(a.mean()), "rmse": float(np.sqrt(np.mean(a * a))),
+            "mape_pct": self.mape_pct,
+            "directional_accuracy": float(np.mean(self._hits)) if self._hits else None,
+            "n": len(a), "scored": self.total,
+        })
+
+
+class DriftMonitor:
+    """Rolling live error of one model against its reference level.
+
+    The reference is the model's holdout error when it was trained (``metrics.mape_pct``, the
+    same measure as the live one); for a model without it, the first ``drift_window`` live
+    errors set it. After every retrain decision the reference is reset to the champion's error
+    on the latest holdout, so a lasting change (a calmer or wilder market) triggers once, not
+    on every bar.
+    """
+
+    def __init__(self, policy: RetrainPolicy, reference: float | None = None):
+        self.policy = policy
+        self.reference = reference if _finite(reference) and reference > 0 else None
+        self.errors = LiveErrors(policy.drift_window)
+
+    def add(self, pct_err: float) -> None:
+        if not math.isfinite(pct_err):
+            return
+        self.errors.add(pct_err, pct_err, None)
+        if self.reference is None and self.errors.n >= self.policy.drift_window:
+            self.reference = self.errors.mape_pct
+
+    @property
+    def rolling(self) -> float:
+        return self.errors.mape_pct
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference is None or self.errors.n == 0:
+            return None
+        return self.rolling / self.reference
+
+    def drifted(self) -> bool:
+        f = self.policy.drift_factor
+        return (f is not None and self.reference is not None
+                and self.errors.n >= self.policy.drift_min_errors
+                and self.rolling > f * self.reference)
+
+    def rebaseline(self, reference: float | None) -> None:
+        if _finite(reference) and reference > 0:
+            self.reference = float(reference)
+        self.errors = LiveErrors(self.policy.drift_window)
+
+    def summary(self) -> dict[str, Any]:
+        return json_safe({"rolling_mape_pct": self.rolling if self.errors.n else None,
+                       "reference_mape_pct": self.reference, "ratio": self.ratio,
+                       "n": self.errors.n, "factor": self.policy.drift_factor})
+
+
+# ---------------------------------------------------------------------------------------------
+# Live error from the store (for the Predictions page and reports)
+
+def score_frame(preds: pd.DataFrame) -> pd.DataFrame:
+    """Stored predictions with the implied closes and the per-row close errors added:
+    ``predicted_close``, ``actual_close`` (NaN until scored), ``abs_error``, ``pct_error``,
+    ``hit`` (direction right; NaN when unscored or the price did not move)."""
+    df = preds.copy()
+    if df.empty:
+        for c in ("predicted_close", "actual_close", "abs_error", "pct_error", "hit"):
+            df[c] = pd.Series(dtype="float64")
+        return df
+    pred_close = np.empty(len(df))
+    actual_close = np.empty(len(df))
+    predicted = df["predicted"].to_numpy(dtype="float64")
+    actual = pd.to_numeric(df["actual"], errors="coerce").to_numpy(dtype="float64")
+    base = df["base_close"].to_numpy(dtype="float64")
+    for tgt in df["target"].unique():
+        m = (df["target"] == tgt).to_numpy()
+        pred_close[m] = to_close(tgt, predicted[m], base[m])
+        actual_close[m] = to_close(tgt, actual[m], base[m])
+    df["predicted_close"] = pred_close
+    df["actual_close"] = actual_close
+    df["abs_error"] = np.abs(pred_close - actual_close)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["pct_error"] = 100.0 * df["abs_error"] / np.abs(actual_close)
+    moved = np.sign(actual_close - base)
+    hit = (np.sign(pred_close - base) == moved).astype("float64")
+    hit[~np.isfinite(actual_close) | (moved == 0)] = np.nan
+    df["hit"] = hit
+    return df
+
+
+def live_summary(scored: pd.DataFrame, by: str = "model_id") -> pd.DataFrame:
+    """Live error per ``by`` value over the scored rows: n, MAE, RMSE, MAPE %, directional
+    accuracy, and the persistence MAE on the same rows."""
+    cols = [by, "predictions", "scored", "mae", "rmse", "mape_pct", "directional_accuracy",
+            "persistence_mae"]
+    if scored.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, g in scored.groupby(by, sort=False):
+        s = g[np.isfinite(g["abs_error"])]
+        pers = (np.abs(s["actual_close"] - s["base_close"]).mean() if len(s) else np.nan)
+        rows.append({
+            by: key, "predictions": len(g), "scored": len(s),
+            "mae": s["abs_error"].mean() if len(s) else np.nan,
+            "rmse": float(np.sqrt((s["abs_error"] ** 2).mean())) if len(s) else np.nan,
+            "mape_pct": s["pct_error"].mean() if len(s) else np.nan,
+            "directional_accuracy": s["hit"].mean() if len(s) else np.nan,
+            "persistence_mae": pers,
+        })
+    return pd.DataFrame(rows, columns=cols)
+
+
+def rolling_live_errors(scored: pd.DataFrame, window: int = 50) -> pd.DataFrame:
+    """Rolling MAE, RMSE, MAPE % and directional accuracy over the last ``window`` scored
+    predictions, by ts (one series per model_id)."""
+    out = []
+    s = scored[np.isfinite(scored["abs_error"])].sort_values("ts")
+    for model_id, g in s.groupby("model_id", sort=False):
+        r = pd.DataFrame({"ts": g["ts"].to_numpy(), "model_id": model_id})
+        a = g["abs_error"].reset_index(drop=True)
+        minp = max(1, min(window, 5))
+        r["mae"] = a.rolling(window, min_periods=minp).mean()
+        r["rmse"] = np.sqrt((a ** 2).rolling(window, min_periods=minp).mean())
+        r["mape_pct"] = (g["pct_error"].reset_index(drop=True)
+                         .rolling(window, min_periods=minp).mean())
+        r["directional_accuracy"] = (g["hit"].reset_index(drop=True)
+                                     .rolling(window, min_periods=minp).mean())
+        out.append(r)
+    if not out:
+        return pd.DataFrame(columns=["ts", "model_id", "mae", "rmse", "mape_pct",
+                                     "directional_accuracy"])
+    return pd.concat(out, ignore_index=True)
+
+
+def retrain_events(store: Store, limit: int = 200) -> list[dict[str, Any]]:
+    return store.list_events(kind=RETRAIN_EVENT, limit=limit)
