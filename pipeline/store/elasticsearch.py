@@ -40,16 +40,18 @@ from elasticsearch import (
 )
 from elasticsearch.serializer import JsonSerializer
 
+from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import INTERVALS, Bar, Prediction
 from pipeline.store.base import (
     COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable, UpsertResult,
-    bars_frame,
+    bars_frame, news_frame,
 )
 
 log = logging.getLogger(__name__)
 
 BARS = "bars"
 PREDICTIONS = "predictions"
+NEWS = "news"
 
 #: Statuses worth retrying: per bulk item (helpers) and per whole request (transport).
 ITEM_RETRY_STATUSES = (429, 503)
@@ -74,6 +76,14 @@ _PREDICTION_MAPPING = {
         "base_ts": _EPOCH_MS, "target": _KEYWORD, "predicted": _DOUBLE, "base_close": _DOUBLE,
         "actual": _DOUBLE, "error": _DOUBLE, "produced_ms": _EPOCH_MS, "stored_ms": _EPOCH_MS,
         "latency_ms": _DOUBLE,
+    },
+}
+_NEWS_MAPPING = {
+    "dynamic": "strict",
+    "properties": {
+        "id": _KEYWORD, "symbol": _KEYWORD, "ts": _EPOCH_MS, "source": _KEYWORD,
+        "title": {"type": "text"}, "url": {"type": "keyword", "index": False},
+        "sentiment_score": _DOUBLE, "relevance": _DOUBLE,
     },
 }
 # A collection document is stored as {created_ms, doc_id, body, eq}: ``body`` is the caller's
@@ -241,7 +251,7 @@ class ElasticsearchStore(Store):
 
     @property
     def indices(self) -> list[str]:
-        return [self.index_name(k) for k in (BARS, PREDICTIONS, *COLLECTIONS)]
+        return [self.index_name(k) for k in (BARS, PREDICTIONS, NEWS, *COLLECTIONS)]
 
     def describe(self) -> str:
         return f"Elasticsearch at {self.url} (indices {self.index_prefix}-*, {self._auth})"
@@ -414,6 +424,28 @@ class ElasticsearchStore(Store):
     def count_predictions(self, symbol=None, model_id=None) -> int:
         return self._count(self.index_name(PREDICTIONS),
                            _terms_query(symbol=symbol, model_id=model_id))
+
+    # ---- news ----------------------------------------------------------------------------
+    @_at_edge
+    def upsert_news(self, items: Sequence[NewsItem]) -> UpsertResult:
+        """Index news items by ``item.doc_id``; refreshed once per batch like bars."""
+        self._ensure()
+        index = self.index_name(NEWS)
+        actions = [({"_index": index, "_id": n.doc_id, "_source": {"id": n.doc_id, **n.to_dict()}},
+                    n) for n in items]
+        return self._bulk(index, actions, UpsertResult(), lambda n: n.ts)
+
+    @_at_edge
+    def query_news(self, symbol, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
+        query = _terms_query(symbol=symbol)
+        query["bool"]["filter"] += _range_filter(start_ms, end_ms)
+        hits = self._latest_or_all(self.index_name(NEWS), query,
+                                   [{"ts": "asc"}, {"id": "asc"}], limit)
+        return news_frame([tuple(h[c] for c in NEWS_COLUMNS) for h in hits])
+
+    @_at_edge
+    def count_news(self, symbol=None) -> int:
+        return self._count(self.index_name(NEWS), _terms_query(symbol=symbol))
 
     # ---- generic documents ---------------------------------------------------------------
     @_at_edge
@@ -622,6 +654,7 @@ class ElasticsearchStore(Store):
         return {
             self.index_name(BARS): ([self.index_name(BARS)], _BAR_MAPPING),
             self.index_name(PREDICTIONS): ([self.index_name(PREDICTIONS)], _PREDICTION_MAPPING),
+            self.index_name(NEWS): ([self.index_name(NEWS)], _NEWS_MAPPING),
             self.index_name("docs"): (docs, _DOC_MAPPING),
         }
 
