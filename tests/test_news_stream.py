@@ -1,0 +1,64 @@
+"""The finance-news stream end to end on real parts: news simulator → NewsProducer → embedded
+broker (TCP) → NewsIndexer → store (SQLite file and the ES test double), with bad messages
+going to the news DLQ once each."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from pipeline.news_stream import NewsIndexer, NewsProducer, NewsQueue
+from pipeline.sources.news_simulator import NewsMarketSimulator
+from pipeline.worker import WorkerThread
+
+pytestmark = pytest.mark.slow
+
+
+def run_indexer(store, broker, topics, expected: int, timeout_s: float = 60) -> NewsIndexer:
+    worker = NewsIndexer(store, broker.bootstrap, topic=topics["bars"],
+                         dlq_topic=topics["dlq"], group_id=f"g-news-{topics['bars']}")
+    wt = WorkerThread(worker).start()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and worker.stats()["counters"]["consumed"] < expected:
+        time.sleep(0.2)
+    assert wt.stop(), "news indexer did not stop"
+    return worker
+
+
+def test_simulated_news_reaches_the_store_exactly_once(broker, topics, any_store):
+    feed = NewsQueue()
+    sim = NewsMarketSimulator(news_rate=0.4, news_impact=1.0, on_news=feed.put,
+                              symbols=["ACME", "GLOBX"], bars=300, seed=4)
+    bars = list(sim.bars(threading.Event()))  # publishes the news into the queue
+    feed.close()
+    producer = NewsProducer(feed.batches, broker.bootstrap, topic=topics["bars"])
+    producer.run_guarded(threading.Event())
+    n = sim.news_emitted
+    assert producer.state == "finished", producer.last_error
+    assert producer.stats()["counters"]["produced"] == n > 100 and len(bars) == 600
+
+    # a replay of the same items and two poison messages
+    raw = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    raw.send(topics["bars"], key=b"ACME", value=b'{"symbol": "ACME"}')
+    raw.send(topics["bars"], key=b"ACME",
+             value=b'{"symbol":"ACME","ts":1735725600000,"source":"s","title":"t","url":"",'
+                   b'"sentiment_score":3,"relevance":0.5}')
+    raw.flush()
+    raw.close()
+    worker = run_indexer(any_store, broker, topics, n + 2)
+    counters = worker.stats()["counters"]
+    assert counters["stored"] == n and counters["rejected"] == 2
+    assert any_store.count_news() == n
+    stored = any_store.query_news("ACME")
+    assert stored["ts"].is_monotonic_increasing and stored["source"].eq("simulator").all()
+
+    consumer = KafkaConsumer(topics["dlq"], bootstrap_servers=broker.bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    dead = list(consumer)
+    consumer.close()
+    assert len(dead) == 2
+    reasons = sorted(dict(m.headers)["reason"].decode() for m in dead)
+    assert reasons[0].startswith("InvalidNews: field sentiment_score 3")
+    assert reasons[1].startswith("InvalidNews: missing field(s)")
