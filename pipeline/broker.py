@@ -17,11 +17,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.news import NEWS_DLQ_TOPIC, NEWS_TOPIC
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC)
+DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC, NEWS_TOPIC,
+                  NEWS_DLQ_TOPIC)
 
 
 class BrokerUnavailable(RuntimeError):

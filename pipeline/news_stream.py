@@ -98,9 +98,15 @@ class NewsQueue:
 
     def __init__(self, maxsize: int = 100_000):
         self._queue: queue.Queue[NewsItem | None] = queue.Queue(maxsize)
+        self.dropped = 0
 
     def put(self, item: NewsItem) -> None:
-        self._queue.put(item)
+        """Never blocks the bar producer: with no news producer draining, items past
+        ``maxsize`` are dropped and counted in :attr:`dropped`."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
 
     def close(self) -> None:
         """No more items: ``batches`` ends once the queue is drained."""

@@ -62,3 +62,26 @@ def test_simulated_news_reaches_the_store_exactly_once(broker, topics, any_store
     reasons = sorted(dict(m.headers)["reason"].decode() for m in dead)
     assert reasons[0].startswith("InvalidNews: field sentiment_score 3")
     assert reasons[1].startswith("InvalidNews: missing field(s)")
+
+
+def test_runtime_starts_the_simulated_news_feed(broker, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.runtime import Runtime, SimulatorSpec
+
+    config = load_config(env={"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+                              "KAPPALAB_DATA_DIR": str(tmp_path)})
+    rt = Runtime(config)
+    try:
+        rt.start_indexer()
+        rt.start_simulator(SimulatorSpec(symbols=("ACME",), speed=None, bars=300,
+                                         news_rate=0.5, news_impact=1.0))
+        deadline = time.time() + 60
+        while time.time() < deadline and not (rt.store.count_bars() == 300 and
+                                              rt.store.count_news() > 100):
+            time.sleep(0.3)
+        assert rt.is_running("news_indexer") and rt.is_running("news_producer")
+        assert rt.store.count_bars() == 300
+        emitted = rt.workers["producer"].worker.source.news_emitted
+        assert rt.store.count_news() == emitted > 100
+    finally:
+        rt.shutdown()
