@@ -222,15 +222,37 @@ class Runtime:
         return {name: wt.worker.stats() for name, wt in self.workers.items()}
 
     def attached_stats(self) -> list[dict[str, Any]]:
-        """Fresh heartbeats of workers running in other processes (attach mode)."""
+        """Fresh heartbeats of workers running in other processes (attach mode).
+
+        From the store; when the store has none (or cannot be read, e.g. during its own
+        outage), from the ``kappalab.workers`` topic, read at most every 10 s."""
         local_ids = {wt.worker.worker_id for wt in self.workers.values()}
         try:
             beats = self.store.list_heartbeats(max_age_ms=HEARTBEAT_FRESH_MS)
         except Exception as exc:
-            log.debug("heartbeats unavailable: %s", exc)
-            return []
+            log.debug("heartbeats unavailable in the store: %s", exc)
+            beats = []
+        if not beats:
+            beats = self._topic_heartbeats()
         return [b for b in beats if b.get("worker_id") not in local_ids
-                and b.get("state") == "running"]
+                and b.get("state") in ("running", "stalled")]
+
+    def _topic_heartbeats(self, every_s: float = 10.0) -> list[dict[str, Any]]:
+        from pipeline.worker import latest_heartbeats
+
+        now = time.monotonic()
+        cached = getattr(self, "_beats_cache", None)
+        if cached and now - cached[0] < every_s:
+            return cached[1]
+        beats: list[dict[str, Any]] = []
+        if self.broker_info is not None:
+            try:
+                beats = latest_heartbeats(self.broker_info.bootstrap, HEARTBEAT_FRESH_MS,
+                                          self.config.kafka_client_kwargs())
+            except Exception as exc:
+                log.debug("heartbeats unavailable on the topic: %s", exc)
+        self._beats_cache = (now, beats)
+        return beats
 
     # ---- shutdown ------------------------------------------------------------------------
     def shutdown(self) -> None:

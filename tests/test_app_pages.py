@@ -91,3 +91,26 @@ def test_pipeline_buttons_start_and_stop_workers(data_dir):
         assert runtime.workers["indexer"] is first
     finally:
         runtime.shutdown()  # stops the threads and the broker this runtime started, by PID
+
+
+def test_pipeline_page_shows_an_attached_stalled_worker_with_its_reason(data_dir):
+    """An indexer process that cannot store (heartbeat written by it, read here) reads
+    `stalled` with the full reason, not `running`."""
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    reason = ("no batch stored for over 15 s, retrying: the store is unavailable "
+              "(OperationalError: database or disk is full)")
+    store.heartbeat("indexer-elsewhere-1", {
+        "worker_id": "indexer-elsewhere-1", "kind": "indexer", "mode": "process",
+        "state": "stalled", "pid": 4242, "counters": {"consumed": 10, "stored": 5},
+        "gauges": {"lag": 1690}, "last_error": reason, "uptime_s": 60.0})
+    store.close()
+    at = run_page("pages/pipeline_control.py")
+    frames = [df.value for df in at.dataframe]
+    text = " ".join(frames_to_text(frames)) + " ".join(str(m.value) for m in at.markdown) + \
+        " ".join(str(w.value) for w in at.warning)
+    assert "stalled" in text
+    assert "database or disk is full" in text
+
+
+def frames_to_text(frames) -> list[str]:
+    return [f.to_string() for f in frames]
