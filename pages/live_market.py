@@ -6,7 +6,7 @@ import streamlit as st
 from dashboard.charts import candlestick
 from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
-from dashboard.view_models import latest_predictions
+from dashboard.view_models import latest_predictions, news_markers
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
@@ -34,6 +34,7 @@ ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10
 ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
 n_candles = st.slider("Candles shown", 30, 600, 150, step=10, key="lm_n")
 show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
+show_news = st.toggle("Show news markers (hover for title and score)", value=True, key="lm_news")
 
 
 @st.fragment(run_every=2.0)
@@ -65,7 +66,9 @@ def live_panel() -> None:
     preds = None
     if show_pred:
         preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
-    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles")
+    news = news_markers(store, symbol, candles, bucket) if show_news else None
+    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles",
+                      news=news)
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     if len(candles) > n_candles:
         fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-n_candles]),
