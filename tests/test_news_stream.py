@@ -85,3 +85,55 @@ def test_runtime_starts_the_simulated_news_feed(broker, tmp_path):
         assert rt.store.count_news() == emitted > 100
     finally:
         rt.shutdown()
+
+
+def _cli(broker, data_dir, *args, extra_env=None):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+               KAPPALAB_DATA_DIR=str(data_dir), PYTHONPATH=os.getcwd(), **(extra_env or {}))
+    env.pop("ELASTICSEARCH_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], env=env,
+                          capture_output=True, text=True, timeout=240)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_cli_publishes_csv_and_alphavantage_news_and_indexes_them(broker, tmp_path):
+    import json
+
+    from pipeline.store.sqlite import SqliteStore
+    from tests.market_api_double import MarketApiDouble, av_article
+
+    csv_file = tmp_path / "h.csv"
+    csv_file.write_text("symbol,published,title\n"
+                        "CLICO,2025-01-02T15:00:00Z,CLICO shares soar on great results\n"
+                        "CLICO,2025-01-02T16:00:00Z,CLICO hit by terrible lawsuit\n"
+                        "CLICO,not-a-time,Broken row\n", encoding="utf-8")
+    code, out, err = _cli(broker, tmp_path, "news", "--source", "csv", "--file", str(csv_file))
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["items"] == 2 and summary["skipped"] == 1
+
+    with MarketApiDouble(av_key="cli-key") as api:
+        api.set_av_news("AVCLI", [av_article("A", 1_735_830_000_000, {"AVCLI": (0.3, 0.8)}),
+                                  av_article("B", 1_735_833_600_000, {"AVCLI": (-0.4, 0.6)})])
+        code, out, err = _cli(broker, tmp_path, "news", "--symbols", "AVCLI",
+                              extra_env={"ALPHAVANTAGE_API_KEY": "cli-key",
+                                         "ALPHAVANTAGE_BASE_URL": api.base_url})
+        assert code == 0, err
+        code, out, err = _cli(broker, tmp_path, "news", "--symbols", "AVCLI",
+                              extra_env={"ALPHAVANTAGE_API_KEY": "wrong",
+                                         "ALPHAVANTAGE_BASE_URL": api.base_url})
+        assert code != 0 and "ALPHAVANTAGE_API_KEY" in err and "wrong" not in err
+
+    code, out, err = _cli(broker, tmp_path, "news-index", "--until-idle", "3")
+    assert code == 0, err
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    try:
+        assert store.count_news("CLICO") == 2 and store.count_news("AVCLI") == 2
+        scores = store.query_news("CLICO")["sentiment_score"].tolist()
+        assert scores[0] > 0 > scores[1]
+    finally:
+        store.close()
