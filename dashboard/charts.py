@@ -7,6 +7,7 @@ from plotly.subplots import make_subplots
 
 from dashboard.formatting import ts_to_datetime
 from dashboard.theme import DOWN, UP, palette
+from models.features import compute_features, max_lookback
 
 
 def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SMA",
@@ -25,9 +26,10 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
                                  low=candles["low"], close=candles["close"], name="price",
                                  increasing_line_color=UP, decreasing_line_color=DOWN),
                   row=1, col=1)
+    averages = compute_features(candles, ma_feature_names(ma_windows, ma_kind)) \
+        if ma_windows else None
     for i, w in enumerate(ma_windows):
-        series = (candles["close"].rolling(w).mean() if ma_kind == "SMA"
-                  else candles["close"].ewm(span=w, adjust=False).mean())
+        series = averages[ma_feature_names([w], ma_kind)[0]]
         fig.add_trace(go.Scatter(x=x, y=series, name=f"{ma_kind} {w}", mode="lines",
                                  line=dict(width=1.4, color=pal.ma(w, i))),
                       row=1, col=1)
@@ -78,3 +80,15 @@ def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None =
                            yanchor="bottom",
                            font=dict(size=11, color=palette().muted))
     return fig
+
+
+def ma_feature_names(ma_windows, ma_kind: str) -> list[str]:
+    """The model features a chart's moving averages are (``sma_<w>`` / ``ema_<w>``): the
+    chart draws the same numbers the models see (:mod:`models.features`)."""
+    prefix = "sma" if ma_kind == "SMA" else "ema"
+    return [f"{prefix}_{int(w)}" for w in ma_windows]
+
+
+def ma_warmup(ma_windows, ma_kind: str) -> int:
+    """Leading candles the moving averages need before their first value."""
+    return max_lookback(ma_feature_names(ma_windows, ma_kind)) if ma_windows else 0

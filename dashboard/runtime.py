@@ -6,15 +6,13 @@ copies. Workers running as separate processes are shown through their store hear
 """
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 
 from dashboard.state import get_config, get_store
 from pipeline.broker import BrokerUnavailable
 from pipeline.runtime import Runtime, SimulatorSpec
 
-#: The default live demo: five simulated symbols, a 1m bar per second each, with a warm-up
+#: The default live demo: the simulator's default symbols, a 1m bar per second each, with a warm-up
 #: history so charts and the model lab have data at once.
 #: Simulated news is on (cheap: a few random draws per bar) but uninformative (impact 0).
 DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500, news_rate=0.1)
@@ -31,7 +29,8 @@ def get_runtime() -> Runtime:
 
 
 def autostart_enabled() -> bool:
-    return os.environ.get("KAPPALAB_AUTOSTART", "1").strip().lower() not in ("0", "false", "no")
+    """``KAPPALAB_AUTOSTART`` from the one config loader (environment, then secrets.toml)."""
+    return get_config().autostart
 
 
 def autostart(rt: Runtime) -> str | None:

@@ -17,10 +17,22 @@ On the implied close price (so every target is comparable):
   miss); NaN for a model that never predicts a move, such as persistence.
 
 Timing (seconds): ``fit_time_s`` and ``predict_time_s`` summed over folds.
+
+The regression errors are scikit-learn's (:mod:`sklearn.metrics`); what is ours is the
+handling of the degenerate cases above (no variance, zero closes, no move).
+
+The live error of the scorer and the Predictions page is here too (:func:`close_errors`,
+:func:`live_error_summary`), with the persistence forecast every model is compared to
+(:func:`persistence_forecast`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from sklearn import metrics as skm
+
+from models.targets import get_target, to_close
 
 #: Table columns in display order, with whether higher is better (None: not ranked).
 METRIC_COLUMNS: dict[str, bool | None] = {
@@ -50,32 +62,29 @@ METRIC_LABELS: dict[str, str] = {
 
 def r2(y_true, y_pred) -> float:
     y_true, y_pred = _arrays(y_true, y_pred)
-    sst = float(np.sum((y_true - y_true.mean()) ** 2))
-    if sst == 0.0:
+    if float(np.ptp(y_true)) == 0.0:  # R² is undefined without variance (sklearn would say 0 or 1)
         return float("nan")
-    return 1.0 - float(np.sum((y_true - y_pred) ** 2)) / sst
+    return float(skm.r2_score(y_true, y_pred))
 
 
 def mse(y_true, y_pred) -> float:
-    y_true, y_pred = _arrays(y_true, y_pred)
-    return float(np.mean((y_true - y_pred) ** 2))
+    return float(skm.mean_squared_error(*_arrays(y_true, y_pred)))
 
 
 def rmse(y_true, y_pred) -> float:
-    return float(np.sqrt(mse(y_true, y_pred)))
+    return float(skm.root_mean_squared_error(*_arrays(y_true, y_pred)))
 
 
 def mae(y_true, y_pred) -> float:
-    y_true, y_pred = _arrays(y_true, y_pred)
-    return float(np.mean(np.abs(y_true - y_pred)))
+    return float(skm.mean_absolute_error(*_arrays(y_true, y_pred)))
 
 
 def mape_pct(actual_close, predicted_close) -> float:
     actual_close, predicted_close = _arrays(actual_close, predicted_close)
-    ok = actual_close != 0.0
+    ok = actual_close != 0.0  # sklearn would divide by machine epsilon instead
     if not ok.any():
         return float("nan")
-    return float(np.mean(np.abs((actual_close[ok] - predicted_close[ok]) / actual_close[ok])) * 100)
+    return float(skm.mean_absolute_percentage_error(actual_close[ok], predicted_close[ok]) * 100)
 
 
 def directional_accuracy(actual_close, predicted_close, base_close) -> float:
@@ -107,6 +116,76 @@ def score(y_true, y_pred, actual_close, predicted_close, base_close,
         "mape_pct": mape_pct(actual_close, predicted_close),
         "directional_accuracy": directional_accuracy(actual_close, predicted_close, base_close),
         "skill": skill(m, mse_persistence) if mse_persistence is not None else float("nan"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The persistence forecast and the live error: one implementation for the lab, the retrain
+# decision, the scorer and the Predictions page.
+
+def persistence_forecast(target: str, base_close) -> np.ndarray:
+    """The "no change" forecast of ``target`` for rows whose last known close is
+    ``base_close``: that close for price targets, a return of 0 for return targets."""
+    base = np.asarray(base_close, dtype="float64")
+    return np.zeros_like(base) if get_target(target).is_return else base.copy()
+
+
+@dataclass(frozen=True)
+class CloseErrors:
+    """Per-row live error of predictions of one target, on the implied close (price units).
+
+    ``hit`` is 1.0 where the predicted close moved the way the actual one did, 0.0 where not,
+    NaN where the row is not scored yet (``actual`` NaN) or the price did not move.
+    """
+
+    predicted_close: np.ndarray
+    actual_close: np.ndarray
+    abs_error: np.ndarray
+    pct_error: np.ndarray
+    hit: np.ndarray
+
+
+def close_errors(target: str, predicted, actual, base_close) -> CloseErrors:
+    """Live error of predictions of ``target`` (``actual`` is the target's realised value, NaN
+    while unknown): the implied closes, absolute and percentage close error, direction hit."""
+    base = np.asarray(base_close, dtype="float64")
+    pred_close = np.asarray(to_close(target, np.asarray(predicted, dtype="float64"), base),
+                            dtype="float64")
+    actual_close = np.asarray(to_close(target, np.asarray(actual, dtype="float64"), base),
+                              dtype="float64")
+    abs_error = np.abs(pred_close - actual_close)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct_error = np.where(actual_close != 0, 100.0 * abs_error / np.abs(actual_close), np.nan)
+    moved = np.sign(actual_close - base)
+    hit = (np.sign(pred_close - base) == moved).astype("float64")
+    hit[~np.isfinite(actual_close) | (moved == 0)] = np.nan
+    return CloseErrors(pred_close, actual_close, abs_error, pct_error, hit)
+
+
+def live_error_summary(abs_error, pct_error, hit, actual_close, base_close) -> dict[str, float]:
+    """MAE, RMSE (price units), MAPE %, directional accuracy and the persistence MAE over the
+    scored rows (finite ``abs_error``) of :func:`close_errors` output; NaN where no row is
+    scored."""
+    abs_error = np.asarray(abs_error, dtype="float64")
+    scored = np.isfinite(abs_error)
+    n = int(scored.sum())
+    if n == 0:
+        nan = float("nan")
+        return {"scored": 0, "mae": nan, "rmse": nan, "mape_pct": nan,
+                "directional_accuracy": nan, "persistence_mae": nan}
+    err = abs_error[scored]
+    hits = np.asarray(hit, dtype="float64")[scored]
+    actual = np.asarray(actual_close, dtype="float64")[scored]
+    base = np.asarray(base_close, dtype="float64")[scored]
+    return {
+        "scored": n,
+        "mae": float(err.mean()),
+        "rmse": float(np.sqrt((err ** 2).mean())),
+        "mape_pct": float(np.nanmean(np.asarray(pct_error, dtype="float64")[scored]))
+        if np.isfinite(np.asarray(pct_error, dtype="float64")[scored]).any() else float("nan"),
+        "directional_accuracy": float(np.nanmean(hits)) if np.isfinite(hits).any()
+        else float("nan"),
+        "persistence_mae": float(np.abs(actual - base).mean()),
     }
 
 

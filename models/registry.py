@@ -5,9 +5,16 @@ elsewhere: the feature names in order, the target and horizon, the interval and 
 trained on, the training time range, its lab metrics and the sha256 of the blob.
 
 Each *scope* (``"global"`` or a symbol) has at most one ``champion``: the version the live
-scorer uses. :func:`promote` makes a version champion and retires the previous one, recording a
-``promotion`` event with the figures; :func:`rollback` brings back the champion before it.
-A symbol scope without its own champion falls back to the global one.
+scorer uses. The champion of a scope is one document in the store's ``champions`` collection
+(id = scope), changed only by a compare-and-set (:meth:`Store.replace_doc_if`), so two
+concurrent promotions can never leave two champions: the second re-reads and goes after the
+first. The ``status`` field of the version documents (champion / retired / candidate) is kept
+for display and follows the pointer. :func:`promote` makes a version champion and retires the
+previous one, recording a ``promotion`` event with the figures; :func:`rollback` brings back
+the champion before it. A symbol scope without its own champion falls back to the global one.
+
+The pickled estimator is a content-addressed artefact in the store (:meth:`Store.put_artefact`);
+the version document holds its sha256, and the store caches artefacts by that hash.
 
 Pickles execute code when loaded: only load versions from a store you trust.
 """
@@ -24,12 +31,13 @@ import pandas as pd
 
 from models.features import max_lookback
 from models.targets import get_target, to_close
-from pipeline.store.base import Store, now_ms
+from pipeline.store.base import CHAMPIONS, Store, now_ms
 
 GLOBAL_SCOPE = "global"
 CANDIDATE, CHAMPION, RETIRED = "candidate", "champion", "retired"
 
 _REQUIRED = ("name", "model_key", "features", "target")
+_PROMOTE_ATTEMPTS = 10
 
 
 @dataclass
@@ -130,12 +138,22 @@ def list_versions(store: Store, scope: str | None = None) -> list[dict[str, Any]
 
 def get_champion(store: Store, scope: str = GLOBAL_SCOPE) -> dict[str, Any] | None:
     """The champion's metadata for ``scope``; a symbol scope falls back to the global one."""
-    found = _champions(store, scope)
-    if found:
-        return found[0]
-    if scope != GLOBAL_SCOPE:
+    meta = _champion_meta(store, scope)
+    if meta is None and scope != GLOBAL_SCOPE:
         return get_champion(store, GLOBAL_SCOPE)
-    return None
+    return meta
+
+
+def champions(store: Store) -> dict[str, dict[str, Any]]:
+    """Every scope's champion metadata in one listing: ``{scope: meta}`` (the scorer's
+    refresh; a symbol missing here uses ``"global"``, as in :func:`get_champion`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pointer in _pointers(store):
+        found = store.get_doc("model_versions", pointer["version_id"])
+        if found is not None:
+            found.pop("blob_b64", None)
+            out[pointer["scope"]] = found
+    return out
 
 
 def champion_refusal(target: str | None) -> str | None:
@@ -168,46 +186,107 @@ def rollback(store: Store, scope: str = GLOBAL_SCOPE,
 
     Repeated rollbacks walk further back along the promotion history.
     """
-    current = _champions(store, scope)
-    if not current:
+    current = _champion_meta(store, scope)
+    if current is None:
         raise LookupError(f"scope {scope!r} has no champion to roll back")
-    previous_id = current[0].get("previous_version_id")
-    if not previous_id or store.get_model_version(previous_id) is None:
+    previous_id = current.get("previous_version_id")
+    if not previous_id or store.get_doc("model_versions", previous_id) is None:
         raise LookupError(f"the champion of scope {scope!r} has no previous champion to restore")
-    return _promote(store, previous_id, scope, reason, record_previous=False)
+    return _promote(store, previous_id, scope, reason, record_previous=False,
+                    expected_version_id=current["version_id"])
 
 
 # ---------------------------------------------------------------------------------------------
 
-def _champions(store: Store, scope: str) -> list[dict[str, Any]]:
-    return store.list_model_versions(where={"status": CHAMPION, "scope": scope})
+def _pointers(store: Store) -> list[dict[str, Any]]:
+    """The champion documents, adopting champions of stores written before pointers existed
+    (the newest version whose status says champion, per scope)."""
+    pointers = store.list_docs(CHAMPIONS)
+    have = {p["scope"] for p in pointers}
+    legacy: dict[str, dict[str, Any]] = {}
+    for meta in store.list_model_versions(where={"status": CHAMPION}):
+        legacy.setdefault(meta.get("scope") or GLOBAL_SCOPE, meta)  # newest first
+    for scope, meta in legacy.items():
+        if scope in have:
+            continue
+        pointer = _pointer_doc(scope, meta["version_id"], meta.get("previous_version_id"),
+                               meta.get("promoted_ms") or meta.get("created_ms") or now_ms(),
+                               meta.get("promotion_reason") or "adopted")
+        store.replace_doc_if(CHAMPIONS, scope, pointer, expected=None)
+        pointers.append(store.get_doc(CHAMPIONS, scope) or pointer)
+    return pointers
 
 
-def _promote(store: Store, version_id: str, scope: str, reason: str,
-             record_previous: bool) -> dict[str, Any]:
-    found = store.get_model_version(version_id)
-    if found is None:
+def _pointer(store: Store, scope: str) -> dict[str, Any] | None:
+    found = store.get_doc(CHAMPIONS, scope)
+    if found is not None:
+        return found
+    return next((p for p in _pointers(store) if p["scope"] == scope), None)
+
+
+def _champion_meta(store: Store, scope: str) -> dict[str, Any] | None:
+    pointer = _pointer(store, scope)
+    if pointer is None:
+        return None
+    meta = store.get_doc("model_versions", pointer["version_id"])
+    if meta is not None:
+        meta.pop("blob_b64", None)
+    return meta
+
+
+def _pointer_doc(scope: str, version_id: str, previous_version_id: str | None,
+                 promoted_ms: int, reason: str) -> dict[str, Any]:
+    return {"scope": scope, "version_id": version_id, "previous_version_id": previous_version_id,
+            "promoted_ms": int(promoted_ms), "reason": reason, "created_ms": int(promoted_ms)}
+
+
+def _promote(store: Store, version_id: str, scope: str, reason: str, record_previous: bool,
+             expected_version_id: str | None = None) -> dict[str, Any]:
+    meta = store.get_doc("model_versions", version_id)
+    if meta is None:
         raise KeyError(f"model version {version_id} not found")
-    meta, _ = found
+    meta.pop("blob_b64", None)
     refusal = champion_refusal(meta.get("target"))
     if refusal:
         raise ValueError(f"{version_id} cannot be champion: {refusal}")
-    now = now_ms()
-    previous = [m for m in _champions(store, scope) if m["version_id"] != version_id]
-    for old in previous:
-        store.update_model_version(old["version_id"], status=RETIRED, retired_ms=now,
-                                   retired_reason=reason)
+    for _ in range(_PROMOTE_ATTEMPTS):
+        current = _pointer(store, scope)
+        if expected_version_id is not None and (current or {}).get("version_id") \
+                != expected_version_id:
+            raise LookupError(f"the champion of scope {scope!r} changed meanwhile; look again "
+                              "before rolling back")
+        now = now_ms()
+        previous_id = current["version_id"] if current else None
+        if previous_id == version_id:
+            previous_id = current.get("previous_version_id")
+        chain = previous_id if record_previous else meta.get("previous_version_id")
+        pointer = _pointer_doc(scope, version_id, chain, now, reason)
+        if store.replace_doc_if(CHAMPIONS, scope, pointer, expected=current):
+            break
+    else:
+        raise RuntimeError(f"could not promote {version_id}: the champion of {scope!r} kept "
+                           "changing; try again")
+    # The pointer is the truth; the status fields follow it for display.
+    old_id = current["version_id"] if current and current["version_id"] != version_id else None
+    stale = {m["version_id"] for m in store.list_model_versions(
+        where={"status": CHAMPION, "scope": scope})} | ({old_id} if old_id else set())
+    for vid in stale - {version_id}:
+        try:
+            store.update_model_version(vid, status=RETIRED, retired_ms=now,
+                                       retired_reason=reason)
+        except KeyError:
+            pass
     changes: dict[str, Any] = {"status": CHAMPION, "scope": scope, "promoted_ms": now,
                                "promotion_reason": reason}
     if record_previous:
-        changes["previous_version_id"] = previous[0]["version_id"] if previous else None
+        changes["previous_version_id"] = chain
     store.update_model_version(version_id, **changes)
-    old = previous[0] if previous else None
+    old = store.get_doc("model_versions", old_id) if old_id else None
     store.record_event(
         "promotion", scope=scope, reason=reason, version_id=version_id,
         name=meta.get("name"), model_key=meta.get("model_key"), target=meta.get("target"),
         metrics=meta.get("metrics") or {},
-        previous_version_id=old["version_id"] if old else None,
+        previous_version_id=old_id,
         previous_metrics=(old.get("metrics") or {}) if old else {},
     )
     meta.update(changes)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.charts import candlestick
+from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers
@@ -46,7 +46,7 @@ def live_panel() -> None:
         st.caption("Waiting for the first bar…")
         return
     bucket = INTERVALS[candle]
-    warm = max(ma_windows or [0])
+    warm = ma_warmup(ma_windows, ma_kind)  # the model features need this many leading bars
     candles = store.ohlc_buckets(symbol, interval, bucket, limit=n_candles + warm)
     stored = store.count_bars(symbol, interval)
     if candles.empty:

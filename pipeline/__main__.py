@@ -27,6 +27,7 @@ from pipeline.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker, is_he
 from pipeline.config import Config, load_config
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
+from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import StoreUnavailable, open_store
 
 log = logging.getLogger("pipeline")
@@ -137,7 +138,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", default=BARS_TOPIC, help="topic to publish to")
     p.add_argument("--source", choices=["simulator", "csv", "alphavantage", "polygon"],
                    default="simulator")
-    p.add_argument("--symbols", default="ACME,GLOBX,INITECH,UMBRL,WAYNE",
+    p.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS),
                    help="comma-separated symbols (default: the simulator's five)")
     p.add_argument("--interval", default="1m", choices=list(INTERVALS), action=_IntervalGiven,
                    help="bar interval (default 1m; csv: inferred from the rows' spacing)")
@@ -160,23 +161,12 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 # ---- helpers ---------------------------------------------------------------------------------
 def resolve_bootstrap(config: Config, start_if_missing: bool = False) -> tuple[BrokerInfo, EmbeddedBroker | None]:
     """The configured Kafka, or the running embedded broker recorded in the data dir."""
-    if config.kafka_bootstrap:
-        if not is_healthy(config.kafka_bootstrap, 10):
-            raise CliError(f"Kafka at {config.kafka_bootstrap} did not answer a metadata request; "
-                           "check KAFKA_BOOTSTRAP_SERVERS.")
-        from pipeline.broker import ensure_topics
+    from pipeline.broker import find_or_start_broker
 
-        ensure_topics(config.kafka_bootstrap, partitions=config.topic_partitions,
-                      **config.kafka_client_kwargs())
-        return BrokerInfo(config.kafka_bootstrap, None, embedded=False), None
-    info = EmbeddedBroker.read_state(config.broker_state_file)
-    if info and pid_alive(info.pid) and is_healthy(info.bootstrap, 5):
-        return info, None
-    if start_if_missing:
-        broker = EmbeddedBroker(config.broker_state_file)
-        return broker.start(reuse=False), broker
-    raise CliError("No broker is running: start one with `python -m pipeline broker` "
-                   "(or the dashboard), or set KAFKA_BOOTSTRAP_SERVERS.")
+    try:
+        return find_or_start_broker(config, start=start_if_missing)
+    except BrokerUnavailable as exc:
+        raise CliError(str(exc)) from None
 
 
 def build_source(args: argparse.Namespace, config: Config, store=None, resume=None):
@@ -288,14 +278,13 @@ def cmd_produce(args, config: Config) -> int:
     source = build_source(args, config, store)
     stop = wait_for_signal()
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
-    resume = None
-    if args.source == "simulator" and args.bars is None:  # an endless feed can resume
-        def resume(points):
-            return build_source(args, config, store, resume=points)
+    endless_simulator = args.source == "simulator" and args.bars is None
     worker = Producer(source, info.bootstrap, topic=args.topic,
                       client_kwargs=config.kafka_client_kwargs(),
                       store=store, mode="process", live=args.speed is not None or args.live,
-                      resume_source=resume)
+                      # an endless feed can resume after the last stored bar
+                      resume_source=(lambda points: build_source(args, config, store, resume=points))
+                      if endless_simulator else None)
     run_worker(worker, stop)
     return 0
 

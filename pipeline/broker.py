@@ -16,9 +16,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.news import NEWS_DLQ_TOPIC, NEWS_TOPIC
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,41 @@ def ensure_topics(bootstrap: str, topics=DEFAULT_TOPICS, partitions: int = 1, **
                 pass
     finally:
         admin.close()
+
+
+def find_or_start_broker(config: "Config", *, start: bool = True, port: int | None = None
+                         ) -> tuple[BrokerInfo, "EmbeddedBroker | None"]:
+    """The broker every process of this configuration uses: the one place that decides.
+
+    - ``KAFKA_BOOTSTRAP_SERVERS`` set: that Kafka, health-checked with a metadata request and
+      with the three topics created if missing.
+    - unset: the embedded broker recorded in the data directory if it is alive and answers;
+      otherwise, with ``start``, a new embedded broker on ``port`` (default: a free one; the
+      caller owns it and stops it).
+
+    Returns the broker's address and the :class:`EmbeddedBroker` this call started (None when
+    it found a running one). Raises :class:`BrokerUnavailable` with one sentence saying what
+    to do.
+    """
+    if config.kafka_bootstrap:
+        bootstrap = config.kafka_bootstrap
+        if not is_healthy(bootstrap, 10):
+            raise BrokerUnavailable(
+                f"Kafka at {bootstrap} did not answer a metadata request; check that it is "
+                "running and that KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_* settings) are "
+                "right, or unset it to use the embedded broker.")
+        ensure_topics(bootstrap, DEFAULT_TOPICS, partitions=config.topic_partitions,
+                      **config.kafka_client_kwargs())
+        return BrokerInfo(bootstrap, None, embedded=False), None
+    recorded = EmbeddedBroker.read_state(config.broker_state_file)
+    if recorded and pid_alive(recorded.pid) and is_healthy(recorded.bootstrap, 5):
+        return recorded, None
+    if not start:
+        raise BrokerUnavailable(
+            "No broker is running: start one with `python -m pipeline broker` (or the "
+            "dashboard), or set KAFKA_BOOTSTRAP_SERVERS.")
+    broker = EmbeddedBroker(config.broker_state_file, port=port)
+    return broker.start(reuse=False), broker
 
 
 def pid_alive(pid: int | None) -> bool:

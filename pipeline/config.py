@@ -37,7 +37,10 @@ ENV_KEYS = (
     "POLYGON_BASE_URL",
     "KAPPALAB_DATA_DIR",
     "KAPPALAB_TOPIC_PARTITIONS",
+    "KAPPALAB_AUTOSTART",
 )
+
+_FALSE_WORDS = ("0", "false", "no", "off")
 
 
 class Secret:
@@ -86,6 +89,7 @@ class Config:
     alphavantage_base_url: str = "https://www.alphavantage.co"
     polygon_api_key: Secret | None = None
     polygon_base_url: str = "https://api.polygon.io"
+    autostart: bool = True  # the dashboard starts broker, simulator, indexer, scorer on load
 
     def store_key(self) -> tuple:
         """Identity of the store this config points at (for caching one store per target)."""
@@ -155,7 +159,8 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
         return Secret(v) if v else None
 
     data_dir = Path(get("KAPPALAB_DATA_DIR") or default_data_dir()).expanduser()
-    verify = (get("ELASTICSEARCH_VERIFY_CERTS") or "true").lower() not in ("0", "false", "no")
+    verify = (get("ELASTICSEARCH_VERIFY_CERTS") or "true").lower() not in _FALSE_WORDS
+    autostart = (get("KAPPALAB_AUTOSTART") or "1").lower() not in _FALSE_WORDS
     partitions = get("KAPPALAB_TOPIC_PARTITIONS") or "1"
     try:
         n_partitions = max(1, int(partitions))
@@ -181,6 +186,7 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
         alphavantage_base_url=get("ALPHAVANTAGE_BASE_URL") or "https://www.alphavantage.co",
         polygon_api_key=secret("POLYGON_API_KEY"),
         polygon_base_url=get("POLYGON_BASE_URL") or "https://api.polygon.io",
+        autostart=autostart,
     )
     cfg.update(overrides)
     return Config(**cfg)

@@ -20,26 +20,20 @@ its ``source_partition``/``source_offset`` headers identify the duplicate.)
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
+from pipeline.backoff import Backoff
+from pipeline.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
-from pipeline.store import StoreUnavailable
+from pipeline.store.outage import is_store_outage
 from pipeline.worker import Worker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "kappalab-indexer"
-#: A dead letter keeps at most this many bytes of the original value (and key); the headers
-#: ``original_size`` and ``sha256`` describe the whole original, ``truncated`` says if it was cut.
-DLQ_MAX_VALUE_BYTES = 65_536
-DLQ_MAX_KEY_BYTES = 1_024
-DLQ_MAX_REASON_CHARS = 1_000
 
 
 def make_consumer(bootstrap: str, topic: str | None, group_id: str | None,
@@ -70,109 +64,6 @@ def make_dlq_producer(bootstrap: str, client_kwargs: dict | None = None):
     return KafkaProducer(bootstrap_servers=bootstrap, client_id="kappalab-dlq", acks="all",
                          retries=10, linger_ms=5, max_block_ms=10_000,
                          request_timeout_ms=10_000, **(client_kwargs or {}))
-
-
-def is_store_outage(exc: BaseException) -> bool:
-    """True when ``exc`` means the store could not be reached or written (retry later);
-    False when the data handed to it was at fault (dead-letter it)."""
-    if isinstance(exc, (StoreUnavailable, OSError, TimeoutError)):
-        return True
-    if isinstance(exc, sqlite3.Error):
-        # locked, busy, read-only, disk full, I/O error, not a database: the store's fault.
-        return not isinstance(exc, (sqlite3.IntegrityError, sqlite3.InterfaceError,
-                                    sqlite3.DataError, sqlite3.ProgrammingError))
-    try:
-        from elastic_transport import TransportError
-        from elasticsearch import ApiError
-    except ImportError:  # pragma: no cover - the client is a dependency
-        return False
-    if isinstance(exc, TransportError):
-        return True
-    if isinstance(exc, ApiError):
-        return exc.meta.status in (408, 429) or exc.meta.status >= 500
-    return False
-
-
-class StoreOutage(Exception):
-    """The batch could not be written (store) or dead-lettered (DLQ): retry it later."""
-
-
-def describe_failure(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# ---- dead letters ----------------------------------------------------------------------------
-@dataclass
-class Reject:
-    msg: Any  # a kafka ConsumerRecord
-    reason: str  # one sentence, starting with the exception class
-
-
-def dlq_record(reason: str, msg: Any) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    """Key, value and headers of the dead letter for ``msg``: raw bytes (cut to a bounded
-    size), the reason, where it came from, and the original's size and SHA-256."""
-    raw = msg.value or b""
-    key = msg.key[:DLQ_MAX_KEY_BYTES] if msg.key is not None else None
-    value = raw[:DLQ_MAX_VALUE_BYTES]
-    error_class = reason.split(":", 1)[0] if ":" in reason else "InvalidBar"
-    headers = [
-        ("reason", reason[:DLQ_MAX_REASON_CHARS].encode("utf-8", "backslashreplace")),
-        ("error_class", error_class.encode("utf-8", "backslashreplace")),
-        ("source_topic", str(msg.topic).encode()),
-        ("source_partition", str(msg.partition).encode()),
-        ("source_offset", str(msg.offset).encode()),
-        ("original_size", str(len(raw)).encode()),
-        ("sha256", hashlib.sha256(raw).hexdigest().encode()),
-        ("truncated", b"true" if len(value) < len(raw) or (key is not None and len(key) < len(msg.key)) else b"false"),
-    ]
-    return key, value, headers
-
-
-def dlq_headers(reason: str, msg: Any) -> list[tuple[str, bytes]]:
-    return dlq_record(reason, msg)[2]
-
-
-class DeadLetters:
-    """Sends rejects to the DLQ topic, once per (partition, offset) while this process lives."""
-
-    def __init__(self, producer, topic: str):
-        self.producer = producer
-        self.topic = topic
-        self._acked: dict[tuple[str, int], set[int]] = {}
-
-    def already_sent(self, msg: Any) -> bool:
-        return msg.offset in self._acked.get((msg.topic, msg.partition), ())
-
-    def send(self, rejects: list[Reject]) -> None:
-        """Send and wait for the acks; raise :class:`StoreOutage` if the DLQ did not take one
-        (the batch is then retried, and the offsets already acked are not sent again)."""
-        sent = []
-        for r in rejects:
-            key, value, headers = dlq_record(r.reason, r.msg)
-            sent.append((r.msg, self.producer.send(self.topic, key=key, value=value,
-                                                   headers=headers)))
-        if not sent:
-            return
-        self.producer.flush(timeout=30)
-        failed: BaseException | None = None
-        for msg, future in sent:
-            try:
-                future.get(timeout=10)
-            except Exception as exc:  # broker down or refusing: retry the batch later
-                failed = failed or exc
-                continue
-            self._acked.setdefault((msg.topic, msg.partition), set()).add(msg.offset)
-        if failed is not None:
-            raise StoreOutage(f"the dead-letter topic {self.topic} did not acknowledge "
-                              f"a reject ({describe_failure(failed)})")
-
-    def forget_before(self, positions: dict[tuple[str, int], int]) -> None:
-        """Drop the memory of offsets below the committed positions (they never replay)."""
-        for tp, position in positions.items():
-            done = self._acked.get(tp)
-            if done:
-                done.difference_update([o for o in done if o < position])
 
 
 # ---- the worker ------------------------------------------------------------------------------
@@ -238,10 +129,23 @@ class Indexer(Worker):
             self._assign_bounds(consumer)
         self.gauge("group", self.group_id)
         dlq = DeadLetters(make_dlq_producer(self.bootstrap, self.client_kwargs), self.dlq_topic)
-        backoff, failing_since = 0.5, None
+        backoff, failing_since = Backoff(0.5, self.max_backoff_s), None
         try:
+            poll_failing_since = None
             while not stop.is_set() and not self._bounds_done(consumer):
-                batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                try:
+                    batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                    poll_failing_since = None
+                except Exception as exc:  # e.g. a corrupt record batch: keep trying, say so
+                    poll_failing_since = poll_failing_since or time.monotonic()
+                    reason = f"cannot read {self.topic} ({describe_failure(exc)})"
+                    if time.monotonic() - poll_failing_since > self.stall_after_s:
+                        self.stall(reason)
+                    else:
+                        self.error(reason, log_it=False)
+                    self.tick()
+                    stop.wait(1.0)
+                    continue
                 if self.bounds is not None:
                     batch = self._own_records(consumer, batch)
                 if batch:
@@ -260,10 +164,9 @@ class Indexer(Worker):
                             consumer.seek(tp, msgs[0].offset)
                         self._periodic(consumer)
                         self.tick()
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, self.max_backoff_s)
+                        backoff.wait(stop)
                         continue
-                    backoff, failing_since = 0.5, None
+                    backoff, failing_since = Backoff(0.5, self.max_backoff_s), None
                     self.unstall()
                     self._commit(consumer, batch, dlq)
                 self._periodic(consumer)

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.broker import (DEFAULT_TOPICS, BrokerInfo, BrokerUnavailable, EmbeddedBroker,
-                             ensure_topics, is_healthy)
+from pipeline.broker import BrokerInfo, EmbeddedBroker, find_or_start_broker, pid_alive
 from pipeline.config import Config
+from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import Store, open_store
 from pipeline.worker import Worker, WorkerThread
 
@@ -33,7 +33,7 @@ def quiet_kafka_logs() -> None:
 
 @dataclass
 class SimulatorSpec:
-    symbols: tuple[str, ...] = ("ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE")
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     interval: str = "1m"
     speed: float | None = 60.0  # a 1m bar per second per symbol
     warmup_bars: int = 0  # bars per symbol emitted at once before the live pace starts
@@ -48,12 +48,8 @@ class SimulatorSpec:
 
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
     """Last stored (ts, close) per symbol, so a restarted simulator continues the series."""
-    out = {}
-    for s in symbols:
-        last = store.query_bars(s, interval, limit=1)
-        if len(last):
-            out[s] = (int(last["ts"].iloc[-1]), float(last["close"].iloc[-1]))
-    return out
+    last = store.latest_bars(symbols, interval, 1)
+    return {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
 
 
 class Runtime:
@@ -71,26 +67,18 @@ class Runtime:
 
     # ---- broker --------------------------------------------------------------------------
     def ensure_broker(self) -> BrokerInfo:
+        """The configured Kafka, or the embedded broker (found running or started here)."""
         with self._lock:
             if self.broker_info and (not self.broker_info.embedded or self._broker_alive()):
                 return self.broker_info
-            if self.config.kafka_bootstrap:
-                bootstrap = self.config.kafka_bootstrap
-                if not is_healthy(bootstrap, 10):
-                    raise BrokerUnavailable(
-                        f"Kafka at {bootstrap} did not answer a metadata request; check that it "
-                        "is running and that KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_* "
-                        "settings) are right, or unset it to use the embedded broker."
-                    )
-                ensure_topics(bootstrap, DEFAULT_TOPICS,
-                              partitions=self.config.topic_partitions,
-                              **self.config.kafka_client_kwargs())
-                self.broker_info = BrokerInfo(bootstrap, None, embedded=False)
-            else:
-                # A restart keeps the port, so running workers reconnect by themselves.
-                port = int(self.broker_info.bootstrap.rsplit(":", 1)[1]) if self.broker_info else None
-                self._broker = EmbeddedBroker(self.config.broker_state_file, port=port)
-                self.broker_info = self._broker.start(reuse=True)
+            # After the embedded broker died, start it again on the same port, so running
+            # workers reconnect by themselves.
+            port = (int(self.broker_info.bootstrap.rsplit(":", 1)[1])
+                    if self.broker_info and self.broker_info.embedded else None)
+            self.broker_info, started = find_or_start_broker(self.config, port=port)
+            if started is not None:
+                self._broker = started
+            if self.broker_info.embedded:
                 self._watch_broker()
             return self.broker_info
 
@@ -116,8 +104,9 @@ class Runtime:
         self._watchdog.start()
 
     def _broker_alive(self) -> bool:
-        from pipeline.broker import pid_alive
-
+        proc = self._broker.process if self._broker else None
+        if proc is not None and self.broker_info and proc.pid == self.broker_info.pid:
+            return proc.poll() is None  # our child: a killed one is a zombie until reaped
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
 
     @property

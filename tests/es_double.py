@@ -8,7 +8,8 @@ implements only what :mod:`pipeline.store.elasticsearch` calls, in memory, singl
   templates: highest priority match applies to new indices), ``PUT/HEAD/GET/DELETE /{index}``
 * ``POST /_bulk`` and ``/{index}/_bulk``: NDJSON with ``index``/``create``/``update``
   (``doc``, ``doc_as_upsert``, ``upsert``)/``delete`` and per-item results
-* ``PUT|POST|GET|DELETE /{index}/_doc/{id}``, ``PUT /{index}/_create/{id}``
+* ``PUT|POST|GET|DELETE /{index}/_doc/{id}`` (with ``if_seq_no``/``if_primary_term``
+  optimistic concurrency), ``PUT /{index}/_create/{id}``
 * ``/{index}/_search``: ``bool`` (filter/must/must_not/should), ``term``, ``terms``,
   ``range``, ``exists``, ``match_all``; ``sort``, ``size``, ``from`` (within the
   10,000 result window), ``search_after``; aggregations ``date_histogram`` (fixed_interval),
@@ -226,7 +227,7 @@ class EsTestServer:
                 idx.refresh()
             return 200, {"deleted": len(deleted), "total": len(deleted), "failures": []}
         elif len(parts) == 3 and parts[1] in ("_doc", "_create"):
-            return self._single(method, parts[0], parts[1], parts[2], body, refresh)
+            return self._single(method, parts[0], parts[1], parts[2], body, refresh, query)
         raise EsError(400, "illegal_argument_exception",
                       f"EsTestServer does not implement [{method} /{'/'.join(parts)}]")
 
@@ -306,12 +307,20 @@ class EsTestServer:
         return idx
 
     def _single(self, method: str, index: str, kind: str, doc_id: str, body: Any,
-                refresh: bool) -> tuple[int, Any]:
+                refresh: bool, query: dict[str, str] | None = None) -> tuple[int, Any]:
+        query = query or {}
         if method in ("PUT", "POST"):
             idx = self._indices.get(index) or self._create_index(index, {})
-            if kind == "_create" and doc_id in idx.docs:
+            if (kind == "_create" or query.get("op_type") == "create") and doc_id in idx.docs:
                 raise EsError(409, "version_conflict_engine_exception",
                               f"[{doc_id}]: version conflict, document already exists")
+            if "if_seq_no" in query:  # optimistic concurrency control
+                current = idx.doc_seq.get(doc_id) if doc_id in idx.docs else None
+                if current is None or current != int(query["if_seq_no"]) \
+                        or query.get("if_primary_term", "1") != "1":
+                    raise EsError(409, "version_conflict_engine_exception",
+                                  f"[{doc_id}]: version conflict, required seqNo "
+                                  f"[{query['if_seq_no']}], current [{current}]")
             result = idx.put(doc_id, body or {})
             if refresh:
                 idx.refresh()
@@ -408,6 +417,7 @@ class _Index:
         self._pending: dict[str, dict[str, Any] | None] = {}
         self.versions: Counter[str] = Counter()
         self.seq_no = 0
+        self.doc_seq: dict[str, int] = {}  # each document's _seq_no (its last write)
 
     # ---- writes --------------------------------------------------------------------------
     def put(self, doc_id: str, source: dict[str, Any]) -> str:
@@ -453,13 +463,14 @@ class _Index:
         self._pending[doc_id] = source
         self.versions[doc_id] += 1
         self.seq_no += 1
+        self.doc_seq[doc_id] = self.seq_no
 
     def get(self, doc_id: str) -> dict[str, Any] | None:
         return self.docs.get(doc_id)
 
     def meta(self, doc_id: str, result: str | None = None) -> dict[str, Any]:
         out = {"_index": self.name, "_id": doc_id, "_version": self.versions[doc_id] or 1,
-               "_seq_no": self.seq_no, "_primary_term": 1}
+               "_seq_no": self.doc_seq.get(doc_id, self.seq_no), "_primary_term": 1}
         if result:
             out["result"] = result
             out["_shards"] = {"total": 1, "successful": 1, "failed": 0}

@@ -70,6 +70,7 @@ def test_app_entry_renders_with_navigation(data_dir):
     run_page("app.py")
 
 
+@pytest.mark.slow
 def test_pipeline_buttons_start_and_stop_workers(data_dir):
     from dashboard.runtime import get_runtime
 

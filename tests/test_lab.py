@@ -259,6 +259,7 @@ def _cli(*args, env=None):
                           text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_cli_same_seed_same_metrics(tmp_path):
     args = ["compare", "--simulate", "1200", "--seed", "9", "--phi", "0.3", "--json", "--models",
             "linear,xgboost", "--set", "xgboost.n_estimators=40", "--split", "walk_forward",
@@ -276,6 +277,7 @@ def test_cli_same_seed_same_metrics(tmp_path):
     assert table.returncode == 0 and "Persistence" in table.stdout and table.stderr == ""
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_clear_line(tmp_path):
     env = {"KAPPALAB_DATA_DIR": str(tmp_path)}
     for args, needle in ((["compare", "--simulate", "100", "--features", "bogus"], "unknown feature"),

@@ -70,3 +70,14 @@ def test_secrets_toml_fills_what_env_leaves_unset(tmp_path):
 def test_bad_partitions_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="KAPPALAB_TOPIC_PARTITIONS"):
         load_config(env={"KAPPALAB_TOPIC_PARTITIONS": "many"}, secrets_path=tmp_path / "n.toml")
+
+
+def test_autostart_goes_through_the_one_loader(tmp_path):
+    """KAPPALAB_AUTOSTART in secrets.toml counts (README), and the environment still wins."""
+    p = tmp_path / "secrets.toml"
+    p.write_text('KAPPALAB_AUTOSTART = "0"\n')
+    assert load_config(env={}, secrets_path=tmp_path / "none.toml").autostart is True
+    assert load_config(env={}, secrets_path=p).autostart is False
+    assert load_config(env={"KAPPALAB_AUTOSTART": "1"}, secrets_path=p).autostart is True
+    assert load_config(env={"KAPPALAB_AUTOSTART": "off"}, secrets_path=tmp_path / "n").autostart \
+        is False

@@ -11,7 +11,10 @@ import pytest
 from pipeline.config import Secret
 from pipeline.sources.alphavantage import AlphaVantageSource, classify_notice
 from pipeline.sources.base import SourceError
-from pipeline.sources.http_client import ApiError, HttpPolicy, RequestBudget
+from pipeline.sources.api_errors import ApiError
+from pipeline.sources.http_client import HttpPolicy
+from pipeline.sources.request_budget import RequestBudget
+from tests.stop_event import RecordingStop, join_or_fail
 from tests.market_api_double import (
     Drop, MarketApiDouble, Slow, av_error_message, av_information_burst,
     av_information_daily_limit, av_information_demo, av_information_premium, av_missing_key,
@@ -188,9 +191,7 @@ def test_request_budget_spaces_requests(api):
         api.set_av_bars(sym, "5min", make_bars(START, 2, FIVE_MIN))
     budget = RequestBudget(windows=[(2, 0.5)])
     src = source(api, "A,B,C", budget=budget)
-    started = time.monotonic()
     assert len(run(src)) == 6
-    assert time.monotonic() - started >= 0.4  # the third request waited for the window
     stamps = [r.at for r in api.requests]
     assert stamps[2] - stamps[0] >= 0.45
     assert src.stats()["budget_waits"] == 1
@@ -290,34 +291,29 @@ def test_live_raises_errors_the_user_must_fix(api):
 
 
 def test_stop_is_prompt_between_polls(api):
-    stop = threading.Event()
+    stop = RecordingStop()
     src = source(api, mode="live", poll_seconds=60)
     got: list = []
     worker = threading.Thread(target=lambda: got.extend(src.bars(stop)))
     worker.start()
-    deadline = time.monotonic() + 5
-    while len(got) < 100 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.monotonic()
+    assert stop.wait_for_wait(30) <= 60  # inside the pause before the next poll
     stop.set()
-    worker.join(5)
-    assert not worker.is_alive() and time.monotonic() - started < 1.0
+    join_or_fail(worker)
     assert len(got) == 100
 
 
 def test_stop_is_prompt_during_rate_limit_backoff(api):
     api.always("alphavantage", av_note_rate_limit())
-    stop = threading.Event()
+    stop = RecordingStop()
     slow_backoff = HttpPolicy(read_timeout=1, backoff=30, backoff_max=60, rate_limit_backoff=30)
     src = source(api, policy=slow_backoff)
     result: list = []
     worker = threading.Thread(target=lambda: result.append(run_until(src, stop)))
     worker.start()
-    time.sleep(0.3)
-    started = time.monotonic()
+    stop.wait_for_wait(15)  # the rate-limit back-off (30 s, jittered to 15-30 s) has begun
+    assert src.stats()["rate_limited"] >= 1
     stop.set()
-    worker.join(5)
-    assert not worker.is_alive() and time.monotonic() - started < 1.0
+    join_or_fail(worker)
     assert result == [[]]  # stopping is not an error
 
 

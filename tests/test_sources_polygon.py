@@ -11,8 +11,11 @@ import pytest
 
 from pipeline.config import Secret
 from pipeline.sources.base import SourceError
-from pipeline.sources.http_client import ApiError, HttpPolicy, redact
+from pipeline.sources.api_errors import ApiError
+from pipeline.sources.http_client import HttpPolicy
+from pipeline.sources.redaction import redact
 from pipeline.sources.polygon import PolygonSource
+from tests.stop_event import RecordingStop, join_or_fail
 from tests.market_api_double import (
     Drop, MarketApiDouble, Reply, Slow, make_bars, polygon_401, polygon_403, polygon_429,
     polygon_not_authorized, polygon_status_error, server_error,
@@ -272,31 +275,27 @@ def test_live_raises_on_a_bad_key(api):
 
 def test_stop_is_prompt_during_429_backoff(api):
     api.always("polygon", polygon_429(retry_after=30))
-    stop = threading.Event()
+    stop = RecordingStop()
     src = source(api, policy=HttpPolicy(read_timeout=1, backoff_max=60))
     out: list = []
     worker = threading.Thread(target=lambda: out.append(list(src.bars(stop))))
     worker.start()
-    time.sleep(0.3)
-    started = time.monotonic()
+    stop.wait_for_wait(29)  # inside the server's Retry-After: 30 s
     stop.set()
-    worker.join(5)
-    assert not worker.is_alive() and time.monotonic() - started < 1.0 and out == [[]]
+    join_or_fail(worker)
+    assert out == [[]]
 
 
 def test_stop_is_prompt_between_live_polls(api):
-    stop = threading.Event()
+    stop = RecordingStop()
     src = source(api, mode="live", poll_seconds=60)
     got: list = []
     worker = threading.Thread(target=lambda: got.extend(src.bars(stop)))
     worker.start()
-    deadline = time.monotonic() + 5
-    while len(got) < 10 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.monotonic()
+    stop.wait_for_wait(30)  # inside the pause before the next poll
     stop.set()
-    worker.join(5)
-    assert not worker.is_alive() and time.monotonic() - started < 1.0 and len(got) == 10
+    join_or_fail(worker)
+    assert len(got) == 10
 
 
 # ------------------------------------------------------------------ configuration and secrecy

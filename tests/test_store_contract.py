@@ -16,6 +16,8 @@ failures, 429 retries, connection/auth errors) and need the double's failure kno
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import random
 import socket
@@ -29,7 +31,7 @@ import pytest
 from pipeline.config import Config, Secret, load_config
 from pipeline.schema import Bar, Prediction
 from pipeline.store.base import (
-    BAR_COLUMNS, EVENTS, MODEL_VERSIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, RUNS, WORKERS,
+    BAR_COLUMNS, CHAMPIONS, EVENTS, MODEL_VERSIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, RUNS, WORKERS,
     StoreUnavailable, bars_frame, now_ms,
 )
 from pipeline.store.elasticsearch import ElasticsearchStore
@@ -393,6 +395,86 @@ def test_reset_deletes_everything_and_store_stays_usable(store):
         assert store.list_docs(collection) == []
     assert store.upsert_bars(make_bars(n=3)).accepted == 3
     assert store.count_bars() == 3
+
+
+def test_latest_bars_per_symbol(store):
+    store.upsert_bars(make_bars("AAA", n=10) + make_bars("BBB", n=3) + make_bars("CCC", n=5))
+    got = store.latest_bars(["CCC", "ZZZ", "AAA"], "1m", 4, end_ms=T0 + 9 * MIN)
+    assert got["symbol"].tolist() == ["CCC"] * 4 + ["AAA"] * 4
+    assert got["ts"].tolist() == [T0 + i * MIN for i in (1, 2, 3, 4, 5, 6, 7, 8)]
+    assert list(got.index) == list(range(8))
+    assert got.dtypes.to_dict() == store.query_bars("AAA", "1m").dtypes.to_dict()
+    empty = store.latest_bars(["ZZZ"], "1m", 4)
+    assert empty.empty and list(empty.columns) == BAR_COLUMNS
+
+
+def test_replace_doc_if_is_a_compare_and_set(store):
+    first = {"created_ms": 1, "scope": "global", "version_id": "mv-a"}
+    second = {"created_ms": 2, "scope": "global", "version_id": "mv-b"}
+    assert store.replace_doc_if(CHAMPIONS, "global", first, expected=None) is True
+    assert store.replace_doc_if(CHAMPIONS, "global", second, expected=None) is False  # exists
+    assert store.replace_doc_if(CHAMPIONS, "global", second,
+                                expected={**first, "version_id": "mv-x"}) is False  # stale
+    assert store.get_doc(CHAMPIONS, "global") == first
+    assert store.replace_doc_if(CHAMPIONS, "global", second, expected=first) is True
+    assert store.get_doc(CHAMPIONS, "global") == second
+    assert store.replace_doc_if(CHAMPIONS, "AAA", second, expected=first) is False  # absent
+    assert store.get_doc(CHAMPIONS, "AAA") is None
+
+
+def test_concurrent_compare_and_set_lets_exactly_one_writer_win(store):
+    """Eight threads race to move the same pointer from the same expected value."""
+    start = {"created_ms": 1, "version_id": "mv-0"}
+    store.replace_doc_if(CHAMPIONS, "global", start, expected=None)
+    go = threading.Barrier(8)
+    wins: list[int] = []
+
+    def contend(i: int) -> None:
+        go.wait()
+        if store.replace_doc_if(CHAMPIONS, "global", {"created_ms": 2, "version_id": f"mv-{i + 1}"},
+                                expected=start):
+            wins.append(i)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert store.get_doc(CHAMPIONS, "global")["version_id"] == f"mv-{wins[0] + 1}"
+
+
+def test_artefacts_are_content_addressed_kept_apart_and_cached(store):
+    blob = random.Random(3).randbytes(50_000)
+    digest = store.put_artefact(blob)
+    assert digest == hashlib.sha256(blob).hexdigest()
+    assert store.put_artefact(blob) == digest  # idempotent
+    assert store.get_artefact(digest) == blob and store.get_artefact("0" * 64) is None
+    vid = store.save_model_version({"model": "ridge"}, blob)
+    doc = store.get_doc(MODEL_VERSIONS, vid)
+    assert doc["artefact"] == digest and "blob_b64" not in doc  # the blob is not in the doc
+    hits = store.artefact_cache_hits
+    assert store.get_model_version(vid)[1] == blob
+    assert store.artefact_cache_hits == hits + 1  # served from the cache, not re-read
+    store.reset()
+    assert store.get_artefact(digest) is None
+
+
+def test_versions_stored_before_artefacts_still_load(store):
+    """Documents written by earlier releases carried the blob inline as base64."""
+    store.put_doc(MODEL_VERSIONS, "mv-old", {"version_id": "mv-old", "created_ms": 5,
+                                             "blob_b64": base64.b64encode(b"pickle").decode()})
+    assert store.get_model_version("mv-old") == ({"version_id": "mv-old", "created_ms": 5},
+                                                 b"pickle")
+    assert "blob_b64" not in store.list_model_versions()[0]
+
+
+def test_negative_limit_is_an_error_on_every_backend(store):
+    for call in (lambda: store.query_bars("AAA", "1m", limit=-1),
+                 lambda: store.query_predictions(limit=-1),
+                 lambda: store.list_docs(RUNS, limit=-1)):
+        with pytest.raises(ValueError, match="limit"):
+            call()
 
 
 # ---- Elasticsearch: mappings and read paths (double and real cluster) ----------------------

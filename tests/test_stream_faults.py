@@ -577,3 +577,27 @@ def test_broker_restart_workers_reconnect_store_has_no_gap(tmp_path):
             "stored": store.count_bars(), "dlq": 0, "duplicates": 0, "gaps": 0,
             "recovery_s": round(recovery, 2)})
     store.close()
+
+
+@pytest.mark.slow
+def test_app_runtime_restarts_a_dead_embedded_broker_on_the_same_port(tmp_path, monkeypatch):
+    from pipeline.broker import is_healthy
+    from pipeline.config import load_config
+    from pipeline.runtime import Runtime
+
+    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("ELASTICSEARCH_URL", raising=False)
+    rt = Runtime(load_config())
+    try:
+        info = rt.ensure_broker()
+        os.kill(info.pid, signal.SIGKILL)
+        t0 = time.time()
+        new = wait_for(lambda: rt.broker_info if rt.broker_info.pid != info.pid else None, 60,
+                       "the runtime to start the broker again")
+        assert new.bootstrap == info.bootstrap
+        assert is_healthy(new.bootstrap, 5)
+        record({"fault": "app runtime: broker SIGKILL", "same_port": True,
+                "recovery_s": round(time.time() - t0, 2)})
+    finally:
+        rt.shutdown()

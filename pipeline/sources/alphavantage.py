@@ -4,7 +4,7 @@ Alpha Vantage answers HTTP 200 even for errors; the body says what went wrong:
 ``"Error Message"`` (bad symbol or function, missing key), ``"Note"`` (too many calls per
 minute) or ``"Information"`` (rate limit, premium-only endpoint, demo key). Each becomes one
 sentence: short-term rate limits are backed off and retried, the rest raise
-:class:`~pipeline.sources.http_client.ApiError`. The free tier allows 25 requests a day and
+:class:`~pipeline.sources.api_errors.ApiError`. The free tier allows 25 requests a day and
 5 a minute; the request budget enforces that locally before the server has to.
 
 Timestamps come in the Meta Data ``Time Zone`` (US/Eastern) and label the bar's start; daily
@@ -22,10 +22,11 @@ from pipeline.config import Config, Secret
 from pipeline.sources.daily import normalise_daily_ts
 from pipeline.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
-from pipeline.sources.http_client import (
-    ApiError, ApiHttpClient, HttpPolicy, HttpReply, PolledApiSource, RateLimited, RequestBudget,
-    join_url, secret_value, short_text,
-)
+from pipeline.sources.api_errors import ApiError, RateLimited
+from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
+from pipeline.sources.polled_source import PolledApiSource
+from pipeline.sources.redaction import short_text
+from pipeline.sources.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,9 @@ class AlphaVantageSource(PolledApiSource):
                  adjusted: bool | None = None, include_incomplete: bool = False,
                  policy: HttpPolicy | None = None, max_budget_wait: float | None = 120.0,
                  live_backoff_max: float = 900.0):
-        super().__init__(symbols, interval, mode=mode, poll_seconds=poll_seconds,
-                         include_incomplete=include_incomplete,
+        super().__init__(symbols, interval, mode=mode, api_key=api_key,
+                         poll_seconds=poll_seconds, include_incomplete=include_incomplete,
                          live_backoff_max=live_backoff_max, max_budget_wait=max_budget_wait)
-        self._api_key = secret_value(api_key)
-        if self._api_key is None:
-            raise self._key_error()
         if outputsize not in ("compact", "full"):
             raise SourceError(f"Alpha Vantage outputsize must be 'compact' or 'full', "
                               f"not {outputsize!r}.")

@@ -417,8 +417,11 @@ class _HeaderRows:
 
 
 def _sniff_delimiter(fh) -> str:
+    """The separator of the header line (one of , ; tab |), by :class:`csv.Sniffer`; a
+    single-column file has none, so ``,``."""
     first = fh.readline()
     fh.seek(0)
-    counts = {d: first.count(d) for d in (",", ";", "\t", "|")}
-    best = max(counts, key=counts.get)
-    return best if counts[best] else ","
+    try:
+        return csv.Sniffer().sniff(first, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","

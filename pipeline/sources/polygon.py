@@ -19,11 +19,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pipeline.config import Config, Secret
 from pipeline.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
+from pipeline.sources.api_errors import ApiError, RateLimited
 from pipeline.sources.daily import nearest_utc_midnight
-from pipeline.sources.http_client import (
-    ApiError, ApiHttpClient, HttpPolicy, HttpReply, PolledApiSource, RateLimited, RequestBudget,
-    join_url, secret_value, short_text,
-)
+from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
+from pipeline.sources.polled_source import PolledApiSource
+from pipeline.sources.redaction import short_text
+from pipeline.sources.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,9 @@ class PolygonSource(PolledApiSource):
                  poll_seconds: float | None = None, include_incomplete: bool = False,
                  policy: HttpPolicy | None = None, max_budget_wait: float | None = 120.0,
                  live_backoff_max: float = 900.0):
-        super().__init__(symbols, interval, mode=mode, poll_seconds=poll_seconds,
-                         include_incomplete=include_incomplete,
+        super().__init__(symbols, interval, mode=mode, api_key=api_key,
+                         poll_seconds=poll_seconds, include_incomplete=include_incomplete,
                          live_backoff_max=live_backoff_max, max_budget_wait=max_budget_wait)
-        self._api_key = secret_value(api_key)
-        if self._api_key is None:
-            raise self._key_error()
         if int(days) < 1:
             raise SourceError(f"Polygon backfill days must be at least 1, not {days!r}.")
         if not 1 <= int(limit) <= MAX_LIMIT:

@@ -1,29 +1,52 @@
 """The store contract shared by the SQLite (embedded) and Elasticsearch backends.
 
 Everything above the store (indexer, scorer, dashboard, model lab) talks only to this surface,
-so switching ``ELASTICSEARCH_URL`` on or off changes no other code.
+so switching ``ELASTICSEARCH_URL`` on or off changes no other code. The contract is written
+here, method by method, and ``tests/test_store_contract.py`` runs the same suite on both
+backends. Rules that hold for every method:
 
-Backends implement the abstract primitives; run, model-version, event and worker-heartbeat
-records are built here on top of one generic document collection API so both backends store
-them the same way.
+- **Ranges** are half-open: ``start_ms <= ts < end_ms``; ``None`` leaves that side open.
+- **Ordering**: frames come sorted by ``ts`` ascending; document lists newest ``created_ms``
+  first, ties by id.
+- **limit**: ``None`` means all; a whole number ``n >= 0`` means at most ``n``, and for time
+  series the *latest* ``n`` (still returned oldest first). A negative limit is a
+  ``ValueError``.
+- **Not found**: a getter returns ``None``, a query an empty frame with the usual columns and
+  dtypes, a delete ``False``. Nothing raises for a missing series or document.
+- **Idempotence**: every write is keyed by a deterministic id, so repeating it (a replay, a
+  retried batch) leaves the same state.
+- **Read-your-writes**: once a write method returns, every read in any process sees it.
+- **Failure**: a store that cannot be reached or used raises :class:`StoreUnavailable` (one
+  sentence with the fix); the caller backs off and retries. Items the store refuses for their
+  own content are returned in :attr:`UpsertResult.rejected`, never dropped silently.
+
+Backends implement the abstract primitives. Runs, model versions, events, worker heartbeats
+and champion pointers are records built here on the generic document API, and model
+artefacts (pickled estimators) are content-addressed blobs kept apart from the documents, so
+both backends store them the same way.
 """
 from __future__ import annotations
 
 import abc
-import json
-import math
+import base64
+import hashlib
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from pipeline.jsonsafe import json_safe
 from pipeline.news import NEWS_COLUMNS, NewsItem
-from pipeline.schema import Bar, Prediction
+from pipeline.schema import BAR_FIELDS, PRICE_FIELDS, Bar, Prediction
 
-BAR_COLUMNS = ["symbol", "interval", "ts", "open", "high", "low", "close", "volume", "source"]
-OHLC_COLUMNS = ["ts", "open", "high", "low", "close", "volume", "n"]
+BAR_COLUMNS = list(BAR_FIELDS)
+OHLC_COLUMNS = ["ts", *PRICE_FIELDS, "volume", "n"]
+#: dtypes of the numeric bar columns in every frame the store returns
+BAR_DTYPES = {"ts": "int64", **{f: "float64" for f in (*PRICE_FIELDS, "volume")}}
 PREDICTION_COLUMNS = [
     "model_id", "symbol", "interval", "ts", "base_ts", "target", "predicted", "base_close",
     "actual", "error", "produced_ms", "stored_ms", "latency_ms",
@@ -34,7 +57,11 @@ RUNS = "runs"
 MODEL_VERSIONS = "model_versions"
 EVENTS = "events"
 WORKERS = "workers"
-COLLECTIONS = (RUNS, MODEL_VERSIONS, EVENTS, WORKERS)
+CHAMPIONS = "champions"  # one document per scope, changed only by replace_doc_if
+COLLECTIONS = (RUNS, MODEL_VERSIONS, EVENTS, WORKERS, CHAMPIONS)
+
+#: Model artefacts kept in memory per store object, by content hash (they never change).
+ARTEFACT_CACHE_ITEMS = 16
 
 
 class StoreUnavailable(RuntimeError):
@@ -54,8 +81,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def check_limit(limit: int | None) -> int | None:
+    """The contract's ``limit``: None or a whole number >= 0."""
+    if limit is None:
+        return None
+    value = int(limit)
+    if value < 0:
+        raise ValueError(f"limit must be None or at least 0, got {limit!r}")
+    return value
+
+
+def artefact_digest(data: bytes) -> str:
+    """The content hash that names an artefact (sha256, hex)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class Store(abc.ABC):
     backend: str = "abstract"
+
+    def __init__(self) -> None:
+        self._artefact_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._artefact_lock = threading.Lock()
+        self.artefact_cache_hits = 0  # reads served without touching the backend
 
     # ---- identity and health -------------------------------------------------------------
     @abc.abstractmethod
@@ -72,7 +119,9 @@ class Store(abc.ABC):
     # ---- bars ----------------------------------------------------------------------------
     @abc.abstractmethod
     def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
-        """Insert or overwrite bars by their deterministic ID (replays never duplicate)."""
+        """Insert or overwrite bars by ``symbol|interval|ts``; the last write of an id wins,
+        so replays never duplicate. A bar with a missing or non-finite field is rejected
+        (per item); an empty batch is a no-op."""
 
     @abc.abstractmethod
     def query_bars(
@@ -83,8 +132,18 @@ class Store(abc.ABC):
         end_ms: int | None = None,
         limit: int | None = None,
     ) -> pd.DataFrame:
-        """Bars with ``start_ms <= ts < end_ms`` sorted by ts ascending, columns
-        :data:`BAR_COLUMNS`. With ``limit``, the *latest* ``limit`` bars of that range."""
+        """Bars of one series in the range, ts ascending, columns :data:`BAR_COLUMNS`
+        (dtypes of :func:`bars_frame`); with ``limit``, the latest ``limit`` of the range."""
+
+    def latest_bars(self, symbols: Iterable[str], interval: str, per_symbol: int,
+                    start_ms: int | None = None, end_ms: int | None = None) -> pd.DataFrame:
+        """The latest ``per_symbol`` bars of each symbol in the range, as one frame: symbols
+        in the order given (those without bars left out), ts ascending within each, a fresh
+        0..n-1 index. Columns and dtypes as :meth:`query_bars`."""
+        parts = [self.query_bars(s, interval, start_ms, end_ms, limit=per_symbol)
+                 for s in symbols]
+        parts = [p for p in parts if len(p)]
+        return pd.concat(parts, ignore_index=True) if parts else bars_frame()
 
     @abc.abstractmethod
     def ohlc_buckets(
@@ -103,15 +162,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def count_bars(self, symbol: str | None = None, interval: str | None = None) -> int:
-        ...
+        """Number of stored bars, optionally of one symbol and/or interval (0 if none)."""
 
     @abc.abstractmethod
     def list_symbols(self, interval: str | None = None) -> list[str]:
-        ...
+        """Distinct symbols with at least one bar (of ``interval`` if given), sorted."""
 
     @abc.abstractmethod
     def list_intervals(self, symbol: str | None = None) -> list[str]:
-        ...
+        """Distinct intervals with at least one bar (of ``symbol`` if given), in the order
+        of :data:`pipeline.schema.INTERVALS` (shortest first)."""
 
     @abc.abstractmethod
     def bar_time_range(self, symbol: str, interval: str) -> tuple[int, int] | None:
@@ -120,7 +180,10 @@ class Store(abc.ABC):
     # ---- predictions ---------------------------------------------------------------------
     @abc.abstractmethod
     def upsert_predictions(self, predictions: Sequence[Prediction]) -> UpsertResult:
-        ...
+        """Insert or update predictions by ``model_id|symbol|interval|ts``. An update keeps
+        the stored value of every field the new one leaves ``None`` (a late replay of an
+        unscored prediction does not erase its score). The first eight columns of
+        :data:`PREDICTION_COLUMNS` are required: a prediction lacking one is rejected."""
 
     @abc.abstractmethod
     def query_predictions(
@@ -137,7 +200,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def count_predictions(self, symbol: str | None = None, model_id: str | None = None) -> int:
-        ...
+        """Number of stored predictions, optionally of one symbol and/or model."""
 
     # ---- news (the finance-news stream; docs/NEWS.md) -----------------------------------
     @abc.abstractmethod
@@ -157,33 +220,93 @@ class Store(abc.ABC):
     # ---- generic documents (runs, model versions, events, worker heartbeats) -------------
     @abc.abstractmethod
     def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
-        """Insert or replace one JSON document. ``doc`` must carry ``created_ms``."""
+        """Insert or replace (not merge) one plain-JSON document (see
+        :func:`pipeline.jsonsafe.json_safe`); ``doc["created_ms"]`` orders listings. An
+        unknown collection is a ``ValueError``."""
 
     @abc.abstractmethod
     def get_doc(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        ...
+        """The document as it was put, or None."""
+
+    @abc.abstractmethod
+    def replace_doc_if(self, collection: str, doc_id: str, doc: dict[str, Any],
+                       expected: dict[str, Any] | None) -> bool:
+        """Atomically put ``doc`` only if the stored document equals ``expected`` (``None``:
+        only if there is none). True when written; False when another writer got there
+        first, so the caller re-reads and decides again. This compare-and-set is what makes a
+        champion change atomic (a transaction in SQLite, a write conditional on the
+        document's sequence number in Elasticsearch)."""
 
     @abc.abstractmethod
     def list_docs(
         self, collection: str, where: dict[str, Any] | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        """Documents whose top-level fields equal ``where``'s values, newest
-        ``created_ms`` first."""
+        """Documents whose top-level fields equal every ``where`` value, newest
+        ``created_ms`` first (ties by id), at most ``limit``. Values are JSON scalars:
+        numbers compare by value (``2 == 2.0``, ``True == 1``), strings only with strings,
+        and ``None`` matches nothing."""
 
     @abc.abstractmethod
     def delete_doc(self, collection: str, doc_id: str) -> bool:
-        ...
+        """Delete one document; True if it existed."""
+
+    # ---- artefacts (content-addressed blobs: pickled models) -----------------------------
+    @abc.abstractmethod
+    def _write_artefact(self, digest: str, data: bytes) -> None:
+        """Keep ``data`` under its content hash; writing an existing digest is a no-op."""
+
+    @abc.abstractmethod
+    def _read_artefact(self, digest: str) -> bytes | None:
+        """The bytes stored under ``digest``, or None."""
+
+    def put_artefact(self, data: bytes) -> str:
+        """Store a blob once, named by its sha256; returns the digest (idempotent)."""
+        digest = artefact_digest(data)
+        self._write_artefact(digest, bytes(data))
+        self._remember(digest, bytes(data))
+        return digest
+
+    def get_artefact(self, digest: str) -> bytes | None:
+        """The blob named ``digest`` (None if absent). Served from an in-process cache after
+        the first read: content-addressed bytes never change, so the scorer's model refresh
+        costs no blob transfer. Raises ``ValueError`` if the stored bytes do not hash to
+        ``digest`` (corruption)."""
+        with self._artefact_lock:
+            cached = self._artefact_cache.get(digest)
+            if cached is not None:
+                self._artefact_cache.move_to_end(digest)
+                self.artefact_cache_hits += 1
+                return cached
+        data = self._read_artefact(digest)
+        if data is None:
+            return None
+        if artefact_digest(data) != digest:
+            raise ValueError(f"artefact {digest[:12]}… is corrupt: its content hash differs")
+        self._remember(digest, data)
+        return data
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        with self._artefact_lock:
+            self._artefact_cache[digest] = data
+            self._artefact_cache.move_to_end(digest)
+            while len(self._artefact_cache) > ARTEFACT_CACHE_ITEMS:
+                self._artefact_cache.popitem(last=False)
+
+    def _forget_artefacts(self) -> None:
+        with self._artefact_lock:
+            self._artefact_cache.clear()
 
     @abc.abstractmethod
     def reset(self) -> None:
-        """Delete everything this store holds (bars, predictions, all collections)."""
+        """Delete everything this store holds (bars, predictions, all collections,
+        artefacts); the store stays usable. Backends call :meth:`_forget_artefacts`."""
 
     # ---- records built on documents ------------------------------------------------------
     def save_run(self, run: dict[str, Any]) -> str:
         run = dict(run)
         run.setdefault("run_id", f"run-{uuid.uuid4().hex[:12]}")
         run.setdefault("created_ms", now_ms())
-        self.put_doc(RUNS, run["run_id"], _jsonable(run))
+        self.put_doc(RUNS, run["run_id"], json_safe(run))
         return run["run_id"]
 
     def list_runs(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -196,29 +319,34 @@ class Store(abc.ABC):
         return self.delete_doc(RUNS, run_id)
 
     def save_model_version(self, meta: dict[str, Any], blob: bytes) -> str:
-        """Store a model version: ``meta`` (JSON) plus the serialized model ``blob``."""
-        import base64
-
+        """Store a model version: ``meta`` (a document) plus the serialized model ``blob``
+        (an artefact, named in ``meta["artefact"]``). Returns the version id."""
         meta = dict(meta)
         meta.setdefault("version_id", f"mv-{uuid.uuid4().hex[:12]}")
         meta.setdefault("created_ms", now_ms())
-        meta["blob_b64"] = base64.b64encode(blob).decode("ascii")
-        self.put_doc(MODEL_VERSIONS, meta["version_id"], _jsonable(meta))
+        meta["artefact"] = self.put_artefact(blob)
+        self.put_doc(MODEL_VERSIONS, meta["version_id"], json_safe(meta))
         return meta["version_id"]
 
     def list_model_versions(self, where: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Version metadata (no blobs), newest first."""
         docs = self.list_docs(MODEL_VERSIONS, where=where)
         for d in docs:
-            d.pop("blob_b64", None)
+            d.pop("blob_b64", None)  # stores written before artefacts kept the blob inline
         return docs
 
     def get_model_version(self, version_id: str) -> tuple[dict[str, Any], bytes] | None:
-        import base64
-
+        """(metadata, blob) of one version, or None."""
         doc = self.get_doc(MODEL_VERSIONS, version_id)
         if doc is None:
             return None
-        blob = base64.b64decode(doc.pop("blob_b64", "") or b"")
+        legacy = doc.pop("blob_b64", None)
+        if legacy is not None:
+            return doc, base64.b64decode(legacy)
+        blob = self.get_artefact(doc["artefact"]) if doc.get("artefact") else None
+        if blob is None:
+            raise ValueError(f"model version {version_id} has lost its artefact "
+                             f"{doc.get('artefact')!r}")
         return doc, blob
 
     def update_model_version(self, version_id: str, **changes: Any) -> None:
@@ -226,12 +354,12 @@ class Store(abc.ABC):
         if doc is None:
             raise KeyError(f"model version {version_id} not found")
         doc.update(changes)
-        self.put_doc(MODEL_VERSIONS, version_id, _jsonable(doc))
+        self.put_doc(MODEL_VERSIONS, version_id, json_safe(doc))
 
     def record_event(self, kind: str, **fields: Any) -> str:
         event_id = f"ev-{uuid.uuid4().hex[:12]}"
         doc = {"event_id": event_id, "kind": kind, "created_ms": now_ms(), **fields}
-        self.put_doc(EVENTS, event_id, _jsonable(doc))
+        self.put_doc(EVENTS, event_id, json_safe(doc))
         return event_id
 
     def list_events(self, kind: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
@@ -242,7 +370,7 @@ class Store(abc.ABC):
         doc = dict(snapshot)
         doc["worker_id"] = worker_id
         doc["created_ms"] = now_ms()
-        self.put_doc(WORKERS, worker_id, _jsonable(doc))
+        self.put_doc(WORKERS, worker_id, json_safe(doc))
 
     def list_heartbeats(self, max_age_ms: int | None = None) -> list[dict[str, Any]]:
         docs = self.list_docs(WORKERS)
@@ -252,29 +380,10 @@ class Store(abc.ABC):
         return docs
 
 
-def _jsonable(obj: Any) -> Any:
-    """Plain-JSON copy: numpy scalars/arrays become Python values, NaN/inf become None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return _jsonable(obj.tolist())
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    return str(obj)
-
-
 def news_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:
     df = pd.DataFrame(list(rows or []), columns=NEWS_COLUMNS)
     return df.astype({"ts": "int64", "sentiment_score": "float64", "relevance": "float64"})
 
 
 def bars_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows or []), columns=BAR_COLUMNS)
-    return df.astype({"ts": "int64", "open": "float64", "high": "float64", "low": "float64",
-                      "close": "float64", "volume": "float64"})
+    return pd.DataFrame(list(rows or []), columns=BAR_COLUMNS).astype(BAR_DTYPES)

@@ -20,7 +20,7 @@ from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
-    UpsertResult, bars_frame, news_frame,
+    UpsertResult, bars_frame, check_limit, news_frame, now_ms,
 )
 
 _SCHEMA = """
@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS news (
     sentiment_score REAL NOT NULL, relevance REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS news_by_symbol ON news (symbol, ts);
+CREATE TABLE IF NOT EXISTS artefacts (
+    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
 """
 
 #: How long a write waits for another writer's lock before it fails. Writers hold the lock for
@@ -56,12 +60,11 @@ CREATE INDEX IF NOT EXISTS news_by_symbol ON news (symbol, ts);
 #: retries with backoff rather than blocking silently.
 BUSY_TIMEOUT_S = 5.0
 
-_BAR_UPSERT = """
-INSERT INTO bars (symbol, interval, ts, open, high, low, close, volume, source)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+_BAR_UPSERT = f"""
+INSERT INTO bars ({', '.join(BAR_COLUMNS)})
+VALUES ({', '.join('?' * len(BAR_COLUMNS))})
 ON CONFLICT (symbol, interval, ts) DO UPDATE SET
-    open=excluded.open, high=excluded.high, low=excluded.low, close=excluded.close,
-    volume=excluded.volume, source=excluded.source
+    {', '.join(f'{c}=excluded.{c}' for c in BAR_COLUMNS[3:])}
 """
 
 _PRED_UPSERT = f"""
@@ -83,6 +86,7 @@ class SqliteStore(Store):
     backend = "sqlite"
 
     def __init__(self, path: str | Path):
+        super().__init__()
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,22 +175,14 @@ class SqliteStore(Store):
     def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
         if not bars:
             return UpsertResult()
-        rows = [(b.symbol, b.interval, int(b.ts), b.open, b.high, b.low, b.close, b.volume,
-                 b.source) for b in bars]
+        rows = [tuple(getattr(b, c) for c in BAR_COLUMNS) for b in bars]
         with self._write() as conn:
             conn.executemany(_BAR_UPSERT, rows)
         return UpsertResult(accepted=len(rows))
 
     def query_bars(self, symbol, interval, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
         where, params = _series_where(symbol, interval, start_ms, end_ms)
-        cols = ", ".join(BAR_COLUMNS)
-        if limit is not None:
-            sql = (f"SELECT * FROM (SELECT {cols} FROM bars WHERE {where} ORDER BY ts DESC "
-                   f"LIMIT ?) ORDER BY ts")
-            params.append(int(limit))
-        else:
-            sql = f"SELECT {cols} FROM bars WHERE {where} ORDER BY ts"
-        return bars_frame(self._conn().execute(sql, params).fetchall())
+        return bars_frame(self._latest_or_all("bars", BAR_COLUMNS, where, params, limit))
 
     def ohlc_buckets(self, symbol, interval, bucket_ms, start_ms=None, end_ms=None,
                      limit=None) -> pd.DataFrame:
@@ -218,15 +214,7 @@ class SqliteStore(Store):
                           "close": "float64", "volume": "float64", "n": "int64"})
 
     def count_bars(self, symbol=None, interval=None) -> int:
-        clauses, params = [], []
-        if symbol is not None:
-            clauses.append("symbol = ?")
-            params.append(symbol)
-        if interval is not None:
-            clauses.append("interval = ?")
-            params.append(interval)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        return int(self._conn().execute(f"SELECT COUNT(*) FROM bars{where}", params).fetchone()[0])
+        return self._count("bars", *_where(symbol=symbol, interval=interval))
 
     def list_symbols(self, interval=None) -> list[str]:
         if interval is None:
@@ -264,37 +252,29 @@ class SqliteStore(Store):
 
     def query_predictions(self, symbol=None, interval=None, model_id=None, start_ms=None,
                           end_ms=None, limit=None) -> pd.DataFrame:
-        clauses, params = ["1=1"], []
-        for col, val in (("symbol", symbol), ("interval", interval), ("model_id", model_id)):
-            if val is not None:
-                clauses.append(f"{col} = ?")
-                params.append(val)
-        if start_ms is not None:
-            clauses.append("ts >= ?")
-            params.append(int(start_ms))
-        if end_ms is not None:
-            clauses.append("ts < ?")
-            params.append(int(end_ms))
-        cols = ", ".join(PREDICTION_COLUMNS)
-        where = " AND ".join(clauses)
-        if limit is not None:
-            sql = (f"SELECT * FROM (SELECT {cols} FROM predictions WHERE {where} "
-                   f"ORDER BY ts DESC LIMIT ?) ORDER BY ts")
-            params.append(int(limit))
-        else:
-            sql = f"SELECT {cols} FROM predictions WHERE {where} ORDER BY ts"
-        rows = self._conn().execute(sql, params).fetchall()
+        where, params = _where(start_ms, end_ms, symbol=symbol, interval=interval,
+                               model_id=model_id)
+        rows = self._latest_or_all("predictions", PREDICTION_COLUMNS, where, params, limit)
         return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
     def count_predictions(self, symbol=None, model_id=None) -> int:
-        clauses, params = ["1=1"], []
-        if symbol is not None:
-            clauses.append("symbol = ?")
-            params.append(symbol)
-        if model_id is not None:
-            clauses.append("model_id = ?")
-            params.append(model_id)
-        sql = f"SELECT COUNT(*) FROM predictions WHERE {' AND '.join(clauses)}"
+        return self._count("predictions", *_where(symbol=symbol, model_id=model_id))
+
+    def _latest_or_all(self, table: str, columns: Sequence[str], where: str,
+                       params: list[Any], limit: int | None) -> list[tuple]:
+        """Rows in ts order; with ``limit``, the latest ``limit`` of them."""
+        limit = check_limit(limit)
+        cols = ", ".join(columns)
+        if limit is None:
+            sql = f"SELECT {cols} FROM {table} WHERE {where} ORDER BY ts"
+        else:
+            sql = (f"SELECT * FROM (SELECT {cols} FROM {table} WHERE {where} "
+                   f"ORDER BY ts DESC LIMIT ?) ORDER BY ts")
+            params = [*params, limit]
+        return self._conn().execute(sql, params).fetchall()
+
+    def _count(self, table: str, where: str, params: list[Any]) -> int:
+        sql = f"SELECT COUNT(*) FROM {table} WHERE {where}"
         return int(self._conn().execute(sql, params).fetchone()[0])
 
     # ---- news ----------------------------------------------------------------------------
@@ -351,6 +331,9 @@ class SqliteStore(Store):
 
     def list_docs(self, collection, where=None, limit=1000) -> list[dict[str, Any]]:
         _check_collection(collection)
+        limit = check_limit(limit)
+        if limit is None:
+            limit = -1  # SQLite: no limit
         clauses, params = ["collection = ?"], [collection]
         for key, value in (where or {}).items():
             clauses.append("json_extract(body, ?) = ?")
@@ -360,6 +343,22 @@ class SqliteStore(Store):
             f"SELECT body FROM docs WHERE {' AND '.join(clauses)} "
             "ORDER BY created_ms DESC, id LIMIT ?", params).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def replace_doc_if(self, collection, doc_id, doc, expected) -> bool:
+        _check_collection(collection)
+        body = json.dumps(doc, allow_nan=False)
+        with self._write() as conn:  # BEGIN IMMEDIATE: no other writer until COMMIT
+            row = conn.execute("SELECT body FROM docs WHERE collection = ? AND id = ?",
+                               (collection, doc_id)).fetchone()
+            current = None if row is None else json.loads(row[0])
+            if current != expected:
+                return False
+            conn.execute(
+                "INSERT INTO docs (collection, id, created_ms, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (collection, id) DO UPDATE SET created_ms=excluded.created_ms, "
+                "body=excluded.body",
+                (collection, doc_id, int(doc.get("created_ms", 0)), body))
+        return True
 
     def delete_doc(self, collection: str, doc_id: str) -> bool:
         _check_collection(collection)
@@ -374,10 +373,33 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM predictions")
             conn.execute("DELETE FROM docs")
             conn.execute("DELETE FROM news")
+            conn.execute("DELETE FROM artefacts")
+        self._forget_artefacts()
+
+    # ---- artefacts -----------------------------------------------------------------------
+    def _write_artefact(self, digest: str, data: bytes) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO artefacts (digest, size, created_ms, data) "
+                         "VALUES (?, ?, ?, ?)", (digest, len(data), now_ms(), data))
+
+    def _read_artefact(self, digest: str) -> bytes | None:
+        row = self._conn().execute("SELECT data FROM artefacts WHERE digest = ?",
+                                   (digest,)).fetchone()
+        return None if row is None else bytes(row[0])
 
 
 def _series_where(symbol, interval, start_ms, end_ms) -> tuple[str, list[Any]]:
-    clauses, params = ["symbol = ?", "interval = ?"], [symbol, interval]
+    return _where(start_ms, end_ms, symbol=symbol, interval=interval)
+
+
+def _where(start_ms: int | None = None, end_ms: int | None = None,
+           **equal: Any) -> tuple[str, list[Any]]:
+    """SQL condition and parameters: each non-None ``equal`` column, then the half-open range."""
+    clauses, params = ["1=1"], []
+    for column, value in equal.items():
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
     if start_ms is not None:
         clauses.append("ts >= ?")
         params.append(int(start_ms))

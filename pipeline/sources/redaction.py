@@ -1,0 +1,99 @@
+"""Keeping API keys out of logs and messages.
+
+API keys travel in query strings (Alpha Vantage only accepts ``apikey=``), so they would show
+up in urllib3's DEBUG request lines and in requests' exception texts. Every key a source is
+given is registered here; a logging filter on the urllib3/requests/source loggers scrubs
+registered keys and any ``apikey=``/``apiKey=``/``token=`` query value from records before any
+handler sees them, and exception texts only ever reach messages through :func:`redact`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from pipeline.config import Secret
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+_SECRET_PATTERN: re.Pattern[str] | None = None
+# Any credential-looking query parameter, registered or not.
+_QUERY_KEY_RE = re.compile(r"(?i)\b((?:api[_-]?key|apikey|access[_-]?token|token)=)[^&\s'\"<>#]+")
+REDACTED = "***"
+
+
+def register_secret(value: str | Secret | None) -> None:
+    """Make :func:`redact` (and the logging filter) hide ``value`` and its URL-encoded forms."""
+    raw = value.get() if isinstance(value, Secret) else value
+    if not raw or len(raw) < 4:  # redacting 1-3 characters would mangle ordinary text
+        return
+    global _SECRET_PATTERN
+    with _SECRETS_LOCK:
+        before = len(_SECRETS)
+        _SECRETS.update({raw, quote(raw, safe=""), quote_plus(raw)})
+        if len(_SECRETS) != before:
+            alternatives = sorted(_SECRETS, key=len, reverse=True)
+            _SECRET_PATTERN = re.compile("|".join(re.escape(s) for s in alternatives))
+
+
+def redact(text: Any) -> str:
+    """``text`` as a string with registered secrets and credential query values masked."""
+    s = text if isinstance(text, str) else str(text)
+    pattern = _SECRET_PATTERN
+    if pattern is not None:
+        s = pattern.sub(REDACTED, s)
+    return _QUERY_KEY_RE.sub(lambda m: m.group(1) + REDACTED, s)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message with secrets masked (installed on third-party loggers,
+    whose records carry full request URLs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is not ours to fix; leave it alone
+            return True
+        clean = redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, ()
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_LOGGERS_TO_SCRUB = (
+    "urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.poolmanager",
+    "urllib3.response", "urllib3.util.retry", "requests", "pipeline.sources",
+    "pipeline.sources.http_client", "pipeline.sources.alphavantage", "pipeline.sources.polygon",
+    "pipeline.sources.polled_source", "pipeline.sources.request_budget",
+)
+
+
+def _install_log_filter() -> None:
+    for name in _LOGGERS_TO_SCRUB:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
+_install_log_filter()
+
+
+def secret_value(api_key: str | Secret | None) -> Secret | None:
+    """Normalise a key given as ``Secret`` or plain ``str`` (blank means none)."""
+    if api_key is None:
+        return None
+    secret = api_key if isinstance(api_key, Secret) else Secret(str(api_key).strip())
+    if not secret.get() or not secret.get().strip():
+        return None
+    register_secret(secret)
+    return secret
+
+
+def short_text(text: Any, limit: int = 160) -> str:
+    """One line of at most ``limit`` characters, redacted (for upstream messages)."""
+    text = " ".join(redact(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
