@@ -142,7 +142,9 @@ class Runtime:
             from pipeline.news_stream import NewsQueue
 
             # One queue per runtime: a restarted simulator feeds the running news producer.
-            news = self.__dict__.setdefault("news_queue", NewsQueue())
+            if getattr(self, "news_queue", None) is None:
+                self.news_queue = NewsQueue()
+            news = self.news_queue
             self.start_news_indexer()
             self.start_news_producer(news.batches, "simulated news")
 

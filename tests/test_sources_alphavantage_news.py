@@ -9,7 +9,9 @@ import pytest
 from pipeline.news import NewsItem
 from pipeline.sources.alphavantage_news import AlphaVantageNews
 from pipeline.sources.base import SourceError
-from pipeline.sources.http_client import ApiError, HttpPolicy, RequestBudget
+from pipeline.sources.api_errors import ApiError
+from pipeline.sources.http_client import HttpPolicy
+from pipeline.sources.request_budget import RequestBudget
 from tests.market_api_double import (
     MarketApiDouble, Reply, av_article, av_error_message, av_information_burst,
     av_information_daily_limit, av_information_demo, av_information_premium, av_missing_key,

@@ -31,10 +31,10 @@ from pipeline.config import Config, Secret
 from pipeline.news import InvalidNews, NewsItem, news_from_mapping
 from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, classify_notice
 from pipeline.sources.base import SourceError
-from pipeline.sources.http_client import (
-    ApiError, ApiHttpClient, HttpPolicy, HttpReply, RateLimited, RequestBudget, join_url,
-    secret_value, short_text,
-)
+from pipeline.sources.api_errors import ApiError, RateLimited
+from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
+from pipeline.sources.redaction import secret_value, short_text
+from pipeline.sources.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
 
