@@ -2,7 +2,7 @@
 
 Saves ``--versions`` model versions whose pickles are ``--blob-kb`` each (a random forest of
 that size), promotes one per scope, then times the refresh path the scorer runs
-(``models.adaptation.champions``, one listing of champion metadata) and a champion load
+(``models.registry.champions``, the champion pointers) and a champion load
 (``models.registry.load_model_version``, twice: the second is served by the artefact cache
 where there is one).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models import adaptation, registry  # noqa: E402
+from models import registry  # noqa: E402
 from pipeline.store.sqlite import SqliteStore  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main() -> None:
             registry.promote(store, vid, scope)
         started = time.perf_counter()
         for _ in range(args.repeat):
-            found = adaptation.champions(store)
+            found = registry.champions(store)
         refresh_ms = (time.perf_counter() - started) / args.repeat * 1000
         started = time.perf_counter()
         registry.load_model_version(store, ids[-1])

@@ -1,5 +1,7 @@
 """Model lab wall time: all four models plus the baselines on 100k simulated bars, ~20 features,
-chronological split, default hyperparameters. Prints ONE JSON line.
+chronological split, default hyperparameters. Prints ONE JSON line, with the size of the result
+charts the page sends (``result_charts_kb``) and, with ``--cancel``, how fast a Cancel issued
+during the random forest's training stops it.
 
     python benchmarks/bench_model_lab.py [--bars 100000] [--n-jobs 2] [--phi 0.08] [--seed 7]
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import threading
@@ -38,6 +41,8 @@ def main() -> None:
     p.add_argument("--phi", type=float, default=0.08)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--target", default="next_return")
+    p.add_argument("--cancel", action="store_true",
+                   help="also time a Cancel issued while the random forest trains")
     args = p.parse_args()
 
     t0 = time.perf_counter()
@@ -83,7 +88,53 @@ def main() -> None:
         "compare_total_s": round(total_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "best_model": result.best_label(), "table": table,
+        "result_charts_kb": chart_sizes(result),
+        "cancel": cancel_latency(bars, config) if args.cancel else None,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }))
+
+
+def chart_sizes(result) -> dict:
+    """JSON size of the result charts the page sends (default selections), in kB."""
+    from dashboard import lab_charts
+
+    colors = lab_charts.model_colors(result.table)
+    shown = [lb for lb in [result.best_label(False), "Persistence"] if lb in result.labels]
+    symbol = result.summary["symbols"][0]
+    figs = {
+        "metrics": lab_charts.metric_bars(result.table, "skill"),
+        "predicted_vs_actual": lab_charts.predicted_vs_actual(
+            result.predictions, shown, colors, symbol,
+            {lb: result.predicted_close(lb) for lb in shown}),
+        "residuals": lab_charts.residual_distribution(result.residuals(), colors),
+    }
+    sizes = {k: round(len(f.to_json()) / 1000, 1) for k, f in figs.items()}
+    sizes["total"] = round(sum(sizes.values()), 1)
+    return sizes
+
+
+def cancel_latency(bars, config) -> dict:
+    """Cancel while the random forest trains: seconds until run_comparison returns, and the
+    process CPU seconds spent after the cancel (0 would be an instant stop)."""
+    cancel, marks = threading.Event(), {}
+
+    def progress(fraction, message):
+        if "Random forest" in message and "cancel_at" not in marks:
+            marks["cancel_at"], marks["cpu_at"] = time.perf_counter(), time.process_time()
+            cancel.set()
+
+    t0 = time.perf_counter()
+    try:
+        run_comparison(bars, config, progress=progress, cancel=cancel)
+        stopped = False
+    except Exception as exc:  # LabCancelled
+        stopped = type(exc).__name__ == "LabCancelled"
+    end, cpu_end = time.perf_counter(), time.process_time()
+    if "cancel_at" not in marks:
+        return {"stopped": stopped, "note": "no random forest progress seen"}
+    return {"stopped": stopped, "seconds_to_stop": round(end - marks["cancel_at"], 2),
+            "cpu_s_after_cancel": round(cpu_end - marks["cpu_at"], 2),
+            "total_s": round(end - t0, 2)}
 
 
 if __name__ == "__main__":

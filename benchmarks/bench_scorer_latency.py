@@ -1,6 +1,6 @@
 """Live scoring latency: bar produced to Kafka → prediction stored, under a steady live feed.
 
-    python benchmarks/bench_scorer_latency.py [--symbols 50] [--seconds 60] [--retrain-every 1000]
+    python benchmarks/bench_scorer_latency.py [--symbols 50,500] [--seconds 60] [--retrain-every 1000]
 
 Everything real and in one process, as the dashboard runs it: the embedded broker (TCP on
 loopback), the simulator producing ``--symbols`` symbols with one 1m bar per second each (after
@@ -8,7 +8,11 @@ an instant warm-up history), the indexer into a fresh SQLite file, and the score
 its default model on the warm-up, then predicts every live bar and retrains on its schedule in
 the background). After the champion is live, predictions are measured for ``--seconds``.
 
-Prints ONE JSON line:
+``--symbols`` takes a comma-separated list: one fresh broker/store/pipeline per count, run one
+after the other. ``--profile`` runs cProfile in the scorer's thread and prints its top lines
+(by own time) to stderr; profile runs are slower, so take figures from runs without it.
+
+Prints ONE JSON line: ``runs``, one entry per symbol count, each with
 - ``latency_ms``: p50/p95/p99/max of ``latency_ms`` stored with each prediction made in the
   window (Kafka record timestamp of the bar → the moment the prediction batch went to the store);
 - ``latency_acked_ms``: the scorer's own gauge, to the store's acknowledgement (last 2,000);
@@ -45,26 +49,42 @@ from pipeline.worker import WorkerThread  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--symbols", type=int, default=50)
+    ap.add_argument("--symbols", default="50,500", help="symbol counts, e.g. 50,500")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--warmup-bars", type=int, default=400, help="instant history per symbol")
     ap.add_argument("--retrain-every", type=int, default=1000,
                     help="scheduled retrain every N predicted bars (all symbols)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the data directory (store, broker log) for inspection")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the scorer thread; top lines to stderr")
     args = ap.parse_args()
     quiet_kafka_logs()
+    runs = []
+    for n in [int(x) for x in str(args.symbols).split(",") if x.strip()]:
+        try:
+            runs.append(run_once(args, n))
+        except TimedOut as exc:  # report it and go on with the next count
+            runs.append({"symbols": n, "failed": str(exc)})
+    print(json.dumps({"bench": "scorer_latency", "runs": runs, "cpus": os.cpu_count(),
+                      "loadavg_1m": round(os.getloadavg()[0], 2)}))
+    return 0
+
+
+def run_once(args, n_symbols: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="kappalab-bench-scorer-"))
     store = SqliteStore(work / "kappalab.sqlite")
     broker = EmbeddedBroker(work / "broker.json")
     info = broker.start(reuse=False)
-    symbols = [f"S{i:02d}" for i in range(args.symbols)]
+    symbols = [f"S{i:03d}" for i in range(n_symbols)]
     workers: list[WorkerThread] = []
     try:
         indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="bench-indexer")).start()
         scorer_w = Scorer(store, info.bootstrap, group_id="bench-scorer", bootstrap_check_s=1.0,
                           policy=RetrainPolicy(every_bars=args.retrain_every))
+        if args.profile:
+            _profile_run(scorer_w)
         scorer = WorkerThread(scorer_w).start()
         workers += [indexer, scorer]
         _wait(lambda: "lag" in scorer_w.stats(history=False)["gauges"], 60, "scorer join")
@@ -74,9 +94,9 @@ def main() -> int:
         workers.append(producer)
         _wait(lambda: get_champion(store) is not None, 120, "the default champion")
         # Let the backlog (bars that arrived before the champion) drain, then measure.
-        _wait(lambda: (scorer_w.stats(history=False)["gauges"].get("lag", 1e9) < args.symbols
+        _wait(lambda: (scorer_w.stats(history=False)["gauges"].get("lag", 1e9) < n_symbols
                        and scorer_w.stats(history=False)["counters"]["predictions"] > 0),
-              60, "the scorer to catch up")
+              180, "the scorer to catch up")
         time.sleep(2.0)
         t0 = int(time.time() * 1000)
         time.sleep(args.seconds)
@@ -92,10 +112,9 @@ def main() -> int:
     lat = window["latency_ms"].dropna().to_numpy(dtype="float64")
     events = [e for e in store.list_events("retrain", limit=1000)]
     out = {
-        "bench": "scorer_latency",
-        "symbols": args.symbols,
+        "symbols": n_symbols,
         "seconds": round((t1 - t0) / 1000, 1),
-        "bars_per_s_offered": args.symbols,
+        "bars_per_s_offered": n_symbols,
         "predictions": int(len(window)),
         "predictions_per_s": round(len(window) / ((t1 - t0) / 1000), 1),
         "latency_ms": _percentiles(lat),
@@ -106,15 +125,32 @@ def main() -> int:
         "promoted": sum(bool(e["promoted"]) for e in events),
         "retrain_every_bars": args.retrain_every,
         "scorer_counters": {k: v for k, v in snap["counters"].items() if v},
-        "cpus": os.cpu_count(),
     }
     store.close()
     if args.keep:
         out["data_dir"] = str(work)
     else:
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(out))
-    return 0
+    return out
+
+
+def _profile_run(worker) -> None:
+    """Wrap the worker's ``run`` so cProfile records the scorer thread only."""
+    import cProfile
+    import pstats
+
+    inner = worker.run
+
+    def run(stop):
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            inner(stop)
+        finally:
+            prof.disable()
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+
+    worker.run = run
 
 
 def _percentiles(x: np.ndarray) -> dict:
@@ -125,13 +161,17 @@ def _percentiles(x: np.ndarray) -> dict:
             "p99": round(float(p99), 1), "max": round(float(x.max()), 1), "n": int(len(x))}
 
 
+class TimedOut(Exception):
+    pass
+
+
 def _wait(cond, timeout_s: float, what: str) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if cond():
             return
         time.sleep(0.2)
-    raise SystemExit(f"benchmark: timed out waiting for {what}")
+    raise TimedOut(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: di
     if len(df) > max_points:  # keep the latest points: the most recent behaviour matters most
         idx = idx[-max_points:]
     df = df.iloc[idx]
-    x = pd.to_datetime(df["ts"], unit="ms", utc=True)
+    # Epoch ms on a date axis: sent as one binary array, not as 3,000 date strings per trace.
+    x = df["ts"].to_numpy(dtype="int64")
     price = predicted_close is not None
     actual = df["actual_close"] if price else df["actual"]
     fig = go.Figure(go.Scattergl(x=x, y=actual, name="actual", mode="lines",
@@ -81,20 +82,44 @@ def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: di
     fig.update_layout(title=("Predicted vs actual close" if price else "Predicted vs actual target")
                       + (f" — {symbol}" if symbol else ""), height=420,
                       margin=dict(l=40, r=20, t=50, b=40), hovermode="x unified",
-                      legend=dict(orientation="h", y=-0.15))
+                      legend=dict(orientation="h", y=-0.15), xaxis_type="date")
     return fig
 
 
 def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
                           bins: int = 80) -> go.Figure:
-    """Overlaid histograms of actual - predicted, one per model."""
+    """Overlaid histograms of actual - predicted, one per model, binned here on the server
+    (common edges over the central 99.8 % of all residuals) so the browser gets ``bins``
+    counts per model instead of every residual."""
+    counts, edges = residual_histogram(residuals, bins)
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig = go.Figure()
-    for label in residuals.columns:
-        fig.add_trace(go.Histogram(x=residuals[label], name=label, nbinsx=bins, opacity=0.55,
-                                   marker_color=colors.get(label)))
-    fig.update_layout(barmode="overlay", title="Residuals (actual − predicted)", height=380,
-                      margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.15))
+    for label, c in counts.items():
+        fig.add_trace(go.Bar(x=centers, y=c, width=width, name=label, opacity=0.55,
+                             marker_color=colors.get(label)))
+    fig.update_layout(barmode="overlay", bargap=0, title="Residuals (actual − predicted)",
+                      height=380, margin=dict(l=40, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.15))
     return fig
+
+
+def residual_histogram(residuals: pd.DataFrame, bins: int = 80
+                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Counts per model over shared bin edges (outliers beyond the 0.1/99.9 percentiles of
+    all models together are counted in the outer bins)."""
+    values = residuals.to_numpy(dtype="float64").ravel()
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {}, np.linspace(-1.0, 1.0, bins + 1)
+    lo, hi = np.percentile(values, [0.1, 99.9])
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = {}
+    for label in residuals.columns:
+        r = residuals[label].to_numpy(dtype="float64")
+        counts[label] = np.histogram(np.clip(r[np.isfinite(r)], lo, hi), edges)[0]
+    return counts, edges
 
 
 def importance_bars(importance: pd.DataFrame, model: str, top: int = 25) -> go.Figure:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import threading
 from datetime import datetime, timezone
 
 import pandas as pd
+
+from pipeline.jsonsafe import json_safe
+from pipeline.schema import INTERVALS
 
 from models.features import DEFAULT_FEATURES, DEFAULT_GROUP, FEATURE_GROUPS, max_lookback
 from models.splits import SPLIT_METHODS
@@ -148,7 +150,6 @@ def _check(args, config) -> None:
     if args.folds < 1 or args.gap < 0 or args.budget < 1:
         raise UsageError("--folds and --budget must be at least 1 and --gap not negative")
     from models.features import expand_features
-    from pipeline.schema import INTERVALS
 
     if config.interval not in INTERVALS:
         raise UsageError(f"unknown interval {config.interval!r}; use one of {', '.join(INTERVALS)}")
@@ -254,13 +255,7 @@ def _print_result(result) -> None:
 
 
 def _result_json(result) -> dict:
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return v.item() if hasattr(v, "item") else v
-
-    table = [{k: clean(v) for k, v in row.items()}
-             for row in result.table.reset_index().to_dict("records")]
+    table = [json_safe(row) for row in result.table.reset_index().to_dict("records")]
     return {"run_id": result.run_id, "config": result.config.to_dict(),
             "summary": result.summary, "best_model": result.best_label(), "table": table,
             "best_params": result.best_params, "guidance": result.guidance,

@@ -43,10 +43,9 @@ from models import metrics as M
 from models.features import (
     DEFAULT_FEATURES, FEATURE_GROUPS, compute_features, is_price_level, max_lookback,
 )
-from models.registry import (
-    CHAMPION, GLOBAL_SCOPE, LoadedModel, load_model_version, promote, save_model_version,
-)
+from models.registry import GLOBAL_SCOPE, LoadedModel, promote, save_model_version
 from models.targets import effective_horizon, get_target, make_target, to_close
+from pipeline.jsonsafe import json_safe
 from pipeline.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ class RetrainDecision:
     waiting: bool = False  # not enough data yet: nothing trained
 
     def summary(self) -> dict[str, Any]:
-        return _clean(asdict(self))
+        return json_safe(asdict(self))
 
 
 class NotEnoughData(Exception):
@@ -323,7 +322,7 @@ def evaluate(predict: Callable[[pd.DataFrame], Any], rows: pd.DataFrame,
                   mse_persistence=M.mse(y, _persistence_values(r, target)))
     out["mae_close"] = float(np.mean(np.abs(pred_close - r["actual_close"].to_numpy())))
     out["n"] = int(len(r))
-    return _clean(out)
+    return json_safe(out)
 
 
 def persistence_metrics(rows: pd.DataFrame, target: str) -> dict[str, float]:
@@ -381,7 +380,7 @@ class LiveErrors:
         if not self._abs:
             return {"n": 0, "scored": self.total}
         a = np.fromiter(self._abs, float)
-        return _clean({
+        return json_safe({
             "mae": float(a.mean()), "rmse": float(np.sqrt(np.mean(a * a))),
             "mape_pct": self.mape_pct,
             "directional_accuracy": float(np.mean(self._hits)) if self._hits else None,
@@ -433,7 +432,7 @@ class DriftMonitor:
         self.errors = LiveErrors(self.policy.drift_window)
 
     def summary(self) -> dict[str, Any]:
-        return _clean({"rolling_mape_pct": self.rolling if self.errors.n else None,
+        return json_safe({"rolling_mape_pct": self.rolling if self.errors.n else None,
                        "reference_mape_pct": self.reference, "ratio": self.ratio,
                        "n": self.errors.n, "factor": self.policy.drift_factor})
 
@@ -519,24 +518,6 @@ def retrain_events(store: Store, limit: int = 200) -> list[dict[str, Any]]:
     return store.list_events(kind=RETRAIN_EVENT, limit=limit)
 
 
-def champions(store: Store) -> dict[str, dict[str, Any]]:
-    """Every scope's champion metadata in one query: ``{scope: meta}``.
-
-    Same answer as :func:`models.registry.get_champion` per scope (a symbol without its own
-    champion uses ``"global"``), without one query per symbol on every refresh.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for meta in store.list_model_versions(where={"status": CHAMPION}):
-        out.setdefault(meta.get("scope") or GLOBAL_SCOPE, meta)  # newest first
-    return out
-
-
-def load_champion(store: Store, scope: str = GLOBAL_SCOPE) -> LoadedModel | None:
-    found = champions(store)
-    meta = found.get(scope) or found.get(GLOBAL_SCOPE)
-    return load_model_version(store, meta["version_id"]) if meta else None
-
-
 # ---------------------------------------------------------------------------------------------
 
 def _challenger_estimator(champion: LoadedModel, policy: RetrainPolicy):
@@ -608,16 +589,3 @@ def _finite(x) -> bool:
 
 def _fmt(x) -> str:
     return f"{x:.4f}%" if _finite(x) else "n/a"
-
-
-def _clean(obj):
-    """JSON-friendly copy: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -221,21 +221,34 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
 
     n_steps = len(entries) * (len(splits) + 1)
     step = 0
+    n_models = len(entries)
     rows_out, fold_rows, best_params, fitted, importances = [], [], {}, {}, []
+    devices: dict[str, str] = {}  # label -> device that trained it (XGBoost: cpu or cuda)
     n_jobs = max(1, min(int(config.n_jobs), MAX_JOBS))
-    for entry in entries:
+    for k, entry in enumerate(entries, 1):
         oof = np.full(len(test_rows), np.nan)
         fit_s = predict_s = 0.0
         error = None
         for s in splits:
             if cancel.is_set():
                 raise LabCancelled("The comparison was cancelled.")
-            report(0.05 + 0.9 * step / n_steps,
-                   f"{entry.label}: fold {s.fold + 1}/{len(splits)}" if len(splits) > 1
-                   else f"{entry.label}: fitting on {len(s.train):,} rows")
+            where = (f"model {k}/{n_models} {entry.label}: "
+                     + (f"fold {s.fold + 1}/{len(splits)}" if len(splits) > 1
+                        else f"fitting on {len(s.train):,} rows"))
+            report(0.05 + 0.9 * step / n_steps, where)
+
+            def tick(done: int, total: int, unit: str, _where=where, _step=step) -> None:
+                if cancel.is_set():
+                    raise LabCancelled("The comparison was cancelled.")
+                report(0.05 + 0.9 * (_step + done / max(total, 1)) / n_steps,
+                       f"{_where}, {unit} {done}/{total}")
+
             step += 1
             try:
-                est, params, f_s, p_s, pred = _fit_predict(entry, X, y, ts, s, config, gap, n_jobs)
+                est, params, f_s, p_s, pred = _fit_predict(entry, X, y, ts, s, config, gap,
+                                                           n_jobs, tick)
+            except LabCancelled:
+                raise
             except Exception as exc:  # one failing model must not sink the others
                 error = f"{entry.label} failed: {exc}"
                 warnings.append(error)
@@ -248,6 +261,9 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
                               "n_test": len(s.test), "mse": M.mse(y[s.test], pred)})
             if params is not None:
                 best_params[entry.label] = params
+            device = _device_of(est)
+            if device:
+                devices[entry.label] = device
             fitted[entry.label] = FittedModel(
                 entry.spec.key, entry.label, entry.spec.kind, {**entry.params, **(params or {})},
                 entry.features, est, int(ts[s.train].min()), int(ts[s.train].max()))
@@ -284,6 +300,7 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
         "test_start_ms": int(predictions["ts"].min()),
         "test_end_ms": int(predictions["ts"].max()),
         "elapsed_s": round(time.perf_counter() - started, 3),
+        "devices": devices,
     }
     result = LabResult(config, table, predictions, importance, fold_table, best_params, fitted,
                        [], warnings, summary)
@@ -363,7 +380,7 @@ def _entries(config: LabConfig) -> list[_Entry]:
 
 
 def _fit_predict(entry: _Entry, X: pd.DataFrame, y: np.ndarray, ts: np.ndarray, s: Split,
-                 config: LabConfig, gap: int, n_jobs: int):
+                 config: LabConfig, gap: int, n_jobs: int, tick=None):
     from threadpoolctl import threadpool_limits
 
     X_train, y_train = X.iloc[s.train][entry.features], y[s.train]
@@ -375,11 +392,66 @@ def _fit_predict(entry: _Entry, X: pd.DataFrame, y: np.ndarray, ts: np.ndarray, 
         if config.search and entry.spec.search_space and entry.spec.kind == "model":
             est, params = _search(est, entry.spec, X_train, y_train, ts[s.train], config, gap)
         else:
-            est.fit(X_train, y_train)
+            fit_in_chunks(est, X_train, y_train, tick)
         t1 = time.perf_counter()
         pred = np.asarray(est.predict(X_test), dtype="float64").ravel()
         t2 = time.perf_counter()
     return est, params, t1 - t0, t2 - t1, pred
+
+
+def _device_of(est) -> str | None:
+    model = est.steps[-1][1] if hasattr(est, "steps") else est
+    if type(model).__name__ != "XGBRegressor":
+        return None
+    return str(model.get_params().get("device") or "cpu")
+
+
+def fit_in_chunks(est, X, y, tick=None) -> None:
+    """``est.fit(X, y)``, with ``tick(done, total, unit)`` called between chunks of trees or
+    boosting rounds, so progress is real and a cancel (``tick`` raising) stops the training
+    within one chunk. Forests grow by ``warm_start`` (the same model as one fit); XGBoost
+    reports from a training callback; other models report once, after their fit."""
+    if tick is None:
+        est.fit(X, y)
+        return
+    model = est.steps[-1][1] if hasattr(est, "steps") else est
+    name = type(model).__name__
+    # Histogram boosting is left whole: each warm_start call re-predicts every training row
+    # with all trees so far, which made it 15x slower; it fits in seconds anyway.
+    size_param = "n_estimators" if "Forest" in name else None
+    if size_param and hasattr(model, "warm_start"):
+        total = int(getattr(model, size_param))
+        chunk = max(1, total // 10)
+        model.set_params(warm_start=True)
+        try:
+            for done in range(chunk, total + chunk, chunk):
+                model.set_params(**{size_param: min(done, total)})
+                est.fit(X, y)
+                tick(min(done, total), total, "trees" if size_param == "n_estimators"
+                     else "rounds")
+        finally:
+            model.set_params(warm_start=False, **{size_param: total})
+        return
+    if name == "XGBRegressor":
+        from xgboost.callback import TrainingCallback
+
+        total = int(model.get_params()["n_estimators"] or 100)
+        every = max(1, total // 10)
+
+        class Progress(TrainingCallback):
+            def after_iteration(self, booster, epoch, evals_log) -> bool:
+                if (epoch + 1) % every == 0:
+                    tick(epoch + 1, total, "rounds")
+                return False
+
+        model.set_params(callbacks=[Progress()])
+        try:
+            est.fit(X, y)
+        finally:
+            model.set_params(callbacks=None)  # the fitted model must pickle without it
+        return
+    est.fit(X, y)
+    tick(1, 1, "fit")
 
 
 def _search(est, spec: ModelSpec, X_train, y_train, ts_train, config: LabConfig, gap: int):

@@ -152,12 +152,57 @@ def _linear(p, seed, n_jobs):
 
 
 def _random_forest(p, seed, n_jobs):
-    from sklearn.ensemble import RandomForestRegressor
+    return _sized_forest_class()(
+        rows_per_tree=int(p.get("rows_per_tree") or 0), n_estimators=int(p["n_estimators"]),
+        max_depth=_none_if_zero(p["max_depth"]), min_samples_leaf=int(p["min_samples_leaf"]),
+        max_features=float(p["max_features"]), random_state=seed, n_jobs=n_jobs)
 
-    return RandomForestRegressor(
-        n_estimators=int(p["n_estimators"]), max_depth=_none_if_zero(p["max_depth"]),
-        min_samples_leaf=int(p["min_samples_leaf"]), max_features=float(p["max_features"]),
-        random_state=seed, n_jobs=n_jobs)
+
+_SIZED_FOREST = None
+
+
+def _sized_forest_class():
+    """sklearn is imported on first use only; the class is built once, at module level
+    (as ``models.zoo.SizedRandomForest``) so fitted forests pickle."""
+    global _SIZED_FOREST
+    if _SIZED_FOREST is None:
+        from sklearn.ensemble import RandomForestRegressor
+
+        class SizedRandomForest(RandomForestRegressor):
+            """A random forest whose trees each learn from a bootstrap sample of at most
+            ``rows_per_tree`` rows (0: all rows; fewer rows than that: all rows). On 200k
+            bars a tree then costs what it costs on 20k, and the average of many such trees
+            loses little: the default comparison stays interactive on large data."""
+
+            def __init__(self, rows_per_tree=0, n_estimators=100, *, max_depth=None,
+                         min_samples_leaf=1, max_features=1.0, max_samples=None,
+                         warm_start=False, random_state=None, n_jobs=None):
+                super().__init__(n_estimators=n_estimators, max_depth=max_depth,
+                                 min_samples_leaf=min_samples_leaf, max_features=max_features,
+                                 max_samples=max_samples, warm_start=warm_start,
+                                 random_state=random_state, n_jobs=n_jobs)
+                self.rows_per_tree = rows_per_tree
+
+            def fit(self, X, y, sample_weight=None):
+                chosen = self.max_samples
+                if self.rows_per_tree and chosen is None and len(X) > self.rows_per_tree:
+                    self.max_samples = int(self.rows_per_tree)
+                try:
+                    return super().fit(X, y, sample_weight)
+                finally:
+                    self.max_samples = chosen  # a parameter: fit must not change it
+
+        SizedRandomForest.__module__ = __name__
+        SizedRandomForest.__qualname__ = "SizedRandomForest"
+        globals()["SizedRandomForest"] = SizedRandomForest
+        _SIZED_FOREST = SizedRandomForest
+    return _SIZED_FOREST
+
+
+def __getattr__(name):  # unpickling a forest before any was built in this process
+    if name == "SizedRandomForest":
+        return _sized_forest_class()
+    raise AttributeError(name)
 
 
 def _hist_gradient_boosting(p, seed, n_jobs):
@@ -171,10 +216,34 @@ def _hist_gradient_boosting(p, seed, n_jobs):
         random_state=seed)
 
 
+def cuda_available() -> bool:
+    """An XGBoost built with CUDA and an NVIDIA GPU on this machine."""
+    try:
+        import xgboost
+
+        if not xgboost.build_info().get("USE_CUDA"):
+            return False
+    except Exception:
+        return False
+    from pathlib import Path
+
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def xgboost_device(choice: str) -> str:
+    """``auto``: the GPU when there is one, else the CPU; ``cuda`` without one is an error."""
+    if choice == "cuda" and not cuda_available():
+        raise ValueError("no CUDA GPU is available here: set XGBoost's Device to auto or cpu")
+    if choice == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return choice
+
+
 def _xgboost(p, seed, n_jobs):
     from xgboost import XGBRegressor
 
     return XGBRegressor(
+        device=xgboost_device(str(p.get("device") or "auto")),
         n_estimators=int(p["n_estimators"]), learning_rate=float(p["learning_rate"]),
         max_depth=int(p["max_depth"]), subsample=float(p["subsample"]),
         colsample_bytree=float(p["colsample_bytree"]), min_child_weight=float(p["min_child_weight"]),
@@ -216,9 +285,11 @@ register(ModelSpec(
 
 register(ModelSpec(
     "random_forest", "Random forest", "model", _random_forest,
-    defaults={"n_estimators": 100, "max_depth": 10, "min_samples_leaf": 20, "max_features": 0.5},
+    defaults={"n_estimators": 50, "max_depth": 10, "min_samples_leaf": 20, "max_features": 0.5,
+              "rows_per_tree": 15_000},
     widgets=(
         ParamWidget("n_estimators", "Trees", "int", 10, 500, 10),
+        ParamWidget("rows_per_tree", "Rows per tree (0 = all)", "int", 0, 1_000_000, 5_000),
         ParamWidget("max_depth", "Max depth (0 = unlimited)", "int", 0, 40, 1),
         ParamWidget("min_samples_leaf", "Min samples per leaf", "int", 1, 500, 1),
         ParamWidget("max_features", "Share of features per split", "float", 0.1, 1.0, 0.1),
@@ -246,9 +317,13 @@ register(ModelSpec(
 register(ModelSpec(
     "xgboost", "XGBoost", "model", _xgboost,
     defaults={"n_estimators": 300, "learning_rate": 0.05, "max_depth": 5, "subsample": 0.8,
-              "colsample_bytree": 0.8, "min_child_weight": 1.0, "reg_lambda": 1.0},
+              "colsample_bytree": 0.8, "min_child_weight": 1.0, "reg_lambda": 1.0,
+              "device": "auto"},
     widgets=(
         ParamWidget("n_estimators", "Boosting rounds", "int", 10, 2000, 10),
+        ParamWidget("device", "Device", "choice", options=("auto", "cpu", "cuda"),
+                    help="auto trains on the GPU when one is present (CUDA build of XGBoost), "
+                         "else on the CPU; the results say which one trained."),
         ParamWidget("learning_rate", "Learning rate", "float", 0.005, 1.0, 0.005),
         ParamWidget("max_depth", "Max depth", "int", 1, 15, 1),
         ParamWidget("subsample", "Row subsample", "float", 0.1, 1.0, 0.05),

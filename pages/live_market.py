@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
@@ -32,9 +33,35 @@ candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle",
 ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10, 50],
                             key="lm_ma")
 ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
-n_candles = st.slider("Candles shown", 30, 600, 150, step=10, key="lm_n")
+c6, c7 = st.columns([4, 1])
+n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n")
+whole = c7.toggle("Whole history", value=False, key="lm_whole",
+                  help="About 600 candles over everything stored (the candle size follows).")
 show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
 show_news = st.toggle("Show news markers (hover for title and score)", value=True, key="lm_news")
+
+
+@st.cache_resource(show_spinner=False)
+def candle_feed(_store, store_key: str) -> CandleFeed:
+    """One per server and store: the closed candles are shared by every session."""
+    return CandleFeed(_store)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _counted(_store, store_key: str, symbol: str, interval: str) -> tuple[int, int | None]:
+    """The series' bar count and its newest ts then: a scan, at most every 30 s."""
+    span = _store.bar_time_range(symbol, interval)
+    return _store.count_bars(symbol, interval), (span[1] if span else None)
+
+
+def stored_count(symbol: str, interval: str) -> int:
+    """Exact for a growing series on every refresh: the last full count plus the bars
+    stored after its newest ts (a short index range). Bars backfilled before that ts show
+    up at the next full count."""
+    count, newest = _counted(store, store.describe(), symbol, interval)
+    if newest is None:
+        return count
+    return count + len(store.query_bars(symbol, interval, start_ms=newest + 1))
 
 
 @st.fragment(run_every=2.0)
@@ -45,39 +72,76 @@ def live_panel() -> None:
             st.rerun()  # data arrived: rebuild the pickers
         st.caption("Waiting for the first bar…")
         return
-    bucket = INTERVALS[candle]
+    feed = candle_feed(store, store.describe())
+    view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred)
+    # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes.
+    marker = (feed.last_ts(symbol, interval),
+              latest_prediction_ts(symbol, interval) if show_pred else None)
+    drawn = st.session_state.get("lm_drawn")
+    if drawn and drawn["view"] == view and drawn["marker"] == marker:
+        _show(drawn)  # nothing new in the store: redraw what was drawn, aggregate nothing
+        return
     warm = ma_warmup(ma_windows, ma_kind)  # the model features need this many leading bars
-    candles = store.ohlc_buckets(symbol, interval, bucket, limit=n_candles + warm)
-    stored = store.count_bars(symbol, interval)
+    if whole:
+        candles, bucket = feed.whole_history(symbol, interval, step)
+        shown = len(candles)
+    else:
+        bucket = INTERVALS[candle]
+        candles = feed.latest(symbol, interval, bucket, n_candles + warm)
+        shown = n_candles
     if candles.empty:
         st.info(f"No {interval} bars stored for {symbol} yet.")
         return
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
-    k1, k2, k3, k4 = st.columns(4)
-    k1.metric("Last close", fmt_sig(last["close"], 6),
-              f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})")
-    k2.metric(f"Volume (last {candle})", fmt_num(last["volume"], 0))
-    k3.metric("Bars stored", f"{stored:,}")
-    k4.metric("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
-        "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"),
-              help=f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}")
-
+    size = _fmt_bucket(bucket) if whole else candle
+    drawn = {"view": view, "marker": marker, "caption": None, "kpis": [
+        ("Last close", fmt_sig(last["close"], 6),
+         f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})", None),
+        (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
+        ("Bars stored", f"{stored_count(symbol, interval):,}", None, None),
+        ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
+            "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
+         f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
+    ]}
     preds = None
     if show_pred:
         preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
     news = news_markers(store, symbol, candles, bucket) if show_news else None
-    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {candle} candles",
+    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {size} candles",
                       news=news)
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
-    if len(candles) > n_candles:
-        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-n_candles]),
+    if len(candles) > shown > 0:
+        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-shown]),
                                 ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
-    st.plotly_chart(fig, width="stretch", key="lm_chart")
+    drawn["figure"] = fig
     if preds is not None and len(preds):
         nxt = preds.iloc[-1]
-        st.caption(f"Next close predicted for {fmt_ts(nxt['ts'])}: **{fmt_sig(nxt['predicted_close'], 6)}** "
-                   f"(model {nxt['model_id']}).")
+        drawn["caption"] = (f"Next close predicted for {fmt_ts(nxt['ts'])}: "
+                            f"**{fmt_sig(nxt['predicted_close'], 6)}** (model {nxt['model_id']}).")
+    st.session_state["lm_drawn"] = drawn
+    st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
+    _show(drawn)
+
+
+def _show(drawn: dict) -> None:
+    for col, (label, value, delta, help_) in zip(st.columns(4), drawn["kpis"]):
+        col.metric(label, value, delta, help=help_)
+    st.plotly_chart(drawn["figure"], width="stretch", key="lm_chart")
+    if drawn["caption"]:
+        st.caption(drawn["caption"])
+
+
+def _fmt_bucket(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms // 1000}s"
+
+
+def latest_prediction_ts(symbol: str, interval: str) -> int | None:
+    last = store.query_predictions(symbol=symbol, interval=interval, limit=1)
+    return int(last["ts"].iloc[-1]) if len(last) else None
 
 
 live_panel()

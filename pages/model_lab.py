@@ -163,7 +163,8 @@ config = lab.LabConfig(
 if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen or not features):
     cancel_slot = st.empty()
     cancel_slot.button("Cancel", key="ml_cancel",
-                       help="Stops the run (any click on the page interrupts it).")
+                       help="Stops the run: training stops at its next chunk of trees or "
+                            "rounds (about a second); any click on the page does the same.")
     bar = st.progress(0.0, text="Starting")
     try:
         news = load_news(store, bars) if any(map(is_sentiment_feature, features)) else None
@@ -189,6 +190,9 @@ if result is not None:
     st.subheader("Results")
     results_header(result.summary, result.config.to_dict(), result.run_id, result.table,
                    result.warnings, result.guidance, shown_above)
+    if result.summary.get("devices"):
+        st.caption(" ".join(f"{m} trained on {d.upper()}." for m, d in
+                            result.summary["devices"].items()))
     st.download_button("Download results (CSV)", lab.table_to_csv(result.table),
                        file_name=f"{result.run_id or 'model-lab'}.csv", mime="text/csv",
                        key="ml_download", on_click="ignore")

@@ -190,6 +190,14 @@ def build_source(args: argparse.Namespace, config: Config, store=None, resume=No
     return source_from_cli(args, config, symbols)
 
 
+def checked_store_and_broker(config: Config):
+    """The store (checked), the running broker, and a stop event wired to Ctrl-C/SIGTERM."""
+    store = open_store(config)
+    store.check()
+    info, _ = resolve_bootstrap(config)
+    return store, info, wait_for_signal()
+
+
 def wait_for_signal() -> threading.Event:
     stop = threading.Event()
 
@@ -292,10 +300,7 @@ def cmd_produce(args, config: Config) -> int:
 def cmd_index(args, config: Config) -> int:
     from pipeline.indexer import Indexer
 
-    store = open_store(config)
-    store.check()
-    info, _ = resolve_bootstrap(config)
-    stop = wait_for_signal()
+    store, info, stop = checked_store_and_broker(config)
     print(f"indexing {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
     worker = Indexer(store, info.bootstrap, topic=args.topic, dlq_topic=args.dlq_topic,
                      group_id=args.group, client_kwargs=config.kafka_client_kwargs(), mode="process")
@@ -306,10 +311,7 @@ def cmd_index(args, config: Config) -> int:
 def cmd_score(args, config: Config) -> int:
     from pipeline.scorer import Scorer
 
-    store = open_store(config)
-    store.check()
-    info, _ = resolve_bootstrap(config)
-    stop = wait_for_signal()
+    store, info, stop = checked_store_and_broker(config)
     worker = Scorer(store, info.bootstrap, topic=args.topic, group_id=args.group,
                     client_kwargs=config.kafka_client_kwargs(), mode="process")
     print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)

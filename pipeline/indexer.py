@@ -54,6 +54,7 @@ def make_consumer(bootstrap: str, topic: str | None, group_id: str | None,
         heartbeat_interval_ms=1_000,
         max_poll_records=max_poll_records,
         fetch_max_wait_ms=200,
+        max_partition_fetch_bytes=8 * 1024 * 1024,  # a whole batch per fetch round trip
         **(client_kwargs or {}),
     )
 

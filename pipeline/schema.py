@@ -112,17 +112,27 @@ def parse_bar(raw: bytes | str) -> Bar:
     except UnicodeDecodeError as exc:
         raise InvalidBar(f"message is not valid UTF-8 (UnicodeDecodeError at byte {exc.start})") from None
     try:
-        obj = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant,
-                         object_pairs_hook=_unique_keys)
+        obj = _DECODER.decode(text)
+        if isinstance(obj, dict) and not _plainly_unique(text, len(obj)):
+            obj = _STRICT_DECODER.decode(text)  # finds a duplicated key, if there is one
     except InvalidBar:
         raise
     except json.JSONDecodeError as exc:
         raise InvalidBar(f"message is not JSON (JSONDecodeError: {exc.msg} at char {exc.pos})") from None
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        # e.g. an integer literal over Python's 4,300-digit limit: say which, if we can
+        try:
+            _STRICT_DECODER.decode(text)
+        except InvalidBar:
+            raise
+        except Exception:
+            pass
         raise InvalidBar(f"message is not JSON ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise InvalidBar(f"message is JSON {type(obj).__name__}, expected an object")
     return bar_from_mapping(obj)
+
+
 
 
 def _parse_int(literal: str) -> int:
@@ -145,6 +155,20 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _plainly_unique(text: str, n_keys: int) -> bool:
+    """True when ``text`` cannot hold a duplicated key: as many ``":`` as keys, and no
+    white space after a quote that could hide one more key token. (False sends the message
+    through the slower decoder that checks each key.)"""
+    return (text.count('":') == n_keys and '" ' not in text and '"\t' not in text
+            and '"\n' not in text and '"\r' not in text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_STRICT_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_refuse_constant,
+                                   object_pairs_hook=_unique_keys)
+_FIELD_SET = frozenset(BAR_FIELDS)
+_INT_LIMIT = 10 ** MAX_INT_DIGITS
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -159,6 +183,8 @@ def _check_text(name: str, value: Any, max_len: int) -> str:
         raise InvalidBar(f"field {name} must be a string, got {type(value).__name__}")
     if not value or len(value) > max_len:
         raise InvalidBar(f"field {name} {_show(value)} must be 1 to {max_len} characters")
+    if value.isascii() and value.isprintable():
+        return value  # the common case, checked in C
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -169,15 +195,20 @@ def _check_text(name: str, value: Any, max_len: int) -> str:
     return value
 
 
-def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
-    """Validate a decoded mapping against the bar contract."""
+def _field_problem(obj: Mapping[str, Any]) -> None:
     missing = [f for f in BAR_FIELDS if f not in obj]
     if missing:
         raise InvalidBar(f"missing field(s): {', '.join(missing)}")
-    extra = sorted(set(obj) - set(BAR_FIELDS))
+    extra = sorted(set(obj) - set(BAR_FIELDS), key=str)
     if extra:
         shown = ", ".join(_show(str(e), 20) for e in extra[:5])
         raise InvalidBar(f"unexpected field(s): {shown}{' …' if len(extra) > 5 else ''}")
+
+
+def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
+    """Validate a decoded mapping against the bar contract."""
+    if obj.keys() != _FIELD_SET:
+        _field_problem(obj)
 
     symbol = _check_text("symbol", obj["symbol"], MAX_SYMBOL_LEN)
     interval = _check_text("interval", obj["interval"], 8)
@@ -202,7 +233,10 @@ def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
         value = obj[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidBar(f"field {name} must be a number, got {type(value).__name__}")
-        value = float(value)  # ints are at most MAX_INT_DIGITS long: cannot overflow
+        if isinstance(value, int) and not -_INT_LIMIT < value < _INT_LIMIT:
+            raise InvalidBar(f"field {name}: integer literal of {len(str(abs(value))):,} digits "
+                             f"is out of range (at most {MAX_INT_DIGITS} digits)")
+        value = float(value)
         if not math.isfinite(value):
             raise InvalidBar(f"field {name} is not finite ({value})")
         limit = MAX_VOLUME if name == "volume" else MAX_PRICE

@@ -225,8 +225,9 @@ def test_promote_rollback_and_scopes(store, signal_result):
     champions = store.list_model_versions(where={"status": "champion"})
     assert [c["version_id"] for c in champions] == [ids[1]]  # exactly one per scope
     assert store.get_model_version(ids[0])[0]["status"] == "retired"
-    event = store.list_events("promotion")[0]
-    assert event["version_id"] == ids[1] and event["previous_version_id"] == ids[0]
+    # two promotions can share a millisecond, so find the event rather than take the newest
+    event = next(e for e in store.list_events("promotion") if e["version_id"] == ids[1])
+    assert event["previous_version_id"] == ids[0]
     assert event["reason"] == "better skill" and "skill" in event["metrics"]
 
     assert registry.get_champion(store, "ACME")["version_id"] == ids[1]  # falls back to global
@@ -289,3 +290,48 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
     assert _cli("compare", "--help").returncode == 0
+
+
+@pytest.mark.parametrize("model, unit", [("random_forest", "trees"), ("xgboost", "rounds")])
+def test_cancel_stops_the_training_inside_a_model(model, unit):
+    size = {"random_forest": {"n_estimators": 200}, "xgboost": {"n_estimators": 200}}[model]
+    cancel = threading.Event()
+    seen = []
+
+    def progress(fraction, message):
+        seen.append(message)
+        if f"{unit} " in message:
+            cancel.set()  # as the page's Cancel does, mid-fit
+
+    with pytest.raises(LabCancelled):
+        run_comparison(sim_bars(1500), config(models=[(model, size)]), progress=progress,
+                       cancel=cancel)
+    inside = [m for m in seen if f"{unit} " in m]
+    assert inside == [inside[0]] and inside[0].endswith(f"{unit} 20/200")  # 180 never built
+    assert "model 3/3" in inside[0]  # the two baselines come first
+
+
+def test_chunked_fit_is_the_same_model_as_one_fit():
+    bars = sim_bars(2000)
+    X = compute_features(bars, ["ret_1", "ret_5", "rsi_14", "hl_range"]).dropna()
+    y = X["ret_1"].shift(-1).fillna(0.0).to_numpy()
+    from models.zoo import get_spec
+
+    for key, params in (("random_forest", {"n_estimators": 25, "rows_per_tree": 500}),):
+        whole = get_spec(key).build(params, seed=1)
+        whole.fit(X, y)
+        chunked = get_spec(key).build(params, seed=1)
+        ticks = []
+        lab.fit_in_chunks(chunked, X, y, lambda d, t, u: ticks.append(d))
+        assert ticks == sorted(ticks) and len(ticks) > 1
+        np.testing.assert_allclose(chunked.predict(X), whole.predict(X), rtol=1e-12)
+
+
+def test_default_forest_trees_see_at_most_rows_per_tree():
+    from models.zoo import get_spec
+
+    forest = get_spec("random_forest").build({"n_estimators": 3, "rows_per_tree": 300}, seed=0)
+    X = np.random.default_rng(0).normal(size=(5_000, 3))
+    forest.fit(X, X[:, 0])
+    assert all(t.tree_.n_node_samples[0] <= 300 for t in forest.estimators_)
+    assert forest.get_params()["max_samples"] is None  # the parameter is left as it was

@@ -29,7 +29,9 @@ from pipeline.indexer import Indexer
 from pipeline.producer import Producer
 from pipeline.runtime import resume_points
 from pipeline.schema import Bar
-from pipeline.scorer import FeatureWindows, Scorer
+from models.live_series import SeriesState, bars_from_frame
+from models.streaming import FeatureSet
+from pipeline.scorer import Scorer
 from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 from pipeline.worker import WorkerThread
 
@@ -84,32 +86,29 @@ def counters(wt: WorkerThread) -> dict:
 
 
 # ---- no train/serve skew ---------------------------------------------------------------------
-def test_incremental_window_features_equal_batch_features(sqlite_store):
+def test_scorer_series_features_equal_batch_features(sqlite_store):
     features = [*DEFAULT_FEATURES, "macd_hist", "ema_20", "close_lag_3", "volume_change"]
     bars = store_history(sqlite_store, 300)
-    size = max_lookback(features)
-    windows = FeatureWindows(size)  # fed only by the stream, like a scorer from scratch
-    rng = np.random.default_rng(0)
+    feature_set = FeatureSet(features)
+    size = feature_set.lookback
+    assert size == max_lookback(features)
     for symbol in SYMBOLS:
         batch = sqlite_store.query_bars(symbol, "1m")  # what the model lab reads
-        want = compute_features(batch, features).reset_index(drop=True)
+        want = compute_features(batch, features).to_numpy()
         series = [b for b in bars if b.symbol == symbol]
-        rows, i = [], 0
-        while i < len(series):  # polls of 1..6 bars, as Kafka delivers them
-            chunk = series[i:i + int(rng.integers(1, 7))]
-            window = windows.get((symbol, "1m"))
-            rows.append(window.features_of(chunk, features))
-            window.extend(chunk)
-            i += len(chunk)
-        got = pd.concat(rows, ignore_index=True)
-        pd.testing.assert_frame_equal(got, want, check_exact=True)
-        assert want.iloc[size - 1:].notna().all().all()  # warm-up ends exactly at the lookback
+        state = SeriesState.new(feature_set)  # a scorer from scratch
+        got = np.vstack([state.update(b) for b in series])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        assert (np.isnan(got) == np.isnan(want)).all()
+        assert not np.isnan(want[size - 1:]).any()  # warm-up ends exactly at the lookback
 
-        # A restarted scorer rebuilds the window from the store: same numbers again.
+        # A restarted scorer rebuilds the state from the store: same numbers again.
         k = 150
-        restarted = FeatureWindows(size, sqlite_store).load((symbol, "1m"), series[k].ts)
-        pd.testing.assert_frame_equal(restarted.features_of(series[k:], features),
-                                      want.iloc[k:].reset_index(drop=True), check_exact=True)
+        restarted = SeriesState.new(feature_set)
+        restarted.warm(bars_from_frame(sqlite_store.query_bars(symbol, "1m", end_ms=series[k].ts,
+                                                               limit=size)))
+        again = np.vstack([restarted.update(b) for b in series[k:]])
+        np.testing.assert_allclose(again, want[k:], rtol=1e-12, atol=1e-12)
 
 
 # ---- end to end --------------------------------------------------------------------------------

@@ -194,11 +194,3 @@ class CsvLayout:
 
 def _normalise(cell: str) -> str:
     return re.sub(r"[\s\-]+", "_", cell.strip().lower())
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _normalise(cell: str) -> str:
-    return re.sub(r"[\s\-]+", "_", cell.strip().lower())

@@ -112,7 +112,8 @@ class MarketSimulator(Source):
 
     # ------------------------------------------------------------------------------------
     def bars(self, stop: threading.Event) -> Iterator[Bar]:
-        rngs = {s: np.random.default_rng([self.seed, zlib.crc32(s.encode())]) for s in self.symbols}
+        rngs = {s: _Normals(np.random.default_rng([self.seed, zlib.crc32(s.encode())]))
+                for s in self.symbols}
         market_rng = np.random.default_rng([self.seed, 0])
         states: dict[str, SymbolState] = {}
         next_ts: dict[str, int] = {}
@@ -145,12 +146,12 @@ class MarketSimulator(Source):
             i += 1
 
     def _step(self, symbol: str, st: SymbolState, ts: int, i: int, m: float,
-              rng: np.random.Generator) -> Bar:
+              rng: "_Normals") -> Bar:
         p = self.params
         phi, vol_mult = p.phi, 1.0
         if p.regime_change_at is not None and i >= p.regime_change_at:
             phi, vol_mult = -p.phi if p.phi else -0.2, p.regime_vol_multiplier
-        z, u1, u2, vn = rng.standard_normal(4)
+        z, u1, u2, vn = rng.next4()
         st.sigma2 = self._omega + p.garch_alpha * st.last_shock ** 2 + p.garch_beta * st.sigma2
         sigma = math.sqrt(st.sigma2) * vol_mult
         shock = sigma * (math.sqrt(1 - p.market_beta ** 2) * z + p.market_beta * m)
@@ -169,6 +170,24 @@ class MarketSimulator(Source):
         st.price = close
         return Bar(symbol, self.interval, ts, round(open_, 4), round(high, 4), round(low, 4),
                    round(close, 4), float(round(volume)), self.name)
+
+
+class _Normals:
+    """Standard normal draws of one generator, fetched in blocks: the same sequence as
+    ``rng.standard_normal(4)`` per bar, without a NumPy call (and NumPy scalars) per bar."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 1024):
+        self.rng, self.block = rng, block
+        self.buf: list[float] = []
+        self.pos = 0
+
+    def next4(self) -> list[float]:
+        if self.pos + 4 > len(self.buf):
+            self.buf = self.rng.standard_normal(4 * self.block).tolist()
+            self.pos = 0
+        out = self.buf[self.pos:self.pos + 4]
+        self.pos += 4
+        return out
 
 
 def intraday_volume_profile(ts_ms: int) -> float:

@@ -177,6 +177,35 @@ class Store(abc.ABC):
     def bar_time_range(self, symbol: str, interval: str) -> tuple[int, int] | None:
         """(first ts, last ts) stored for the series, or None if empty."""
 
+    def last_bar_ts(self, symbol: str, interval: str) -> int | None:
+        """The newest stored bar's ts of the series (a cheap "anything new?" check for
+        refreshing pages), or None if empty."""
+        span = self.bar_time_range(symbol, interval)
+        return None if span is None else span[1]
+
+    def ohlc_latest(self, symbol: str, interval: str, bucket_ms: int, n: int) -> pd.DataFrame:
+        """The latest ``n`` buckets, as ``ohlc_buckets(..., limit=n)``, reading only the
+        visible time range (through the (symbol, interval, ts) index / a range filter) instead
+        of aggregating the whole series: the range is widened only where gaps (closed
+        markets) leave fewer than ``n`` buckets in it."""
+        bucket_ms, n = int(bucket_ms), int(n)
+        span = self.bar_time_range(symbol, interval)
+        if span is None or n <= 0:
+            return self.ohlc_buckets(symbol, interval, bucket_ms, start_ms=0, end_ms=0)
+        first, last = span
+        last_bucket = last // bucket_ms * bucket_ms
+        width = n
+        while True:
+            start = last_bucket - (width - 1) * bucket_ms  # bucket-aligned: whole buckets only
+            if start <= first:
+                frame = self.ohlc_buckets(symbol, interval, bucket_ms, start_ms=first)
+                break
+            frame = self.ohlc_buckets(symbol, interval, bucket_ms, start_ms=start)
+            if len(frame) >= n:
+                break
+            width *= 4
+        return frame.iloc[-n:].reset_index(drop=True)
+
     # ---- predictions ---------------------------------------------------------------------
     @abc.abstractmethod
     def upsert_predictions(self, predictions: Sequence[Prediction]) -> UpsertResult:

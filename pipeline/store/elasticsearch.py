@@ -245,6 +245,9 @@ class ElasticsearchStore(EsIndexIO, Store):
         empty = pd.DataFrame([], columns=OHLC_COLUMNS)
         if limit == 0:
             return _ohlc_frame(empty)
+        if limit is not None and start_ms is None and end_ms is None:
+            # date_histogram over the visible range only, not the whole series
+            return self.ohlc_latest(symbol, interval, bucket_ms, limit)
         self._ensure()
         sub_aggs: dict[str, Any] = {
             "high": {"max": {"field": "high"}},

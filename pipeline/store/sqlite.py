@@ -189,6 +189,8 @@ class SqliteStore(Store):
         bucket_ms = int(bucket_ms)
         if bucket_ms <= 0:
             raise ValueError("bucket_ms must be positive")
+        if limit is not None and int(limit) >= 0 and start_ms is None and end_ms is None:
+            return self.ohlc_latest(symbol, interval, bucket_ms, limit)  # visible range only
         where, params = _series_where(symbol, interval, start_ms, end_ms)
         limit_sql = ""
         if limit is not None:
@@ -235,9 +237,16 @@ class SqliteStore(Store):
         found = {r[0] for r in rows.fetchall()}
         return [i for i in INTERVALS if i in found]
 
+    def last_bar_ts(self, symbol, interval):
+        row = self._conn().execute("SELECT MAX(ts) FROM bars WHERE symbol = ? AND interval = ?",
+                                   (symbol, interval)).fetchone()
+        return None if row[0] is None else int(row[0])
+
     def bar_time_range(self, symbol, interval):
+        # Two subqueries: each is one index seek; MIN and MAX together would scan the series.
         row = self._conn().execute(
-            "SELECT MIN(ts), MAX(ts) FROM bars WHERE symbol = ? AND interval = ?",
+            "SELECT (SELECT MIN(ts) FROM bars WHERE symbol = ?1 AND interval = ?2), "
+            "(SELECT MAX(ts) FROM bars WHERE symbol = ?1 AND interval = ?2)",
             (symbol, interval)).fetchone()
         return None if row[0] is None else (int(row[0]), int(row[1]))
 

@@ -1,0 +1,146 @@
+"""The live state of each series the scorer follows, rebuilt from the store after a restart.
+
+:class:`SeriesStates` keeps, per ``(symbol, interval)``, a :class:`SeriesState`: its
+streaming features (:mod:`models.streaming`), its last ``lookback`` bars (to rebuild the
+features when a champion needs others) and its book of predictions waiting for their bar
+(:mod:`models.progressive`). A series seen for the first time is rebuilt from the bars stored
+just before its first new bar, and from the predictions stored without an actual.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from models.progressive import PendingBook, unscored_from_store
+from models.registry import LoadedModel
+from models.streaming import FeatureSet, StreamingFeatures
+from pipeline.schema import Bar, Prediction, interval_ms
+from pipeline.store.base import Store
+
+SeriesKey = tuple[str, str]  # (symbol, interval)
+
+
+@dataclass
+class SeriesState:
+    """One series: streaming features, recent bars, predictions waiting for their bar."""
+
+    features: StreamingFeatures
+    recent: deque
+    book: PendingBook = field(default_factory=PendingBook)
+    last_ts: int | None = None
+
+    @classmethod
+    def new(cls, feature_set: FeatureSet) -> "SeriesState":
+        return cls(feature_set.new(), deque(maxlen=feature_set.lookback))
+
+    def update(self, bar: Bar) -> np.ndarray:
+        self.recent.append(bar)
+        self.last_ts = bar.ts
+        return self.features.update(bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+
+    def warm(self, bars: Iterable[Bar]) -> None:
+        for bar in bars:
+            self.update(bar)
+
+
+class SeriesStates:
+    """Every followed series' :class:`SeriesState`, created (and rebuilt) on first sight.
+
+    ``catchup_s``: on a restart, how long in total to wait for the indexer (another consumer
+    of the topic) to store the bar just before a series' first new one, so rebuilt features
+    have no hole. A hole can be real (a market closed overnight): the wait then runs out, once.
+    ``settle``: called with (prediction, bar) for stored predictions whose bar is stored too.
+    """
+
+    def __init__(self, store: Store, features: list[str], catchup_s: float = 3.0,
+                 settle: Callable[[Prediction, Bar], object] | None = None,
+                 on_error: Callable[[str], object] | None = None):
+        self.store = store
+        self.features = FeatureSet(features)
+        self.catchup_left = catchup_s
+        self.settle = settle or (lambda p, bar: None)
+        self.on_error = on_error or (lambda message: None)
+        self._states: dict[SeriesKey, SeriesState] = {}
+
+    def __contains__(self, key: SeriesKey) -> bool:
+        return key in self._states
+
+    def get(self, key: SeriesKey, first_ts: int) -> SeriesState:
+        state = self._states.get(key)
+        if state is None:
+            recent = self._await_store(key, first_ts)
+            state = SeriesState.new(self.features)
+            state.warm(recent)
+            try:
+                state.book.pending = unscored_from_store(self.store, key[0], key[1], first_ts,
+                                                         recent, self.settle)
+            except Exception as exc:
+                self.on_error(f"could not read earlier predictions of {key[0]}: {exc}")
+            self._states[key] = state
+        return state
+
+    def last_predicted(self, state: SeriesState, key: SeriesKey, model_id: str) -> int | None:
+        """The last base bar ``model_id`` predicted in this series (from the store once)."""
+        book = state.book
+        if model_id not in book.last_predicted:
+            last = self.store.query_predictions(symbol=key[0], interval=key[1],
+                                                model_id=model_id, limit=1)
+            book.last_predicted[model_id] = int(last["base_ts"].iloc[-1]) if len(last) else None
+        return book.last_predicted[model_id]
+
+    def use_features(self, names: list[str]) -> None:
+        """Switch every series to other features, rebuilt from its recent bars (or the store,
+        when it must look further back than it kept)."""
+        if names == self.features.names:
+            return
+        self.features = FeatureSet(names)
+        n = self.features.lookback
+        for key, state in self._states.items():
+            recent = list(state.recent)
+            if len(recent) < n and state.last_ts is not None:
+                stored = self._stored_before(key, state.last_ts + 1, n)
+                if stored and stored[-1].ts == state.last_ts:
+                    recent = stored
+            state.features = self.features.new()
+            state.recent = deque(maxlen=n)
+            state.last_ts = None
+            state.warm(recent)
+
+    def _stored_before(self, key: SeriesKey, before_ts: int, n: int) -> list[Bar]:
+        return bars_from_frame(self.store.query_bars(key[0], key[1], end_ms=before_ts, limit=n))
+
+    def _await_store(self, key: SeriesKey, first_ts: int) -> list[Bar]:
+        n = self.features.lookback
+        bars = self._stored_before(key, first_ts, n)
+        step = interval_ms(key[1])
+        if not bars or bars[-1].ts >= first_ts - step or self.catchup_left <= 0:
+            return bars
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.catchup_left:
+            time.sleep(0.1)
+            bars = self._stored_before(key, first_ts, n)
+            if bars[-1].ts >= first_ts - step:
+                break
+        self.catchup_left -= time.monotonic() - t0
+        return bars
+
+
+def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
+    return [Bar(r.symbol, r.interval, int(r.ts), float(r.open), float(r.high), float(r.low),
+                float(r.close), float(r.volume), r.source) for r in df.itertuples(index=False)]
+
+
+@dataclass
+class SeriesWork:
+    """One series' share of a poll: its new bars, the feature rows to predict, the results."""
+
+    state: SeriesState
+    model: LoadedModel | None
+    fresh: list[tuple[Bar, int | None]] = field(default_factory=list)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)  # position in fresh -> row
+    predicted: dict[int, float] = field(default_factory=dict)
