@@ -156,8 +156,12 @@ def validate_features(features: Iterable[str]) -> list[str]:
 
 
 def all_features() -> list[str]:
-    """Every feature listed in a group (parametrised families accept other windows too)."""
-    return list(dict.fromkeys(f for names in FEATURE_GROUPS.values() for f in names))
+    """Every bar feature listed in a group (parametrised families accept other windows too).
+
+    The ``sentiment`` group is left out: it is computed from news, not bars (the scorer's
+    streaming form is :class:`models.sentiment.SentimentTracker`, not the bar state)."""
+    return list(dict.fromkeys(f for group, names in FEATURE_GROUPS.items()
+                              if group != "sentiment" for f in names))
 
 
 def is_price_level(name: str) -> bool:
