@@ -11,7 +11,8 @@ from models.features import compute_features, max_lookback
 
 
 def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SMA",
-                predictions: pd.DataFrame | None = None, title: str = "") -> go.Figure:
+                predictions: pd.DataFrame | None = None, title: str = "",
+                news: pd.DataFrame | None = None) -> go.Figure:
     """Candles with a volume subplot, moving averages and (optionally) predicted closes.
 
     ``candles`` has columns ts, open, high, low, close, volume (extra leading rows may be
@@ -38,6 +39,17 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
                                  mode="markers+lines",
                                  line=dict(width=1, dash="dot", color=pal.prediction),
                                  marker=dict(size=5, symbol="diamond")), row=1, col=1)
+    if news is not None and len(news):
+        # From dashboard.view_models.news_markers: one marker per item, above its candle.
+        fig.add_trace(go.Scatter(
+            x=ts_to_datetime(news["ts"]), y=news["y"], name="news", mode="markers",
+            marker=dict(size=9, symbol="triangle-down", color=news["sentiment_score"],
+                        cmin=-1, cmax=1, colorscale=[[0, DOWN], [0.5, "#9e9e9e"], [1, UP]],
+                        line=dict(width=0.5, color="#555")),
+            customdata=news[["title", "sentiment_score", "relevance", "source"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>score %{customdata[1]:+.2f} · relevance "
+                          "%{customdata[2]:.2f} · %{customdata[3]}<br>%{x}<extra></extra>"),
+            row=1, col=1)
     colors = [UP if c >= o else DOWN for o, c in zip(candles["open"], candles["close"])]
     fig.add_trace(go.Bar(x=x, y=candles["volume"], marker_color=colors, name="volume",
                          showlegend=False), row=2, col=1)

@@ -14,7 +14,8 @@ from pipeline.runtime import Runtime, SimulatorSpec
 
 #: The default live demo: the simulator's default symbols, a 1m bar per second each, with a warm-up
 #: history so charts and the model lab have data at once.
-DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500)
+#: Simulated news is on (cheap: a few random draws per bar) but uninformative (impact 0).
+DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500, news_rate=0.1)
 
 
 @st.cache_resource(show_spinner=False)

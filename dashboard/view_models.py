@@ -18,6 +18,8 @@ HELP = {
              "'no change' forecast on the same test bars; below 0 is worse than doing nothing.",
     "lag": "Consumer lag: messages in the topic not yet read by this worker.",
     "dlq": "Rejected messages go to the dead-letter topic finance-data.dlq with the reason.",
+    "news": "Items of the finance-news stream (symbol, publication time, title, sentiment "
+            "score, relevance) stored by the news indexer; bad ones go to finance-news.dlq.",
     "champion": "The champion is the model version the live scorer predicts with (per scope: "
                 "global, or one symbol).",
 }
@@ -199,3 +201,22 @@ def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
         Kpi("Persistence MAE", fmt_num(persistence, 4),
             "the 'no change' forecast on the same bars: the bar to beat"),
     ]
+
+
+def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
+                 limit: int = 500) -> pd.DataFrame | None:
+    """News items of ``symbol`` within the shown candles, each placed just above the high of
+    the candle it was published in (columns ts, y, title, sentiment_score, relevance, source);
+    None when the store has none there (or predates news support)."""
+    if candles.empty or not hasattr(store, "query_news"):
+        return None
+    start = int(candles["ts"].iloc[0])
+    end = int(candles["ts"].iloc[-1]) + bucket_ms
+    news = store.query_news(symbol, start, end, limit=limit)
+    if news.empty:
+        return None
+    bucket = (news["ts"] // bucket_ms) * bucket_ms
+    highs = candles.set_index("ts")["high"]
+    span = float(candles["high"].max() - candles["low"].min()) or 1.0
+    news = news.assign(y=bucket.map(highs).to_numpy() + 0.03 * span)
+    return news.dropna(subset=["y"])

@@ -47,6 +47,8 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from models.sentiment import SENTIMENT_GROUP, is_sentiment_feature, sentiment_features
+
 FEATURE_GROUPS: dict[str, list[str]] = {
     "raw": ["open", "high", "low", "close", "volume"],
     "returns": ["ret_1", "ret_5", "ret_20", "logret_1", "logret_5", "logret_20"],
@@ -63,6 +65,7 @@ FEATURE_GROUPS: dict[str, list[str]] = {
     "volume": ["vol_z_20", "volume_change"],
     "lags": ["close_lag_1", "close_lag_2", "close_lag_3", "ret_lag_1", "ret_lag_2", "ret_lag_3"],
     "calendar": ["minute_sin", "minute_cos", "dow_sin", "dow_cos"],
+    "sentiment": SENTIMENT_GROUP,  # news joined as of the bar's end: models/sentiment.py
 }
 
 DEFAULT_FEATURES: list[str] = [
@@ -80,15 +83,25 @@ EMA_WINDOW_FACTOR = 3
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 
 
-def compute_features(bars: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+def compute_features(bars: pd.DataFrame, features: list[str], news: pd.DataFrame | None = None,
+                     interval: str | None = None) -> pd.DataFrame:
     """Feature frame for ``bars``: same index, one float column per name in ``features``.
 
     ``bars`` holds the columns ``ts, open, high, low, close, volume`` (plus ``symbol`` and
     ``interval`` when several series are mixed). One series is taken in ts order; with several
     ``symbol``/``interval`` values each series is computed on its own and the rows are put back
     where they were. Rows without enough history are NaN.
+
+    Sentiment features (:mod:`models.sentiment`) come from ``news`` instead, joined as of each
+    bar's end (``interval`` is needed only when ``bars`` has no ``interval`` column).
     """
     names = validate_features(features)
+    news_names = [n for n in names if is_sentiment_feature(n)]
+    if news_names:
+        rest = [n for n in names if n not in news_names]
+        parts = [compute_features(bars, rest)] if rest else []
+        parts.append(sentiment_features(bars, news, news_names, interval))
+        return pd.concat(parts, axis=1)[names]
     out = np.full((len(bars), len(names)), np.nan)
     if len(bars):
         keys = [c for c in ("symbol", "interval") if c in bars.columns]
@@ -143,8 +156,12 @@ def validate_features(features: Iterable[str]) -> list[str]:
 
 
 def all_features() -> list[str]:
-    """Every feature listed in a group (parametrised families accept other windows too)."""
-    return list(dict.fromkeys(f for names in FEATURE_GROUPS.values() for f in names))
+    """Every bar feature listed in a group (parametrised families accept other windows too).
+
+    The ``sentiment`` group is left out: it is computed from news, not bars (the scorer's
+    streaming form is :class:`models.sentiment.SentimentTracker`, not the bar state)."""
+    return list(dict.fromkeys(f for group, names in FEATURE_GROUPS.items()
+                              if group != "sentiment" for f in names))
 
 
 def is_price_level(name: str) -> bool:
@@ -171,6 +188,8 @@ def _parse(name: str):
         return None
     if name in _FIXED:
         return ("fixed", name, 0)
+    if is_sentiment_feature(name):  # news, not bars: the scorer uses SentimentTracker
+        return ("news", name, 0)
     m = _FAMILY_RE.match(name)
     if m and m.group(1) in _FAMILIES:
         param = int(m.group(2))
@@ -181,6 +200,8 @@ def _parse(name: str):
 
 def _lookback(name: str) -> int:
     kind, key, param = _parse(name)
+    if kind == "news":
+        return 1
     return _FIXED[key][0] if kind == "fixed" else _FAMILIES[key].lookback(param)
 
 

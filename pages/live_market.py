@@ -7,7 +7,7 @@ from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.state import store_or_stop
-from dashboard.view_models import latest_predictions
+from dashboard.view_models import latest_predictions, news_markers
 from pipeline.schema import INTERVALS
 
 store = store_or_stop()
@@ -38,6 +38,7 @@ n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n")
 whole = c7.toggle("Whole history", value=False, key="lm_whole",
                   help="About 600 candles over everything stored (the candle size follows).")
 show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
+show_news = st.toggle("Show news markers (hover for title and score)", value=True, key="lm_news")
 
 
 @st.cache_resource(show_spinner=False)
@@ -106,7 +107,9 @@ def live_panel() -> None:
     preds = None
     if show_pred:
         preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
-    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {size} candles")
+    news = news_markers(store, symbol, candles, bucket) if show_news else None
+    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {size} candles",
+                      news=news)
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     if len(candles) > shown > 0:
         fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-shown]),

@@ -19,6 +19,7 @@ from dashboard.state import store_or_stop
 from dashboard.widgets import confirm_button
 from models import lab
 from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features
+from models.sentiment import is_sentiment_feature, load_news
 from models.features import max_lookback
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
 from models.splits import RANDOM_SPLIT_WARNING, SPLIT_METHODS
@@ -100,6 +101,11 @@ features = expand_features([*groups, *extra])
 if features:
     c1.caption(f"{len(features)} features; warm-up {max_lookback(features)} bars: "
                + ", ".join(features))
+    if any(map(is_sentiment_feature, features)):
+        n_news = sum(store.count_news(s) for s in symbols)
+        c1.caption(f"Sentiment features join news as of each bar's close (only items published "
+                   f"before it); {n_news:,} news items stored for these symbols"
+                   + ("." if n_news else ": without news they are constant and left out."))
     constant_here = [f for f in features if f.startswith("minute_") and interval == "1d"]
     if constant_here:
         c1.caption(f"On {interval} bars {', '.join(constant_here)} never change: the run leaves "
@@ -161,7 +167,8 @@ if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen
                             "rounds (about a second); any click on the page does the same.")
     bar = st.progress(0.0, text="Starting")
     try:
-        result = lab.run_comparison(bars, config,
+        news = load_news(store, bars) if any(map(is_sentiment_feature, features)) else None
+        result = lab.run_comparison(bars, config, news=news,
                                     progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), m))
     except lab.LabError as exc:
         st.error(str(exc))

@@ -20,7 +20,8 @@ runtime = get_runtime()
 config = get_config()
 st.title("Pipeline")
 st.caption("source → producer → topic `finance-data` → indexer → store → dashboard; "
-           "bad messages → `finance-data.dlq` (the dead-letter queue); scorer → predictions.")
+           "bad messages → `finance-data.dlq` (the dead-letter queue); scorer → predictions. "
+           "News: `finance-news` → news indexer → store (bad items → `finance-news.dlq`).")
 
 # ---- where things run ------------------------------------------------------------------------
 b1, b2 = st.columns(2)
@@ -150,10 +151,11 @@ def live_figures(local: dict) -> None:
             "lag": st.column_config.TextColumn("lag", help=HELP["lag"]),
             "rejected (DLQ)": st.column_config.TextColumn("rejected (DLQ)", help=HELP["dlq"]),
             "last error": st.column_config.TextColumn("last error", width="large")})
-    k1, k2, k3 = st.columns(3)
+    k1, k2, k3, k4 = st.columns(4)
     k1.metric("Bars in store", f"{store.count_bars():,}")
     k2.metric("Predictions in store", f"{store.count_predictions():,}")
-    k3.metric("Symbols", len(store.list_symbols()))
+    k3.metric("News items in store", f"{store.count_news():,}", help=HELP["news"])
+    k4.metric("Symbols", len(store.list_symbols()))
     hist = {name: snap.get("history", []) for name, snap in local.items()}
     if any(hist.values()):
         st.plotly_chart(throughput(hist, throughput_ceiling(hist)), width="stretch",
@@ -165,10 +167,11 @@ def live_figures(local: dict) -> None:
         l1.metric("p50", f"{latency.get('p50', 0):.0f} ms")
         l2.metric("p95", f"{latency.get('p95', 0):.0f} ms")
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
-    rejects = (local.get("indexer") or {}).get("recent_rejects") or []
-    if rejects:
-        with st.expander(f"Recent rejects sent to the DLQ ({len(rejects)})"):
-            st.dataframe(pd.DataFrame(rejects), hide_index=True, width="stretch")
+    for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
+        rejects = (local.get(name) or {}).get("recent_rejects") or []
+        if rejects:
+            with st.expander(f"Recent rejects sent to {topic} ({len(rejects)})"):
+                st.dataframe(pd.DataFrame(rejects), hide_index=True, width="stretch")
 
 
 worker_panel()

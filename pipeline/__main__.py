@@ -6,6 +6,8 @@
     python -m pipeline score                  # live scorer (predictions + adaptation)
     python -m pipeline backfill --bars 100000 # produce and index in one process, then exit
     python -m pipeline status                 # broker, store, and workers seen by heartbeat
+    python -m pipeline news --source alphavantage --symbols IBM   # news to finance-news
+    python -m pipeline news-index             # consume finance-news into the store
 
 The dashboard pointed at the same configuration (env / .streamlit/secrets.toml / data dir)
 shows the data and the heartbeats of these processes.
@@ -96,6 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give up (exit 1) if the backfill is not stored within S seconds "
                          f"(default {DEFAULT_BACKFILL_TIMEOUT_S:.0f})")
     bf.set_defaults(func=cmd_backfill)
+
+    nw = sub.add_parser("news", help="publish news items to finance-news (docs/NEWS.md)")
+    nw.add_argument("--source", choices=["alphavantage", "csv"], default="alphavantage",
+                    help="alphavantage: NEWS_SENTIMENT; csv: headlines scored with VADER")
+    nw.add_argument("--symbols", default=None, help="alphavantage: tickers; csv: the symbol "
+                    "for a file without a symbol column")
+    nw.add_argument("--file", default=None, help="csv: the headline file")
+    nw.add_argument("--tz", default="UTC", help="csv: time zone of times without an offset")
+    nw.add_argument("--days", type=float, default=None,
+                    help="alphavantage: only items of the last N days")
+    nw.add_argument("--limit", type=int, default=50, help="alphavantage: items per request")
+    nw.add_argument("--live", action="store_true", help="alphavantage: keep polling")
+    nw.add_argument("--poll-seconds", type=float, default=900.0,
+                    help="alphavantage --live: seconds between polls")
+    nw.set_defaults(func=cmd_news)
+
+    ni = sub.add_parser("news-index", help="consume finance-news into the store until Ctrl-C")
+    ni.add_argument("--until-idle", type=float, default=None, metavar="S",
+                    help="exit after S seconds without a new message")
+    ni.set_defaults(func=cmd_news_index)
 
     st = sub.add_parser("status", help="show broker, store and running workers")
     st.add_argument("--json", action="store_true")
@@ -294,6 +316,51 @@ def cmd_score(args, config: Config) -> int:
                     client_kwargs=config.kafka_client_kwargs(), mode="process")
     print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
     run_worker(worker, stop, until_idle=args.until_idle, idle_counter="consumed")
+    return 0
+
+
+def cmd_news(args, config: Config) -> int:
+    from pipeline.news_stream import NewsProducer
+
+    if args.source == "csv":
+        from pipeline.sources.headline_csv import HeadlineCsv
+
+        if not args.file:
+            raise CliError("--source csv needs --file with the headline CSV.")
+        feed = HeadlineCsv(args.file, symbol=args.symbols, time_zone=args.tz)
+    else:
+        from pipeline.sources.alphavantage_news import AlphaVantageNews
+
+        if not args.symbols:
+            raise CliError("--source alphavantage needs --symbols (e.g. --symbols IBM,MSFT).")
+        since = None if args.days is None else int((time.time() - args.days * 86_400) * 1000)
+        feed = AlphaVantageNews.from_config(config, args.symbols, time_from=since,
+                                            limit=args.limit, poll_seconds=args.poll_seconds,
+                                            mode="live" if args.live else "backfill")
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    print(f"producing {feed.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
+    worker = NewsProducer(feed.items, info.bootstrap, description=feed.describe(),
+                          client_kwargs=config.kafka_client_kwargs(), store=open_store(config),
+                          mode="process")
+    run_worker(worker, stop)
+    print(json.dumps({"summary": "news source", **{k: v for k, v in feed.stats().items()
+                                                   if isinstance(v, (int, float, str))}}))
+    return 0
+
+
+def cmd_news_index(args, config: Config) -> int:
+    from pipeline.news_stream import NewsIndexer
+
+    store = open_store(config)
+    store.check()
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    print(f"indexing news from {info.bootstrap} into {store.describe()}", file=sys.stderr,
+          flush=True)
+    worker = NewsIndexer(store, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
+                         mode="process")
+    run_worker(worker, stop, until_idle=args.until_idle)
     return 0
 
 

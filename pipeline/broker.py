@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.news import NEWS_DLQ_TOPIC, NEWS_TOPIC
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC)
+DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC, NEWS_TOPIC,
+                  NEWS_DLQ_TOPIC)
 
 
 class BrokerUnavailable(RuntimeError):

@@ -84,6 +84,10 @@ class Indexer(Worker):
     """
 
     kind = "indexer"
+    #: The stream's message contract and its store write: the one pair a subclass for another
+    #: stream changes (pipeline/news_stream.py). ``parse_message`` raises InvalidBar (or a
+    #: subclass, whose class name starts the DLQ reason) for a message at fault.
+    parse_message = staticmethod(parse_bar)
     counter_names = ("consumed", "stored", "rejected", "store_retries", "commit_failures")
     rate_counter = "consumed"
 
@@ -208,9 +212,9 @@ class Indexer(Worker):
                     rejects.append(Reject(msg, "InvalidBar: message has no value"))
                     continue
                 try:
-                    items.append((msg, parse_bar(msg.value)))
+                    items.append((msg, self.parse_message(msg.value)))
                 except InvalidBar as exc:
-                    rejects.append(Reject(msg, f"InvalidBar: {exc.reason}"))
+                    rejects.append(Reject(msg, f"{type(exc).__name__}: {exc.reason}"))
                 except Exception as exc:  # parse_bar is total; this is a bug, not a stall
                     rejects.append(Reject(msg, f"{describe_failure(exc)} while parsing"))
         t0 = time.perf_counter()
@@ -241,7 +245,7 @@ class Indexer(Worker):
         if not items:
             return 0, []
         try:
-            result = self.store.upsert_bars([bar for _, bar in items])
+            result = self.upsert([bar for _, bar in items])
         except Exception as exc:
             if is_store_outage(exc):
                 raise StoreOutage(f"the store is unavailable ({describe_failure(exc)})") from exc
@@ -260,6 +264,9 @@ class Indexer(Worker):
                 for msg in by_id.pop(bar.doc_id, []):
                     rejects.append(Reject(msg, f"StoreRejected: {reason}"))
         return result.accepted, rejects
+
+    def upsert(self, records: list[Any]):
+        return self.store.upsert_bars(records)
 
     # ---- bounded reads (backfill) --------------------------------------------------------
     def _assign_bounds(self, consumer) -> None:

@@ -40,6 +40,10 @@ class SimulatorSpec:
     bars: int | None = None
     seed: int = 7
     params: dict[str, Any] = field(default_factory=dict)
+    #: Simulated news on finance-news (pipeline/sources/news_simulator.py): items per symbol
+    #: per bar (0 = no news feed) and their information about the next return (0 = none).
+    news_rate: float = 0.0
+    news_impact: float = 0.0
 
 
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
@@ -133,12 +137,29 @@ class Runtime:
 
         spec = spec or SimulatorSpec()
 
+        news = None
+        if spec.news_rate > 0:
+            from pipeline.news_stream import NewsQueue
+
+            # One queue per runtime: a restarted simulator feeds the running news producer.
+            if getattr(self, "news_queue", None) is None:
+                self.news_queue = NewsQueue()
+            news = self.news_queue
+            self.start_news_indexer()
+            self.start_news_producer(news.batches, "simulated news")
+
         def simulator(resume, fast_bars: int = 0) -> MarketSimulator:
-            return MarketSimulator(
+            kwargs = dict(
                 symbols=spec.symbols, interval=spec.interval, seed=spec.seed, bars=spec.bars,
                 speed=spec.speed, params=SimulatorParams(**spec.params), resume=resume,
                 fast_bars=fast_bars,
             )
+            if news is None:
+                return MarketSimulator(**kwargs)
+            from pipeline.sources.news_simulator import NewsMarketSimulator
+
+            return NewsMarketSimulator(news_rate=spec.news_rate, news_impact=spec.news_impact,
+                                       on_news=news.put, **kwargs)
 
         def factory(bootstrap: str) -> Worker:
             source = simulator(resume_points(self.store, spec.symbols, spec.interval),
@@ -157,6 +178,21 @@ class Runtime:
 
         return self.start_worker("producer", lambda b: Producer(
             source, b, client_kwargs=self.config.kafka_client_kwargs(), store=self.store, live=live))
+
+    def start_news_indexer(self) -> WorkerThread:
+        from pipeline.news_stream import NewsIndexer
+
+        kw = self.config.kafka_client_kwargs()
+        return self.start_worker("news_indexer",
+                                 lambda b: NewsIndexer(self.store, b, client_kwargs=kw))
+
+    def start_news_producer(self, feed, description: str) -> WorkerThread:
+        """Publish ``feed`` (see :class:`pipeline.news_stream.NewsProducer`) to finance-news."""
+        from pipeline.news_stream import NewsProducer
+
+        return self.start_worker("news_producer", lambda b: NewsProducer(
+            feed, b, description=description, client_kwargs=self.config.kafka_client_kwargs(),
+            store=self.store))
 
     def start_scorer(self, **kwargs: Any) -> WorkerThread:
         from pipeline.scorer import Scorer

@@ -201,6 +201,21 @@ def eastern_ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0) 
 # --------------------------------------------------------------------------- the server
 
 
+def av_article(title: str, ts_ms: int, scores: dict[str, tuple[float, float]], *,
+               url: str | None = None, source: str = "Newswire") -> dict[str, Any]:
+    """One NEWS_SENTIMENT feed article; ``scores``: ticker -> (sentiment, relevance), written
+    as strings like Alpha Vantage does; ``time_published`` in US/Eastern."""
+    stamp = datetime.fromtimestamp(ts_ms / 1000, EASTERN).strftime("%Y%m%dT%H%M%S")
+    return {"title": title, "url": url or f"https://news.test/{uuid.uuid4().hex[:12]}",
+            "time_published": stamp, "authors": ["A. Writer"], "summary": title,
+            "source": source, "overall_sentiment_score": 0.0,
+            "overall_sentiment_label": "Neutral",
+            "ticker_sentiment": [{"ticker": t, "relevance_score": f"{r:.6f}",
+                                  "ticker_sentiment_score": f"{s:.6f}",
+                                  "ticker_sentiment_label": "Neutral"}
+                                 for t, (s, r) in scores.items()]}
+
+
 class MarketApiDouble:
     """The fake API server; use as a context manager or call :meth:`start` / :meth:`close`."""
 
@@ -209,6 +224,8 @@ class MarketApiDouble:
         self.polygon_key = polygon_key
         #: (symbol, "5min" | "daily") -> bars oldest first
         self.av_bars: dict[tuple[str, str], list[BarTuple]] = {}
+        #: ticker -> NEWS_SENTIMENT feed articles (any order; served newest first)
+        self.av_news: dict[str, list[dict[str, Any]]] = {}
         #: (ticker, multiplier, timespan) -> bars oldest first
         self.polygon_bars: dict[tuple[str, int, str], list[BarTuple]] = {}
         #: Polygon caps each page at min(limit, polygon_page_size)
@@ -289,6 +306,11 @@ class MarketApiDouble:
         with self._lock:
             self.av_bars[(symbol, interval)] = sorted(bars)
 
+    def set_av_news(self, ticker: str, articles: list[dict[str, Any]]) -> None:
+        """Articles in Alpha Vantage's feed shape (see :func:`av_article`)."""
+        with self._lock:
+            self.av_news[ticker] = list(articles)
+
     def set_polygon_bars(self, ticker: str, multiplier: int, timespan: str,
                          bars: list[BarTuple]) -> None:
         with self._lock:
@@ -327,6 +349,8 @@ class MarketApiDouble:
             if interval not in AV_INTERVALS:
                 return av_error_message(function)
             key, series_name = (symbol, interval), f"Time Series ({interval})"
+        elif function == "NEWS_SENTIMENT":
+            return self._av_news_feed(params)
         elif function == "TIME_SERIES_DAILY":
             key, series_name, interval = (symbol, "daily"), "Time Series (Daily)", "daily"
         else:
@@ -357,6 +381,24 @@ class MarketApiDouble:
                     "4. Interval": interval, "5. Output Size": size_label,
                     "6. Time Zone": "US/Eastern"}
         return Reply(200, {"Meta Data": meta, series_name: series})
+
+    def _av_news_feed(self, params: dict[str, str]) -> Reply:
+        """NEWS_SENTIMENT: articles mentioning every ticker asked for, within time_from /
+        time_to (read as US/Eastern, like time_published here), newest first, ``limit``."""
+        tickers = [t for t in params.get("tickers", "").split(",") if t]
+        with self._lock:
+            pools = [self.av_news.get(t, []) for t in tickers] or [[]]
+        urls = set.intersection(*({a["url"] for a in pool} for pool in pools))
+        feed = {a["url"]: a for a in pools[0] if a["url"] in urls}.values()
+        lo, hi = params.get("time_from", ""), params.get("time_to", "")
+        feed = [a for a in feed if (not lo or a["time_published"][:13] >= lo)
+                and (not hi or a["time_published"][:13] <= hi)]
+        feed.sort(key=lambda a: a["time_published"], reverse=True)
+        feed = feed[: int(params.get("limit", "50") or 50)]
+        return Reply(200, {"items": str(len(feed)),
+                           "sentiment_score_definition": "x <= -0.35: Bearish; ...",
+                           "relevance_score_definition": "0 < x <= 1, with a higher score "
+                           "indicating higher relevance.", "feed": feed})
 
     def _polygon(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Reply:
         key = params.get("apiKey") or headers.get("authorization", "").removeprefix("Bearer ")

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from pipeline.jsonsafe import json_safe
+from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import BAR_FIELDS, PRICE_FIELDS, Bar, Prediction
 
 BAR_COLUMNS = list(BAR_FIELDS)
@@ -230,6 +231,21 @@ class Store(abc.ABC):
     def count_predictions(self, symbol: str | None = None, model_id: str | None = None) -> int:
         """Number of stored predictions, optionally of one symbol and/or model."""
 
+    # ---- news (the finance-news stream; docs/NEWS.md) -----------------------------------
+    @abc.abstractmethod
+    def upsert_news(self, items: Sequence[NewsItem]) -> UpsertResult:
+        """Insert or overwrite news items by their deterministic ID (:func:`pipeline.news.news_id`)."""
+
+    @abc.abstractmethod
+    def query_news(self, symbol: str, start_ms: int | None = None, end_ms: int | None = None,
+                   limit: int | None = None) -> pd.DataFrame:
+        """The symbol's items with ``start_ms <= ts < end_ms`` sorted by ts ascending (ties by
+        ID), columns :data:`NEWS_COLUMNS`. With ``limit``, the *latest* ``limit`` items."""
+
+    @abc.abstractmethod
+    def count_news(self, symbol: str | None = None) -> int:
+        ...
+
     # ---- generic documents (runs, model versions, events, worker heartbeats) -------------
     @abc.abstractmethod
     def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
@@ -391,6 +407,11 @@ class Store(abc.ABC):
             cutoff = now_ms() - max_age_ms
             docs = [d for d in docs if d.get("created_ms", 0) >= cutoff]
         return docs
+
+
+def news_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows or []), columns=NEWS_COLUMNS)
+    return df.astype({"ts": "int64", "sentiment_score": "float64", "relevance": "float64"})
 
 
 def bars_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:

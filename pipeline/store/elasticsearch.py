@@ -28,17 +28,18 @@ from typing import Any, Sequence
 import pandas as pd
 from elasticsearch import ApiError, ConflictError, Elasticsearch, NotFoundError, SerializationError
 
+from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import INTERVALS, Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable, UpsertResult,
-    bars_frame, check_limit, now_ms,
+    bars_frame, check_limit, news_frame, now_ms,
 )
 from pipeline.store.es_connection import (
     _redact_url, _reveal, _StrictJsonSerializer, _supported, _valid_prefix, at_edge, explain,
 )
 from pipeline.store.es_io import EsIndexIO
 from pipeline.store.es_schema import (
-    _DOC_PAGE, _PREDICTION_SORT, _REQUIRED_PREDICTION_FIELDS, ARTEFACTS, BARS, PREDICTIONS,
+    _DOC_PAGE, _PREDICTION_SORT, _REQUIRED_PREDICTION_FIELDS, ARTEFACTS, BARS, NEWS, PREDICTIONS,
     REQUEST_RETRY_STATUSES, _bar_problem, _canonical, _check_collection, _ohlc_frame,
     _prediction_doc, _prediction_value, _range_filter, _series_query, _terms_query, wrap_doc,
 )
@@ -337,6 +338,28 @@ class ElasticsearchStore(EsIndexIO, Store):
     def count_predictions(self, symbol=None, model_id=None) -> int:
         return self._count(self.index_name(PREDICTIONS),
                            _terms_query(symbol=symbol, model_id=model_id))
+
+    # ---- news ----------------------------------------------------------------------------
+    @at_edge
+    def upsert_news(self, items: Sequence[NewsItem]) -> UpsertResult:
+        """Index news items by ``item.doc_id``; refreshed once per batch like bars."""
+        self._ensure()
+        index = self.index_name(NEWS)
+        actions = [({"_index": index, "_id": n.doc_id, "_source": {"id": n.doc_id, **n.to_dict()}},
+                    n) for n in items]
+        return self._bulk(index, actions, UpsertResult(), lambda n: n.ts)
+
+    @at_edge
+    def query_news(self, symbol, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
+        query = _terms_query(symbol=symbol)
+        query["bool"]["filter"] += _range_filter(start_ms, end_ms)
+        hits = self._latest_or_all(self.index_name(NEWS), query,
+                                   [{"ts": "asc"}, {"id": "asc"}], limit)
+        return news_frame([tuple(h[c] for c in NEWS_COLUMNS) for h in hits])
+
+    @at_edge
+    def count_news(self, symbol=None) -> int:
+        return self._count(self.index_name(NEWS), _terms_query(symbol=symbol))
 
     # ---- generic documents ---------------------------------------------------------------
     @at_edge

@@ -17,8 +17,9 @@ from elasticsearch import ApiError, Elasticsearch, NotFoundError, helpers
 from pipeline.store.base import COLLECTIONS, StoreUnavailable, UpsertResult, check_limit
 from pipeline.store.es_connection import _supported
 from pipeline.store.es_schema import (
-    _ARTEFACT_MAPPING, _BAR_MAPPING, _DOC_MAPPING, _INDEX_SETTINGS, _PREDICTION_MAPPING,
-    _TEMPLATE_PRIORITY, ARTEFACTS, BARS, ITEM_RETRY_STATUSES, PREDICTIONS,
+    _ARTEFACT_MAPPING, _BAR_MAPPING, _DOC_MAPPING, _INDEX_SETTINGS, _NEWS_MAPPING,
+    _PREDICTION_MAPPING, _TEMPLATE_PRIORITY, ARTEFACTS, BARS, ITEM_RETRY_STATUSES, NEWS,
+    PREDICTIONS,
 )
 
 log = logging.getLogger("pipeline.store.elasticsearch")
@@ -44,7 +45,7 @@ class EsIndexIO:
 
     @property
     def indices(self) -> list[str]:
-        return [self.index_name(k) for k in (BARS, PREDICTIONS, ARTEFACTS, *COLLECTIONS)]
+        return [self.index_name(k) for k in (BARS, PREDICTIONS, ARTEFACTS, NEWS, *COLLECTIONS)]
 
     # ---- writing -------------------------------------------------------------------------
     def _bulk(self, index: str, actions: list[tuple[dict[str, Any], T]], result: UpsertResult,
@@ -180,6 +181,7 @@ class EsIndexIO:
             self.index_name(BARS): ([self.index_name(BARS)], _BAR_MAPPING),
             self.index_name(PREDICTIONS): ([self.index_name(PREDICTIONS)], _PREDICTION_MAPPING),
             self.index_name(ARTEFACTS): ([self.index_name(ARTEFACTS)], _ARTEFACT_MAPPING),
+            self.index_name(NEWS): ([self.index_name(NEWS)], _NEWS_MAPPING),
             self.index_name("docs"): (docs, _DOC_MAPPING),
         }
 

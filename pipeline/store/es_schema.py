@@ -18,6 +18,7 @@ from pipeline.store.base import BAR_COLUMNS, BAR_DTYPES, COLLECTIONS, PREDICTION
 BARS = "bars"
 PREDICTIONS = "predictions"
 ARTEFACTS = "artefacts"
+NEWS = "news"
 
 #: Statuses worth retrying: per bulk item (helpers) and per whole request (transport).
 ITEM_RETRY_STATUSES = (429, 503)
@@ -57,6 +58,15 @@ _DOC_MAPPING = {
 }
 # Artefacts: one document per content hash; the bytes ride in a ``binary`` field (base64 in
 # _source, not indexed), apart from the small, searchable model-version documents.
+_NEWS_MAPPING = {
+    "dynamic": "strict",
+    "properties": {
+        "id": {"type": "keyword"}, "symbol": {"type": "keyword"},
+        "ts": {"type": "date", "format": "epoch_millis"}, "source": {"type": "keyword"},
+        "title": {"type": "text"}, "url": {"type": "keyword", "index": False},
+        "sentiment_score": {"type": "double"}, "relevance": {"type": "double"},
+    },
+}
 _ARTEFACT_MAPPING = {
     "dynamic": "strict",
     "properties": {"created_ms": _EPOCH_MS, "size": {"type": "long"},

@@ -16,10 +16,11 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
-    UpsertResult, bars_frame, check_limit, now_ms,
+    UpsertResult, bars_frame, check_limit, news_frame, now_ms,
 )
 
 _SCHEMA = """
@@ -42,6 +43,12 @@ CREATE TABLE IF NOT EXISTS docs (
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS docs_by_time ON docs (collection, created_ms);
+CREATE TABLE IF NOT EXISTS news (
+    id TEXT NOT NULL PRIMARY KEY, symbol TEXT NOT NULL, ts INTEGER NOT NULL,
+    source TEXT NOT NULL, title TEXT NOT NULL, url TEXT NOT NULL,
+    sentiment_score REAL NOT NULL, relevance REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS news_by_symbol ON news (symbol, ts);
 CREATE TABLE IF NOT EXISTS artefacts (
     digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created_ms INTEGER NOT NULL,
     data BLOB NOT NULL
@@ -65,6 +72,13 @@ INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)})
 VALUES ({', '.join('?' * len(PREDICTION_COLUMNS))})
 ON CONFLICT (model_id, symbol, interval, ts) DO UPDATE SET
     {', '.join(f'{c}=COALESCE(excluded.{c}, predictions.{c})' for c in PREDICTION_COLUMNS[4:])}
+"""
+
+
+_NEWS_UPSERT = f"""
+INSERT INTO news (id, {', '.join(NEWS_COLUMNS)}) VALUES ({', '.join('?' * (len(NEWS_COLUMNS) + 1))})
+ON CONFLICT (id) DO UPDATE SET
+    {', '.join(f'{c}=excluded.{c}' for c in NEWS_COLUMNS)}
 """
 
 
@@ -272,6 +286,41 @@ class SqliteStore(Store):
         sql = f"SELECT COUNT(*) FROM {table} WHERE {where}"
         return int(self._conn().execute(sql, params).fetchone()[0])
 
+    # ---- news ----------------------------------------------------------------------------
+    def upsert_news(self, items: Sequence[NewsItem]) -> UpsertResult:
+        if not items:
+            return UpsertResult()
+        rows = [(n.doc_id, n.symbol, int(n.ts), n.source, n.title, n.url, n.sentiment_score,
+                 n.relevance) for n in items]
+        with self._write() as conn:
+            conn.executemany(_NEWS_UPSERT, rows)
+        return UpsertResult(accepted=len(rows))
+
+    def query_news(self, symbol, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
+        clauses, params = ["symbol = ?"], [symbol]
+        if start_ms is not None:
+            clauses.append("ts >= ?")
+            params.append(int(start_ms))
+        if end_ms is not None:
+            clauses.append("ts < ?")
+            params.append(int(end_ms))
+        cols, where = ", ".join(NEWS_COLUMNS), " AND ".join(clauses)
+        if limit is not None:
+            sql = (f"SELECT {cols} FROM (SELECT id, {cols} FROM news WHERE {where} "
+                   "ORDER BY ts DESC, id DESC LIMIT ?) ORDER BY ts, id")
+            params.append(int(limit))
+        else:
+            sql = f"SELECT {cols} FROM news WHERE {where} ORDER BY ts, id"
+        return news_frame(self._conn().execute(sql, params).fetchall())
+
+    def count_news(self, symbol=None) -> int:
+        if symbol is None:
+            row = self._conn().execute("SELECT COUNT(*) FROM news").fetchone()
+        else:
+            row = self._conn().execute("SELECT COUNT(*) FROM news WHERE symbol = ?",
+                                       (symbol,)).fetchone()
+        return int(row[0])
+
     # ---- documents -----------------------------------------------------------------------
     def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
         _check_collection(collection)
@@ -332,6 +381,7 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM bars")
             conn.execute("DELETE FROM predictions")
             conn.execute("DELETE FROM docs")
+            conn.execute("DELETE FROM news")
             conn.execute("DELETE FROM artefacts")
         self._forget_artefacts()
 

@@ -1,0 +1,68 @@
+"""News in the app: the Live chart's news markers (view model + figure), the Pipeline page's
+news count, and the Model lab's sentiment group reading stored news (Streamlit AppTest on a
+real SQLite store)."""
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+
+from dashboard.charts import candlestick
+from dashboard.view_models import news_markers
+from pipeline.sources.news_simulator import NewsMarketSimulator
+from pipeline.store.sqlite import SqliteStore
+from tests.test_app_pages import data_dir, run_page  # noqa: F401  (fixture)
+
+
+def fill_with_news(path) -> tuple[int, int]:
+    store = SqliteStore(path / "kappalab.sqlite")
+    sim = NewsMarketSimulator(news_rate=0.3, news_impact=2.0, symbols=["ACME", "GLOBX"],
+                              bars=1500, seed=2)
+    store.upsert_bars(list(sim.bars(threading.Event())))
+    store.upsert_news(list(sim.news))
+    n = store.count_news()
+    store.close()
+    return 3000, n
+
+
+def test_news_markers_sit_above_their_candle_with_title_and_score(tmp_path):
+    fill_with_news(tmp_path)
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    try:
+        candles = store.ohlc_buckets("ACME", "1m", 300_000, limit=40)
+        markers = news_markers(store, "ACME", candles, 300_000)
+        assert markers is not None and len(markers) > 10
+        assert (markers["ts"] >= candles["ts"].iloc[0]).all()
+        bucket_high = candles.set_index("ts")["high"]
+        assert (markers["y"].to_numpy() > bucket_high.loc[(markers["ts"] // 300_000) * 300_000]
+                .to_numpy()).all()
+        fig = candlestick(candles, [], news=markers)
+        trace = next(t for t in fig.data if t.name == "news")
+        assert len(trace.x) == len(markers)
+        assert trace.customdata[0][0] == markers["title"].iloc[0]
+        assert "score" in trace.hovertemplate
+        assert news_markers(store, "NOPE", candles, 300_000) is None
+    finally:
+        store.close()
+
+
+def test_pages_show_news(data_dir):  # noqa: F811
+    bars, n = fill_with_news(data_dir)
+    live = run_page("pages/live_market.py")
+    assert any("news" in t.label.lower() for t in live.toggle)
+    pipeline = run_page("pages/pipeline_control.py")
+    metrics = {m.label: m.value for m in pipeline.metric}
+    assert metrics["News items in store"] == f"{n:,}"
+    lab = run_page("pages/model_lab.py")
+    lab.multiselect(key="ml_groups").set_value(["default", "sentiment"]).run()
+    assert not lab.exception
+    captions = " ".join(c.value for c in lab.caption)
+    assert "as of each bar's close" in captions and "news items stored" in captions
+    lab.multiselect(key="ml_groups").set_value(["sentiment"])
+    lab.multiselect(key="ml_models").set_value(["linear"])
+    lab.button(key="ml_run").click().run()
+    assert not lab.exception and not lab.error
+    result = lab.session_state["model_lab_result"]
+    # the stored news reached the features: not left out as constant, and informative here
+    assert "sent_mean_1" in result.summary["features"]
+    assert result.table.loc["Linear regression", "skill"] > 0.05
