@@ -179,33 +179,15 @@ class AlphaVantageSource(PolledApiSource):
         return bars
 
     def _error_from_body(self, symbol: str, label: str, body: dict) -> ApiError:
-        message = body.get("Error Message")
-        if isinstance(message, str):
-            if "apikey" in message.lower().replace(" ", ""):
-                return ApiError(f"Alpha Vantage rejected the API key; set ALPHAVANTAGE_API_KEY "
-                                f"to a valid key ({KEY_HINT}).", kind="auth", detail=message)
-            return ApiError(f"Alpha Vantage rejected the request for {label} as an invalid API "
-                            "call; check that the symbol exists and the interval is supported.",
-                            kind="request", detail=message)
-        for field in ("Information", "Note"):
-            text = body.get(field)
-            if not isinstance(text, str):
-                continue
-            kind = classify_notice(field, text)
-            if kind == "premium":
-                hint = ("use outputsize='compact' or a premium key" if self.outputsize == "full"
-                        else "this needs a premium key")
-                return ApiError(f"Alpha Vantage says {label} with outputsize={self.outputsize} "
-                                f"is a premium endpoint; {hint}.", kind="forbidden", detail=text)
-            if kind == "demo_key":
-                return ApiError("The Alpha Vantage demo key only works for the documentation "
-                                f"examples; set ALPHAVANTAGE_API_KEY to your own key ({KEY_HINT}).",
-                                kind="auth", detail=text)
-            return ApiError(f"Alpha Vantage sent no bars for {label} but this {field}: "
-                            f"\"{short_text(text, 140)}\".", kind="request", detail=text)
-        return ApiError(f"Alpha Vantage's answer for {label} has no {self._series_key()!r} "
-                        "section; check the symbol and ALPHAVANTAGE_BASE_URL.", kind="response",
-                        detail=", ".join(map(str, list(body)[:5])))
+        hint = ("use outputsize='compact' or a premium key" if self.outputsize == "full"
+                else "this needs a premium key")
+        return body_error(
+            body, label, what="bars",
+            invalid="check that the symbol exists and the interval is supported",
+            premium=(f"Alpha Vantage says {label} with outputsize={self.outputsize} is a "
+                     f"premium endpoint; {hint}."),
+            missing=(f"Alpha Vantage's answer for {label} has no {self._series_key()!r} "
+                     "section; check the symbol and ALPHAVANTAGE_BASE_URL."))
 
     def _zone(self, meta: Any, label: str) -> ZoneInfo:
         name = "US/Eastern"
@@ -257,3 +239,32 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}"
     return short_text(str(exc), 120)
+
+
+def body_error(body: dict, label: str, *, what: str, invalid: str, premium: str,
+               missing: str) -> ApiError:
+    """The one sentence for an Alpha Vantage answer that holds no data (HTTP 200 with an
+    ``Error Message``, ``Information`` or ``Note`` instead): bad key, invalid call (``invalid``
+    says what to check), premium endpoint (``premium``), demo key, other notices; ``missing``
+    when the expected section is simply absent."""
+    message = body.get("Error Message")
+    if isinstance(message, str):
+        if "apikey" in message.lower().replace(" ", ""):
+            return ApiError(f"Alpha Vantage rejected the API key; set ALPHAVANTAGE_API_KEY "
+                            f"to a valid key ({KEY_HINT}).", kind="auth", detail=message)
+        return ApiError(f"Alpha Vantage rejected the request for {label} as an invalid API "
+                        f"call; {invalid}.", kind="request", detail=message)
+    for field in ("Information", "Note"):
+        text = body.get(field)
+        if not isinstance(text, str):
+            continue
+        kind = classify_notice(field, text)
+        if kind == "premium":
+            return ApiError(premium, kind="forbidden", detail=text)
+        if kind == "demo_key":
+            return ApiError("The Alpha Vantage demo key only works for the documentation "
+                            f"examples; set ALPHAVANTAGE_API_KEY to your own key ({KEY_HINT}).",
+                            kind="auth", detail=text)
+        return ApiError(f"Alpha Vantage sent no {what} for {label} but this {field}: "
+                        f"\"{short_text(text, 140)}\".", kind="request", detail=text)
+    return ApiError(missing, kind="response", detail=", ".join(map(str, list(body)[:5])))

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.config import Config, Secret
 from pipeline.news import InvalidNews, NewsItem, news_from_mapping
-from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, classify_notice
+from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, classify_notice
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError, RateLimited
 from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
@@ -227,27 +227,8 @@ def _check_rate_limit(reply: HttpReply) -> None:
 
 
 def _error_from_body(label: str, body: dict) -> ApiError:
-    message = body.get("Error Message")
-    if isinstance(message, str):
-        if "apikey" in message.lower().replace(" ", ""):
-            return ApiError(f"Alpha Vantage rejected the API key; set ALPHAVANTAGE_API_KEY to a "
-                            f"valid key ({KEY_HINT}).", kind="auth", detail=message)
-        return ApiError(f"Alpha Vantage rejected the request for {label} as an invalid API "
-                        "call; check the ticker.", kind="request", detail=message)
-    for field in ("Information", "Note"):
-        text = body.get(field)
-        if not isinstance(text, str):
-            continue
-        kind = classify_notice(field, text)
-        if kind == "premium":
-            return ApiError(f"Alpha Vantage says {label} is a premium endpoint; this needs a "
-                            "premium key.", kind="forbidden", detail=text)
-        if kind == "demo_key":
-            return ApiError("The Alpha Vantage demo key only works for the documentation "
-                            f"examples; set ALPHAVANTAGE_API_KEY to your own key ({KEY_HINT}).",
-                            kind="auth", detail=text)
-        return ApiError(f"Alpha Vantage sent no news for {label} but this {field}: "
-                        f"\"{short_text(text, 140)}\".", kind="request", detail=text)
-    return ApiError(f"Alpha Vantage's answer for {label} has no 'feed' section; check "
-                    "ALPHAVANTAGE_BASE_URL.", kind="response",
-                    detail=", ".join(map(str, list(body)[:5])))
+    return body_error(
+        body, label, what="news", invalid="check the ticker",
+        premium=f"Alpha Vantage says {label} is a premium endpoint; this needs a premium key.",
+        missing=(f"Alpha Vantage's answer for {label} has no 'feed' section; check "
+                 "ALPHAVANTAGE_BASE_URL."))
