@@ -153,14 +153,7 @@ class AlphaVantageSource(PolledApiSource):
     def _parse(self, symbol: str, reply: HttpReply) -> list[Bar]:
         body = reply.payload
         label = f"{symbol} ({self.function}{' ' + self.av_interval if self.av_interval else ''})"
-        if reply.status != 200:
-            raise ApiError(f"Alpha Vantage answered HTTP {reply.status} for {label}; check "
-                           "ALPHAVANTAGE_BASE_URL.", kind="request", status=reply.status,
-                           detail=reply.text)
-        if not isinstance(body, dict):
-            raise ApiError(f"Alpha Vantage answered {label} with something that is not a JSON "
-                           "object; check ALPHAVANTAGE_BASE_URL.", kind="response",
-                           detail=reply.text)
+        check_reply(reply, label)
         series = body.get(self._series_key())
         if series is None:
             raise self._error_from_body(symbol, label, body)
@@ -268,3 +261,15 @@ def body_error(body: dict, label: str, *, what: str, invalid: str, premium: str,
         return ApiError(f"Alpha Vantage sent no {what} for {label} but this {field}: "
                         f"\"{short_text(text, 140)}\".", kind="request", detail=text)
     return ApiError(missing, kind="response", detail=", ".join(map(str, list(body)[:5])))
+
+
+def check_reply(reply: HttpReply, label: str) -> None:
+    """Raise the one sentence for an answer that is not HTTP 200 with a JSON object."""
+    if reply.status != 200:
+        raise ApiError(f"Alpha Vantage answered HTTP {reply.status} for {label}; check "
+                       "ALPHAVANTAGE_BASE_URL.", kind="request", status=reply.status,
+                       detail=reply.text)
+    if not isinstance(reply.payload, dict):
+        raise ApiError(f"Alpha Vantage answered {label} with something that is not a JSON "
+                       "object; check ALPHAVANTAGE_BASE_URL.", kind="response",
+                       detail=reply.text)

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.config import Config, Secret
 from pipeline.news import InvalidNews, NewsItem, news_from_mapping
-from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, classify_notice
+from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, check_reply, classify_notice
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError, RateLimited
 from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
@@ -145,14 +145,7 @@ class AlphaVantageNews:
     def parse(self, ticker: str, reply: HttpReply) -> list[NewsItem]:
         label = f"{ticker} (NEWS_SENTIMENT)"
         body = reply.payload
-        if reply.status != 200:
-            raise ApiError(f"Alpha Vantage answered HTTP {reply.status} for {label}; check "
-                           "ALPHAVANTAGE_BASE_URL.", kind="request", status=reply.status,
-                           detail=reply.text)
-        if not isinstance(body, dict):
-            raise ApiError(f"Alpha Vantage answered {label} with something that is not a JSON "
-                           "object; check ALPHAVANTAGE_BASE_URL.", kind="response",
-                           detail=reply.text)
+        check_reply(reply, label)
         feed = body.get("feed")
         if feed is None:
             raise _error_from_body(label, body)
