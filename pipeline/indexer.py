@@ -114,7 +114,6 @@ class Indexer(Worker):
         self._committed: dict[Any, int] = {}
         self._last_check = 0.0
         self._broker_down_since: float | None = None
-        self._orphans_since: float | None = None
         self._last_orphan_check = 0.0
 
     def describe(self) -> str:
@@ -342,7 +341,7 @@ class Indexer(Worker):
                 self.stall(f"cannot reach the broker at {self.bootstrap} for "
                            f"{now - self._broker_down_since:.0f} s ({describe_failure(exc)})")
 
-    def _adopt_orphans(self, consumer, assigned, every_s: float = 5.0, grace_s: float = 20.0) -> None:
+    def _adopt_orphans(self, consumer, assigned, every_s: float = 5.0, grace_s: float = 15.0) -> None:
         """Take over partitions a dead member still holds.
 
         Kafka evicts a member that stops heartbeating after its session timeout and hands
@@ -357,7 +356,6 @@ class Indexer(Worker):
         self._last_orphan_check = now
         partitions = consumer.partitions_for_topic(self.topic) or set()
         if len(assigned) >= len(partitions):
-            self._orphans_since = None
             return
         from pipeline.worker import latest_heartbeats
 
@@ -366,16 +364,11 @@ class Indexer(Worker):
                  and (b.get("gauges") or {}).get("group") == self.group_id
                  and b.get("state") in ("running", "stalled")]
         if peers:
-            self._orphans_since = None
-            return
-        self._orphans_since = self._orphans_since or now
-        if now - self._orphans_since < grace_s:
             return
         mine = {tp.partition for tp in assigned}
         self.error(f"partitions {sorted(set(partitions) - mine)} of {self.topic} have had no live "
                    f"consumer in group {self.group_id} for {grace_s:.0f} s; rejoining the group "
                    "to take them over")
-        self._orphans_since = None
         consumer.unsubscribe()
         consumer.subscribe([self.topic])
 
