@@ -136,19 +136,7 @@ class AlphaVantageSource(PolledApiSource):
 
     def _check_rate_limit(self, reply: HttpReply) -> None:
         """Back off on short-term limits; fail on the daily limit (see :func:`classify_notice`)."""
-        body = reply.payload
-        if not isinstance(body, dict) or self._series_key() in body:
-            return
-        for field in ("Note", "Information"):
-            if isinstance(body.get(field), str):
-                kind = classify_notice(field, body[field])
-                if kind == "rate_limit_minute":
-                    raise RateLimited(f"Alpha Vantage {field}")
-                if kind == "rate_limit_day":
-                    raise ApiError(
-                        "Alpha Vantage's daily request limit for this API key is used up; "
-                        "try again tomorrow or use a premium key.",
-                        kind="rate_limit", detail=body[field])
+        check_rate_limit(reply, self._series_key())
 
     def _parse(self, symbol: str, reply: HttpReply) -> list[Bar]:
         body = reply.payload
@@ -273,3 +261,20 @@ def check_reply(reply: HttpReply, label: str) -> None:
         raise ApiError(f"Alpha Vantage answered {label} with something that is not a JSON "
                        "object; check ALPHAVANTAGE_BASE_URL.", kind="response",
                        detail=reply.text)
+
+
+def check_rate_limit(reply: HttpReply, data_key: str) -> None:
+    """For the HTTP client's retry loop: an answer without ``data_key`` that is a per-minute
+    limit notice raises :class:`RateLimited` (back off and retry); the daily limit fails."""
+    body = reply.payload
+    if not isinstance(body, dict) or data_key in body:
+        return
+    for field in ("Note", "Information"):
+        if isinstance(body.get(field), str):
+            kind = classify_notice(field, body[field])
+            if kind == "rate_limit_minute":
+                raise RateLimited(f"Alpha Vantage {field}")
+            if kind == "rate_limit_day":
+                raise ApiError("Alpha Vantage's daily request limit for this API key is used "
+                               "up; try again tomorrow or use a premium key.",
+                               kind="rate_limit", detail=body[field])

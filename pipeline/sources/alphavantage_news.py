@@ -29,9 +29,9 @@ from zoneinfo import ZoneInfo
 
 from pipeline.config import Config, Secret
 from pipeline.news import InvalidNews, NewsItem, news_from_mapping
-from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, check_reply, classify_notice
+from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, check_rate_limit, check_reply
 from pipeline.sources.base import SourceError
-from pipeline.sources.api_errors import ApiError, RateLimited
+from pipeline.sources.api_errors import ApiError
 from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
 from pipeline.sources.redaction import secret_value, short_text
 from pipeline.sources.request_budget import RequestBudget
@@ -205,18 +205,7 @@ def _av_time(ms: int, zone) -> str:
 
 
 def _check_rate_limit(reply: HttpReply) -> None:
-    body = reply.payload
-    if not isinstance(body, dict) or "feed" in body:
-        return
-    for field in ("Note", "Information"):
-        if isinstance(body.get(field), str):
-            kind = classify_notice(field, body[field])
-            if kind == "rate_limit_minute":
-                raise RateLimited(f"Alpha Vantage {field}")
-            if kind == "rate_limit_day":
-                raise ApiError("Alpha Vantage's daily request limit for this API key is used "
-                               "up; try again tomorrow or use a premium key.",
-                               kind="rate_limit", detail=body[field])
+    check_rate_limit(reply, "feed")
 
 
 def _error_from_body(label: str, body: dict) -> ApiError:
