@@ -219,23 +219,18 @@ class SqliteStore(Store):
         return self._count("bars", *_where(symbol=symbol, interval=interval))
 
     def list_symbols(self, interval=None) -> list[str]:
-        if interval is None:
-            rows = self._conn().execute("SELECT DISTINCT symbol FROM bars ORDER BY symbol")
-        else:
-            rows = self._conn().execute(
-                "SELECT DISTINCT symbol FROM bars WHERE interval = ? ORDER BY symbol", (interval,))
-        return [r[0] for r in rows.fetchall()]
+        return sorted(self._distinct("symbol", interval=interval))
 
     def list_intervals(self, symbol=None) -> list[str]:
-        if symbol is None:
-            rows = self._conn().execute("SELECT DISTINCT interval FROM bars")
-        else:
-            rows = self._conn().execute(
-                "SELECT DISTINCT interval FROM bars WHERE symbol = ?", (symbol,))
         from pipeline.schema import INTERVALS
 
-        found = {r[0] for r in rows.fetchall()}
+        found = self._distinct("interval", symbol=symbol)
         return [i for i in INTERVALS if i in found]
+
+    def _distinct(self, column: str, **equal: Any) -> set[str]:
+        where, params = _where(**equal)
+        rows = self._conn().execute(f"SELECT DISTINCT {column} FROM bars WHERE {where}", params)
+        return {r[0] for r in rows.fetchall()}
 
     def last_bar_ts(self, symbol, interval):
         row = self._conn().execute("SELECT MAX(ts) FROM bars WHERE symbol = ? AND interval = ?",
