@@ -292,14 +292,8 @@ class SqliteStore(Store):
         return UpsertResult(accepted=len(rows))
 
     def query_news(self, symbol, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
-        clauses, params = ["symbol = ?"], [symbol]
-        if start_ms is not None:
-            clauses.append("ts >= ?")
-            params.append(int(start_ms))
-        if end_ms is not None:
-            clauses.append("ts < ?")
-            params.append(int(end_ms))
-        cols, where = ", ".join(NEWS_COLUMNS), " AND ".join(clauses)
+        where, params = _where(start_ms, end_ms, symbol=symbol)
+        cols = ", ".join(NEWS_COLUMNS)
         if limit is not None:
             sql = (f"SELECT {cols} FROM (SELECT id, {cols} FROM news WHERE {where} "
                    "ORDER BY ts DESC, id DESC LIMIT ?) ORDER BY ts, id")
