@@ -263,7 +263,7 @@ def latest_heartbeats(bootstrap: str, max_age_ms: int, client_kwargs: dict | Non
         for tp in tps:
             consumer.seek(tp, max(0, ends[tp] - scan))
         latest: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         # Read up to the end offsets seen at the start (an empty poll may only mean the
         # first fetch is still on its way).
         while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):

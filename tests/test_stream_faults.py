@@ -411,9 +411,14 @@ def test_full_disk_one_sentence_no_crash_loop_then_recovery(broker, topics, smal
                  [(b.symbol.encode(), b.to_json()) for b in bars[half:]])
         time.sleep(25)  # several retry rounds
         assert proc.poll() is None, "the indexer process exited instead of waiting"
-        status = json.loads(subprocess.run(
-            [sys.executable, "-m", "pipeline", "status", "--json"],
-            env=cli_env(broker, data_dir), capture_output=True, text=True, timeout=60).stdout)
+        def indexer_status():
+            out = json.loads(subprocess.run(
+                [sys.executable, "-m", "pipeline", "status", "--json"],
+                env=cli_env(broker, data_dir), capture_output=True, text=True, timeout=60).stdout)
+            return out if any(w["kind"] == "indexer" for w in out["workers"]) else None
+
+        # status reads the heartbeat topic; on a loaded machine one read may come back early
+        status = wait_for(indexer_status, 60, "status to list the indexer", every=1)
         filler.unlink()
         t_back = time.time()
         wait_for(lambda: store.count_bars() >= len(bars), 120, "every bar stored after the fix")
