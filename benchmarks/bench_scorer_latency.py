@@ -162,7 +162,7 @@ def _percentiles(x: np.ndarray) -> dict:
 
 
 class TimedOut(Exception):
-    pass
+    """The run did not finish within its time limit (reported, not raised to the user)."""
 
 
 def _wait(cond, timeout_s: float, what: str) -> None:

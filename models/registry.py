@@ -274,7 +274,7 @@ def _promote(store: Store, version_id: str, scope: str, reason: str, record_prev
         try:
             store.update_model_version(vid, status=RETIRED, retired_ms=now,
                                        retired_reason=reason)
-        except KeyError:
+        except KeyError:  # the version was deleted meanwhile: nothing left to mark retired
             pass
     changes: dict[str, Any] = {"status": CHAMPION, "scope": scope, "promoted_ms": now,
                                "promotion_reason": reason}

@@ -409,7 +409,7 @@ class _HeaderRows:
             if first == "ticker" and len(rest) == 1:
                 ticker = rest.pop() or None
             elif first in ("date", "datetime") and rest <= {""}:
-                pass
+                pass  # yfinance's empty "Date,,,," row: no data, nothing to learn
             else:
                 self.pending.append(row)
                 break
