@@ -5,6 +5,10 @@ streaming features (:mod:`models.streaming`), its last ``lookback`` bars (to reb
 features when a champion needs others) and its book of predictions waiting for their bar
 (:mod:`models.progressive`). A series seen for the first time is rebuilt from the bars stored
 just before its first new bar, and from the predictions stored without an actual.
+
+The features of all series live in one :class:`~models.streaming.FeatureBank` (a slot per
+series): :meth:`SeriesStates.advance` pushes a poll's new bars of every series through it
+together, the ``k``-th new bar of each series in one vectorised update.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import pandas as pd
 
 from models.progressive import PendingBook, unscored_from_store
 from models.registry import LoadedModel
-from models.streaming import FeatureSet, StreamingFeatures
+from models.streaming import FeatureSet
 from pipeline.schema import Bar, Prediction, interval_ms
 from pipeline.store.base import Store
 
@@ -27,21 +31,25 @@ SeriesKey = tuple[str, str]  # (symbol, interval)
 
 @dataclass
 class SeriesState:
-    """One series: streaming features, recent bars, predictions waiting for their bar."""
+    """One series: its slot in the shared feature bank, recent bars, predictions waiting for
+    their bar."""
 
-    features: StreamingFeatures
+    feature_set: FeatureSet
+    slot: int
     recent: deque
     book: PendingBook = field(default_factory=PendingBook)
     last_ts: int | None = None
 
     @classmethod
     def new(cls, feature_set: FeatureSet) -> "SeriesState":
-        return cls(feature_set.new(), deque(maxlen=feature_set.lookback))
+        return cls(feature_set, feature_set.new_slot(), deque(maxlen=feature_set.lookback))
 
     def update(self, bar: Bar) -> np.ndarray:
+        """One bar through the features (a layer of one; :meth:`SeriesStates.advance` does
+        many series at once)."""
         self.recent.append(bar)
         self.last_ts = bar.ts
-        return self.features.update(bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+        return self.feature_set.bank.update_bars([self.slot], [bar])[0]
 
     def warm(self, bars: Iterable[Bar]) -> None:
         for bar in bars:
@@ -66,23 +74,71 @@ class SeriesStates:
         self.settle = settle or (lambda p, bar: None)
         self.on_error = on_error or (lambda message: None)
         self._states: dict[SeriesKey, SeriesState] = {}
+        self._to_warm: list[tuple[SeriesState, list[Bar]]] = []  # loaded, features not built
 
     def __contains__(self, key: SeriesKey) -> bool:
         return key in self._states
 
     def get(self, key: SeriesKey, first_ts: int) -> SeriesState:
+        """The series' state, rebuilt from the store on first sight."""
         state = self._states.get(key)
         if state is None:
-            recent = self._await_store(key, first_ts)
-            state = SeriesState.new(self.features)
-            state.warm(recent)
-            try:
-                state.book.pending = unscored_from_store(self.store, key[0], key[1], first_ts,
-                                                         recent, self.settle)
-            except Exception as exc:
-                self.on_error(f"could not read earlier predictions of {key[0]}: {exc}")
-            self._states[key] = state
+            state = self.load(key, first_ts)
+            self.warm_loaded()
         return state
+
+    def load(self, key: SeriesKey, first_ts: int) -> SeriesState:
+        """A series seen for the first time: read its last bars and its unscored predictions
+        from the store (the queries); its features are rebuilt by :meth:`warm_loaded`, for
+        every series loaded in the same poll at once."""
+        state = self._states.get(key)
+        if state is not None:
+            return state
+        recent = self._await_store(key, first_ts)
+        state = SeriesState.new(self.features)
+        try:
+            state.book.pending = unscored_from_store(self.store, key[0], key[1], first_ts,
+                                                     recent, self.settle)
+        except Exception as exc:
+            self.on_error(f"could not read earlier predictions of {key[0]}: {exc}")
+        self._states[key] = state
+        self._to_warm.append((state, recent))
+        if recent:
+            state.last_ts = recent[-1].ts
+        return state
+
+    def warm_loaded(self) -> None:
+        """Rebuild the features of the series loaded since the last call, all together."""
+        todo, self._to_warm = self._to_warm, []
+        self._warm_all(todo)
+
+    def advance(self, fresh: list[tuple[SeriesState, list[Bar]]]) -> list[np.ndarray]:
+        """Each series' new bars (in ts order, after its ``last_ts``) through the features:
+        the ``k``-th new bar of every series in one vectorised update. Returns, per series,
+        its bars' feature rows, ``(len(bars), len(features))``."""
+        out = [np.empty((len(bars), len(self.features.names))) for _, bars in fresh]
+        bank = self.features.bank
+        depth = max((len(bars) for _, bars in fresh), default=0)
+        for k in range(depth):
+            layer = [j for j, (_, bars) in enumerate(fresh) if len(bars) > k]
+            slots, layer_bars = [], []
+            for j in layer:
+                state, bars = fresh[j]
+                bar = bars[k]
+                slots.append(state.slot)
+                layer_bars.append(bar)
+                state.recent.append(bar)
+                state.last_ts = bar.ts
+            rows = bank.update_bars(slots, layer_bars)
+            for pos, j in enumerate(layer):
+                out[j][k] = rows[pos]
+        return out
+
+    def _warm_all(self, todo: list[tuple[SeriesState, list[Bar]]]) -> None:
+        todo = [(state, bars) for state, bars in todo if bars]
+        for state, bars in todo:
+            state.last_ts = None
+        self.advance(todo)
 
     def last_predicted(self, state: SeriesState, key: SeriesKey, model_id: str) -> int | None:
         """The last base bar ``model_id`` predicted in this series (from the store once)."""
@@ -98,18 +154,20 @@ class SeriesStates:
         when it must look further back than it kept)."""
         if names == self.features.names:
             return
+        self.warm_loaded()
         self.features = FeatureSet(names)
         n = self.features.lookback
+        todo = []
         for key, state in self._states.items():
             recent = list(state.recent)
             if len(recent) < n and state.last_ts is not None:
                 stored = self._stored_before(key, state.last_ts + 1, n)
                 if stored and stored[-1].ts == state.last_ts:
                     recent = stored
-            state.features = self.features.new()
+            state.feature_set, state.slot = self.features, self.features.new_slot()
             state.recent = deque(maxlen=n)
-            state.last_ts = None
-            state.warm(recent)
+            todo.append((state, recent))
+        self._warm_all(todo)
 
     def _stored_before(self, key: SeriesKey, before_ts: int, n: int) -> list[Bar]:
         return bars_from_frame(self.store.query_bars(key[0], key[1], end_ms=before_ts, limit=n))
@@ -141,6 +199,7 @@ class SeriesWork:
 
     state: SeriesState
     model: LoadedModel | None
+    key: SeriesKey | None = None
     fresh: list[tuple[Bar, int | None]] = field(default_factory=list)
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # position in fresh -> row
     predicted: dict[int, float] = field(default_factory=dict)

@@ -1,30 +1,37 @@
-"""Streaming features: the batch features of :mod:`models.features`, updated one bar at a time.
+"""Streaming features: the batch features of :mod:`models.features`, updated one bar at a time,
+for many series at once.
 
-:class:`StreamingFeatures` holds one series' state and, River-style, takes a bar with
-:meth:`~StreamingFeatures.update` and exposes the feature row in :attr:`~StreamingFeatures.values`.
-State is bounded (ring buffers no longer than the feature's lookback) and each update costs a
-few microseconds per feature, instead of rebuilding a frame of the last ``max_lookback`` bars.
+:class:`FeatureBank` holds the state of every series the scorer follows, one *slot* per series,
+as NumPy arrays indexed by slot: :meth:`FeatureBank.update` takes one new bar for each of a set
+of slots and returns their feature rows, in one pass per node of the feature graph (so the
+Python work is per poll, not per bar; the arithmetic is a few vector operations per node).
+:class:`StreamingFeatures` is one series on a bank of its own, River-style
+(``update(bar) -> row``), for the lab, tests and tools that follow a single series.
 
-The batch functions stay the definition. The streaming side reaches the same numbers by:
+State is bounded: each node keeps only the history its consumers read (a lag ``k`` keeps
+``k + 1`` values, a window ``w`` keeps ``w``), at most ``max_lookback`` values per series.
 
-- windowed sums (SMA, the windowed EMAs, Cutler's RSI means) as O(1) recursions
-  (add the new value, drop the one leaving the window; for the EMA weights, scale by
-  ``1 - alpha`` first), re-anchored every ``window`` updates by an exact sum in the batch's own
-  order (newest first), so the rounding a recursion picks up never outlives one window;
-- windowed standard deviations by the sliding form of Welford's update, re-anchored the same
-  way, and recomputed exactly when the window is (nearly) constant, where cancellation would
-  otherwise decide the sign of a tiny variance;
-- lags and ``ret_*``/``logret_*`` from ring buffers of the inputs.
+The batch functions stay the definition, and the streaming side evaluates the *same NumPy
+expressions in the same order* on the last values of each series:
+
+- windowed sums (SMA, the windowed EMAs, Cutler's RSI means, the means of the standard
+  deviations) are summed newest first from zero over the window, as
+  :func:`models.features._window_sum` does, so the result is the batch's bit for bit and no
+  recursion error can build up over a long stream;
+- windowed standard deviations: the window's mean, then the squared deviations summed newest
+  first, as :func:`models.features._window_std`;
+- lags and ``ret_*``/``logret_*`` read the history of their input; the element-wise steps
+  (ratios, logs, ``np.where``) are the batch's expressions on the current values, NaN and
+  infinities included.
 
 tests/test_streaming_features.py asserts equality with :func:`models.features.compute_features`
-to 1e-12 on long random series for every feature, also after a restart that rebuilt the state
-from the last ``max_lookback`` stored bars (:meth:`StreamingFeatures.warm`).
+to 1e-12 for every feature, for many series updated together in irregular layers, and after a
+restart that rebuilt the state from the last ``max_lookback`` stored bars (:meth:`warm`).
 """
 from __future__ import annotations
 
 import math
-from collections import deque
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -36,42 +43,91 @@ from models.features import (
 NAN = float("nan")
 _TAU = 2.0 * math.pi
 _INPUTS = ("ts", "open", "high", "low", "close", "volume")
+_NO_TS = np.iinfo(np.int64).min
 
 
-class StreamingFeatures:
-    """One series' features, updated bar by bar.
+def has_streaming_form(name: str) -> bool:
+    """True for a bar feature (the ones :class:`FeatureBank` computes); news features are
+    computed elsewhere (:mod:`models.sentiment`)."""
+    parsed = _parse(name)
+    return parsed is not None and parsed[0] != "news"
 
-    ``update(ts, open, high, low, close, volume)`` must see the series' bars in ts order;
-    ``values`` is then the feature row of that bar (NaN during warm-up), in ``features`` order.
+
+class FeatureBank:
+    """The features of many series, one slot per series, updated a layer of bars at a time.
+
+    ``update(slots, ts, open, high, low, close, volume)`` takes one bar per slot (the slots
+    distinct; each slot's bars in ts order across calls) and returns a ``(len(slots),
+    len(features))`` array: each bar's feature row (NaN during warm-up), in ``features`` order.
     """
 
-    def __init__(self, features: Iterable[str]):
+    def __init__(self, features: Iterable[str], capacity: int = 8):
         self.features = validate_features(features)
+        bad = [f for f in self.features if not has_streaming_form(f)]
+        if bad:
+            raise ValueError(f"no streaming form for feature {bad[0]!r} (news features come "
+                             "from the news stream, not the bars)")
         self.lookback = max_lookback(self.features)
-        self.last_ts: int | None = None
-        self.values = np.full(len(self.features), NAN)
+        self.size = 0
+        self.capacity = max(1, capacity)
+        self.last_ts = np.full(self.capacity, _NO_TS, dtype=np.int64)
         self._nodes: dict[str, _Node] = {}
         self._order: list[_Node] = []
         self._outputs = [self._feature(name) for name in self.features]
-
-    def update(self, ts: int, open_: float, high: float, low: float, close: float,
-               volume: float) -> np.ndarray:
-        bar = (int(ts), float(open_), float(high), float(low), float(close), float(volume))
         for node in self._order:
-            node.update(bar)
-        self.values = np.array([n.value for n in self._outputs], dtype="float64")
-        self.last_ts = bar[0]
-        return self.values
+            node.allocate(self.capacity)
 
-    def update_bar(self, bar) -> np.ndarray:
-        """``update`` from any object with ``ts, open, high, low, close, volume`` attributes."""
-        return self.update(bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+    # ---- slots ---------------------------------------------------------------------------
+    def add_slot(self) -> int:
+        """A new, empty series; its slot number."""
+        if self.size == self.capacity:
+            self.capacity *= 2
+            for node in self._order:
+                node.grow(self.capacity)
+            last = np.full(self.capacity, _NO_TS, dtype=np.int64)
+            last[:self.size] = self.last_ts[:self.size]
+            self.last_ts = last
+        self.size += 1
+        return self.size - 1
 
-    def warm(self, bars: Iterable) -> "StreamingFeatures":
-        """Rebuild the state from stored bars (the last ``lookback`` are enough)."""
-        for bar in bars:
-            self.update_bar(bar)
-        return self
+    def reset_slot(self, slot: int) -> None:
+        """Forget a series' history (it starts warming up again)."""
+        for node in self._order:
+            node.reset(slot)
+        self.last_ts[slot] = _NO_TS
+
+    # ---- updates -------------------------------------------------------------------------
+    def update(self, slots: Sequence[int] | np.ndarray, ts, open_, high, low, close,
+               volume) -> np.ndarray:
+        rows = np.asarray(slots, dtype=np.intp)
+        inputs = (np.asarray(ts, dtype=np.int64), np.asarray(open_, dtype=np.float64),
+                  np.asarray(high, dtype=np.float64), np.asarray(low, dtype=np.float64),
+                  np.asarray(close, dtype=np.float64), np.asarray(volume, dtype=np.float64))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for node in self._order:
+                node.update(rows, inputs)
+                if node.depth:
+                    node.push(rows)
+        out = np.empty((len(rows), len(self._outputs)), dtype=np.float64)
+        for j, node in enumerate(self._outputs):
+            out[:, j] = node.value
+        self.last_ts[rows] = inputs[0]
+        return out
+
+    def update_bars(self, slots: Sequence[int], bars: Sequence) -> np.ndarray:
+        """``update`` from objects with ``ts, open, high, low, close, volume`` attributes."""
+        return self.update(slots, [b.ts for b in bars], [b.open for b in bars],
+                           [b.high for b in bars], [b.low for b in bars],
+                           [b.close for b in bars], [b.volume for b in bars])
+
+    def warm(self, series: dict[int, Sequence]) -> None:
+        """Feed each slot its bars (``{slot: bars in ts order}``), all slots together: the
+        ``k``-th bar of every slot in one layer."""
+        series = {s: list(b) for s, b in series.items() if len(b)}
+        depth = max((len(b) for b in series.values()), default=0)
+        for k in range(depth):
+            layer = [(s, b[k]) for s, b in series.items() if k < len(b)]
+            self.update_bars([s for s, _ in layer], [b for _, b in layer])
 
     # ---- the graph: one node per intermediate, shared between features ---------------------
     def _node(self, key: str, make: Callable[[], "_Node"]) -> "_Node":
@@ -88,35 +144,40 @@ class StreamingFeatures:
     def _lag(self, src: "_Node", k: int, key: str) -> "_Node":
         return self._node(f"lag({key},{k})", lambda: _Lag(src, k))
 
-    def _fn(self, key: str, f: Callable[..., float], *srcs: "_Node") -> "_Node":
+    def _fn(self, key: str, f: Callable[..., np.ndarray], *srcs: "_Node") -> "_Node":
         return self._node(key, lambda: _Fn(f, srcs))
 
-    def _wsum(self, key: str, src: "_Node", w: int, decay: float | None = None) -> "_Node":
-        return self._node(key, lambda: _WindowSum(src, w, decay))
+    def _wsum(self, key: str, src: "_Node", w: int, weights: np.ndarray | None = None
+              ) -> "_Node":
+        return self._node(key, lambda: _WindowSum(src, w, weights))
 
     def _wstd(self, key: str, src: "_Node", w: int, ddof: int) -> "_Node":
         return self._node(key, lambda: _WindowStd(src, w, ddof))
 
-    def _close(self):
+    def _close(self) -> "_Node":
         return self._input("close")
 
     def _ret(self, h: int) -> "_Node":
         c = self._close()
-        return self._fn(f"ret_{h}", lambda c, p: _div(c, p) - 1.0, c, self._lag(c, h, "close"))
+        return self._fn(f"ret_{h}", lambda c, p: c / p - 1.0, c, self._lag(c, h, "close"))
 
     def _logret(self, h: int) -> "_Node":
         c = self._close()
-        return self._fn(f"logret_{h}", lambda c, p: _log(_div(c, p)), c,
-                        self._lag(c, h, "close"))
+        return self._fn(f"logret_{h}", lambda c, p: np.log(c / p), c, self._lag(c, h, "close"))
+
+    def _mean(self, key: str, src: "_Node", w: int) -> "_Node":
+        s = self._wsum(f"sum({key},{w})", src, w)
+        return self._fn(f"mean({key},{w})", lambda s: s / w, s)
 
     def _sma(self, w: int) -> "_Node":
-        s = self._wsum(f"sum_close_{w}", self._close(), w)
-        return self._fn(f"sma_{w}", lambda s: s / w, s)
+        return self._mean("close", self._close(), w)
 
     def _ema(self, span: int, src: "_Node | None" = None, key: str = "close") -> "_Node":
+        w = EMA_WINDOW_FACTOR * span
         alpha = 2.0 / (span + 1.0)
-        return self._wsum(f"ema({key},{span})", src or self._close(),
-                          EMA_WINDOW_FACTOR * span, 1.0 - alpha)
+        weights = (1.0 - alpha) ** np.arange(w)  # as models.features._ewm_window
+        weights = weights / weights.sum()
+        return self._wsum(f"ema({key},{span})", src or self._close(), w, weights)
 
     def _macd(self) -> "_Node":
         return self._fn("macd", lambda a, b: a - b, self._ema(MACD_FAST), self._ema(MACD_SLOW))
@@ -140,20 +201,20 @@ class StreamingFeatures:
         if key == "ema":
             return self._ema(p)
         if key == "close_to_sma":
-            return self._fn(name, lambda c, m: _div(c, m) - 1.0, c, self._sma(p))
+            return self._fn(name, lambda c, m: c / m - 1.0, c, self._sma(p))
         if key == "close_to_ema":
-            return self._fn(name, lambda c, m: _div(c, m) - 1.0, c, self._ema(p))
+            return self._fn(name, lambda c, m: c / m - 1.0, c, self._ema(p))
         if key == "rsi":
             return self._rsi(p)
         if key == "bb_width":
-            return self._fn(name, lambda sd, m: _div(4.0 * sd, m),
-                            self._wstd(f"std_close_{p}", c, p, 0), self._sma(p))
+            return self._fn(name, lambda sd, m: 4.0 * sd / m,
+                            self._wstd(f"std(close,{p})", c, p, 0), self._sma(p))
         if key == "volatility":
             return self._wstd(name, self._logret(1), p, 1)
         if key == "vol_z":
             v = self._input("volume")
-            mean = self._fn(f"mean_vol_{p}", lambda s: s / p, self._wsum(f"sum_vol_{p}", v, p))
-            return self._fn(name, _zscore, v, mean, self._wstd(f"std_vol_{p}", v, p, 0))
+            return self._fn(name, _zscore, v, self._mean("volume", v, p),
+                            self._wstd(f"std(volume,{p})", v, p, 0))
         if key == "close_lag":
             return self._lag(c, p, "close")
         if key == "ret_lag":
@@ -163,11 +224,11 @@ class StreamingFeatures:
     def _fixed(self, key: str) -> "_Node":
         inp = self._input
         if key == "hl_range":
-            return self._fn(key, lambda h, lo, c: _div(h - lo, c), inp("high"), inp("low"),
+            return self._fn(key, lambda h, lo, c: (h - lo) / c, inp("high"), inp("low"),
                             self._close())
         if key == "volume_change":
             v = inp("volume")
-            return self._fn(key, lambda v, p: _log(_div(v + 1.0, p + 1.0)), v,
+            return self._fn(key, lambda v, p: np.log((v + 1.0) / (p + 1.0)), v,
                             self._lag(v, 1, "volume"))
         if key == "macd":
             return self._macd()
@@ -176,39 +237,75 @@ class StreamingFeatures:
         if key == "macd_hist":
             return self._fn(key, lambda m, s: m - s, self._macd(), self._macd_signal())
         ts = inp("ts")
+        minute = lambda t: ((t // 60_000) % 1440).astype("float64")  # noqa: E731
+        dow = lambda t: (((t // 86_400_000) + 3) % 7).astype("float64")  # noqa: E731
         if key == "minute_sin":
-            return self._fn(key, lambda t: math.sin(_TAU * ((t // 60_000) % 1440) / 1440.0), ts)
+            return self._fn(key, lambda t: np.sin(_TAU * minute(t) / 1440.0), ts)
         if key == "minute_cos":
-            return self._fn(key, lambda t: math.cos(_TAU * ((t // 60_000) % 1440) / 1440.0), ts)
+            return self._fn(key, lambda t: np.cos(_TAU * minute(t) / 1440.0), ts)
         if key == "dow_sin":
-            return self._fn(key, lambda t: math.sin(_TAU * (((t // 86_400_000) + 3) % 7) / 7.0),
-                            ts)
+            return self._fn(key, lambda t: np.sin(_TAU * dow(t) / 7.0), ts)
         if key == "dow_cos":
-            return self._fn(key, lambda t: math.cos(_TAU * (((t // 86_400_000) + 3) % 7) / 7.0),
-                            ts)
+            return self._fn(key, lambda t: np.cos(_TAU * dow(t) / 7.0), ts)
         raise ValueError(f"no streaming form for feature {key!r}")  # pragma: no cover
 
     def _rsi(self, w: int) -> "_Node":
         c = self._close()
         change = self._fn("change_1", lambda c, p: c - p, c, self._lag(c, 1, "close"))
-        gain = self._fn("gain", lambda d: d if d != d else max(d, 0.0), change)
-        loss = self._fn("loss", lambda d: d if d != d else max(-d, 0.0), change)
-        up = self._wsum(f"sum_gain_{w}", gain, w)
-        down = self._wsum(f"sum_loss_{w}", loss, w)
-        return self._fn(f"rsi_{w}", lambda u, d: _rsi_value(u / w, d / w), up, down)
+        gain = self._fn("gain", lambda d: np.where(np.isnan(d), np.nan, np.maximum(d, 0.0)),
+                        change)
+        loss = self._fn("loss", lambda d: np.where(np.isnan(d), np.nan, np.maximum(-d, 0.0)),
+                        change)
+        return self._fn(f"rsi_{w}", _rsi_value, self._mean("gain", gain, w),
+                        self._mean("loss", loss, w))
+
+
+class StreamingFeatures:
+    """One series' features, updated bar by bar (a :class:`FeatureBank` of one slot).
+
+    ``update(ts, open, high, low, close, volume)`` must see the series' bars in ts order;
+    ``values`` is then the feature row of that bar (NaN during warm-up), in ``features`` order.
+    """
+
+    def __init__(self, features: Iterable[str]):
+        self._bank = FeatureBank(features, capacity=1)
+        self._slot = [self._bank.add_slot()]
+        self.features = self._bank.features
+        self.lookback = self._bank.lookback
+        self.last_ts: int | None = None
+        self.values = np.full(len(self.features), NAN)
+
+    def update(self, ts: int, open_: float, high: float, low: float, close: float,
+               volume: float) -> np.ndarray:
+        self.values = self._bank.update(self._slot, [ts], [open_], [high], [low], [close],
+                                        [volume])[0]
+        self.last_ts = int(ts)
+        return self.values
+
+    def update_bar(self, bar) -> np.ndarray:
+        """``update`` from any object with ``ts, open, high, low, close, volume`` attributes."""
+        return self.update(bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+
+    def warm(self, bars: Iterable) -> "StreamingFeatures":
+        """Rebuild the state from stored bars (the last ``lookback`` are enough)."""
+        for bar in bars:
+            self.update_bar(bar)
+        return self
 
 
 class FeatureSet:
     """One list of features shared by many series (the scorer's: the default ones plus every
-    champion's), and where each model's features sit in a row of it."""
+    champion's), computed in one :class:`FeatureBank`, and where each model's features sit in
+    a row of it."""
 
     def __init__(self, names: list[str]):
         self.names = list(names)
-        self.lookback = StreamingFeatures(self.names).lookback
+        self.bank = FeatureBank(self.names)
+        self.lookback = self.bank.lookback
         self._cols: dict[tuple[str, ...], np.ndarray] = {}
 
-    def new(self) -> StreamingFeatures:
-        return StreamingFeatures(self.names)
+    def new_slot(self) -> int:
+        return self.bank.add_slot()
 
     def columns(self, features: list[str]) -> np.ndarray:
         """Positions of a model's features in a row of this set."""
@@ -219,29 +316,64 @@ class FeatureSet:
 
 
 # ---------------------------------------------------------------------------------------------
-# Nodes: each keeps O(window) floats at most and does O(1) amortised work per bar
+# Nodes. ``update(rows, inputs)`` sets ``value``: one entry per row of the layer. A node that
+# others read back in time keeps ``depth`` past values per slot in ``hist``, time-major
+# (``hist[-1, slot]`` the newest) so that a window of many slots is a few contiguous rows.
 
 class _Node:
-    value: float = NAN
+    value: np.ndarray
+    depth = 0
+    hist: np.ndarray | None = None
+    dtype = np.float64
+    fill = NAN
 
-    def update(self, bar: tuple) -> None:  # pragma: no cover - interface
+    def need(self, depth: int) -> None:
+        self.depth = max(self.depth, depth)
+
+    def allocate(self, capacity: int) -> None:
+        if self.depth:
+            self.hist = np.full((self.depth, capacity), self.fill, dtype=self.dtype)
+
+    def grow(self, capacity: int) -> None:
+        if self.hist is not None:
+            old = self.hist
+            self.allocate(capacity)
+            self.hist[:, :old.shape[1]] = old
+
+    def reset(self, slot: int) -> None:
+        if self.hist is not None:
+            self.hist[:, slot] = self.fill
+
+    def push(self, rows: np.ndarray) -> None:
+        h = self.hist
+        if self.depth > 1:
+            h[:-1, rows] = h[1:, rows]
+        h[-1, rows] = self.value
+
+    def window(self, rows: np.ndarray, w: int) -> np.ndarray:
+        """The last ``w`` values of each row's series, oldest first: ``(w, len(rows))``."""
+        return self.hist[self.depth - w:, rows]
+
+    def update(self, rows: np.ndarray, inputs: tuple) -> None:  # pragma: no cover
         raise NotImplementedError
 
 
 class _Input(_Node):
     def __init__(self, index: int):
         self.index = index
+        if index == 0:  # ts: int64 epoch ms, as the batch's arithmetic on it
+            self.dtype, self.fill = np.int64, 0
 
-    def update(self, bar: tuple) -> None:
-        self.value = bar[self.index]
+    def update(self, rows: np.ndarray, inputs: tuple) -> None:
+        self.value = inputs[self.index]
 
 
 class _Fn(_Node):
-    def __init__(self, f: Callable[..., float], srcs: tuple[_Node, ...]):
+    def __init__(self, f: Callable[..., np.ndarray], srcs: tuple[_Node, ...]):
         self.f, self.srcs = f, srcs
 
-    def update(self, bar: tuple) -> None:
-        self.value = float(self.f(*[s.value for s in self.srcs]))
+    def update(self, rows: np.ndarray, inputs: tuple) -> None:
+        self.value = np.asarray(self.f(*[s.value for s in self.srcs]), dtype=np.float64)
 
 
 class _Lag(_Node):
@@ -249,142 +381,64 @@ class _Lag(_Node):
 
     def __init__(self, src: _Node, k: int):
         self.src, self.k = src, k
-        self.ring: deque[float] = deque(maxlen=k + 1)
+        src.need(k + 1)
 
-    def update(self, bar: tuple) -> None:
-        self.ring.append(self.src.value)
-        self.value = self.ring[0] if len(self.ring) > self.k else NAN
+    def update(self, rows: np.ndarray, inputs: tuple) -> None:
+        src = self.src
+        self.value = src.hist[src.depth - 1 - self.k, rows].astype(np.float64)
 
 
 class _WindowSum(_Node):
-    """Sum of the last ``w`` source values, optionally weighted ``decay ** age`` normalised to
-    sum to 1 (the windowed EMA). NaN until ``w`` consecutive finite values have been seen."""
+    """Sum of the last ``w`` source values, optionally weighted by age (``weights[0]`` for the
+    newest), accumulated newest first from zero like :func:`models.features._window_sum`."""
 
-    def __init__(self, src: _Node, w: int, decay: float | None = None):
-        self.src, self.w, self.decay = src, w, decay
-        self.ring: deque[float] = deque(maxlen=w)
-        if decay is None:
-            self.weights = None
-        else:
-            weights = decay ** np.arange(w)  # as in models.features._ewm_window
-            self.weights = [float(x) for x in weights / weights.sum()]
-            self.w0 = self.weights[0]
-            self.w_out = self.weights[0] * decay ** w  # weight of the value leaving, rescaled
-        self.run = 0  # consecutive finite inputs
-        self.since_exact = 0
-        self.total = NAN
+    def __init__(self, src: _Node, w: int, weights: np.ndarray | None = None):
+        self.src, self.w = src, w
+        self.weights = None if weights is None else weights[::-1, None].copy()  # oldest first
+        src.need(w)
 
-    def update(self, bar: tuple) -> None:
-        x = self.src.value
-        old = self.ring[0] if len(self.ring) == self.w else NAN
-        self.ring.append(x)
-        if not math.isfinite(x):
-            self.run, self.value, self.total = 0, (x if x != x else NAN), NAN
-            return
-        self.run += 1
-        if self.run < self.w:
-            self.value = NAN
-            return
-        self.since_exact += 1
-        if self.run == self.w or self.since_exact >= self.w:
-            self.total = self._exact()
-        elif self.decay is None:
-            self.total = self.total + x - old
-        else:
-            self.total = self.decay * self.total + self.w0 * x - self.w_out * old
-        if not math.isfinite(self.total):
-            self.total = self._exact()
-        self.value = self.total
-
-    def _exact(self) -> float:
-        """The batch's own evaluation order: newest first, starting from zero."""
-        self.since_exact = 0
-        acc = 0.0
-        ring = self.ring
-        if self.weights is None:
-            for age in range(self.w):
-                acc += ring[-1 - age]
-        else:
-            for age, wt in enumerate(self.weights):
-                acc += wt * ring[-1 - age]
-        return acc
+    def update(self, rows: np.ndarray, inputs: tuple) -> None:
+        win = self.src.window(rows, self.w)
+        if self.weights is not None:
+            win = win * self.weights  # each term as the batch's ``weights[age] * seg``
+        self.value = _sum_newest_first(win)
 
 
 class _WindowStd(_Node):
-    """Standard deviation of the last ``w`` source values (``ddof`` 0 or 1), sliding Welford."""
+    """Standard deviation of the last ``w`` source values (``ddof`` 0 or 1), evaluated as
+    :func:`models.features._window_std`: the window's mean, then squared deviations."""
 
     def __init__(self, src: _Node, w: int, ddof: int):
         self.src, self.w, self.ddof = src, w, ddof
-        self.ring: deque[float] = deque(maxlen=w)
-        self.run = 0
-        self.since_exact = 0
-        self.mean = self.m2 = NAN
+        src.need(w)
 
-    def update(self, bar: tuple) -> None:
-        x = self.src.value
-        old = self.ring[0] if len(self.ring) == self.w else NAN
-        self.ring.append(x)
-        if not math.isfinite(x):
-            self.run, self.value = 0, (x if x != x else NAN)
+    def update(self, rows: np.ndarray, inputs: tuple) -> None:
+        w = self.w
+        if w - self.ddof <= 0:
+            self.value = np.full(len(rows), NAN)
             return
-        self.run += 1
-        if self.run < self.w or self.w - self.ddof <= 0:
-            self.value = NAN
-            return
-        self.since_exact += 1
-        if self.run == self.w or self.since_exact >= self.w:
-            self._exact()
-        else:
-            mean = self.mean + (x - old) / self.w
-            self.m2 += (x - old) * (x - mean + old - self.mean)
-            self.mean = mean
-            # Nearly constant window: the recursion's rounding is as large as the variance.
-            if not (self.m2 > 1e-9 * self.w * self.mean * self.mean) or not math.isfinite(
-                    self.m2):
-                self._exact()
-        self.value = math.sqrt(max(self.m2, 0.0) / (self.w - self.ddof))
+        win = self.src.window(rows, w)
+        mean = _sum_newest_first(win) / w
+        d = win - mean
+        self.value = np.sqrt(_sum_newest_first(d * d) / (w - self.ddof))
 
-    def _exact(self) -> None:
-        """As :func:`models.features._window_std`: mean of the window, then squared
-        deviations, both summed newest first."""
-        self.since_exact = 0
-        ring, w = self.ring, self.w
-        acc = 0.0
-        for age in range(w):
-            acc += ring[-1 - age]
-        mean = acc / w
-        m2 = 0.0
-        for age in range(w):
-            d = ring[-1 - age] - mean
-            m2 += d * d
-        self.mean, self.m2 = mean, m2
+
+def _sum_newest_first(win: np.ndarray) -> np.ndarray:
+    """Column sums of ``win`` (oldest value first in each column) in the batch's order: from zero,
+    newest value first, one addition at a time. ``np.add.accumulate`` is sequential by
+    definition (``np.sum`` may sum pairwise), so this is the batch's result bit for bit; the
+    final ``+ 0.0`` turns the ``-0.0`` a sum of negative zeros gives into the batch's ``0.0``.
+    """
+    return np.add.accumulate(win[::-1], axis=0)[-1] + 0.0
 
 
 # ---------------------------------------------------------------------------------------------
-# Scalar forms of the batch's NumPy expressions (NumPy divides by zero to inf/NaN; Python raises)
+# The batch's element-wise expressions that need more than one operator
 
-def _div(a: float, b: float) -> float:
-    if b != 0.0 or b != b:
-        return a / b if b == b else NAN
-    if a != a or a == 0.0:
-        return NAN
-    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+def _zscore(v: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return np.where(std == 0.0, 0.0, (v - mean) / std)
 
 
-def _log(x: float) -> float:
-    if x > 0.0:
-        return math.log(x)
-    return -math.inf if x == 0.0 else NAN
-
-
-def _zscore(v: float, mean: float, std: float) -> float:
-    if std == 0.0:
-        return 0.0
-    return _div(v - mean, std)
-
-
-def _rsi_value(up: float, down: float) -> float:
+def _rsi_value(up: np.ndarray, down: np.ndarray) -> np.ndarray:
     total = up + down
-    if total == 0.0:
-        return 50.0
-    return _div(100.0 * up, total)
+    return np.where(total == 0.0, 50.0, 100.0 * up / total)

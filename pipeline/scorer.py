@@ -240,11 +240,19 @@ class Scorer(Worker):
                 if time.monotonic() > deadline:
                     self._deferred[key] = items
                     continue
-                self.series.get(key, first_ts=items[0][0].ts)
+                self.series.load(key, first_ts=items[0][0].ts)
             self._deferred.pop(key, None)
             ready[key] = items
+        self.series.warm_loaded()  # the series loaded above, in one pass
         work = [w for key, items in ready.items()
-                if (w := self._prepare_series(key, items)) is not None]
+                if (w := self._fresh_bars(key, items)) is not None]
+        tally: Counter[str] = Counter()
+        feature_rows = self.series.advance([(w.state, [bar for bar, _ in w.fresh])
+                                            for w in work])
+        for w, rows in zip(work, feature_rows):
+            self._rows_to_predict(w, rows, tally)
+        for name, n in tally.items():
+            self.count(name, n)
         by_model: dict[str, list[tuple[SeriesWork, int]]] = {}
         for w in work:
             for i in w.rows:
@@ -254,36 +262,49 @@ class Scorer(Worker):
         for w in work:
             self._settle_and_book(w)
 
-    def _prepare_series(self, key: SeriesKey,
-                        items: list[tuple[Bar, int | None]]) -> "SeriesWork | None":
-        """The series' new bars through its streaming features, and the rows to predict."""
+    def _fresh_bars(self, key: SeriesKey,
+                    items: list[tuple[Bar, int | None]]) -> "SeriesWork | None":
+        """The series' bars not seen before (a replay or an out-of-order bar is skipped)."""
         state = self.series.get(key, first_ts=items[0][0].ts)
-        w = SeriesWork(state, self.champions.model_for(*key))
-        model = w.model
-        if model is not None:
-            cols = self.series.features.columns(model.features)
-            last_pred = self.series.last_predicted(state, key, model.version_id)
-            train_end = model.meta.get("train_end_ms")
+        w = SeriesWork(state, self.champions.model_for(*key), key)
+        last, replayed = state.last_ts, 0
         for bar, produced in items:
-            if state.last_ts is not None and bar.ts <= state.last_ts:
-                self.count("replayed")  # already seen (a replay) or out of order
+            if last is not None and bar.ts <= last:
+                replayed += 1  # already seen (a replay) or out of order
                 continue
-            row = state.update(bar)
-            i = len(w.fresh)
             w.fresh.append((bar, produced))
-            if model is None:
-                self.count("no_model")
-            elif train_end is not None and bar.ts < train_end:
-                self.count("before_training_end")  # its target was in the training data
-            elif last_pred is not None and bar.ts <= last_pred:
-                self.count("already_predicted")
-            else:
-                w.rows[i] = row[cols]
+            last = bar.ts
+        if replayed:
+            self.count("replayed", replayed)
         if not w.fresh:
             return None
         self._intervals[key[1]] += len(w.fresh)
         self._last_bar_ts = max(self._last_bar_ts or 0, w.fresh[-1][0].ts)
         return w
+
+    def _rows_to_predict(self, w: "SeriesWork", rows: np.ndarray, tally: Counter) -> None:
+        """Which of the series' new bars get a prediction, and their model's feature rows
+        (``rows``: the bars' rows of the scorer's feature set)."""
+        model = w.model
+        if model is None:
+            tally["no_model"] += len(w.fresh)
+            return
+        cols = self.series.features.columns(model.features)
+        last_pred = self.series.last_predicted(w.state, w.key, model.version_id)
+        train_end = model.meta.get("train_end_ms")
+        for i, (bar, _) in enumerate(w.fresh):
+            if train_end is not None and bar.ts < train_end:
+                tally["before_training_end"] += 1  # its target was in the training data
+            elif last_pred is not None and bar.ts <= last_pred:
+                tally["already_predicted"] += 1
+            else:
+                w.rows[i] = self._model_row(w, i, rows[i], cols)
+
+    def _model_row(self, w: "SeriesWork", i: int, row: np.ndarray, cols: np.ndarray
+                   ) -> np.ndarray:
+        """The model's input for ``w.fresh[i]``: its columns of the bar's feature row. The
+        place to fill in features that do not come from the bars (e.g. per-series extras)."""
+        return row[cols]
 
     def _predict(self, group: list[tuple["SeriesWork", int]]) -> None:
         """One ``predict`` for every row of one model in this poll."""

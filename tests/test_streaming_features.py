@@ -1,5 +1,6 @@
-"""Streaming features equal the batch features (the definition) to 1e-12, bar by bar and after
-a restart that rebuilds the state from the store."""
+"""Streaming features equal the batch features (the definition) to 1e-12: one series bar by
+bar, many series updated together in irregular layers (as the scorer polls them), and after a
+restart that rebuilds the state from the store."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from models.features import all_features, compute_features, max_lookback
-from models.streaming import StreamingFeatures
+from models.streaming import FeatureBank, FeatureSet, StreamingFeatures, has_streaming_form
 from pipeline.schema import Bar
 
 # Every listed feature plus other windows of each parametrised family.
@@ -48,14 +49,52 @@ def assert_same(got: np.ndarray, want: np.ndarray, names: list[str]) -> None:
                                    err_msg=name)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_every_streaming_feature_equals_batch_on_a_long_series(seed):
-    frame = random_bars(20_000, seed, flat_volume_at=5_000)
+def test_one_series_bar_by_bar_equals_batch():
+    frame = random_bars(2_500, 0, flat_volume_at=1_000)
     want = compute_features(frame, FEATURES).to_numpy()
     got = stream(frame, FEATURES)
     assert_same(got, want, FEATURES)
     lookback = max_lookback(FEATURES)
     assert not np.isnan(got[lookback - 1:]).any()  # warm-up ends exactly at the lookback
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_many_series_in_irregular_layers_equal_batch(seed):
+    """Series of different lengths, each poll holding 0, 1 or several bars of a series, in a
+    shuffled slot order; slots added while others are running (the bank grows)."""
+    rng = np.random.default_rng(100 + seed)
+    n_series = 12
+    frames = [random_bars(int(rng.integers(1_500, 3_000)), 10 * seed + i,
+                          flat_volume_at=500 if i % 3 == 0 else None) for i in range(n_series)]
+    bank = FeatureBank(FEATURES, capacity=2)
+    slots: dict[int, int] = {}
+    pos = [0] * n_series
+    got = [np.full((len(f), len(FEATURES)), -1.0) for f in frames]
+    step = 0
+    while any(p < len(f) for p, f in zip(pos, frames)):
+        step += 1
+        ready = [i for i in range(n_series) if pos[i] < len(frames[i])
+                 and (i in slots or step > 40 * i)]  # series join over time
+        for i in ready:
+            if i not in slots:
+                slots[i] = bank.add_slot()
+        per_poll = {i: int(rng.choice([0, 1, 1, 1, 2, 3])) for i in ready}
+        for k in range(max(per_poll.values(), default=0)):  # layer k: the k-th bar of each
+            layer = [i for i in ready if per_poll[i] > k and pos[i] < len(frames[i])]
+            rng.shuffle(layer)
+            if not layer:
+                continue
+            rows = [frames[i].iloc[pos[i]] for i in layer]
+            out = bank.update([slots[i] for i in layer], [r.ts for r in rows],
+                              [r.open for r in rows], [r.high for r in rows],
+                              [r.low for r in rows], [r.close for r in rows],
+                              [r.volume for r in rows])
+            for j, i in enumerate(layer):
+                got[i][pos[i]] = out[j]
+                pos[i] += 1
+    assert bank.size == n_series and bank.capacity >= n_series
+    for i, frame in enumerate(frames):
+        assert_same(got[i], compute_features(frame, FEATURES).to_numpy(), FEATURES)
 
 
 def test_restart_rebuilds_state_from_the_store(sqlite_store):
@@ -68,10 +107,43 @@ def test_restart_rebuilds_state_from_the_store(sqlite_store):
                                      limit=max_lookback(FEATURES))
     restarted = StreamingFeatures(FEATURES).warm(stored.itertuples(index=False))
     assert restarted.last_ts == int(frame["ts"].iloc[k - 1])
-    got = stream(frame.iloc[k:], FEATURES, restarted)
-    assert_same(got, want[k:], FEATURES)
+    got = stream(frame.iloc[k:k + 600], FEATURES, restarted)
+    assert_same(got, want[k:k + 600], FEATURES)
 
 
-def test_unknown_feature_is_refused():
+def test_bank_warm_rebuilds_many_series_at_once_and_a_reset_slot_starts_over():
+    frames = [random_bars(700, 30 + i) for i in range(4)]
+    lookback = max_lookback(FEATURES)
+    bank = FeatureBank(FEATURES)
+    slots = [bank.add_slot() for _ in frames]
+    k = [400, 450, 500, 650]
+    bank.warm({s: list(f.iloc[k[i] - lookback:k[i]].itertuples(index=False))
+               for i, (s, f) in enumerate(zip(slots, frames))})
+    assert [int(bank.last_ts[s]) for s in slots] == [int(f["ts"].iloc[k[i] - 1])
+                                                    for i, f in enumerate(frames)]
+    for i, (s, f) in enumerate(zip(slots, frames)):
+        want = compute_features(f, FEATURES).to_numpy()
+        r = f.iloc[k[i]]
+        got = bank.update([s], [r.ts], [r.open], [r.high], [r.low], [r.close], [r.volume])
+        assert_same(got, want[k[i]:k[i] + 1], FEATURES)
+    bank.reset_slot(slots[0])
+    r = frames[0].iloc[0]
+    again = bank.update([slots[0]], [r.ts], [r.open], [r.high], [r.low], [r.close],
+                        [r.volume])
+    assert_same(again, compute_features(frames[0], FEATURES).to_numpy()[:1], FEATURES)
+
+
+def test_feature_set_places_each_models_columns():
+    fs = FeatureSet(["close", "ret_1", "rsi_14"])
+    assert fs.columns(["rsi_14", "close"]).tolist() == [2, 0]
+    assert [fs.new_slot(), fs.new_slot()] == [0, 1]
+
+
+def test_unknown_and_news_features_are_refused():
     with pytest.raises(ValueError, match="unknown feature"):
         StreamingFeatures(["close", "nope_3"])
+    news = [f for f in __import__("models.features", fromlist=["FEATURE_GROUPS"])
+            .FEATURE_GROUPS["sentiment"]]
+    assert news and not has_streaming_form(news[0]) and has_streaming_form("rsi_14")
+    with pytest.raises(ValueError, match="news"):
+        FeatureBank(["close", news[0]])
