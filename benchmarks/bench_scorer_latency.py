@@ -10,7 +10,8 @@ the background). After the champion is live, predictions are measured for ``--se
 
 ``--symbols`` takes a comma-separated list: one fresh broker/store/pipeline per count, run one
 after the other. ``--profile`` runs cProfile in the scorer's thread and prints its top lines
-(by own time) to stderr; profile runs are slower, so take figures from runs without it.
+(by own time, then cumulative) over the measured window to stderr; profile runs are slower,
+so take figures from runs without it.
 
 Prints ONE JSON line: ``runs``, one entry per symbol count, each with
 - ``latency_ms``: p50/p95/p99/max of ``latency_ms`` stored with each prediction made in the
@@ -27,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +60,8 @@ def main() -> int:
                     help="keep the data directory (store, broker log) for inspection")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the scorer thread; top lines to stderr")
+    ap.add_argument("--profile-out", default=None,
+                    help="with --profile: also save the profile to this file (pstats)")
     args = ap.parse_args()
     quiet_kafka_logs()
     runs = []
@@ -83,8 +87,9 @@ def run_once(args, n_symbols: int) -> dict:
         indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="bench-indexer")).start()
         scorer_w = Scorer(store, info.bootstrap, group_id="bench-scorer", bootstrap_check_s=1.0,
                           policy=RetrainPolicy(every_bars=args.retrain_every))
-        if args.profile:
-            _profile_run(scorer_w)
+        measuring = threading.Event()
+        profile = (_profile_run(scorer_w, measuring, args.profile_out) if args.profile
+                   else None)
         scorer = WorkerThread(scorer_w).start()
         workers += [indexer, scorer]
         _wait(lambda: "lag" in scorer_w.stats(history=False)["gauges"], 60, "scorer join")
@@ -92,16 +97,20 @@ def run_once(args, n_symbols: int) -> dict:
                                  fast_bars=args.warmup_bars)
         producer = WorkerThread(Producer(source, info.bootstrap, store=store, live=True)).start()
         workers.append(producer)
-        _wait(lambda: get_champion(store) is not None, 120, "the default champion")
+        _wait(lambda: get_champion(store) is not None, 300, "the default champion")
         # Let the backlog (bars that arrived before the champion) drain, then measure.
         _wait(lambda: (scorer_w.stats(history=False)["gauges"].get("lag", 1e9) < n_symbols
                        and scorer_w.stats(history=False)["counters"]["predictions"] > 0),
-              180, "the scorer to catch up")
+              300, "the scorer to catch up")
         time.sleep(2.0)
         t0 = int(time.time() * 1000)
+        measuring.set()
         time.sleep(args.seconds)
+        measuring.clear()
         t1 = int(time.time() * 1000)
         snap = scorer_w.stats(history=False)
+        if profile is not None:
+            profile()
     finally:
         for wt in reversed(workers):
             wt.stop(20)
@@ -134,23 +143,33 @@ def run_once(args, n_symbols: int) -> dict:
     return out
 
 
-def _profile_run(worker) -> None:
-    """Wrap the worker's ``run`` so cProfile records the scorer thread only."""
+def _profile_run(worker, measuring: threading.Event, out: str | None = None):
+    """cProfile the scorer thread while ``measuring`` is set (the measured window only, not
+    the start-up and catch-up). Returns the function that prints its top lines to stderr
+    once the window is over."""
     import cProfile
     import pstats
 
-    inner = worker.run
+    prof = cProfile.Profile()
+    inner_tick = worker.tick
+    on = [False]
 
-    def run(stop):
-        prof = cProfile.Profile()
-        prof.enable()
-        try:
-            inner(stop)
-        finally:
-            prof.disable()
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+    def tick(force: bool = False) -> None:  # called by the scorer's loop once per poll
+        if measuring.is_set() != on[0]:
+            on[0] = not on[0]
+            prof.enable() if on[0] else prof.disable()
+        inner_tick(force)
 
-    worker.run = run
+    def report() -> None:
+        _wait(lambda: not on[0], 30, "the profiler to stop")
+        if out:
+            prof.dump_stats(out)
+        stats = pstats.Stats(prof, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(30)
+
+    worker.tick = tick
+    return report
 
 
 def _percentiles(x: np.ndarray) -> dict:
