@@ -1,12 +1,18 @@
 """Live scoring latency: bar produced to Kafka → prediction stored, under a steady live feed.
 
     python benchmarks/bench_scorer_latency.py [--symbols 50,500] [--seconds 60] [--retrain-every 1000]
+                                              [--processes] [--profile [--profile-out FILE]]
 
 Everything real and in one process, as the dashboard runs it: the embedded broker (TCP on
-loopback), the simulator producing ``--symbols`` symbols with one 1m bar per second each (after
+loopback; the broker itself is its own binary), the simulator producing ``--symbols`` symbols with one 1m bar per second each (after
 an instant warm-up history), the indexer into a fresh SQLite file, and the scorer (which trains
 its default model on the warm-up, then predicts every live bar and retrains on its schedule in
 the background). After the champion is live, predictions are measured for ``--seconds``.
+
+``--processes`` runs the scorer as an OS process of its own instead (as the Procfile runs the
+workers; same scorer and retrain policy), so it shares no interpreter lock with the producer
+and the indexer; its stats come from its heartbeats in the store. Latency is measured the same
+way in both modes, from the stored predictions.
 
 ``--symbols`` takes a comma-separated list: one fresh broker/store/pipeline per count, run one
 after the other. ``--profile`` runs cProfile in the scorer's thread and prints its top lines
@@ -26,6 +32,8 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -62,7 +70,16 @@ def main() -> int:
                     help="cProfile the scorer thread; top lines to stderr")
     ap.add_argument("--profile-out", default=None,
                     help="with --profile: also save the profile to this file (pstats)")
+    ap.add_argument("--processes", action="store_true",
+                    help="run the scorer as an OS process of its own (default: a thread of "
+                         "this process, next to the indexer and the producer)")
+    ap.add_argument("--scorer-child", nargs=2, metavar=("DB", "BOOTSTRAP"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.scorer_child:
+        return scorer_child(*args.scorer_child, args.retrain_every)
+    if args.processes and args.profile:
+        ap.error("--profile profiles the scorer thread of this process; leave out --processes")
     quiet_kafka_logs()
     runs = []
     for n in [int(x) for x in str(args.symbols).split(",") if x.strip()]:
@@ -70,7 +87,9 @@ def main() -> int:
             runs.append(run_once(args, n))
         except TimedOut as exc:  # report it and go on with the next count
             runs.append({"symbols": n, "failed": str(exc)})
-    print(json.dumps({"bench": "scorer_latency", "runs": runs, "cpus": os.cpu_count(),
+    print(json.dumps({"bench": "scorer_latency", "runs": runs,
+                      "scorer": "process" if args.processes else "thread",
+                      "cpus": os.cpu_count(),
                       "loadavg_1m": round(os.getloadavg()[0], 2)}))
     return 0
 
@@ -83,35 +102,50 @@ def run_once(args, n_symbols: int) -> dict:
     info = broker.start(reuse=False)
     symbols = [f"S{i:03d}" for i in range(n_symbols)]
     workers: list[WorkerThread] = []
+    child = None
     try:
         indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="bench-indexer")).start()
-        scorer_w = Scorer(store, info.bootstrap, group_id="bench-scorer", bootstrap_check_s=1.0,
-                          policy=RetrainPolicy(every_bars=args.retrain_every))
+        workers.append(indexer)
         measuring = threading.Event()
-        profile = (_profile_run(scorer_w, measuring, args.profile_out) if args.profile
-                   else None)
-        scorer = WorkerThread(scorer_w).start()
-        workers += [indexer, scorer]
-        _wait(lambda: "lag" in scorer_w.stats(history=False)["gauges"], 60, "scorer join")
+        profile = None
+        if args.processes:  # the scorer in an OS process of its own, as the Procfile runs it
+            child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                      "--scorer-child", str(work / "kappalab.sqlite"),
+                                      info.bootstrap, "--retrain-every",
+                                      str(args.retrain_every)], stdout=sys.stderr)
+            scorer_stats = lambda: _child_stats(store, child)  # noqa: E731
+        else:
+            scorer_w = _bench_scorer(store, info.bootstrap, args.retrain_every)
+            if args.profile:
+                profile = _profile_run(scorer_w, measuring, args.profile_out)
+            workers.append(WorkerThread(scorer_w).start())
+            scorer_stats = lambda: scorer_w.stats(history=False)  # noqa: E731
+        _wait(lambda: "lag" in scorer_stats()["gauges"], 90, "scorer join")
         source = MarketSimulator(symbols=symbols, interval="1m", seed=7, speed=60.0,
                                  fast_bars=args.warmup_bars)
         producer = WorkerThread(Producer(source, info.bootstrap, store=store, live=True)).start()
         workers.append(producer)
         _wait(lambda: get_champion(store) is not None, 300, "the default champion")
         # Let the backlog (bars that arrived before the champion) drain, then measure.
-        _wait(lambda: (scorer_w.stats(history=False)["gauges"].get("lag", 1e9) < n_symbols
-                       and scorer_w.stats(history=False)["counters"]["predictions"] > 0),
+        _wait(lambda: (scorer_stats()["gauges"].get("lag", 1e9) < n_symbols
+                       and scorer_stats()["counters"]["predictions"] > 0),
               300, "the scorer to catch up")
         time.sleep(2.0)
         t0 = int(time.time() * 1000)
+        print(f"measuring {n_symbols} symbols for {args.seconds:g} s (pid "
+              f"{child.pid if child else os.getpid()})", file=sys.stderr, flush=True)
         measuring.set()
         time.sleep(args.seconds)
         measuring.clear()
         t1 = int(time.time() * 1000)
-        snap = scorer_w.stats(history=False)
+        if child is not None:
+            time.sleep(2.5)  # one more heartbeat
+        snap = scorer_stats()
         if profile is not None:
             profile()
     finally:
+        if child is not None:
+            _stop_child(child)
         for wt in reversed(workers):
             wt.stop(20)
         broker.stop()
@@ -141,6 +175,44 @@ def run_once(args, n_symbols: int) -> dict:
     else:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _bench_scorer(store, bootstrap: str, retrain_every: int, mode: str = "thread") -> Scorer:
+    return Scorer(store, bootstrap, group_id="bench-scorer", bootstrap_check_s=1.0,
+                  policy=RetrainPolicy(every_bars=retrain_every), mode=mode)
+
+
+def scorer_child(db: str, bootstrap: str, retrain_every: int) -> int:
+    """``--processes``: the scorer process (what ``python -m pipeline score`` runs, with the
+    benchmark's retrain policy) until SIGTERM; its stats reach the parent as heartbeats."""
+    from pipeline.cli_support import run_worker
+
+    quiet_kafka_logs()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    store = SqliteStore(Path(db))
+    run_worker(_bench_scorer(store, bootstrap, retrain_every, mode="process"), stop)
+    store.close()
+    return 0
+
+
+def _child_stats(store, child) -> dict:
+    """The scorer process's last heartbeat (every 2 s), or empty stats before the first."""
+    if child.poll() is not None:
+        raise TimedOut(f"the scorer process exited with code {child.returncode}")
+    beats = [b for b in store.list_heartbeats() if b.get("kind") == "scorer"]
+    if not beats:
+        return {"gauges": {}, "counters": {}}
+    return max(beats, key=lambda b: b.get("created_ms", 0))
+
+
+def _stop_child(child) -> None:
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(60)
+    except subprocess.TimeoutExpired:
+        child.kill()  # by its own PID
+        child.wait(10)
 
 
 def _profile_run(worker, measuring: threading.Event, out: str | None = None):

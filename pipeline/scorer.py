@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -114,7 +115,7 @@ class Scorer(Worker):
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
-        self._new_ids: set[str] = set()
+        self._new: list[Prediction] = []  # the outbox's new predictions (not settlements)
         self._intervals: Counter[str] = Counter()
         self._last_bar_ts: int | None = None
         self._last_gauges = self._last_error_gauge = 0.0
@@ -257,8 +258,6 @@ class Scorer(Worker):
                                             for w in work])
         for w, rows in zip(work, feature_rows):
             self._rows_to_predict(w, rows, tally)
-        for name, n in tally.items():
-            self.count(name, n)
         by_model: dict[str, list[tuple[SeriesWork, int]]] = {}
         for w in work:
             for i in w.rows:
@@ -266,7 +265,9 @@ class Scorer(Worker):
         for group in by_model.values():
             self._predict(group)
         for w in work:
-            self._settle_and_book(w)
+            self._settle_and_book(w, tally)
+        for name, n in tally.items():
+            self.count(name, n)
 
     def _fresh_bars(self, key: SeriesKey,
                     items: list[tuple[Bar, int | None]]) -> "SeriesWork | None":
@@ -320,40 +321,44 @@ class Scorer(Worker):
         for (w, i), value in zip(group, y):
             w.predicted[i] = float(value)
 
-    def _settle_and_book(self, w: "SeriesWork") -> None:
+    def _settle_and_book(self, w: "SeriesWork", tally: Counter) -> None:
         """Progressive validation, in bar order: score what each bar settles, then predict."""
-        state, model = w.state, w.model
+        state, model, book = w.state, w.model, w.state.book
+        settle, queue_ = self.scoreboard.settle, self._queue
+        n_new = 0
         for i, (bar, produced) in enumerate(w.fresh):
-            for p in state.book.due(bar):
-                self._queue(self.scoreboard.settle(p, bar))
-                self.count("scored")
+            if book.pending:
+                for p in book.due(bar):
+                    queue_(settle(p, bar))
+                    tally["scored"] += 1
             value = w.predicted.get(i)
             if value is None:
                 continue
-            if not np.isfinite(value):
-                self.count("warming_up")  # the features are not warm yet
+            if not math.isfinite(value):
+                tally["warming_up"] += 1  # the features are not warm yet
                 continue
             h = model.horizon
             p = PlainPrediction(model.version_id, bar.symbol, bar.interval,
-                           bar.ts + h * interval_ms(bar.interval), bar.ts, model.target, value,
-                           bar.close, produced_ms=produced)
-            state.book.add(p, h)
-            self._queue(p, new=True)
-            self.scheduler.predicted(model.version_id)
+                                bar.ts + h * interval_ms(bar.interval), bar.ts, model.target,
+                                value, bar.close, produced_ms=produced)
+            book.add(p, h)
+            queue_(p, new=True)
+            n_new += 1
+        if n_new:
+            self.scheduler.predicted(model.version_id, n_new)
 
     def _queue(self, p: Prediction, new: bool = False) -> None:
         self._outbox[p.doc_id] = p
         if new:
-            self._new_ids.add(p.doc_id)
+            self._new.append(p)
 
     def _write_outbox(self, publisher) -> bool:
         """Store the poll's new and scored predictions, then publish them; False on failure."""
         preds = list(self._outbox.values())
         t0 = now_ms()
-        for p in preds:
-            if p.doc_id in self._new_ids:
-                p.stored_ms = t0
-                p.latency_ms = float(t0 - p.produced_ms) if p.produced_ms else None
+        for p in self._new:
+            p.stored_ms = t0
+            p.latency_ms = float(t0 - p.produced_ms) if p.produced_ms else None
         try:
             self.store.upsert_predictions(preds)
         except Exception as exc:
@@ -361,18 +366,15 @@ class Scorer(Worker):
             self.error(f"predictions not stored, will retry: {type(exc).__name__}: {exc}")
             return False
         acked = now_ms()
-        n_new = 0
-        for p in preds:
-            if p.doc_id in self._new_ids:
-                n_new += 1
-                if p.produced_ms:
-                    self._latency.append(acked - p.produced_ms)
+        n_new = len(self._new)
+        self._latency.extend(acked - p.produced_ms for p in self._new if p.produced_ms)
         self.count("predictions", n_new)
         self.gauge("last_batch", {"written": len(preds), "new": n_new,
                                   "scored": len(preds) - n_new, "store_ms": acked - t0})
         if publisher is not None:  # as stored now: a settled one may change later
-            publisher.put([{**p.to_dict(), "doc_id": p.doc_id} for p in preds])
-        self._outbox, self._new_ids = {}, set()
+            publisher.put([{**p.to_dict(), "doc_id": doc_id}
+                           for doc_id, p in self._outbox.items()])
+        self._outbox, self._new = {}, []
         return True
 
     def _on_publish_error(self, exc: Exception) -> None:
