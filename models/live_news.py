@@ -280,3 +280,21 @@ def _horizon_bars(names: Iterable[str]) -> int:
 def _as_item(symbol: str, entry: tuple[int, float, float]) -> dict[str, Any]:
     ts, score, rel = entry
     return {"symbol": symbol, "ts": ts, "sentiment_score": score, "relevance": rel}
+
+
+def extra_features_note(gauge: dict[str, Any] | None) -> str | None:
+    """One sentence on the scorer's live sentiment (its ``extra_features`` gauge), or None when
+    no champion uses it: how many items it has read and how many came too late for their bar."""
+    g = (gauge or {}).get("sentiment") or {}
+    if not g.get("names"):
+        return None
+    read, late, bad = g.get("read", 0), g.get("late", 0), g.get("invalid", 0)
+    note = (f"Sentiment features ({', '.join(g['names'])}) are computed live from the news "
+            f"stream: {g.get('from_store', 0):,} stored items loaded at start, {read:,} read "
+            f"from the topic ({g.get('duplicates', 0):,} already seen)")
+    if late:
+        note += (f"; {late:,} arrived after the bar they belong to had been predicted, so that "
+                 "prediction went without them (later bars include them)")
+    if bad:
+        note += f"; {bad:,} unreadable items skipped (see the news dead-letter queue)"
+    return note + "."

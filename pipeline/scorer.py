@@ -424,6 +424,8 @@ class Scorer(Worker):
         elif (m := self.champions.main()) is not None:
             self._status = (f"predicting {m.target} with {m.version_id} "
                             f"({m.meta.get('name')})")
+            if any(map(self.extras.claims, m.features)):
+                self._status += ", with sentiment from the news stream"
         log.debug("scorer status: %s", self._status)
 
     def _collect_outcomes(self) -> None:
