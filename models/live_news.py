@@ -107,18 +107,15 @@ class ExtraFeatures:
         ``bar_names``) and the providers' values."""
         key = (tuple(features), tuple(bar_names))
         layout = self._layouts.get(key)
-        if layout is None:
+        if layout is None:  # positions in [bar row..., provider values...]
             pos = {n: i for i, n in enumerate(bar_names)}
-            bar_at = np.array([j for j, f in enumerate(features) if f in pos], dtype=int)
-            bar_from = np.array([pos[f] for f in features if f in pos], dtype=int)
-            others = [(j, f) for j, f in enumerate(features) if f not in pos]
-            layout = self._layouts[key] = (bar_at, bar_from, others)
-        bar_at, bar_from, others = layout
-        out = np.empty(len(features))
-        out[bar_at] = bar_row[bar_from]
-        for j, f in others:
-            out[j] = extra.get(f, np.nan)  # NaN: not computed, the model then skips the row
-        return out
+            others = [f for f in features if f not in pos]
+            at = {f: len(bar_names) + j for j, f in enumerate(others)}
+            layout = self._layouts[key] = (
+                np.array([pos[f] if f in pos else at[f] for f in features], dtype=int), others)
+        take, others = layout
+        # NaN for a value not computed: the model then skips the row (as during warm-up)
+        return np.concatenate((bar_row, [extra.get(f, np.nan) for f in others]))[take]
 
     def gauge(self) -> dict[str, Any]:
         return {p.kind: p.gauge() for p in self.providers}
@@ -149,6 +146,7 @@ class LiveSentiment:
         self._symbols: set[str] = set()  # symbols with bars (warmed from the store)
         self._last_end: dict[str, int] = {}  # symbol -> latest bar end served
         self._step: dict[str, int] = {}  # symbol -> longest bar interval served (ms)
+        self._step_of: dict[str, int] = {}  # interval -> ms
         self._horizon_bars = _horizon_bars(SENTIMENT_GROUP)
 
     @staticmethod
@@ -254,7 +252,8 @@ class LiveSentiment:
             for symbol in self._symbols:
                 for entry in self._log.get(symbol, {}).values():
                     tracker.update_news(_as_item(symbol, entry))
-        step = interval_ms(bar.interval)
+        step = self._step_of.get(bar.interval) or self._step_of.setdefault(
+            bar.interval, interval_ms(bar.interval))
         if step > self._step.get(bar.symbol, 0):
             self._step[bar.symbol] = step
         end = bar.ts + step
