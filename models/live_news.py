@@ -144,6 +144,7 @@ class LiveSentiment:
         self._log: dict[str, dict[str, tuple[int, float, float]]] = {}  # symbol -> id -> item
         self._kept: dict[str, int] = {}  # symbol -> log size after its last pruning
         self._symbols: set[str] = set()  # symbols with bars (warmed from the store)
+        self._first_ts: dict[str, int] = {}  # symbol -> its first bar in this run
         self._last_end: dict[str, int] = {}  # symbol -> latest bar end served
         self._step: dict[str, int] = {}  # symbol -> longest bar interval served (ms)
         self._step_of: dict[str, int] = {}  # interval -> ms
@@ -158,18 +159,22 @@ class LiveSentiment:
         names = list(dict.fromkeys(names))
         if names == self.names:
             return
-        self.names = names
+        was_idle, self.names = not self.names, names
         self._trackers.clear()  # rebuilt from the log on the next bar of each interval
+        if not names:
+            return
         horizon = _horizon_bars([*names, *SENTIMENT_GROUP])
-        if horizon > self._horizon_bars:  # the log may be too short: reread the store
-            self._horizon_bars = horizon
+        if was_idle or horizon > self._horizon_bars:  # read the store (again, further back)
+            self._horizon_bars = max(horizon, self._horizon_bars)
             for symbol in self._symbols:
-                self._load_stored(symbol, self._last_end.get(symbol))
+                self._load_stored(symbol, self._last_end.get(symbol, self._first_ts[symbol]))
 
     def start_series(self, symbol: str, interval: str, first_ts: int) -> None:
         """A series' first bar in this run: the symbol's stored news joins the log (and the
-        trackers). Called before the bar is scored, so a restarted scorer matches the batch."""
+        trackers). Called before the bar is scored, so a restarted scorer matches the batch.
+        While no champion uses sentiment, the store is read only once one does."""
         step = interval_ms(interval)
+        self._first_ts.setdefault(symbol, int(first_ts))
         new_symbol = symbol not in self._symbols
         if not new_symbol and step <= self._step.get(symbol, 0):
             return
@@ -179,7 +184,8 @@ class LiveSentiment:
             for tracker in self._trackers.values():  # what the topic brought before its bars
                 for entry in self._log.get(symbol, {}).values():
                     tracker.update_news(_as_item(symbol, entry))
-        self._load_stored(symbol, first_ts)  # only items not seen yet reach the trackers
+        if self.names:
+            self._load_stored(symbol, first_ts)  # only items not seen yet reach the trackers
 
     def _load_stored(self, symbol: str, ref_ts: int | None) -> None:
         start = None

@@ -24,7 +24,7 @@ from models.adaptation import RetrainPolicy
 from models.features import compute_features
 from models.lab import LabConfig, run_comparison
 from models.lab_runs import save_version
-from models.live_news import LiveSentiment, extra_features_note
+from models.live_news import ExtraFeatures, LiveSentiment, extra_features_note
 from models.registry import load_model_version
 from models.sentiment import SENTIMENT_GROUP, sentiment_features
 from pipeline.broker import ensure_topics
@@ -95,6 +95,24 @@ def test_items_from_store_and_topic_count_once_and_equal_batch(sqlite_store):
     want = sentiment_features(bars, news, SENTIMENT_GROUP).to_numpy()
     np.testing.assert_allclose(np.array(got)[:, 1:], want, rtol=0, atol=1e-9)
     assert want[:, 2].sum() > 50  # news_count_10: there is news to get wrong
+
+
+def test_a_sentiment_champion_arriving_later_gets_the_stored_news(sqlite_store):
+    bars, news = simulated(200)
+    sqlite_store.upsert_news(news_items(news))
+    extras = ExtraFeatures([LiveSentiment(sqlite_store, topic="unused")])
+    extras.use(["ret_1"])  # no champion uses sentiment yet: nothing is read
+    objs = bar_objects(bars)
+    for bar in objs[:2]:
+        extras.start_series(bar.symbol, bar.interval, bar.ts)
+    live = extras.providers[0]
+    assert not extras.active and live.counts["from_store"] == 0
+    half = len(objs) // 2
+    extras.use(["ret_1", *SENTIMENT_GROUP])  # promoted mid-stream
+    assert live.counts["from_store"] == len(news)
+    got = np.array([list(extras.update(bar).values()) for bar in objs[half:]])
+    want = sentiment_features(bars, news, SENTIMENT_GROUP).to_numpy()[half:]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
 
 
 def test_scorer_without_news_refuses_a_sentiment_champion(sqlite_store):
@@ -198,9 +216,10 @@ def test_live_sentiment_equals_batch_across_a_restart(broker, topics, sqlite_sto
         served += list(second.served)
         assert second.counts["from_store"] > 0 and second.counts["invalid"] == 0
         assert second.counts["late"] == 1
-        gauges = scorer.worker.stats(history=False)["gauges"]
-        assert "with sentiment from the news stream" in gauges["status"]
-        assert "1 arrived after the bar" in extra_features_note(gauges["extra_features"])
+        gauges = lambda: scorer.worker.stats(history=False)["gauges"]  # noqa: E731
+        assert "with sentiment from the news stream" in gauges()["status"]
+        wait_for(lambda: "1 arrived after the bar" in (extra_features_note(
+            gauges().get("extra_features")) or ""), 10, "the gauges (published every second)")
         counters = scorer.worker.stats(history=False)["counters"]
     finally:
         producer.close()
