@@ -8,9 +8,10 @@ provider of its topic, and builds each champion's feature row (bar features and 
 features in the champion's order). Today one provider exists, :class:`LiveSentiment`; another
 one (fundamentals, say) needs the same small surface:
 
-``topic``, ``claims(name)``, ``consume(raw)`` (parse, count and skip a bad message, apply a good one), ``use(names)``,
-``names``, ``start_series(symbol, interval, first_ts)``, ``update_item(item)``, ``update(bar) -> dict``,
-``gauge() -> dict``.
+``kind``, ``topic``, ``claims(name)``, ``consume(raw)`` (parse; count and skip a bad message;
+apply a good one with ``update_item(item)``), ``use(names)``, ``names``,
+``start_series(symbol, interval, first_ts)`` (warm up from the store), ``update(bar) -> dict``
+and ``gauge() -> dict``. Adding one is a line in the scorer's ``ExtraFeatures([...])``.
 
 **Ordering.** A bar's sentiment is its news *published* before the bar's end (the as-of join of
 :mod:`models.sentiment`). Live, an item can only count once the scorer has read it: an item
@@ -29,7 +30,8 @@ from typing import Any, Iterable, Protocol
 
 import numpy as np
 
-from models.sentiment import SENTIMENT_GROUP, SentimentTracker, is_sentiment_feature, _parse
+from models.sentiment import SENTIMENT_GROUP, SentimentTracker, _parse, is_sentiment_feature
+from models.streaming import StreamingFeatures
 from pipeline.news import NEWS_TOPIC, NewsItem, parse_news
 from pipeline.schema import InvalidBar, interval_ms
 
@@ -71,6 +73,15 @@ class ExtraFeatures:
 
     def claims(self, name: str) -> bool:
         return any(p.claims(name) for p in self.providers)
+
+    def check(self, features: list[str]) -> None:
+        """ValueError naming a feature the scorer cannot compute live (the champions' check)."""
+        bar_names = self.split(features)
+        news = [f for f in bar_names if is_sentiment_feature(f)]
+        if news:
+            raise ValueError(f"its feature {news[0]} needs the news stream, which this scorer "
+                             "does not read (start it with a news topic)")
+        StreamingFeatures(bar_names)  # raises for a name without a streaming form
 
     def split(self, names: Iterable[str]) -> list[str]:
         """The names the bar state computes (the rest belongs to a provider)."""

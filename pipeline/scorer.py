@@ -10,6 +10,9 @@ A small worker loop. For each poll of bars (its own consumer group, next to the 
 3. store the new and the settled predictions in one batch (deterministic IDs), commit the
    offsets, then publish them to ``finance-predictions`` (a feed: the store is the record).
 
+The same consumer reads ``finance-news`` for the ``sentiment`` features (applied before the
+poll's bars, merged into each champion's row: :mod:`models.live_news`).
+
 Retraining (bootstrap, schedule, drift) runs in the background (:mod:`models.retrain_schedule`).
 On a restart each series' features and unscored predictions are rebuilt from the store, and
 each (model, series) resumes after the last bar it predicted, so a replayed bar is never
@@ -114,7 +117,7 @@ class Scorer(Worker):
         self.series = SeriesStates(store, default_features(), store_catchup_s,
                                    settle=self._settle_stored, on_error=self.error)
         self.extras = ExtraFeatures([LiveSentiment(store, news_topic)] if news_topic else [])
-        self.champions = ChampionBook(store, model_refresh_s, check=self._check_features)
+        self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
@@ -191,7 +194,8 @@ class Scorer(Worker):
         from kafka import KafkaConsumer
 
         return KafkaConsumer(
-            self.topic, *self.extras.topics, bootstrap_servers=self.bootstrap, group_id=self.group_id,
+            self.topic, *self.extras.topics, bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
             client_id="kappalab-scorer", enable_auto_commit=False, auto_offset_reset="earliest",
             # Short intervals: the group join on the embedded broker otherwise takes minutes.
             max_poll_interval_ms=10_000, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
@@ -405,18 +409,6 @@ class Scorer(Worker):
             names += [f for f in m.features if f not in names]
         self.series.use_features(self.extras.split(names))
         self.extras.use(names)
-
-    def _check_features(self, features: list[str]) -> None:
-        """ValueError naming a feature this scorer cannot compute live."""
-        from models.sentiment import is_sentiment_feature
-        from models.streaming import StreamingFeatures
-
-        bar_names = self.extras.split(features)
-        news = [f for f in bar_names if is_sentiment_feature(f)]
-        if news:
-            raise ValueError(f"its feature {news[0]} needs the news stream, which this scorer "
-                             "does not read (start it with a news topic)")
-        StreamingFeatures(bar_names)  # raises for a name without a streaming form
 
     def _set_status(self, message: str | None = None) -> None:
         if message:

@@ -118,11 +118,11 @@ def test_a_sentiment_champion_arriving_later_gets_the_stored_news(sqlite_store):
 def test_scorer_without_news_refuses_a_sentiment_champion(sqlite_store):
     scorer = Scorer(sqlite_store, "127.0.0.1:9", news_topic=None)
     with pytest.raises(ValueError, match="needs the news stream"):
-        scorer._check_features(["ret_1", "sent_decay_1"])
+        scorer.extras.check(["ret_1", "sent_decay_1"])
     with pytest.raises(ValueError, match="streaming form|unknown feature"):
-        scorer._check_features(["ret_1", "no_such_feature_3"])
+        scorer.extras.check(["ret_1", "no_such_feature_3"])
     with_news = Scorer(sqlite_store, "127.0.0.1:9")
-    with_news._check_features(["ret_1", *SENTIMENT_GROUP])  # no error
+    with_news.extras.check(["ret_1", *SENTIMENT_GROUP])  # no error
 
 
 # ---- end to end ------------------------------------------------------------------------------
