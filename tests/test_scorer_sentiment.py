@@ -71,13 +71,14 @@ def sentiment_of(wt: WorkerThread) -> LiveSentiment:
 
 
 # ---- the provider alone, on a real SQLite store --------------------------------------------
-def test_items_from_store_and_topic_count_once_and_equal_batch(sqlite_store):
+def test_items_from_store_and_topic_count_once_and_equal_batch(any_store):
+    """On SQLite and on the Elasticsearch test double."""
     bars, news = simulated(300)
     items = news_items(news)
     first = bars[bars["ts"] < bars["ts"].min() + 150 * STEP]
     cut = int(first["ts"].max()) + STEP
-    sqlite_store.upsert_news([n for n in items if n.ts < cut + 20 * STEP])  # some ahead too
-    live = LiveSentiment(sqlite_store, topic="unused")
+    any_store.upsert_news([n for n in items if n.ts < cut + 20 * STEP])  # some ahead too
+    live = LiveSentiment(any_store, topic="unused")
     live.use(SENTIMENT_GROUP)
     got = []
     started = set()
