@@ -129,7 +129,8 @@ class Scorer(Worker):
         self._last_decision: dict[str, Any] | None = None
 
     def describe(self) -> str:
-        return (f"{self.topic} → predictions in {self.store.describe()} and "
+        return (f"{' + '.join([self.topic, *self.extras.topics])} → predictions in "
+                f"{self.store.describe()} and "
                 f"{self.predictions_topic} (group {self.group_id})")
 
     # ---- main loop -------------------------------------------------------------------------
