@@ -271,3 +271,48 @@ def test_live_sentiment_equals_batch_across_a_restart(broker, topics, sqlite_sto
     np.testing.assert_allclose(got.to_numpy(), expected.loc[got.index].to_numpy(), rtol=1e-9,
                                atol=1e-12)
 
+
+
+@pytest.mark.slow
+def test_predictions_page_says_the_scorer_uses_live_sentiment(data_dir):
+    """The app's own runtime (embedded broker, SQLite in the data directory): simulated bars
+    and news flow to a scorer serving a lab champion with the sentiment group; the page's
+    status line and note say so, with the scorer's real counts."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.runtime import get_runtime
+    from pipeline.runtime import SimulatorSpec
+    from pipeline.store.sqlite import SqliteStore
+
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    bars, news = simulated(300)
+    store.upsert_bars(bar_objects(bars))
+    store.upsert_news(news_items(news))
+    result = run_comparison(store, LabConfig(features=["default", "sentiment"],
+                                             models=[("linear", {})]))
+    version = save_version(store, result, result.best_label(include_baselines=False),
+                           champion=True)
+    runtime = get_runtime()
+    try:
+        wt = runtime.start_scorer(adapt=False, train_default=False)
+        runtime.start_simulator(SimulatorSpec(symbols=SYMBOLS, speed=None, bars=40, seed=9,
+                                              news_rate=0.5))
+        live = sentiment_of(wt)
+        wait_for(lambda: wt.worker.stats(history=False)["counters"]["predictions"] >= 40
+                 and live.counts["read"] > 0, 60, "predictions with live news")
+        wait_for(lambda: (wt.worker.stats(history=False)["gauges"].get("extra_features") or {})
+                 .get("sentiment", {}).get("read"), 10, "the gauges")
+        page = Path(__file__).resolve().parent.parent / "pages" / "predictions.py"
+        at = AppTest.from_file(str(page), default_timeout=60)
+        at.run(timeout=60)
+        assert not at.exception, [e.value for e in at.exception]
+        status = next(m.value for m in at.markdown if m.value.startswith("**Scorer**"))
+        assert version in status and "with sentiment from the news stream" in status
+        note = next(c.value for c in at.caption if c.value.startswith("Sentiment features"))
+        assert f"{len(news):,} stored items loaded at start" in note
+        assert not [w.value for w in at.warning if "rejected a champion" in w.value]
+    finally:
+        runtime.shutdown()
+        store.close()
