@@ -316,3 +316,21 @@ def test_predictions_page_says_the_scorer_uses_live_sentiment(data_dir):
     finally:
         runtime.shutdown()
         store.close()
+
+
+def test_retraining_a_sentiment_champion_reads_the_stored_news(sqlite_store):
+    """The scorer's retrain data (models/adaptation.py) carries the real sentiment columns,
+    not zeros: a retrained sentiment champion learns from the news like the lab's."""
+    from models.adaptation import load_training_data
+
+    bars, news = simulated(300)
+    sqlite_store.upsert_bars(bar_objects(bars))
+    sqlite_store.upsert_news(news_items(news))
+    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", ["ret_1", *SENTIMENT_GROUP],
+                              "next_return", 1, 200)
+    want = sentiment_features(bars, news, SENTIMENT_GROUP)
+    want.index = pd.MultiIndex.from_arrays([bars["symbol"], bars["ts"]])
+    got = data.set_index(["symbol", "ts"])[SENTIMENT_GROUP]
+    assert len(got) == 400 and got["news_count_10"].sum() > 50
+    np.testing.assert_allclose(got.to_numpy(), want.loc[got.index].to_numpy(), rtol=0,
+                               atol=1e-12)
