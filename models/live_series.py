@@ -203,3 +203,4 @@ class SeriesWork:
     fresh: list[tuple[Bar, int | None]] = field(default_factory=list)
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # position in fresh -> row
     predicted: dict[int, float] = field(default_factory=dict)
+    extras: list[dict[str, float]] = field(default_factory=list)  # per fresh bar (news)
