@@ -127,8 +127,10 @@ def run_once(args, n_symbols: int) -> dict:
         workers.append(producer)
         _wait(lambda: get_champion(store) is not None, 300, "the default champion")
         # Let the backlog (bars that arrived before the champion) drain, then measure.
-        _wait(lambda: (scorer_stats()["gauges"].get("lag", 1e9) < n_symbols
-                       and scorer_stats()["counters"]["predictions"] > 0),
+        # (held for 6 s: the lag gauge is sampled every 2 s, and a process's reaches this one
+        # through heartbeats, so one low reading can come in the middle of the backlog)
+        _wait(_held(lambda: (scorer_stats()["gauges"].get("lag", 1e9) < n_symbols
+                             and scorer_stats()["counters"].get("predictions", 0) > 0), 6.0),
               300, "the scorer to catch up")
         time.sleep(2.0)
         t0 = int(time.time() * 1000)
@@ -250,6 +252,20 @@ def _percentiles(x: np.ndarray) -> dict:
     p50, p95, p99 = np.percentile(x, [50, 95, 99])
     return {"p50": round(float(p50), 1), "p95": round(float(p95), 1),
             "p99": round(float(p99), 1), "max": round(float(x.max()), 1), "n": int(len(x))}
+
+
+def _held(cond, seconds: float):
+    """A condition that is true once ``cond`` has stayed true for ``seconds``."""
+    since = [None]
+
+    def check() -> bool:
+        if not cond():
+            since[0] = None
+            return False
+        since[0] = since[0] or time.time()
+        return time.time() - since[0] >= seconds
+
+    return check
 
 
 class TimedOut(Exception):
