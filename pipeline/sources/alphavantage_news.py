@@ -31,7 +31,7 @@ from pipeline.config import Config, Secret
 from pipeline.news import InvalidNews, NewsItem, news_from_mapping
 from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, check_rate_limit, check_reply
 from pipeline.sources.base import SourceError
-from pipeline.sources.api_errors import ApiError
+from pipeline.sources.api_errors import ApiError, Stopped
 from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
 from pipeline.sources.redaction import secret_value, short_text
 from pipeline.sources.request_budget import RequestBudget
@@ -109,6 +109,12 @@ class AlphaVantageNews:
 
     def items(self, stop: threading.Event) -> Iterator[list[NewsItem]]:
         """Yield batches of new (not yet seen) items until done or ``stop`` is set."""
+        try:
+            yield from self._poll_loop(stop)
+        except Stopped:  # stopped while waiting for the request budget: a clean end
+            return
+
+    def _poll_loop(self, stop: threading.Event) -> Iterator[list[NewsItem]]:
         newest: dict[str, int] = {}
         while not stop.is_set():
             for ticker in self.tickers:
