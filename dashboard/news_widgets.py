@@ -55,11 +55,18 @@ def alphavantage_news_panel(runtime, config, session_keys: dict) -> None:
     st.caption(f"Uses the Alpha Vantage key from {origin} (not shown). One request per symbol "
                f"each time; the free tier allows 5 a minute and {AV_FREE_PER_DAY} a day, "
                "shared by the live polling and backfills started here.")
-    running = runtime.running_symbols()
-    sym_text = st.text_input("Symbols (comma-separated)", ",".join(running), key="pc_avn_symbols",
+    running = ",".join(runtime.running_symbols())
+    if st.session_state.get("pc_avn_running") != running:
+        # a (re)started producer offers its symbols again; typed symbols stay until then
+        st.session_state["pc_avn_running"] = running
+        if running or "pc_avn_symbols" not in st.session_state:
+            st.session_state["pc_avn_symbols"] = running
+    sym_text = st.text_input("Symbols (comma-separated)", key="pc_avn_symbols",
                              placeholder="IBM,MSFT",
                              help="By default the symbols of the running producer.")
     symbols = [s.strip().upper() for s in sym_text.split(",") if s.strip()]
+    if not symbols:
+        st.caption("Type at least one symbol (no producer is running to take them from).")
     live_col, back_col = st.columns(2)
     with live_col:
         st.markdown("**Live polling**")
@@ -163,6 +170,7 @@ def show_headline_preview(p) -> None:
 
 # ---- news workers -------------------------------------------------------------------------------
 NEWS_WORKERS = [("news_indexer", "News indexer"), *NEWS_FEEDS.items()]
+STOP_LABELS = {"av_news": "Alpha Vantage polling"}
 
 
 def news_worker_row(runtime, local: dict) -> None:
@@ -173,8 +181,9 @@ def news_worker_row(runtime, local: dict) -> None:
             running = runtime.is_running(name)
             worker_header(label, local.get(name), running)
             if running:
-                if st.button(f"Stop {label.lower()}", key=f"stop_{name}"):
-                    with st.spinner(f"Stopping the {label.lower()}…"):
+                what = STOP_LABELS.get(name, label.lower())
+                if st.button(f"Stop {what}", key=f"stop_{name}"):
+                    with st.spinner(f"Stopping the {what}…"):
                         runtime.stop_worker(name)
                     st.rerun()
             elif name == "news_indexer":

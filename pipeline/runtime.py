@@ -267,7 +267,10 @@ class Runtime:
         if not (wt and wt.alive):
             return []
         source = getattr(wt.worker, "source", None)
-        return [str(s) for s in getattr(source, "symbols", None) or []]
+        # the news simulator wraps a MarketSimulator (``market``), which holds the symbols
+        symbols = (getattr(source, "symbols", None)
+                   or getattr(getattr(source, "market", None), "symbols", None) or [])
+        return [str(s) for s in symbols]
 
     def start_scorer(self, **kwargs: Any) -> WorkerThread:
         from pipeline.scorer import Scorer

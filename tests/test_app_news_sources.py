@@ -162,9 +162,10 @@ def test_headline_csv_is_previewed_then_imported_through_the_topic(data_dir):
         runtime.shutdown()
 
 
-def test_simulator_news_controls_reach_the_runtime(data_dir):
+def test_simulator_news_controls_reach_the_runtime(data_dir, monkeypatch):
     from dashboard.runtime import get_runtime
 
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", AV_KEY)  # no request is made in this test
     at = AppTest.from_file(PAGE, default_timeout=90).run()
     runtime = get_runtime()
     try:
@@ -181,5 +182,38 @@ def test_simulator_news_controls_reach_the_runtime(data_dir):
         assert wait_for(lambda: news_count(data_dir) > 100), news_count(data_dir)
         at.run()
         assert any(c.value == "0.5 items per symbol per bar, impact 1.5." for c in at.caption)
+        # Alpha Vantage news offers the running producer's symbols
+        assert at.text_input(key="pc_avn_symbols").value == "ACME,GLOBX,INITECH,UMBRL,WAYNE"
     finally:
         runtime.shutdown()
+
+
+def test_alphavantage_news_stopped_while_waiting_for_the_budget_ends_cleanly():
+    """Stopping live polling while it waits for the request budget is a stop, not a failure
+    (the worker would otherwise read `failed: Stopped`)."""
+    import threading
+
+    from pipeline.sources.alphavantage_news import AlphaVantageNews
+    from pipeline.sources.request_budget import RequestBudget
+
+    with MarketApiDouble(av_key=AV_KEY) as api:
+        api.set_av_news("IBM", [av_article("IBM item", days_ago(1), {"IBM": (0.3, 0.9)})])
+        budget = RequestBudget(windows=[(1, 3600.0)])  # one request an hour
+        src = AlphaVantageNews("IBM,MSFT", api_key=AV_KEY, base_url=api.base_url,
+                               mode="live", budget=budget, max_budget_wait=None)
+        stop = threading.Event()
+        got: list = []
+        done = threading.Event()
+
+        def run():
+            for batch in src.items(stop):  # IBM is fetched; MSFT waits for the budget
+                got.extend(batch)
+            done.set()
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        assert wait_for(lambda: budget.waits == 1 or len(got) == 1, 30)
+        stop.set()
+        assert done.wait(30), "the source did not end when stopped"
+        assert [i.title for i in got] == ["IBM item"]
+        assert len(api.requests_for("alphavantage")) == 1
