@@ -243,6 +243,29 @@ class Runtime:
         return self.start_news_feed("news_import", HeadlineCsv(path, symbol=symbol,
                                                                time_zone=time_zone))
 
+    def start_fundamentals(self, symbols, *, live: bool, api_key=None,
+                           poll_seconds: float = 86_400.0) -> WorkerThread:
+        """Alpha Vantage OVERVIEW snapshots → finance-fundamentals → store (workers
+        ``fundamentals`` and ``fundamentals_indexer``); one snapshot per symbol, again every
+        ``poll_seconds`` when ``live``. Shares the Alpha Vantage news budget."""
+        from pipeline.fundamentals_stream import FundamentalsIndexer, FundamentalsProducer
+        from pipeline.sources.alphavantage_overview import AlphaVantageOverview
+
+        source = AlphaVantageOverview(
+            symbols, api_key=api_key or self.config.alphavantage_api_key,
+            base_url=self.config.alphavantage_base_url, mode="live" if live else "once",
+            poll_seconds=poll_seconds, budget=self.alphavantage_budget())
+        kw = self.config.kafka_client_kwargs()
+        with self._lock:
+            if self.is_running("fundamentals"):
+                raise ValueError("the fundamentals feed is already running; stop it first")
+            self.start_worker("fundamentals_indexer",
+                              lambda b: FundamentalsIndexer(self.store, b, client_kwargs=kw))
+            self.news_sources["fundamentals"] = source
+            return self.start_worker("fundamentals", lambda b: FundamentalsProducer(
+                source.items, b, description=source.describe(), client_kwargs=kw,
+                store=self.store))
+
     def alphavantage_budget(self):
         """One request budget (free tier: 5 a minute, 25 a day) for this runtime's Alpha
         Vantage news requests, so live polling and a backfill never overspend it together."""
