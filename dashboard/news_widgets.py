@@ -113,6 +113,24 @@ def alphavantage_news_panel(runtime, config, session_keys: dict) -> None:
                 f"{picked[1]}.")
 
 
+    st.markdown("**Fundamentals (company overview)**")
+    f1, f2 = st.columns([2, 1], vertical_alignment="bottom")
+    daily = f1.checkbox("Fetch again every day", value=True, key="pc_fund_daily",
+                        help="Alpha Vantage OVERVIEW: P/E, EPS, market capitalisation, dividend "
+                             "yield, price/book, beta… One request per symbol each time.")
+    busy = runtime.is_running("fundamentals")
+    if f2.button("Fetch fundamentals", key="pc_fund_start", disabled=busy or not symbols,
+                 help="Running: stop it in the workers below" if busy else
+                 "Publishes one snapshot per symbol to finance-fundamentals; the model lab's "
+                 "fundamentals features use each from its fetch time on."):
+        _start(lambda: runtime.start_fundamentals(symbols, live=daily, api_key=key),
+               "fundamentals feed", f"Fetching fundamentals for {', '.join(symbols)}"
+               + (", then again every day." if daily else "."))
+    st.caption("A snapshot counts from the moment it is fetched, never earlier (Alpha Vantage "
+               "gives today's figures only), so fundamentals cover the bars after the first "
+               "fetch.")
+
+
 # ---- headline CSV -------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=8)
 def _headline_preview(path: str, mtime: float, symbol: str, tz: str):
@@ -169,7 +187,8 @@ def show_headline_preview(p) -> None:
 
 
 # ---- news workers -------------------------------------------------------------------------------
-NEWS_WORKERS = [("news_indexer", "News indexer"), *NEWS_FEEDS.items()]
+NEWS_WORKERS = [("news_indexer", "News indexer"), *NEWS_FEEDS.items(),
+                ("fundamentals", "Fundamentals")]
 STOP_LABELS = {"av_news": "Alpha Vantage polling"}
 
 
@@ -209,7 +228,10 @@ def news_worker_caption(runtime, name: str, snap: dict | None) -> str:
         parts.append(f"{produced:,} published")
     if "rows" in stats:
         parts.append(f"{stats['rows']:,} rows read, {stats['skipped']:,} skipped")
-    if "requests" in stats:
+    if "snapshots" in stats:
+        parts.append(f"{stats['snapshots']:,} snapshots, {stats.get('no_overview', 0):,} "
+                     "symbols without an overview")
+    elif "requests" in stats:
         parts.append(f"{stats['requests']:,} requests, {stats.get('duplicates', 0):,} repeats "
                      "dropped")
         used = stats.get("budget_used") or {}

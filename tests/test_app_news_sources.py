@@ -217,3 +217,37 @@ def test_alphavantage_news_stopped_while_waiting_for_the_budget_ends_cleanly():
         assert done.wait(30), "the source did not end when stopped"
         assert [i.title for i in got] == ["IBM item"]
         assert len(api.requests_for("alphavantage")) == 1
+
+
+def test_fundamentals_are_fetched_through_their_topic_from_the_page(data_dir, monkeypatch):
+    from dashboard.runtime import get_runtime
+    from tests.market_api_double import av_overview
+
+    with MarketApiDouble(av_key=AV_KEY) as api:
+        api.set_av_overview("IBM", av_overview("IBM", PERatio="24.5", EPS="9.61"))
+        monkeypatch.setenv("ALPHAVANTAGE_API_KEY", AV_KEY)
+        monkeypatch.setenv("ALPHAVANTAGE_BASE_URL", api.base_url)
+        at = AppTest.from_file(PAGE, default_timeout=90).run()
+        runtime = get_runtime()
+        try:
+            at.text_input(key="pc_avn_symbols").set_value("IBM,NOPE").run()
+            at.checkbox(key="pc_fund_daily").uncheck().run()
+            before = time.time()
+            at.button(key="pc_fund_start").click().run()
+            assert not at.exception and not at.error, [e.value for e in at.error]
+            store = SqliteStore(data_dir / "kappalab.sqlite")
+            try:
+                assert wait_for(lambda: store.count_fundamentals() == 1)
+                snap = store.query_fundamentals("IBM").iloc[0]
+            finally:
+                store.close()
+            assert snap["pe_ratio"] == 24.5 and snap["eps"] == 9.61
+            assert before * 1000 <= snap["ts"] <= time.time() * 1000  # effective at the fetch
+            assert wait_for(lambda: runtime.workers["fundamentals"].worker.state == "finished")
+            at.run()
+            assert any(c.value.startswith("1 published; 1 snapshots, 1 symbols without an "
+                                          "overview") for c in at.caption)
+            assert any(m.value == "**Fundamentals** — finished" for m in at.markdown)
+            assert AV_KEY not in page_text(at)
+        finally:
+            runtime.shutdown()
