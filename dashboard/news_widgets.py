@@ -20,7 +20,10 @@ from pipeline.runtime import NEWS_FEEDS
 from pipeline.sources.base import SourceError
 
 AV_FREE_PER_DAY = 25
-AV_KEY_MISSING = ("Alpha Vantage news is unavailable: no Alpha Vantage API key is configured. "
+#: session key: the News sources expander stays open once the user started something from it
+NEWS_PANEL_OPEN = "pc_news_open"
+AV_KEY_MISSING = ("Alpha Vantage news and fundamentals are unavailable: no Alpha Vantage API key "
+                  "is configured. "
                   "Set ALPHAVANTAGE_API_KEY (environment or .streamlit/secrets.toml) and "
                   "restart the app, or type a key for this session under Producer source → "
                   "Alpha Vantage.")
@@ -229,8 +232,8 @@ def news_worker_caption(runtime, name: str, snap: dict | None) -> str:
     if "rows" in stats:
         parts.append(f"{stats['rows']:,} rows read, {stats['skipped']:,} skipped")
     if "snapshots" in stats:
-        parts.append(f"{stats['snapshots']:,} snapshots, {stats.get('no_overview', 0):,} "
-                     "symbols without an overview")
+        parts.append(f"{stats['snapshots']:,} snapshot(s), {stats.get('no_overview', 0):,} "
+                     "symbol(s) without an overview")
     elif "requests" in stats:
         parts.append(f"{stats['requests']:,} requests, {stats.get('duplicates', 0):,} repeats "
                      "dropped")
@@ -244,6 +247,7 @@ def news_worker_caption(runtime, name: str, snap: dict | None) -> str:
 
 
 def _start(action, what: str, success: str) -> None:
+    st.session_state[NEWS_PANEL_OPEN] = True  # keep News sources open across the rerun
     with st.spinner(f"Starting the {what}…"):
         if guarded(action, what, "pipeline"):
             push_notice("success", success + " Its row is in the news workers below.",

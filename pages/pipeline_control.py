@@ -8,8 +8,8 @@ from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import HELP, throughput_ceiling, worker_row
-from dashboard.news_widgets import (alphavantage_news_panel, headline_csv_panel,
-                                    news_worker_row)
+from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_news_panel,
+                                    headline_csv_panel, news_worker_row)
 from dashboard.widgets import csv_import_panel, guarded, push_notice, show_notices, worker_header
 from pipeline.config import Secret
 from pipeline.runtime import SimulatorSpec
@@ -194,7 +194,7 @@ worker_panel()
 
 # ---- news ----------------------------------------------------------------------------------------
 st.subheader("News")
-with st.expander("News sources", expanded=False):
+with st.expander("News sources", expanded=st.session_state.get(NEWS_PANEL_OPEN, False)):
     av_tab, csv_tab = st.tabs(["Alpha Vantage news", "Headline CSV"])
     with av_tab:
         alphavantage_news_panel(runtime, config, st.session_state.setdefault("api_keys", {}))

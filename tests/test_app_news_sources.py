@@ -61,7 +61,7 @@ def test_alphavantage_news_says_why_it_is_unavailable_without_a_key(data_dir):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
     info = " ".join(i.value for i in at.info)
-    assert "Alpha Vantage news is unavailable" in info and "ALPHAVANTAGE_API_KEY" in info
+    assert "Alpha Vantage news and fundamentals are unavailable" in info and "ALPHAVANTAGE_API_KEY" in info
     keys = {b.key for b in at.button}
     assert "pc_avn_live" not in keys and "pc_avn_backfill" not in keys
     # the news workers' row is there, every one stopped
@@ -245,8 +245,8 @@ def test_fundamentals_are_fetched_through_their_topic_from_the_page(data_dir, mo
             assert before * 1000 <= snap["ts"] <= time.time() * 1000  # effective at the fetch
             assert wait_for(lambda: runtime.workers["fundamentals"].worker.state == "finished")
             at.run()
-            assert any(c.value.startswith("1 published; 1 snapshots, 1 symbols without an "
-                                          "overview") for c in at.caption)
+            assert any(c.value.startswith("1 published; 1 snapshot(s), 1 symbol(s) "
+                                          "without an overview") for c in at.caption)
             assert any(m.value == "**Fundamentals** — finished" for m in at.markdown)
             assert AV_KEY not in page_text(at)
         finally:
