@@ -193,10 +193,12 @@ def show_headline_preview(p) -> None:
 NEWS_WORKERS = [("news_indexer", "News indexer"), *NEWS_FEEDS.items(),
                 ("fundamentals", "Fundamentals")]
 STOP_LABELS = {"av_news": "Alpha Vantage polling"}
+AV_WORKERS = ("av_news", "fundamentals")
 
 
-def news_worker_row(runtime, local: dict) -> None:
-    """Header, stop (or start) button and a one-line account per news worker."""
+def news_worker_row(runtime, local: dict, av_ready: bool = True) -> None:
+    """Header, stop (or start) button and a one-line account per news worker; ``av_ready``:
+    an Alpha Vantage key is available (else its workers say they need one)."""
     cols = st.columns(len(NEWS_WORKERS))
     for col, (name, label) in zip(cols, NEWS_WORKERS):
         with col:
@@ -213,6 +215,8 @@ def news_worker_row(runtime, local: dict) -> None:
                     guarded(runtime.start_news_indexer, "news indexer", "pipeline")
                     st.rerun(scope="app")
             caption = news_worker_caption(runtime, name, local.get(name))
+            if name in AV_WORKERS and not av_ready and not running:
+                caption = "Needs an Alpha Vantage API key (see News sources)."
             if caption:
                 st.caption(caption)
 

@@ -8,8 +8,9 @@ from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import HELP, throughput_ceiling, worker_row
-from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_news_panel,
-                                    headline_csv_panel, news_worker_row)
+from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
+                                    alphavantage_news_panel, headline_csv_panel,
+                                    news_worker_row)
 from dashboard.widgets import csv_import_panel, guarded, push_notice, show_notices, worker_header
 from pipeline.config import Secret
 from pipeline.runtime import SimulatorSpec
@@ -204,7 +205,8 @@ with st.expander("News sources", expanded=st.session_state.get(NEWS_PANEL_OPEN, 
 
 @st.fragment(run_every=2.0)
 def news_panel() -> None:
-    news_worker_row(runtime, runtime.local_stats())
+    key, _ = alphavantage_key(config, st.session_state.get("api_keys", {}))
+    news_worker_row(runtime, runtime.local_stats(), av_ready=key is not None)
 
 
 news_panel()

@@ -66,6 +66,8 @@ def test_alphavantage_news_says_why_it_is_unavailable_without_a_key(data_dir):
     assert "pc_avn_live" not in keys and "pc_avn_backfill" not in keys
     # the news workers' row is there, every one stopped
     assert any(m.value == "**Alpha Vantage news (live)** — stopped" for m in at.markdown)
+    needs = [c.value for c in at.caption if c.value.startswith("Needs an Alpha Vantage API key")]
+    assert len(needs) == 2  # live news and fundamentals
 
 
 def test_alphavantage_live_polling_then_backfill_from_the_page(data_dir, monkeypatch):
