@@ -245,6 +245,8 @@ def news_worker_caption(runtime, name: str, snap: dict | None) -> str:
         day = next((v for k, v in used.items() if k.endswith("/86400s")), None)
         if day is not None:
             parts.append(f"{day} of the day's budget used")
+    if stats.get("live_errors"):
+        parts.append(f"{stats['live_errors']:,} failed poll(s), last: {stats.get('last_error')}")
     if not parts and name != "news_indexer":
         return "Start it in News sources above."
     return "; ".join(parts) + ("." if parts else "")
