@@ -8,6 +8,8 @@
     python -m pipeline status                 # broker, store, and workers seen by heartbeat
     python -m pipeline news --source alphavantage --symbols IBM   # news to finance-news
     python -m pipeline news-index             # consume finance-news into the store
+    python -m pipeline fundamentals --symbols IBM   # OVERVIEW snapshots to finance-fundamentals
+    python -m pipeline fundamentals-index     # consume finance-fundamentals into the store
 
 The dashboard pointed at the same configuration (env / .streamlit/secrets.toml / data dir)
 shows the data and the heartbeats of these processes.
@@ -113,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     ni.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without a new message")
     ni.set_defaults(func=cmd_news_index)
+
+    fu = sub.add_parser("fundamentals", help="publish Alpha Vantage OVERVIEW snapshots to "
+                        "finance-fundamentals (docs/NEWS.md)")
+    fu.add_argument("--symbols", required=True, help="comma-separated symbols (e.g. IBM,MSFT)")
+    fu.add_argument("--live", action="store_true", help="fetch again every --poll-hours")
+    fu.add_argument("--poll-hours", type=float, default=24.0,
+                    help="--live: hours between fetches (default 24)")
+    fu.set_defaults(func=cmd_fundamentals)
+
+    fi = sub.add_parser("fundamentals-index",
+                        help="consume finance-fundamentals into the store until Ctrl-C")
+    fi.add_argument("--until-idle", type=float, default=None, metavar="S",
+                    help="exit after S seconds without a new message")
+    fi.set_defaults(func=cmd_fundamentals_index)
 
     st = sub.add_parser("status", help="show broker, store and running workers")
     st.add_argument("--json", action="store_true")
@@ -261,6 +277,42 @@ def cmd_news_index(args, config: Config) -> int:
           flush=True)
     worker = NewsIndexer(store, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
                          mode="process")
+    run_worker(worker, stop, until_idle=args.until_idle)
+    return 0
+
+
+def cmd_fundamentals(args, config: Config) -> int:
+    from pipeline.fundamentals_stream import FundamentalsProducer
+    from pipeline.sources.alphavantage_overview import AlphaVantageOverview
+
+    if args.poll_hours <= 0:
+        raise CliError("--poll-hours must be a positive number of hours.")
+    feed = AlphaVantageOverview.from_config(config, args.symbols,
+                                            mode="live" if args.live else "once",
+                                            poll_seconds=args.poll_hours * 3600)
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    print(f"producing {feed.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
+    worker = FundamentalsProducer(feed.items, info.bootstrap, description=feed.describe(),
+                                  client_kwargs=config.kafka_client_kwargs(),
+                                  store=open_store(config), mode="process")
+    run_worker(worker, stop)
+    print(json.dumps({"summary": "fundamentals source", **{
+        k: v for k, v in feed.stats().items() if isinstance(v, (int, float, str))}}))
+    return 0
+
+
+def cmd_fundamentals_index(args, config: Config) -> int:
+    from pipeline.fundamentals_stream import FundamentalsIndexer
+
+    store = open_store(config)
+    store.check()
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    print(f"indexing fundamentals from {info.bootstrap} into {store.describe()}",
+          file=sys.stderr, flush=True)
+    worker = FundamentalsIndexer(store, info.bootstrap,
+                                 client_kwargs=config.kafka_client_kwargs(), mode="process")
     run_worker(worker, stop, until_idle=args.until_idle)
     return 0
 

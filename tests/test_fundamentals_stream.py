@@ -58,3 +58,30 @@ def test_snapshots_reach_the_store_once_and_bad_ones_the_dlq(broker, topics, any
     assert len(dead) == 2, reasons
     assert reasons[0].startswith("InvalidFundamentals: missing field(s)")
     assert reasons[1].startswith("InvalidFundamentals: value pe_ratio must be a finite number")
+
+
+def test_cli_fetches_fundamentals_and_indexes_them(broker, tmp_path):
+    import json
+
+    from pipeline.store.sqlite import SqliteStore
+    from tests.test_news_stream import _cli
+
+    with MarketApiDouble(av_key="cli-key") as api:
+        api.set_av_overview("FCLI", av_overview("FCLI", EPS="3.5"))
+        env = {"ALPHAVANTAGE_API_KEY": "cli-key", "ALPHAVANTAGE_BASE_URL": api.base_url}
+        code, out, err = _cli(broker, tmp_path, "fundamentals", "--symbols", "FCLI,NOPE",
+                              extra_env=env)
+        assert code == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["snapshots"] == 1 and summary["no_overview"] == 1
+        code, out, err = _cli(broker, tmp_path, "fundamentals", "--symbols", "FCLI",
+                              extra_env={**env, "ALPHAVANTAGE_API_KEY": "wrong"})
+        assert code != 0 and "ALPHAVANTAGE_API_KEY" in err and "wrong" not in err
+    code, out, err = _cli(broker, tmp_path, "fundamentals-index", "--until-idle", "3")
+    assert code == 0, err
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    try:
+        assert store.count_fundamentals("FCLI") == 1
+        assert store.query_fundamentals("FCLI")["eps"].tolist() == [3.5]
+    finally:
+        store.close()
