@@ -57,7 +57,7 @@ def alphavantage_news_panel(runtime, config, session_keys: dict) -> None:
         return
     st.caption(f"Uses the Alpha Vantage key from {origin} (not shown). One request per symbol "
                f"each time; the free tier allows 5 a minute and {AV_FREE_PER_DAY} a day, "
-               "shared by the live polling and backfills started here.")
+               "shared by everything started here (live polling, backfills, fundamentals).")
     running = ",".join(runtime.running_symbols())
     if st.session_state.get("pc_avn_running") != running:
         # a (re)started producer offers its symbols again; typed symbols stay until then
