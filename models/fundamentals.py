@@ -110,8 +110,8 @@ class FundamentalsTracker:
         # per symbol: snapshots sorted by ts as (ts, seq, values tuple); seq keeps arrival
         # order for equal ts, like the batch's stable sort by ts
         self._snaps: dict[str, list[tuple[int, int, tuple[float, ...]]]] = {}
-        self._last_end: dict[str, int] = {}
-        self._last: dict[str, dict[str, float]] = {}
+        self._last_end: dict[tuple[str, str], int] = {}  # (symbol, interval) -> last bar end
+        self._last: dict[tuple[str, str], dict[str, float]] = {}
         self._seq = 0
 
     def update_item(self, item: Any) -> None:
@@ -127,17 +127,18 @@ class FundamentalsTracker:
         from pipeline.schema import interval_ms
 
         get = bar.get if isinstance(bar, dict) else lambda k: getattr(bar, k)
-        symbol = str(get("symbol"))
-        end = int(get("ts")) + interval_ms(str(get("interval")))
-        if symbol in self._last_end and end <= self._last_end[symbol]:
-            return dict(self._last[symbol])  # a replayed or older bar
+        symbol, interval = str(get("symbol")), str(get("interval"))
+        series = (symbol, interval)
+        end = int(get("ts")) + interval_ms(interval)
+        if series in self._last_end and end <= self._last_end[series]:
+            return dict(self._last[series])  # a replayed or older bar
+        # Snapshots are kept (a few per symbol and day): bars of another interval of the same
+        # symbol may still need an older one.
         snaps = self._snaps.get(symbol, [])
         i = bisect.bisect_left(snaps, (end, -1, ())) - 1  # last with ts < end
         row = snaps[i][2] if i >= 0 else (math.nan,) * len(self.names)
-        if i > 0:
-            del snaps[:i]  # older snapshots can never be the answer again
         values = dict(zip(self.names, row))
-        self._last_end[symbol], self._last[symbol] = end, values
+        self._last_end[series], self._last[series] = end, values
         return dict(values)
 
 

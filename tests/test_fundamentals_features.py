@@ -179,3 +179,64 @@ def test_the_lab_reads_snapshots_from_the_store_like_a_frame(tmp_path, data):
         assert a == pytest.approx(b, abs=1e-12)
     finally:
         store.close()
+
+
+def test_two_intervals_of_one_symbol_each_match_the_batch(data):
+    bars, snaps = data
+    acme = bars[bars["symbol"].eq("ACME")]
+    five = acme[acme["ts"] % (5 * MIN) == 0].assign(interval="5m")
+    both = pd.concat([acme, five], ignore_index=True)
+    batch = fundamentals_features(both, frame(snaps), NAMES)
+    tracker = FundamentalsTracker(NAMES)
+    for s in snaps:
+        tracker.update_item(s)
+    rows = both.sort_values("ts", kind="stable").to_dict("records")  # 1m and 5m interleaved
+    got = {(r["symbol"], r["interval"], r["ts"]): tracker.update(r) for r in rows}
+    for i, r in both.iterrows():
+        values = got[(r["symbol"], r["interval"], r["ts"])]
+        for name in NAMES:
+            a, b = values[name], batch.loc[i, name]
+            assert (math.isnan(a) and math.isnan(b)) or a == b, (r["interval"], r["ts"], name)
+
+
+def test_the_live_provider_plugs_into_the_scorer_extra_features(tmp_path, data):
+    """LiveFundamentals inside the scorer's ExtraFeatures: stored snapshots warm it on a
+    symbol's first bar, topic messages (raw JSON) feed it, duplicates and bad messages are
+    counted, and every bar's values equal the batch join."""
+    from models.live_fundamentals import LiveFundamentals
+    from models.live_news import ExtraFeatures
+    from pipeline.schema import Bar
+
+    bars, snaps = data
+    acme = bars[bars["symbol"].eq("ACME")].reset_index(drop=True)
+    mine = sorted((s for s in snaps if s.symbol == "ACME"), key=lambda s: s.ts)
+    stored, streamed = mine[: len(mine) // 2], mine[len(mine) // 2:]
+    store = SqliteStore(tmp_path / "s.sqlite")
+    try:
+        store.upsert_fundamentals(stored)
+        provider = LiveFundamentals(store)
+        extra = ExtraFeatures([provider])
+        assert extra.claims("fund_pe_ratio") and not extra.claims("ret_1")
+        assert extra.split(["ret_1", "fund_eps"]) == ["ret_1"]
+        extra.check(["ret_1", "fund_eps"])  # a champion with fundamentals is accepted
+        extra.use(["ret_1", *NAMES])
+        batch = fundamentals_features(acme, frame(mine), NAMES)
+        rows = acme.to_dict("records")
+        extra.start_series("ACME", "1m", int(rows[0]["ts"]))
+        pending = sorted(streamed, key=lambda s: s.ts)
+        for i, r in enumerate(rows):
+            end = int(r["ts"]) + MIN
+            while pending and pending[0].ts < end:  # arrives at its fetch time
+                snap = pending.pop(0)
+                provider.consume(snap.to_json())
+                provider.consume(snap.to_json())  # a replayed message
+            values = extra.update(Bar(**r))
+            for name in NAMES:
+                a, b = values[name], batch.iloc[i][name]
+                assert (math.isnan(a) and math.isnan(b)) or a == b, (i, name)
+        provider.consume(b'{"symbol": "ACME"}')
+        gauge = extra.gauge()["fundamentals"]
+        assert gauge["from_store"] == len(stored) and gauge["invalid"] == 1
+        assert gauge["duplicates"] == gauge["read"] // 2 and gauge.get("late", 0) == 0
+    finally:
+        store.close()
