@@ -202,16 +202,18 @@ class Indexer(Worker):
         items: list[tuple[Any, Bar]] = []
         rejects: list[Reject] = []
         n = 0
+        parse, replay = self.parse_message, dlq.remembers_any()
         for msgs in batch.values():
+            n += len(msgs)
             for msg in msgs:
-                n += 1
-                if dlq.already_sent(msg):
+                if replay and dlq.already_sent(msg):
                     continue  # dead-lettered by an earlier attempt of this batch
-                if msg.value is None:
+                value = msg.value
+                if value is None:
                     rejects.append(Reject(msg, "InvalidBar: message has no value"))
                     continue
                 try:
-                    items.append((msg, self.parse_message(msg.value)))
+                    items.append((msg, parse(value)))
                 except InvalidBar as exc:
                     rejects.append(Reject(msg, f"{type(exc).__name__}: {exc.reason}"))
                 except Exception as exc:  # parse_bar is total; this is a bug, not a stall
@@ -231,9 +233,8 @@ class Indexer(Worker):
                         "offset": r.msg.offset, "partition": r.msg.partition, "reason": r.reason,
                         "raw": (r.msg.value or b"")[:200].decode("utf-8", "replace")})
                 del self.recent_rejects[:-50]
-        good_ts = [b.ts for _, b in items]
-        if good_ts:
-            self.gauge("last_bar_ts", max(good_ts))
+        if items:
+            self.gauge("last_bar_ts", max(b.ts for _, b in items))
         self.gauge("last_batch", {"size": n, "stored": stored, "rejected": len(rejects),
                                   "store_ms": round(elapsed * 1000, 1)})
         log.debug("indexed batch: %d consumed, %d stored, %d rejected in %.1f ms",
@@ -281,14 +282,10 @@ class Indexer(Worker):
         producer has not seen yet (seek back to it and read it again later)."""
         out = {}
         for tp, msgs in batch.items():
-            kept = []
-            for m in msgs:
-                mine = self.ledger.classify(tp.partition, m.offset)
-                if mine is None:
-                    consumer.seek(tp, m.offset)
-                    break
-                if mine:
-                    kept.append(m)
+            mine, short = self.ledger.take(tp.partition, [m.offset for m in msgs])
+            if short:
+                consumer.seek(tp, msgs[len(mine)].offset)
+            kept = [m for m, ours in zip(msgs, mine) if ours]
             if kept:
                 out[tp] = kept
         return out
