@@ -75,6 +75,11 @@ class OffsetLedger:
                     return out, True
         return out, False
 
+    def finish(self) -> None:
+        """The producer is done: every record it will ever have acknowledged is here."""
+        with self._lock:
+            self.finished = True
+
     def ends(self) -> dict[int, int] | None:
         """Once the producer finished: the offset after our last record, per partition."""
         with self._lock:
@@ -206,7 +211,7 @@ class Producer(Worker):
             raise
         finally:
             if self.ledger is not None:
-                self.ledger.finished = True
+                self.ledger.finish()
             self.gauge("source", self.source.stats())
             self.tick(force=True)
 
