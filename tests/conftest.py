@@ -56,3 +56,15 @@ def any_store(request, tmp_path):
     yield store
     store.close()
     server.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A fresh data directory for an app test: embedded default (no Kafka/Elasticsearch
+    settings, no API keys), nothing started on its own."""
+    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KAPPALAB_AUTOSTART", "0")
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL", "ALPHAVANTAGE_API_KEY",
+                "POLYGON_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path

@@ -15,14 +15,6 @@ TIMEOUT = 180
 
 
 @pytest.fixture()
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
-    for var in ("ELASTICSEARCH_URL", "KAFKA_BOOTSTRAP_SERVERS"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
-
-
-@pytest.fixture()
 def filled(data_dir):
     store = SqliteStore(data_dir / "kappalab.sqlite")
     sim = MarketSimulator(["ACME", "GLOBX"], "1m", 21, bars=1500, params=SimulatorParams(phi=0.3))

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import threading
 
-import pandas as pd
 
 from dashboard.charts import candlestick
 from dashboard.view_models import news_markers
 from pipeline.sources.news_simulator import NewsMarketSimulator
 from pipeline.store.sqlite import SqliteStore
-from tests.test_app_pages import data_dir, run_page  # noqa: F401  (fixture)
+from tests.test_app_pages import run_page
 
 
 def fill_with_news(path) -> tuple[int, int]:
@@ -46,7 +45,7 @@ def test_news_markers_sit_above_their_candle_with_title_and_score(tmp_path):
         store.close()
 
 
-def test_pages_show_news(data_dir):  # noqa: F811
+def test_pages_show_news(data_dir):
     bars, n = fill_with_news(data_dir)
     live = run_page("pages/live_market.py")
     assert any("news" in t.label.lower() for t in live.toggle)

@@ -16,15 +16,6 @@ PAGES = ["pages/live_market.py", "pages/pipeline_control.py", "pages/data_browse
          "pages/model_lab.py", "pages/predictions.py"]
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("KAPPALAB_AUTOSTART", "0")
-    for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
-
-
 def fill(data_dir: Path, bars_per_symbol: int = 400) -> int:
     store = SqliteStore(data_dir / "kappalab.sqlite")
     bars = list(MarketSimulator(symbols=("ACME", "GLOBX"), bars=bars_per_symbol).bars(threading.Event()))

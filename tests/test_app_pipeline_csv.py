@@ -17,16 +17,6 @@ from pipeline.store.sqlite import SqliteStore
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "pipeline_control.py")
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("KAPPALAB_AUTOSTART", "0")
-    for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL", "ALPHAVANTAGE_API_KEY",
-                "POLYGON_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
-
-
 def pandas_csv(newest_first: bool = True) -> bytes:
     """What `df.to_csv()` writes for daily bars: ``,Open,High,Low,Close,Volume``."""
     idx = pd.bdate_range("2024-01-01", periods=60)

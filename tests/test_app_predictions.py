@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from sklearn.linear_model import LinearRegression
 from streamlit.testing.v1 import AppTest
 
@@ -22,15 +21,6 @@ from pipeline.store.sqlite import SqliteStore
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "predictions.py")
 SYMBOLS = ("ACME", "GLOBX")
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("KAPPALAB_AUTOSTART", "0")
-    for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
 
 
 def fill(data_dir: Path) -> dict:

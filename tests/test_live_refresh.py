@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.candles import CandleFeed, whole_history_bucket
@@ -16,15 +15,6 @@ from pipeline.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN = 60_000
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("KAPPALAB_AUTOSTART", "0")
-    for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
 
 
 def sim_bars(n: int, start_ms: int | None = None) -> list[Bar]:
