@@ -34,6 +34,9 @@ from pipeline.worker import Worker
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "kappalab-indexer"
+#: Bounded reads hold at most this many records per partition that their producer has not
+#: acknowledged yet; past it they are read again from the broker later.
+MAX_HELD_RECORDS = 200_000
 
 
 def make_consumer(bootstrap: str, topic: str | None, group_id: str | None,
@@ -115,6 +118,8 @@ class Indexer(Worker):
         self._last_check = 0.0
         self._broker_down_since: float | None = None
         self._last_orphan_check = 0.0
+        #: bounded reads: records read before the producer saw their ack, per partition
+        self._waiting: dict[Any, list] = {}
 
     def describe(self) -> str:
         how = f"group {self.group_id}" if self.group_id else "assigned ranges"
@@ -134,7 +139,8 @@ class Indexer(Worker):
             poll_failing_since = None
             while not stop.is_set() and not self._bounds_done(consumer):
                 try:
-                    batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                    batch = consumer.poll(timeout_ms=50 if self._waiting else 500,
+                                          max_records=self.batch_max)
                     poll_failing_since = None
                 except Exception as exc:  # e.g. a corrupt record batch: keep trying, say so
                     poll_failing_since = poll_failing_since or time.monotonic()
@@ -162,6 +168,7 @@ class Indexer(Worker):
                             self.error(f"batch not stored, retrying: {exc}", log_it=False)
                         for tp, msgs in batch.items():
                             consumer.seek(tp, msgs[0].offset)
+                            self._waiting.pop(tp, None)  # read again after the batch
                         self._periodic(consumer)
                         self.tick()
                         backoff.wait(stop)
@@ -278,13 +285,22 @@ class Indexer(Worker):
             consumer.seek(tp, self.bounds[tp.partition])
 
     def _own_records(self, consumer, batch: dict) -> dict:
-        """Keep the ledger's records; skip other writers'; stop at a record whose ack the
-        producer has not seen yet (seek back to it and read it again later)."""
+        """Keep the ledger's records; skip other writers'; hold back the records from the
+        first one whose ack the producer has not seen yet, and look at them again with the
+        next poll. (The consumer often reads a record before its producer has reaped the
+        ack. Seeking back to it instead made the client fetch and decode the same records
+        again and again, which cost a backfill up to half its throughput.)"""
         out = {}
-        for tp, msgs in batch.items():
-            mine, short = self.ledger.take(tp.partition, [m.offset for m in msgs])
+        for tp in list(self._waiting) + [tp for tp in batch if tp not in self._waiting]:
+            held, new = self._waiting.pop(tp, None), batch.get(tp, [])
+            msgs = held + new if held else new
+            mine, short = self.ledger.take(tp.partition, (m.offset for m in msgs))
             if short:
-                consumer.seek(tp, msgs[len(mine)].offset)
+                held = msgs[len(mine):]
+                if len(held) > MAX_HELD_RECORDS:  # bound memory: read them again later
+                    consumer.seek(tp, held[0].offset)
+                else:
+                    self._waiting[tp] = held
             kept = [m for m, ours in zip(msgs, mine) if ours]
             if kept:
                 out[tp] = kept
@@ -294,7 +310,7 @@ class Indexer(Worker):
         if self.bounds is None:
             return False
         ends = self.ledger.ends()
-        if ends is None:
+        if ends is None or self._waiting:
             return False
         from kafka import TopicPartition
 

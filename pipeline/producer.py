@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from pipeline.schema import BARS_TOPIC
 from pipeline.sources.base import Source, SourceError
@@ -60,9 +60,10 @@ class OffsetLedger:
                 return False
             return None
 
-    def take(self, partition: int, offsets: list[int]) -> tuple[list[bool], bool]:
+    def take(self, partition: int, offsets: Iterable[int]) -> tuple[list[bool], bool]:
         """:meth:`classify` for consecutive offsets under one lock: whether each is ours, up
-        to the first one not acknowledged yet; and whether one such stopped the list short."""
+        to the first one not acknowledged yet (the rest are not looked at); and whether one
+        such stopped the list short."""
         out: list[bool] = []
         with self._lock:
             acked, top = self._acked.get(partition, ()), self._max.get(partition, -1)
