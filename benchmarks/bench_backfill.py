@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -52,7 +53,11 @@ def main() -> None:
         broker = EmbeddedBroker(Path(tmp) / "broker.json")
         info = broker.start(reuse=False)
         try:
+            self_cpu = resource.getrusage(resource.RUSAGE_SELF)
             raw = raw_ceiling(info.bootstrap, Path(tmp) / "raw.sqlite", args.bars)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            raw["cpu_s"] = round(after.ru_utime + after.ru_stime
+                                 - self_cpu.ru_utime - self_cpu.ru_stime, 2)
             pipes = {m: cli_backfill(info.bootstrap, Path(tmp) / m, args.bars, m) for m in modes}
         finally:
             broker.stop()
@@ -76,6 +81,7 @@ def cli_backfill(bootstrap: str, data_dir: Path, n: int, mode: str) -> dict:
                PYTHONPATH=str(ROOT))
     env.pop("ELASTICSEARCH_URL", None)
     topic = f"bench-{mode}"
+    cpu_before = _children_cpu_s()
     proc = subprocess.run([sys.executable, "-m", "pipeline", "backfill", "--bars", str(n // 5),
                            "--topic", topic, "--indexer", mode], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -87,7 +93,14 @@ def cli_backfill(bootstrap: str, data_dir: Path, n: int, mode: str) -> dict:
                          f"of {n} bars")
     return {"mode": mode, "all_stored_s": summary["elapsed_s"],
             "end_to_end_bars_per_s": round(n / summary["elapsed_s"]),
-            "stored": summary["stored"]}
+            "stored": summary["stored"],
+            # CPU of the CLI and its indexer process, interpreter start included
+            "cpu_s": round(_children_cpu_s() - cpu_before, 2)}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def raw_ceiling(bootstrap: str, db: Path, n: int) -> dict:

@@ -49,12 +49,19 @@ class PipedLedger(OffsetLedger):
         super().finish()
         self.send(("finished",))
 
-    def send(self, message: tuple) -> None:
-        with self._send_lock:
-            try:
-                self._conn.send(message)
-            except OSError as exc:  # the child is gone; the CLI sees it and says so
-                log.debug("backfill indexer pipe closed: %s", exc)
+    def send(self, message: tuple, wait_s: float = -1) -> bool:
+        """Send ``message``; False if the pipe is closed, or busy for longer than ``wait_s``
+        (a child that stopped reading: the caller then ends it)."""
+        if not self._send_lock.acquire(timeout=wait_s):
+            return False
+        try:
+            self._conn.send(message)
+            return True
+        except OSError as exc:  # the child is gone; the CLI sees it and says so
+            log.debug("backfill indexer pipe closed: %s", exc)
+            return False
+        finally:
+            self._send_lock.release()
 
 
 class IndexerThread:
@@ -129,8 +136,8 @@ class IndexerProcess:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Ask the child to stop, wait for its last snapshot, then make sure it is gone."""
-        self.ledger.send(("stop",))
-        self.process.join(timeout_s)
+        told = self.ledger.send(("stop",), wait_s=2.0)
+        self.process.join(timeout_s if told else 2.0)
         if self.process.is_alive():
             log.warning("the backfill's indexer process did not stop; terminating it")
             self.process.terminate()
