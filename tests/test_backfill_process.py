@@ -76,7 +76,8 @@ def test_a_killed_indexer_process_fails_the_backfill_with_one_sentence(broker, t
     assert proc.returncode == 1, err
     s = summary(out)
     assert s["complete"] is False and s["indexer"] == "process"
-    assert 0 < s["stored"] <= store.count_bars()
+    # its last snapshot (twice a second) may predate the last batches it stored
+    assert s["stored"] <= store.count_bars() and store.count_bars() >= 1000
     errors = error_lines(err)
     assert len(errors) == 1, err
     assert errors[0].startswith("error: the indexer failed: the indexer process exited")
