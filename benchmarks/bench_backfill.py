@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=100_000, help="total bars (5 symbols)")
     ap.add_argument("--modes", default="process,thread",
                     help="backfill --indexer modes to measure, comma-separated")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleaved rounds (raw client, then each mode); each figure is its "
+                         "best round, so a burst of load on a shared machine counts less")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     quiet_kafka_logs()
@@ -53,14 +56,24 @@ def main() -> None:
         broker = EmbeddedBroker(Path(tmp) / "broker.json")
         info = broker.start(reuse=False)
         try:
-            self_cpu = resource.getrusage(resource.RUSAGE_SELF)
-            raw = raw_ceiling(info.bootstrap, Path(tmp) / "raw.sqlite", args.bars)
-            after = resource.getrusage(resource.RUSAGE_SELF)
-            raw["cpu_s"] = round(after.ru_utime + after.ru_stime
-                                 - self_cpu.ru_utime - self_cpu.ru_stime, 2)
-            pipes = {m: cli_backfill(info.bootstrap, Path(tmp) / m, args.bars, m) for m in modes}
+            raws, runs = [], {m: [] for m in modes}
+            for r in range(max(1, args.rounds)):
+                self_cpu = resource.getrusage(resource.RUSAGE_SELF)
+                raw = raw_ceiling(info.bootstrap, Path(tmp) / f"raw-{r}.sqlite", args.bars,
+                                  f"raw-ceiling-{r}")
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                raw["cpu_s"] = round(after.ru_utime + after.ru_stime
+                                     - self_cpu.ru_utime - self_cpu.ru_stime, 2)
+                raws.append(raw)
+                for m in modes:
+                    runs[m].append(cli_backfill(info.bootstrap, Path(tmp) / f"{m}-{r}",
+                                                args.bars, m, f"bench-{m}-{r}"))
         finally:
             broker.stop()
+    best = lambda xs: max(xs, key=lambda x: x["end_to_end_bars_per_s"])  # noqa: E731
+    raw = dict(best(raws), rounds_bars_per_s=[x["end_to_end_bars_per_s"] for x in raws])
+    pipes = {m: dict(best(xs), rounds_bars_per_s=[x["end_to_end_bars_per_s"] for x in xs])
+             for m, xs in runs.items()}
     for pipe in pipes.values():
         pipe["ratio"] = round(pipe["end_to_end_bars_per_s"] / raw["end_to_end_bars_per_s"], 2)
         pipe["ratio_vs_raw_produce"] = round(pipe["end_to_end_bars_per_s"]
@@ -70,17 +83,17 @@ def main() -> None:
         "benchmark": "backfill", "bars": args.bars, "store": "sqlite", "broker": "embedded tansu",
         "measured": "python -m pipeline backfill --indexer <mode>", "pipeline": pipes,
         "raw_client": raw, "ratio": headline["ratio"], "ratio_mode": headline["mode"],
+        "rounds": max(1, args.rounds),
         "cpus": os.cpu_count(), "loadavg_1m_before": load_before,
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }))
 
 
-def cli_backfill(bootstrap: str, data_dir: Path, n: int, mode: str) -> dict:
+def cli_backfill(bootstrap: str, data_dir: Path, n: int, mode: str, topic: str) -> dict:
     """One ``python -m pipeline backfill`` run; its summary line's figures."""
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, KAPPALAB_DATA_DIR=str(data_dir),
                PYTHONPATH=str(ROOT))
     env.pop("ELASTICSEARCH_URL", None)
-    topic = f"bench-{mode}"
     cpu_before = _children_cpu_s()
     proc = subprocess.run([sys.executable, "-m", "pipeline", "backfill", "--bars", str(n // 5),
                            "--topic", topic, "--indexer", mode], cwd=ROOT, env=env,
@@ -103,10 +116,9 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def raw_ceiling(bootstrap: str, db: Path, n: int) -> dict:
+def raw_ceiling(bootstrap: str, db: Path, n: int, topic: str) -> dict:
     from kafka import KafkaConsumer, KafkaProducer
 
-    topic = "raw-ceiling"
     stop = threading.Event()
     payloads = [(b.symbol.encode(), b.to_json())
                 for b in MarketSimulator(bars=n // 5).bars(stop)]
@@ -116,7 +128,7 @@ def raw_ceiling(bootstrap: str, db: Path, n: int) -> dict:
     conn.execute("CREATE TABLE bars (symbol TEXT, interval TEXT, ts INTEGER, open REAL, "
                  "high REAL, low REAL, close REAL, volume REAL, source TEXT, "
                  "PRIMARY KEY (symbol, interval, ts)) WITHOUT ROWID")
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id="raw-ceiling",
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic,
                              enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_interval_ms=10_000, session_timeout_ms=10_000,
                              heartbeat_interval_ms=1_000, max_poll_records=5000,
