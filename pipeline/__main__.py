@@ -4,7 +4,7 @@
     python -m pipeline produce --bars 100000  # simulator backfill (or --speed 60 for live)
     python -m pipeline index                  # consume, validate, store; DLQ for bad messages
     python -m pipeline score                  # live scorer (predictions + adaptation)
-    python -m pipeline backfill --bars 100000 # produce and index (indexer in a child process), then exit
+    python -m pipeline backfill --bars 100000 # produce and index a finite source, then exit
     python -m pipeline status                 # broker, store, and workers seen by heartbeat
     python -m pipeline news --source alphavantage --symbols IBM   # news to finance-news
     python -m pipeline news-index             # consume finance-news into the store
@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--timeout", type=float, default=DEFAULT_BACKFILL_TIMEOUT_S, metavar="S",
                     help="give up (exit 1) if the backfill is not stored within S seconds "
                          f"(default {DEFAULT_BACKFILL_TIMEOUT_S:.0f})")
-    bf.add_argument("--indexer", choices=["process", "thread"], default="process",
-                    help="run the indexer in a child process (default: a core of its own) "
-                         "or as a thread of this process")
+    bf.add_argument("--indexer", choices=["auto", "process", "thread"], default="auto",
+                    help="run the indexer in a child process (a core of its own) or as a "
+                         "thread of this process; auto (default): a process on machines with "
+                         "4 or more cores")
     bf.set_defaults(func=cmd_backfill)
 
     nw = sub.add_parser("news", help="publish news items to finance-news (docs/NEWS.md)")
@@ -274,7 +275,7 @@ def cmd_backfill(args, config: Config) -> int:
     The indexer reads the partitions directly (no consumer group, so concurrent backfills and
     the live indexer never share work) and stores exactly the records this run's producer got
     acknowledged, from the offsets recorded at the start; the summary counts only those. It
-    runs in a child process unless ``--indexer thread`` (pipeline/backfill.py says why)."""
+    runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from pipeline.backfill import start_indexer

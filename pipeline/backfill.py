@@ -1,9 +1,10 @@
-"""The backfill's indexer, in its own process (the default) or as a thread of the CLI's.
+"""The backfill's indexer, in its own process or as a thread of the CLI's.
 
 One Python process runs Python code on one core at a time (the GIL). A backfill's producer
 (source, JSON, the Kafka client's send path) and its indexer (the client's fetch path,
 validation, the store) are both CPU-bound Python, so in one process they take turns on one
-core. With the indexer in a child process each has a core::
+core. With the indexer in a child process each has a core (``--indexer process``; the default
+``auto`` picks it on machines with at least :data:`MIN_CORES_FOR_PROCESS` cores)::
 
     CLI process                                      child process (spawned)
       Producer ── acked offsets ──► PipedLedger ══►  OffsetLedger ─► Indexer ─► store
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from typing import Any
@@ -93,7 +95,7 @@ class IndexerThread:
 
 
 class IndexerProcess:
-    """The default mode: the indexer in a spawned child process (a core of its own)."""
+    """The indexer in a spawned child process (a core of its own)."""
 
     mode = "process"
 
@@ -199,8 +201,21 @@ def child_main(orders, stats, bootstrap: str, topic: str, dlq_topic: str,
     stats.close()
 
 
+#: ``--indexer auto`` gives the indexer its own process from this many cores on. On two
+#: cores the broker, the app and two busy backfill processes oversubscribe the machine: there
+#: (measured on a shared 2-core box) the extra process's start-up and clients cost more than
+#: the second core gives back, and the thread mode was as fast or faster in most runs.
+MIN_CORES_FOR_PROCESS = 4
+
+
+def resolve_mode(mode: str) -> str:
+    if mode == "auto":
+        return "process" if (os.cpu_count() or 1) >= MIN_CORES_FOR_PROCESS else "thread"
+    return mode
+
+
 def start_indexer(mode: str, store, bootstrap: str, topic: str, dlq_topic: str,
                   starts: dict[int, int], client_kwargs: dict):
-    cls = IndexerProcess if mode == "process" else IndexerThread
+    cls = IndexerProcess if resolve_mode(mode) == "process" else IndexerThread
     return cls(store, bootstrap, topic, dlq_topic, starts, client_kwargs).start()
 

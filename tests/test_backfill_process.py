@@ -67,7 +67,7 @@ def stored_at_least(store_path: Path, n: int):
 
 def test_a_killed_indexer_process_fails_the_backfill_with_one_sentence(broker, tmp_path):
     proc = start(broker, tmp_path, "--bars", "500000", "--symbols", "KIA,KIB",
-                 "--topic", f"bf-{uuid.uuid4().hex[:8]}")
+                 "--topic", f"bf-{uuid.uuid4().hex[:8]}", "--indexer", "process")
     check, store = stored_at_least(tmp_path / "kappalab.sqlite", 1000)
     assert wait_for(check, 120), "the backfill never stored 1,000 bars"
     (child,) = indexer_children(proc.pid)
@@ -86,7 +86,7 @@ def test_a_killed_indexer_process_fails_the_backfill_with_one_sentence(broker, t
 
 def test_the_indexer_process_stops_when_the_backfill_is_killed(broker, tmp_path):
     proc = start(broker, tmp_path, "--bars", "500000", "--symbols", "KPA,KPB",
-                 "--topic", f"bf-{uuid.uuid4().hex[:8]}")
+                 "--topic", f"bf-{uuid.uuid4().hex[:8]}", "--indexer", "process")
     check, store = stored_at_least(tmp_path / "kappalab.sqlite", 1000)
     assert wait_for(check, 120), "the backfill never stored 1,000 bars"
     (child,) = indexer_children(proc.pid)
@@ -103,7 +103,7 @@ def test_ctrl_c_in_a_terminal_reaches_both_processes_and_exits_130(broker, tmp_p
     """A terminal's Ctrl-C signals the whole process group: the child ignores it and stops
     when the parent says so, so the summary counts exactly what was stored."""
     proc = start(broker, tmp_path, "--bars", "500000", "--symbols", "CCA,CCB",
-                 "--topic", f"bf-{uuid.uuid4().hex[:8]}", start_new_session=True)
+                 "--topic", f"bf-{uuid.uuid4().hex[:8]}", "--indexer", "process", start_new_session=True)
     check, store = stored_at_least(tmp_path / "kappalab.sqlite", 1000)
     try:
         assert wait_for(check, 120), "the backfill never stored 1,000 bars"
