@@ -42,6 +42,7 @@ from models.features import (
     DEFAULT_FEATURES, FEATURE_GROUPS, compute_features, is_price_level, max_lookback,
 )
 from models.registry import GLOBAL_SCOPE, LoadedModel, promote, save_model_version
+from models.sentiment import is_sentiment_feature, load_news
 from models.targets import effective_horizon, make_target, to_close
 from pipeline.jsonsafe import json_safe
 from pipeline.store.base import Store
@@ -259,7 +260,9 @@ def load_training_data(store: Store, symbols: list[str], interval: str, features
         if len(bars) <= h:
             continue
         bars = bars.reset_index(drop=True)
-        feats = compute_features(bars, features)
+        # a sentiment champion retrains on the stored news, as in the model lab
+        news = load_news(store, bars) if any(map(is_sentiment_feature, features)) else None
+        feats = compute_features(bars, features, news=news)
         part = pd.DataFrame({
             "symbol": sym, "ts": bars["ts"].to_numpy(),
             "base_close": bars["close"].to_numpy(dtype="float64"),

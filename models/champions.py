@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from models.registry import champions
 from models.registry import GLOBAL_SCOPE, LoadedModel, load_model_version
@@ -28,10 +29,17 @@ class ChampionChanges:
 
 
 class ChampionBook:
-    """``{scope: LoadedModel}`` of the current champions, refreshed every ``refresh_s``."""
+    """``{scope: LoadedModel}`` of the current champions, refreshed every ``refresh_s``.
 
-    def __init__(self, store: Store, refresh_s: float = 2.0):
+    ``check(features)`` raises ``ValueError`` for features the scorer cannot compute live (bar
+    features without a streaming form, news features without a news stream); such a champion
+    is refused as not usable, and the scope keeps the model it had.
+    """
+
+    def __init__(self, store: Store, refresh_s: float = 2.0,
+                 check: Callable[[list[str]], object] | None = None):
         self.store = store
+        self.check = check
         self.refresh_s = refresh_s
         self.models: dict[str, LoadedModel] = {}
         self.scopes: set[str] = set()  # scopes with a champion in the store (usable or not)
@@ -75,6 +83,8 @@ class ChampionBook:
                 if not get_target(model.target).is_forecast:
                     raise ValueError(f"its target {model.target!r} is not a forecast")
                 model.lookback  # validates the feature names
+                if self.check is not None:
+                    self.check(model.features)
             except Exception as exc:
                 changes.errors.append(f"champion {meta['version_id']} ({scope}) is not usable: "
                                       f"{exc}")

@@ -93,6 +93,7 @@ def load_news(data: Any, bars: pd.DataFrame) -> pd.DataFrame | None:
 
 
 _EMPTY = (np.zeros(0, dtype="int64"), np.zeros(0), np.zeros(0))
+_NEG_INF = float("-inf")
 
 
 def _news_by_symbol(news: pd.DataFrame | None) -> dict[str, tuple[np.ndarray, ...]]:
@@ -181,7 +182,8 @@ class SentimentTracker:
         self.names = list(dict.fromkeys(names))
         self._parsed = [_parse(n) for n in self.names]
         self._half_lives = sorted({p for f, p in self._parsed if f == "sent_decay"})
-        self._max_window = max((p for f, p in self._parsed if f != "sent_decay"), default=0)
+        self._windows = sorted({p for f, p in self._parsed if f != "sent_decay"})
+        self._max_window = max(self._windows, default=0)
         self._states: dict[str, _SymbolState] = {}
         self._early: dict[str, list[tuple[int, float, float]]] = {}  # news before first bar
 
@@ -201,48 +203,60 @@ class SentimentTracker:
             if ts >= st.last_end - self._max_window * st.step:
                 bisect.insort(st.window, entry)
 
-    def update(self, bar: Any) -> dict[str, float]:
-        get = bar.get if isinstance(bar, dict) else lambda k: getattr(bar, k)
-        from pipeline.schema import interval_ms
+    update_item = update_news  # the name other trackers' items use (models/live_news.py)
 
-        symbol = str(get("symbol"))
+    def update(self, bar: Any) -> dict[str, float]:
+        if isinstance(bar, dict):
+            symbol, ts, interval = str(bar["symbol"]), int(bar["ts"]), str(bar["interval"])
+        else:
+            symbol, ts, interval = str(bar.symbol), int(bar.ts), str(bar.interval)
         st = self._states.get(symbol)
         if st is None:
-            st = self._states[symbol] = _SymbolState(interval_ms(str(get("interval"))))
+            from pipeline.schema import interval_ms
+
+            st = self._states[symbol] = _SymbolState(interval_ms(interval))
             st.levels = {h: 0.0 for h in self._half_lives}
             st.pending = self._early.pop(symbol, [])
-        end = int(get("ts")) + st.step
-        if st.last_end is not None and end <= st.last_end:
-            return dict(st.values)
-        if st.last_end is not None:
+        step, last = st.step, st.last_end
+        end = ts + step
+        if last is not None:
+            if end <= last:
+                return dict(st.values)
             for h in self._half_lives:
-                st.levels[h] *= 0.5 ** ((end - st.last_end) / (h * st.step))
-        st.pending.sort()
-        due = [e for e in st.pending if e[0] < end]
-        st.pending = [e for e in st.pending if e[0] >= end]
-        for ts, contrib, rel in due:
-            for h in self._half_lives:
-                st.levels[h] += contrib * 0.5 ** ((end - ts) / (h * st.step))
-            bisect.insort(st.window, (ts, contrib, rel))
-        cutoff = end - self._max_window * st.step
-        drop = bisect.bisect_left(st.window, (cutoff, float("-inf"), float("-inf")))
-        del st.window[:drop]
+                st.levels[h] *= 0.5 ** ((end - last) / (h * step))
+        if st.pending:
+            st.pending.sort()
+            k = bisect.bisect_left(st.pending, (end, _NEG_INF, _NEG_INF))
+            due, st.pending = st.pending[:k], st.pending[k:]
+            for item_ts, contrib, rel in due:
+                for h in self._half_lives:
+                    st.levels[h] += contrib * 0.5 ** ((end - item_ts) / (h * step))
+                bisect.insort(st.window, (item_ts, contrib, rel))
+        window = st.window
+        if window and window[0][0] < end - self._max_window * step:
+            del window[:bisect.bisect_left(window, (end - self._max_window * step, _NEG_INF,
+                                                    _NEG_INF))]
         st.last_end = end
-        st.values = {name: self._value(st, family, param, end)
-                     for name, (family, param) in zip(self.names, self._parsed)}
-        return dict(st.values)
+        sums = {}
+        for k in self._windows:  # count, then sums in ts order (the batch's order)
+            start = end - k * step
+            n, num, den = 0, 0, 0
+            for item_ts, contrib, rel in window:
+                if item_ts >= start:
+                    n, num, den = n + 1, num + contrib, den + rel
+            sums[k] = (n, float(num), float(den))
+        values = {}
+        for name, (family, param) in zip(self.names, self._parsed):
+            if family == "sent_decay":
+                values[name] = st.levels[param]
+            elif family == "news_count":
+                values[name] = float(sums[param][0])
+            else:
+                _, num, den = sums[param]
+                values[name] = num / den if den > 0 else 0.0
+        st.values = values  # replaced, never changed in place: callers may keep it
+        return values
 
     def value(self, symbol: str) -> dict[str, float]:
         st = self._states.get(symbol)
         return dict(st.values) if st else {}
-
-    def _value(self, st: _SymbolState, family: str, param: int, end: int) -> float:
-        if family == "sent_decay":
-            return st.levels[param]
-        start = end - param * st.step
-        items = [e for e in st.window if e[0] >= start]
-        if family == "news_count":
-            return float(len(items))
-        num = float(sum(e[1] for e in items))
-        den = float(sum(e[2] for e in items))
-        return num / den if den > 0 else 0.0

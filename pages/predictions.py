@@ -13,6 +13,7 @@ from dashboard.state import store_or_stop
 from dashboard.view_models import HELP, live_kpis, scorer_snapshot
 from dashboard.widgets import push_notice, show_notices
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
+from models.live_news import extra_features_note
 from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
 
 store = store_or_stop()
@@ -38,10 +39,13 @@ if snap:
     st.markdown(f"**Scorer** ({state}): {g.get('status', '—')}")
     problem = snap.get("last_error") or ""
     if "not usable" in problem:
-        st.warning(f"The scorer rejected a champion and keeps its previous model: {problem}. "
-                   "It uses the version named above.")
+        keeps = ("It keeps predicting with the version named above." if g.get("champions")
+                 else "It has no model to predict with until a usable version is promoted.")
+        st.warning(f"The scorer rejected a champion: {problem}. {keeps}")
     elif state in ("failed", "stalled"):
         st.warning(f"The scorer {state}: {problem or 'no reason recorded'}")
+    if note := extra_features_note(g.get("extra_features")):
+        st.caption(note)
     lat = g.get("latency_ms") or {}
     k = st.columns(5)
     k[0].metric("Predictions", f"{c.get('predictions', 0):,}")

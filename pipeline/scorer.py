@@ -10,6 +10,9 @@ A small worker loop. For each poll of bars (its own consumer group, next to the 
 3. store the new and the settled predictions in one batch (deterministic IDs), commit the
    offsets, then publish them to ``finance-predictions`` (a feed: the store is the record).
 
+The same consumer reads ``finance-news`` for the ``sentiment`` features (applied before the
+poll's bars, merged into each champion's row: :mod:`models.live_news`).
+
 Retraining (bootstrap, schedule, drift) runs in the background (:mod:`models.retrain_schedule`).
 On a restart each series' features and unscored predictions are rebuilt from the store, and
 each (model, series) resumes after the last bar it predicted, so a replayed bar is never
@@ -34,6 +37,7 @@ import pandas as pd
 
 from models.adaptation import RetrainPolicy, default_features
 from models.champions import ChampionBook
+from models.live_news import ExtraFeatures, LiveSentiment
 from models.live_series import SeriesKey, SeriesStates, SeriesWork
 from models.progressive import LiveScoreboard, PlainPrediction
 from models.registry import LoadedModel
@@ -41,6 +45,7 @@ from models.retrain_schedule import RetrainScheduler
 from pipeline.schema import (
     BARS_TOPIC, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms, parse_bar,
 )
+from pipeline.news import NEWS_TOPIC
 from pipeline.store.base import now_ms
 from pipeline.worker import Worker
 
@@ -74,6 +79,9 @@ class Scorer(Worker):
     store_catchup_s
         On a restart, how long (in total) to wait for the indexer to store the bars just
         before the first replayed one, so rebuilt features have no hole.
+    news_topic
+        The news topic read for the ``sentiment`` features (:mod:`models.live_news`, ordering
+        rules there); ``None``: no news, and a champion using them is refused.
     """
 
     kind = "scorer"
@@ -91,7 +99,8 @@ class Scorer(Worker):
                  train_default: bool = True, batch_max: int = 2000, poll_timeout_ms: int = 100,
                  fetch_wait_ms: int = 10, latency_window: int = 2000, error_window: int = 200,
                  model_refresh_s: float = 2.0, bootstrap_check_s: float = 5.0,
-                 store_catchup_s: float = 3.0, max_backoff_s: float = 10.0):
+                 store_catchup_s: float = 3.0, max_backoff_s: float = 10.0,
+                 news_topic: str | None = NEWS_TOPIC):
         super().__init__(store=store, mode=mode)
         self.bootstrap, self.topic, self.group_id = bootstrap, topic, group_id
         self.client_kwargs = client_kwargs or {}
@@ -107,7 +116,8 @@ class Scorer(Worker):
                                           worker_id=self.worker_id)
         self.series = SeriesStates(store, default_features(), store_catchup_s,
                                    settle=self._settle_stored, on_error=self.error)
-        self.champions = ChampionBook(store, model_refresh_s)
+        self.extras = ExtraFeatures([LiveSentiment(store, news_topic)] if news_topic else [])
+        self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
@@ -119,7 +129,8 @@ class Scorer(Worker):
         self._last_decision: dict[str, Any] | None = None
 
     def describe(self) -> str:
-        return (f"{self.topic} → predictions in {self.store.describe()} and "
+        return (f"{' + '.join([self.topic, *self.extras.topics])} → predictions in "
+                f"{self.store.describe()} and "
                 f"{self.predictions_topic} (group {self.group_id})")
 
     # ---- main loop -------------------------------------------------------------------------
@@ -184,7 +195,8 @@ class Scorer(Worker):
         from kafka import KafkaConsumer
 
         return KafkaConsumer(
-            self.topic, bootstrap_servers=self.bootstrap, group_id=self.group_id,
+            self.topic, *self.extras.topics, bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
             client_id="kappalab-scorer", enable_auto_commit=False, auto_offset_reset="earliest",
             # Short intervals: the group join on the embedded broker otherwise takes minutes.
             max_poll_interval_ms=10_000, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
@@ -210,7 +222,12 @@ class Scorer(Worker):
     def _handle(self, batch: dict) -> None:
         by_series: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}
         n = 0
-        for msgs in batch.values():
+        extra = [tp for tp in batch if tp.topic != self.topic]
+        for tp in extra:  # the poll's news before its bars (models/live_news.py: ordering)
+            self.extras.handle(batch[tp])
+        for tp, msgs in batch.items():
+            if tp.topic != self.topic:
+                continue
             for msg in msgs:
                 n += 1
                 try:
@@ -240,6 +257,7 @@ class Scorer(Worker):
                 if time.monotonic() > deadline:
                     self._deferred[key] = items
                     continue
+                self.extras.start_series(*key, first_ts=items[0][0].ts)
                 self.series.get(key, first_ts=items[0][0].ts)
             self._deferred.pop(key, None)
             ready[key] = items
@@ -260,8 +278,10 @@ class Scorer(Worker):
         state = self.series.get(key, first_ts=items[0][0].ts)
         w = SeriesWork(state, self.champions.model_for(*key))
         model = w.model
+        extras = self.extras.active
         if model is not None:
-            cols = self.series.features.columns(model.features)
+            bar_names = self.series.features.names
+            cols = None if extras else self.series.features.columns(model.features)
             last_pred = self.series.last_predicted(state, key, model.version_id)
             train_end = model.meta.get("train_end_ms")
         for bar, produced in items:
@@ -269,6 +289,7 @@ class Scorer(Worker):
                 self.count("replayed")  # already seen (a replay) or out of order
                 continue
             row = state.update(bar)
+            extra = self.extras.update(bar) if extras else None
             i = len(w.fresh)
             w.fresh.append((bar, produced))
             if model is None:
@@ -277,8 +298,10 @@ class Scorer(Worker):
                 self.count("before_training_end")  # its target was in the training data
             elif last_pred is not None and bar.ts <= last_pred:
                 self.count("already_predicted")
-            else:
+            elif extra is None:
                 w.rows[i] = row[cols]
+            else:
+                w.rows[i] = self.extras.row(model.features, bar_names, row, extra)
         if not w.fresh:
             return None
         self._intervals[key[1]] += len(w.fresh)
@@ -380,11 +403,13 @@ class Scorer(Worker):
             self._set_status()
 
     def _resize_features(self) -> None:
-        """Every series computes the default features plus every champion's."""
+        """Every series computes the default features plus every champion's (the bar ones
+        in its streaming state, the others in their provider)."""
         names = list(default_features())
         for m in self.champions.models.values():
             names += [f for f in m.features if f not in names]
-        self.series.use_features(names)
+        self.series.use_features(self.extras.split(names))
+        self.extras.use(names)
 
     def _set_status(self, message: str | None = None) -> None:
         if message:
@@ -392,6 +417,8 @@ class Scorer(Worker):
         elif (m := self.champions.main()) is not None:
             self._status = (f"predicting {m.target} with {m.version_id} "
                             f"({m.meta.get('name')})")
+            if any(map(self.extras.claims, m.features)):
+                self._status += ", with sentiment from the news stream"
         log.debug("scorer status: %s", self._status)
 
     def _collect_outcomes(self) -> None:
@@ -435,6 +462,8 @@ class Scorer(Worker):
                                  for scope, m in self.champions.models.items()})
         self.gauge("status", self._status)
         self.gauge("retraining", self.scheduler.busy)
+        if self.extras.providers:
+            self.gauge("extra_features", self.extras.gauge())
         self.gauge("bars_since_decision", dict(self.scheduler.since_decision))
         if self._last_decision:
             d = self._last_decision
