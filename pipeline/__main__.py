@@ -4,7 +4,7 @@
     python -m pipeline produce --bars 100000  # simulator backfill (or --speed 60 for live)
     python -m pipeline index                  # consume, validate, store; DLQ for bad messages
     python -m pipeline score                  # live scorer (predictions + adaptation)
-    python -m pipeline backfill --bars 100000 # produce and index in one process, then exit
+    python -m pipeline backfill --bars 100000 # produce and index a finite source, then exit
     python -m pipeline status                 # broker, store, and workers seen by heartbeat
     python -m pipeline news --source alphavantage --symbols IBM   # news to finance-news
     python -m pipeline news-index             # consume finance-news into the store
@@ -88,12 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="exit after S seconds without new messages")
     sc.set_defaults(func=cmd_score)
 
-    bf = sub.add_parser("backfill", help="produce and index in one process, then exit")
+    bf = sub.add_parser("backfill", help="produce and index a finite source, then exit")
     add_source_args(bf)
     bf.add_argument("--dlq-topic", default=DLQ_TOPIC, help="dead-letter topic for bad messages")
     bf.add_argument("--timeout", type=float, default=DEFAULT_BACKFILL_TIMEOUT_S, metavar="S",
                     help="give up (exit 1) if the backfill is not stored within S seconds "
                          f"(default {DEFAULT_BACKFILL_TIMEOUT_S:.0f})")
+    bf.add_argument("--indexer", choices=["auto", "process", "thread"], default="auto",
+                    help="run the indexer in a child process (a core of its own) or as a "
+                         "thread of this process; auto (default): a process on machines with "
+                         "4 or more cores")
     bf.set_defaults(func=cmd_backfill)
 
     nw = sub.add_parser("news", help="publish news items to finance-news (docs/NEWS.md)")
@@ -318,16 +322,16 @@ def cmd_fundamentals_index(args, config: Config) -> int:
 
 
 def cmd_backfill(args, config: Config) -> int:
-    """Produce a finite source and index exactly its bars in this process, then exit.
+    """Produce a finite source and index exactly its bars, then exit.
 
     The indexer reads the partitions directly (no consumer group, so concurrent backfills and
     the live indexer never share work) and stores exactly the records this run's producer got
-    acknowledged, from the offsets recorded at the start; the summary counts only those."""
+    acknowledged, from the offsets recorded at the start; the summary counts only those. It
+    runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from pipeline.indexer import Indexer
-    from pipeline.producer import OffsetLedger, Producer
-    from pipeline.worker import WorkerThread
+    from pipeline.backfill import start_indexer
+    from pipeline.producer import Producer
 
     if args.source == "simulator" and args.bars is None:
         raise CliError("backfill needs a finite source: pass --bars N for the simulator")
@@ -353,17 +357,15 @@ def cmd_backfill(args, config: Config) -> int:
             starts = {tp.partition: off for tp, off in probe.end_offsets(tps).items()}
         finally:
             probe.close()
-        ledger = OffsetLedger()
         source = build_source(args, config, store)
+        indexer = start_indexer(args.indexer, store, info.bootstrap, args.topic, args.dlq_topic,
+                                starts, config.kafka_client_kwargs())
+        ledger = indexer.ledger
         producer = Producer(source, info.bootstrap, topic=args.topic,
                             client_kwargs=config.kafka_client_kwargs(), store=store,
                             mode="process", live=False, ledger=ledger)
-        worker = Indexer(store, info.bootstrap, topic=args.topic, dlq_topic=args.dlq_topic,
-                         client_kwargs=config.kafka_client_kwargs(), mode="process",
-                         bounds=starts, ledger=ledger)
-        indexer = WorkerThread(worker).start()
-        print(f"backfilling {source.describe()} via {info.bootstrap} into {store.describe()}",
-              file=sys.stderr, flush=True)
+        print(f"backfilling {source.describe()} via {info.bootstrap} into {store.describe()} "
+              f"(indexer in a {indexer.mode})", file=sys.stderr, flush=True)
         produce = threading.Thread(target=producer.run_guarded, args=(stop,), daemon=True)
         produce.start()
         last_print = time.time()
@@ -373,12 +375,13 @@ def cmd_backfill(args, config: Config) -> int:
                 break
             if time.time() - last_print >= 5:
                 last_print = time.time()
-                print(progress_line(worker.stats(history=False)), file=sys.stderr, flush=True)
+                print(progress_line(indexer.stats()), file=sys.stderr, flush=True)
         interrupted, timed_out = stop.is_set(), indexer.alive and time.time() >= deadline
         stop.set()
         produce.join(30)
         indexer.stop()
-        counters = worker.stats(history=False)["counters"]
+        final = indexer.stats()
+        counters = final["counters"]
         produced = ledger.count()
         elapsed = time.time() - t0
         print(json.dumps({
@@ -387,7 +390,9 @@ def cmd_backfill(args, config: Config) -> int:
             "bars_in_store_before": before, "bars_in_store_after": store.count_bars(),
             "elapsed_s": round(elapsed, 2),
             "bars_per_s": round(counters["stored"] / elapsed, 1) if elapsed else None,
-            "complete": not (interrupted or timed_out) and producer.state == "finished",
+            "complete": not (interrupted or timed_out) and producer.state == "finished"
+            and final["state"] == "finished",
+            "indexer": indexer.mode,
         }), flush=True)
         done = counters["stored"] + counters["rejected"]
         if producer.state == "failed":
@@ -400,8 +405,8 @@ def cmd_backfill(args, config: Config) -> int:
             raise CliError(f"the backfill did not finish within {args.timeout:.0f} s: "
                            f"{done:,} of the {produced:,} bars produced so far were handled; run it again with a larger "
                            "--timeout (bars already stored stay stored)", status=1)
-        if worker.state == "failed":
-            raise CliError(f"the indexer failed: {worker.last_error}", status=1)
+        if final["state"] == "failed":
+            raise CliError(f"the indexer failed: {final['last_error']}", status=1)
     finally:
         if indexer is not None and indexer.alive:
             indexer.stop()
