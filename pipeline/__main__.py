@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("produce", help="publish bars from a source to the topic")
     add_source_args(pr)
+    pr.add_argument("--news-rate", type=float, default=0.0,
+                    help="simulator: also publish news to finance-news, items per symbol per "
+                    "bar (0..1; 0 = no news)")
+    pr.add_argument("--news-impact", type=float, default=0.0,
+                    help="simulator: how much the news tells about the next returns, in bar "
+                    "standard deviations per unit of score x relevance (0 = nothing)")
     pr.set_defaults(func=cmd_produce)
 
     ix = sub.add_parser("index", help="consume the topic into the store until Ctrl-C")
@@ -202,19 +208,49 @@ def cmd_broker(args, config: Config) -> int:
 def cmd_produce(args, config: Config) -> int:
     from pipeline.producer import Producer
 
+    news = None
+    if args.news_rate or args.news_impact:
+        if args.source != "simulator":
+            raise CliError("--news-rate/--news-impact work with --source simulator only; for "
+                           "real news run `python -m pipeline news`.")
+        if not 0 < args.news_rate <= 1:
+            raise CliError("--news-rate must be above 0 and at most 1 (items per symbol per "
+                           "bar) when --news-impact is given.")
+        from pipeline.news_stream import NewsQueue
+
+        news = NewsQueue()
     store = open_store(config)
     info, _ = resolve_bootstrap(config)
-    source = build_source(args, config, store)
+    source = build_source(args, config, store, news=news)
     stop = wait_for_signal()
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
+    news_worker = None
+    if news is not None:
+        from pipeline.news_stream import NewsProducer
+        from pipeline.worker import WorkerThread
+
+        news_worker = WorkerThread(NewsProducer(
+            news.batches, info.bootstrap, description="simulated news",
+            client_kwargs=config.kafka_client_kwargs(), store=store)).start()
     endless_simulator = args.source == "simulator" and args.bars is None
     worker = Producer(source, info.bootstrap, topic=args.topic,
                       client_kwargs=config.kafka_client_kwargs(),
                       store=store, mode="process", live=args.speed is not None or args.live,
                       # an endless feed can resume after the last stored bar
-                      resume_source=(lambda points: build_source(args, config, store, resume=points))
+                      resume_source=(lambda points: build_source(args, config, store,
+                                                                 resume=points, news=news))
                       if endless_simulator else None)
-    run_worker(worker, stop)
+    try:
+        run_worker(worker, stop)
+    finally:
+        if news_worker is not None:  # publish what the bars' news left in the queue, then end
+            news.close()
+            news_worker.thread.join(30)
+            counters = news_worker.worker.stats(history=False)["counters"]
+            print(json.dumps({"summary": "news_producer", **counters,
+                              "dropped": news.dropped}))
+            if news_worker.alive:
+                news_worker.stop()
     return 0
 
 
