@@ -30,6 +30,8 @@ from pipeline.cli_support import (
     run_worker, wait_for_signal,
 )
 from pipeline.config import Config, load_config
+from pipeline.fundamentals import FUNDAMENTALS_TOPIC
+from pipeline.news import NEWS_TOPIC
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
@@ -90,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="run the live scorer until Ctrl-C")
     sc.add_argument("--group", default="kappalab-scorer", help="consumer group id")
     sc.add_argument("--topic", default=BARS_TOPIC, help="bars topic to consume")
+    sc.add_argument("--news-topic", default=NEWS_TOPIC,
+                    help="news topic for the sentiment features ('' = none: a champion using "
+                    "them is refused)")
+    sc.add_argument("--fundamentals-topic", default=FUNDAMENTALS_TOPIC,
+                    help="snapshots topic for the fundamentals features ('' = none)")
     sc.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without new messages")
     sc.set_defaults(func=cmd_score)
@@ -270,7 +277,9 @@ def cmd_score(args, config: Config) -> int:
 
     store, info, stop = checked_store_and_broker(config)
     worker = Scorer(store, info.bootstrap, topic=args.topic, group_id=args.group,
-                    client_kwargs=config.kafka_client_kwargs(), mode="process")
+                    client_kwargs=config.kafka_client_kwargs(), mode="process",
+                    news_topic=args.news_topic or None,
+                    fundamentals_topic=args.fundamentals_topic or None)
     print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
     run_worker(worker, stop, until_idle=args.until_idle, idle_counter="consumed")
     return 0
