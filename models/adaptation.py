@@ -41,6 +41,7 @@ from models import metrics as M
 from models.features import (
     DEFAULT_FEATURES, FEATURE_GROUPS, compute_features, is_price_level, max_lookback,
 )
+from models.fundamentals import is_fundamentals_feature, load_fundamentals
 from models.registry import GLOBAL_SCOPE, LoadedModel, promote, save_model_version
 from models.sentiment import is_sentiment_feature, load_news
 from models.targets import effective_horizon, make_target, to_close
@@ -260,9 +261,11 @@ def load_training_data(store: Store, symbols: list[str], interval: str, features
         if len(bars) <= h:
             continue
         bars = bars.reset_index(drop=True)
-        # a sentiment champion retrains on the stored news, as in the model lab
+        # a sentiment/fundamentals champion retrains on the stored news/snapshots, as in the lab
         news = load_news(store, bars) if any(map(is_sentiment_feature, features)) else None
-        feats = compute_features(bars, features, news=news)
+        funds = (load_fundamentals(store, bars) if any(map(is_fundamentals_feature, features))
+                 else None)
+        feats = compute_features(bars, features, news=news, fundamentals=funds)
         part = pd.DataFrame({
             "symbol": sym, "ts": bars["ts"].to_numpy(),
             "base_close": bars["close"].to_numpy(dtype="float64"),

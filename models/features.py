@@ -47,6 +47,8 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from models.fundamentals import (FUNDAMENTALS_GROUP, fundamentals_features,
+                                 is_fundamentals_feature)
 from models.sentiment import SENTIMENT_GROUP, is_sentiment_feature, sentiment_features
 
 FEATURE_GROUPS: dict[str, list[str]] = {
@@ -66,7 +68,10 @@ FEATURE_GROUPS: dict[str, list[str]] = {
     "lags": ["close_lag_1", "close_lag_2", "close_lag_3", "ret_lag_1", "ret_lag_2", "ret_lag_3"],
     "calendar": ["minute_sin", "minute_cos", "dow_sin", "dow_cos"],
     "sentiment": SENTIMENT_GROUP,  # news joined as of the bar's end: models/sentiment.py
+    "fundamentals": FUNDAMENTALS_GROUP,  # snapshots as of the bar's end: models/fundamentals.py
 }
+#: Groups computed from another stream than the bars (joined as of each bar's end).
+STREAM_GROUPS = ("sentiment", "fundamentals")
 
 DEFAULT_FEATURES: list[str] = [
     "close", "ret_1", "ret_5", "ret_20", "ret_lag_1", "close_to_sma_20", "rsi_14",
@@ -84,7 +89,8 @@ MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 
 
 def compute_features(bars: pd.DataFrame, features: list[str], news: pd.DataFrame | None = None,
-                     interval: str | None = None) -> pd.DataFrame:
+                     interval: str | None = None,
+                     fundamentals: pd.DataFrame | None = None) -> pd.DataFrame:
     """Feature frame for ``bars``: same index, one float column per name in ``features``.
 
     ``bars`` holds the columns ``ts, open, high, low, close, volume`` (plus ``symbol`` and
@@ -96,6 +102,12 @@ def compute_features(bars: pd.DataFrame, features: list[str], news: pd.DataFrame
     bar's end (``interval`` is needed only when ``bars`` has no ``interval`` column).
     """
     names = validate_features(features)
+    fund_names = [n for n in names if is_fundamentals_feature(n)]
+    if fund_names:  # fundamentals snapshots (models/fundamentals.py), as of each bar's end
+        rest = [n for n in names if n not in fund_names]
+        parts = [compute_features(bars, rest, news=news, interval=interval)] if rest else []
+        parts.append(fundamentals_features(bars, fundamentals, fund_names, interval))
+        return pd.concat(parts, axis=1)[names]
     news_names = [n for n in names if is_sentiment_feature(n)]
     if news_names:
         rest = [n for n in names if n not in news_names]
@@ -161,7 +173,7 @@ def all_features() -> list[str]:
     The ``sentiment`` group is left out: it is computed from news, not bars (the scorer's
     streaming form is :class:`models.sentiment.SentimentTracker`, not the bar state)."""
     return list(dict.fromkeys(f for group, names in FEATURE_GROUPS.items()
-                              if group != "sentiment" for f in names))
+                              if group not in STREAM_GROUPS for f in names))
 
 
 def is_price_level(name: str) -> bool:
@@ -188,8 +200,8 @@ def _parse(name: str):
         return None
     if name in _FIXED:
         return ("fixed", name, 0)
-    if is_sentiment_feature(name):  # news, not bars: the scorer uses SentimentTracker
-        return ("news", name, 0)
+    if is_sentiment_feature(name) or is_fundamentals_feature(name):
+        return ("news", name, 0)  # another stream, not bars: the scorer uses a tracker
     m = _FAMILY_RE.match(name)
     if m and m.group(1) in _FAMILIES:
         param = int(m.group(2))

@@ -38,6 +38,7 @@ from models.lab_runs import (  # noqa: F401
 from models.lab_types import (  # noqa: F401
     MIN_ROWS, FittedModel, LabCancelled, LabConfig, LabError, LabResult, NoData, ProgressCallback,
 )
+from models.fundamentals import is_fundamentals_feature, load_fundamentals
 from models.sentiment import is_sentiment_feature, load_news
 from models.splits import Split, make_splits, split_warnings
 from models.targets import (SAME_BAR_FEATURES, effective_horizon, get_target, make_target,
@@ -48,11 +49,13 @@ from models.zoo import MAX_JOBS, get_spec
 
 def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = None,
                    cancel: threading.Event | None = None,
-                   news: pd.DataFrame | None = None) -> LabResult:
+                   news: pd.DataFrame | None = None,
+                   fundamentals: pd.DataFrame | None = None) -> LabResult:
     """Fit and score every model of ``config`` on ``data`` (a store or a bars DataFrame).
 
     Sentiment features read ``news`` (a frame of news items) or, when it is None and ``data``
-    is a store, the store's news for the loaded bars' symbols and range."""
+    is a store, the store's news for the loaded bars' symbols and range; fundamentals
+    features read ``fundamentals`` (snapshots) the same way."""
     started = time.perf_counter()
     report = progress or (lambda fraction, message: None)
     cancel = cancel or threading.Event()
@@ -77,7 +80,10 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
     report(0.02, f"Computing {len(features)} features on {len(bars):,} bars")
     if news is None and any(is_sentiment_feature(c) for c in columns):
         news = load_news(data, bars)
-    feats = compute_features(bars, columns, news=news, interval=config.interval)
+    if fundamentals is None and any(is_fundamentals_feature(c) for c in columns):
+        fundamentals = load_fundamentals(data, bars)
+    feats = compute_features(bars, columns, news=news, interval=config.interval,
+                             fundamentals=fundamentals)
     y = make_target(bars, config.target, config.horizon)
     base = reference_close(bars, config.target)
     actual_close = target_close(bars, config.target, config.horizon)

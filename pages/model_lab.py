@@ -19,6 +19,7 @@ from dashboard.state import store_or_stop
 from dashboard.widgets import confirm_button
 from models import lab
 from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features
+from models.fundamentals import is_fundamentals_feature, load_fundamentals
 from models.sentiment import is_sentiment_feature, load_news
 from models.features import max_lookback
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
@@ -106,6 +107,11 @@ if features:
         c1.caption(f"Sentiment features join news as of each bar's close (only items published "
                    f"before it); {n_news:,} news items stored for these symbols"
                    + ("." if n_news else ": without news they are constant and left out."))
+    if any(map(is_fundamentals_feature, features)):
+        n_snaps = sum(store.count_fundamentals(s) for s in symbols)
+        c1.caption(f"Fundamentals features take the latest snapshot fetched before each bar's "
+                   f"close; bars before a symbol's first snapshot have none and are left out. "
+                   f"{n_snaps:,} snapshots stored for these symbols.")
     constant_here = [f for f in features if f.startswith("minute_") and interval == "1d"]
     if constant_here:
         c1.caption(f"On {interval} bars {', '.join(constant_here)} never change: the run leaves "
@@ -168,7 +174,9 @@ if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen
     bar = st.progress(0.0, text="Starting")
     try:
         news = load_news(store, bars) if any(map(is_sentiment_feature, features)) else None
-        result = lab.run_comparison(bars, config, news=news,
+        fundamentals = (load_fundamentals(store, bars)
+                        if any(map(is_fundamentals_feature, features)) else None)
+        result = lab.run_comparison(bars, config, news=news, fundamentals=fundamentals,
                                     progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), m))
     except lab.LabError as exc:
         st.error(str(exc))

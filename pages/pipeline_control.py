@@ -8,6 +8,9 @@ from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import HELP, throughput_ceiling, worker_row
+from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
+                                    alphavantage_news_panel, headline_csv_panel,
+                                    news_worker_row)
 from dashboard.widgets import csv_import_panel, guarded, push_notice, show_notices, worker_header
 from pipeline.config import Secret
 from pipeline.runtime import SimulatorSpec
@@ -86,8 +89,22 @@ with st.expander("Producer source", expanded=not runtime.is_running("producer"))
             warmup = w1.number_input("Warm-up bars (instant)", 0, 100_000, 0, step=500,
                                      key="pc_warmup")
             seed = w2.number_input("Seed", 0, 1_000_000, 7, key="pc_seed")
+            n1, n2 = st.columns(2)
+            news_rate = n1.number_input(
+                "News items per bar (simulated news)", 0.0, 1.0, 0.1, step=0.05,
+                key="pc_news_rate", help="Chance that a symbol gets a news item during each "
+                "bar, published to finance-news; 0 = no simulated news.")
+            news_impact = n2.number_input(
+                "News information (impact)", 0.0, 10.0, 0.0, step=0.5, key="pc_news_impact",
+                help="0 = news is noise; 1.5 = a clearly informative feed.")
+            st.caption("**Information** is how much a news item moves the *next* bar: its "
+                       "return gets impact × one typical bar move × the item's score × "
+                       "relevance. At 0 the news says nothing about prices, and the honest "
+                       "Model lab result is no skill from the sentiment features; at 1.5 a "
+                       "linear model gains a few percent of skill from them.")
             spec = SimulatorSpec(symbols=tuple(symbols), interval=src_interval,
-                                 speed=float(speed), warmup_bars=int(warmup), seed=int(seed))
+                                 speed=float(speed), warmup_bars=int(warmup), seed=int(seed),
+                                 news_rate=float(news_rate), news_impact=float(news_impact))
             start_producer = lambda: runtime.start_simulator(spec)  # noqa: E731
         else:
             if not chosen.enabled:
@@ -175,3 +192,21 @@ def live_figures(local: dict) -> None:
 
 
 worker_panel()
+
+# ---- news ----------------------------------------------------------------------------------------
+st.subheader("News")
+with st.expander("News sources", expanded=st.session_state.get(NEWS_PANEL_OPEN, False)):
+    av_tab, csv_tab = st.tabs(["Alpha Vantage news", "Headline CSV"])
+    with av_tab:
+        alphavantage_news_panel(runtime, config, st.session_state.setdefault("api_keys", {}))
+    with csv_tab:
+        headline_csv_panel(runtime, config.data_dir)
+
+
+@st.fragment(run_every=2.0)
+def news_panel() -> None:
+    key, _ = alphavantage_key(config, st.session_state.get("api_keys", {}))
+    news_worker_row(runtime, runtime.local_stats(), av_ready=key is not None)
+
+
+news_panel()

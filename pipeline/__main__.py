@@ -4,10 +4,12 @@
     python -m pipeline produce --bars 100000  # simulator backfill (or --speed 60 for live)
     python -m pipeline index                  # consume, validate, store; DLQ for bad messages
     python -m pipeline score                  # live scorer (predictions + adaptation)
-    python -m pipeline backfill --bars 100000 # produce and index in one process, then exit
+    python -m pipeline backfill --bars 100000 # produce and index a finite source, then exit
     python -m pipeline status                 # broker, store, and workers seen by heartbeat
     python -m pipeline news --source alphavantage --symbols IBM   # news to finance-news
     python -m pipeline news-index             # consume finance-news into the store
+    python -m pipeline fundamentals --symbols IBM   # OVERVIEW snapshots to finance-fundamentals
+    python -m pipeline fundamentals-index     # consume finance-fundamentals into the store
 
 The dashboard pointed at the same configuration (env / .streamlit/secrets.toml / data dir)
 shows the data and the heartbeats of these processes.
@@ -28,6 +30,8 @@ from pipeline.cli_support import (
     run_worker, wait_for_signal,
 )
 from pipeline.config import Config, load_config
+from pipeline.fundamentals import FUNDAMENTALS_TOPIC
+from pipeline.news import NEWS_TOPIC
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
@@ -69,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("produce", help="publish bars from a source to the topic")
     add_source_args(pr)
+    pr.add_argument("--news-rate", type=float, default=0.0,
+                    help="simulator: also publish news to finance-news, items per symbol per "
+                    "bar (0..1; 0 = no news)")
+    pr.add_argument("--news-impact", type=float, default=0.0,
+                    help="simulator: how much the news tells about the next returns, in bar "
+                    "standard deviations per unit of score x relevance (0 = nothing)")
     pr.set_defaults(func=cmd_produce)
 
     ix = sub.add_parser("index", help="consume the topic into the store until Ctrl-C")
@@ -82,16 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="run the live scorer until Ctrl-C")
     sc.add_argument("--group", default="kappalab-scorer", help="consumer group id")
     sc.add_argument("--topic", default=BARS_TOPIC, help="bars topic to consume")
+    sc.add_argument("--news-topic", default=NEWS_TOPIC,
+                    help="news topic for the sentiment features ('' = none: a champion using "
+                    "them is refused)")
+    sc.add_argument("--fundamentals-topic", default=FUNDAMENTALS_TOPIC,
+                    help="snapshots topic for the fundamentals features ('' = none)")
     sc.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without new messages")
     sc.set_defaults(func=cmd_score)
 
-    bf = sub.add_parser("backfill", help="produce and index in one process, then exit")
+    bf = sub.add_parser("backfill", help="produce and index a finite source, then exit")
     add_source_args(bf)
     bf.add_argument("--dlq-topic", default=DLQ_TOPIC, help="dead-letter topic for bad messages")
     bf.add_argument("--timeout", type=float, default=DEFAULT_BACKFILL_TIMEOUT_S, metavar="S",
                     help="give up (exit 1) if the backfill is not stored within S seconds "
                          f"(default {DEFAULT_BACKFILL_TIMEOUT_S:.0f})")
+    bf.add_argument("--indexer", choices=["auto", "process", "thread"], default="auto",
+                    help="run the indexer in a child process (a core of its own) or as a "
+                         "thread of this process; auto (default): a process on machines with "
+                         "4 or more cores")
     bf.set_defaults(func=cmd_backfill)
 
     nw = sub.add_parser("news", help="publish news items to finance-news (docs/NEWS.md)")
@@ -113,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     ni.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without a new message")
     ni.set_defaults(func=cmd_news_index)
+
+    fu = sub.add_parser("fundamentals", help="publish Alpha Vantage OVERVIEW snapshots to "
+                        "finance-fundamentals (docs/NEWS.md)")
+    fu.add_argument("--symbols", required=True, help="comma-separated symbols (e.g. IBM,MSFT)")
+    fu.add_argument("--live", action="store_true", help="fetch again every --poll-hours")
+    fu.add_argument("--poll-hours", type=float, default=24.0,
+                    help="--live: hours between fetches (default 24)")
+    fu.set_defaults(func=cmd_fundamentals)
+
+    fi = sub.add_parser("fundamentals-index",
+                        help="consume finance-fundamentals into the store until Ctrl-C")
+    fi.add_argument("--until-idle", type=float, default=None, metavar="S",
+                    help="exit after S seconds without a new message")
+    fi.set_defaults(func=cmd_fundamentals_index)
 
     st = sub.add_parser("status", help="show broker, store and running workers")
     st.add_argument("--json", action="store_true")
@@ -182,19 +215,49 @@ def cmd_broker(args, config: Config) -> int:
 def cmd_produce(args, config: Config) -> int:
     from pipeline.producer import Producer
 
+    news = None
+    if args.news_rate or args.news_impact:
+        if args.source != "simulator":
+            raise CliError("--news-rate/--news-impact work with --source simulator only; for "
+                           "real news run `python -m pipeline news`.")
+        if not 0 < args.news_rate <= 1:
+            raise CliError("--news-rate must be above 0 and at most 1 (items per symbol per "
+                           "bar) when --news-impact is given.")
+        from pipeline.news_stream import NewsQueue
+
+        news = NewsQueue()
     store = open_store(config)
     info, _ = resolve_bootstrap(config)
-    source = build_source(args, config, store)
+    source = build_source(args, config, store, news=news)
     stop = wait_for_signal()
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
+    news_worker = None
+    if news is not None:
+        from pipeline.news_stream import NewsProducer
+        from pipeline.worker import WorkerThread
+
+        news_worker = WorkerThread(NewsProducer(
+            news.batches, info.bootstrap, description="simulated news",
+            client_kwargs=config.kafka_client_kwargs(), store=store)).start()
     endless_simulator = args.source == "simulator" and args.bars is None
     worker = Producer(source, info.bootstrap, topic=args.topic,
                       client_kwargs=config.kafka_client_kwargs(),
                       store=store, mode="process", live=args.speed is not None or args.live,
                       # an endless feed can resume after the last stored bar
-                      resume_source=(lambda points: build_source(args, config, store, resume=points))
+                      resume_source=(lambda points: build_source(args, config, store,
+                                                                 resume=points, news=news))
                       if endless_simulator else None)
-    run_worker(worker, stop)
+    try:
+        run_worker(worker, stop)
+    finally:
+        if news_worker is not None:  # publish what the bars' news left in the queue, then end
+            news.close()
+            news_worker.thread.join(30)
+            counters = news_worker.worker.stats(history=False)["counters"]
+            print(json.dumps({"summary": "news_producer", **counters,
+                              "dropped": news.dropped}))
+            if news_worker.alive:
+                news_worker.stop()
     return 0
 
 
@@ -214,7 +277,9 @@ def cmd_score(args, config: Config) -> int:
 
     store, info, stop = checked_store_and_broker(config)
     worker = Scorer(store, info.bootstrap, topic=args.topic, group_id=args.group,
-                    client_kwargs=config.kafka_client_kwargs(), mode="process")
+                    client_kwargs=config.kafka_client_kwargs(), mode="process",
+                    news_topic=args.news_topic or None,
+                    fundamentals_topic=args.fundamentals_topic or None)
     print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
     run_worker(worker, stop, until_idle=args.until_idle, idle_counter="consumed")
     return 0
@@ -265,17 +330,53 @@ def cmd_news_index(args, config: Config) -> int:
     return 0
 
 
+def cmd_fundamentals(args, config: Config) -> int:
+    from pipeline.fundamentals_stream import FundamentalsProducer
+    from pipeline.sources.alphavantage_overview import AlphaVantageOverview
+
+    if args.poll_hours <= 0:
+        raise CliError("--poll-hours must be a positive number of hours.")
+    feed = AlphaVantageOverview.from_config(config, args.symbols,
+                                            mode="live" if args.live else "once",
+                                            poll_seconds=args.poll_hours * 3600)
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    print(f"producing {feed.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
+    worker = FundamentalsProducer(feed.items, info.bootstrap, description=feed.describe(),
+                                  client_kwargs=config.kafka_client_kwargs(),
+                                  store=open_store(config), mode="process")
+    run_worker(worker, stop)
+    print(json.dumps({"summary": "fundamentals source", **{
+        k: v for k, v in feed.stats().items() if isinstance(v, (int, float, str))}}))
+    return 0
+
+
+def cmd_fundamentals_index(args, config: Config) -> int:
+    from pipeline.fundamentals_stream import FundamentalsIndexer
+
+    store = open_store(config)
+    store.check()
+    info, _ = resolve_bootstrap(config)
+    stop = wait_for_signal()
+    print(f"indexing fundamentals from {info.bootstrap} into {store.describe()}",
+          file=sys.stderr, flush=True)
+    worker = FundamentalsIndexer(store, info.bootstrap,
+                                 client_kwargs=config.kafka_client_kwargs(), mode="process")
+    run_worker(worker, stop, until_idle=args.until_idle)
+    return 0
+
+
 def cmd_backfill(args, config: Config) -> int:
-    """Produce a finite source and index exactly its bars in this process, then exit.
+    """Produce a finite source and index exactly its bars, then exit.
 
     The indexer reads the partitions directly (no consumer group, so concurrent backfills and
     the live indexer never share work) and stores exactly the records this run's producer got
-    acknowledged, from the offsets recorded at the start; the summary counts only those."""
+    acknowledged, from the offsets recorded at the start; the summary counts only those. It
+    runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from pipeline.indexer import Indexer
-    from pipeline.producer import OffsetLedger, Producer
-    from pipeline.worker import WorkerThread
+    from pipeline.backfill import start_indexer
+    from pipeline.producer import Producer
 
     if args.source == "simulator" and args.bars is None:
         raise CliError("backfill needs a finite source: pass --bars N for the simulator")
@@ -301,17 +402,15 @@ def cmd_backfill(args, config: Config) -> int:
             starts = {tp.partition: off for tp, off in probe.end_offsets(tps).items()}
         finally:
             probe.close()
-        ledger = OffsetLedger()
         source = build_source(args, config, store)
+        indexer = start_indexer(args.indexer, store, info.bootstrap, args.topic, args.dlq_topic,
+                                starts, config.kafka_client_kwargs())
+        ledger = indexer.ledger
         producer = Producer(source, info.bootstrap, topic=args.topic,
                             client_kwargs=config.kafka_client_kwargs(), store=store,
                             mode="process", live=False, ledger=ledger)
-        worker = Indexer(store, info.bootstrap, topic=args.topic, dlq_topic=args.dlq_topic,
-                         client_kwargs=config.kafka_client_kwargs(), mode="process",
-                         bounds=starts, ledger=ledger)
-        indexer = WorkerThread(worker).start()
-        print(f"backfilling {source.describe()} via {info.bootstrap} into {store.describe()}",
-              file=sys.stderr, flush=True)
+        print(f"backfilling {source.describe()} via {info.bootstrap} into {store.describe()} "
+              f"(indexer in a {indexer.mode})", file=sys.stderr, flush=True)
         produce = threading.Thread(target=producer.run_guarded, args=(stop,), daemon=True)
         produce.start()
         last_print = time.time()
@@ -321,12 +420,13 @@ def cmd_backfill(args, config: Config) -> int:
                 break
             if time.time() - last_print >= 5:
                 last_print = time.time()
-                print(progress_line(worker.stats(history=False)), file=sys.stderr, flush=True)
+                print(progress_line(indexer.stats()), file=sys.stderr, flush=True)
         interrupted, timed_out = stop.is_set(), indexer.alive and time.time() >= deadline
         stop.set()
         produce.join(30)
         indexer.stop()
-        counters = worker.stats(history=False)["counters"]
+        final = indexer.stats()
+        counters = final["counters"]
         produced = ledger.count()
         elapsed = time.time() - t0
         print(json.dumps({
@@ -335,7 +435,9 @@ def cmd_backfill(args, config: Config) -> int:
             "bars_in_store_before": before, "bars_in_store_after": store.count_bars(),
             "elapsed_s": round(elapsed, 2),
             "bars_per_s": round(counters["stored"] / elapsed, 1) if elapsed else None,
-            "complete": not (interrupted or timed_out) and producer.state == "finished",
+            "complete": not (interrupted or timed_out) and producer.state == "finished"
+            and final["state"] == "finished",
+            "indexer": indexer.mode,
         }), flush=True)
         done = counters["stored"] + counters["rejected"]
         if producer.state == "failed":
@@ -348,8 +450,8 @@ def cmd_backfill(args, config: Config) -> int:
             raise CliError(f"the backfill did not finish within {args.timeout:.0f} s: "
                            f"{done:,} of the {produced:,} bars produced so far were handled; run it again with a larger "
                            "--timeout (bars already stored stay stored)", status=1)
-        if worker.state == "failed":
-            raise CliError(f"the indexer failed: {worker.last_error}", status=1)
+        if final["state"] == "failed":
+            raise CliError(f"the indexer failed: {final['last_error']}", status=1)
     finally:
         if indexer is not None and indexer.alive:
             indexer.stop()

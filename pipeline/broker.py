@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.fundamentals import FUNDAMENTALS_DLQ_TOPIC, FUNDAMENTALS_TOPIC
 from pipeline.news import NEWS_DLQ_TOPIC, NEWS_TOPIC
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC, NEWS_TOPIC,
-                  NEWS_DLQ_TOPIC)
+                  NEWS_DLQ_TOPIC, FUNDAMENTALS_TOPIC, FUNDAMENTALS_DLQ_TOPIC)
 
 
 class BrokerUnavailable(RuntimeError):

@@ -32,7 +32,9 @@ def resolve_bootstrap(config: Config, start_if_missing: bool = False) -> tuple[B
         raise CliError(str(exc)) from None
 
 
-def build_source(args: argparse.Namespace, config: Config, store=None, resume=None):
+def build_source(args: argparse.Namespace, config: Config, store=None, resume=None, news=None):
+    """The bars source the CLI flags describe; ``news`` (a :class:`NewsQueue`): the simulator
+    also publishes news items into it (``produce --news-rate``)."""
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     if args.source == "simulator":
         from pipeline.runtime import resume_points
@@ -45,9 +47,14 @@ def build_source(args: argparse.Namespace, config: Config, store=None, resume=No
             params["regime_change_at"] = args.regime_change_at
         if resume is None and store is not None:
             resume = resume_points(store, symbols, args.interval)
-        return MarketSimulator(symbols=symbols, interval=args.interval, seed=args.seed,
-                               bars=args.bars, speed=args.speed,
-                               params=SimulatorParams(**params), resume=resume)
+        kwargs = dict(symbols=symbols, interval=args.interval, seed=args.seed, bars=args.bars,
+                      speed=args.speed, params=SimulatorParams(**params), resume=resume)
+        if news is not None:
+            from pipeline.sources.news_simulator import NewsMarketSimulator
+
+            return NewsMarketSimulator(news_rate=args.news_rate, news_impact=args.news_impact,
+                                       on_news=news.put, **kwargs)
+        return MarketSimulator(**kwargs)
     from pipeline.sources.catalog import source_from_cli
 
     return source_from_cli(args, config, symbols)

@@ -59,6 +59,10 @@ class DeadLetters:
         self.topic = topic
         self._acked: dict[tuple[str, int], set[int]] = {}
 
+    def remembers_any(self) -> bool:
+        """Whether any acknowledged offset awaits its commit (else nothing can be skipped)."""
+        return any(self._acked.values())
+
     def already_sent(self, msg: Any) -> bool:
         return msg.offset in self._acked.get((msg.topic, msg.partition), ())
 

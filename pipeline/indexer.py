@@ -34,6 +34,9 @@ from pipeline.worker import Worker
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "kappalab-indexer"
+#: Bounded reads hold at most this many records per partition that their producer has not
+#: acknowledged yet; past it they are read again from the broker later.
+MAX_HELD_RECORDS = 200_000
 
 
 def make_consumer(bootstrap: str, topic: str | None, group_id: str | None,
@@ -115,6 +118,8 @@ class Indexer(Worker):
         self._last_check = 0.0
         self._broker_down_since: float | None = None
         self._last_orphan_check = 0.0
+        #: bounded reads: records read before the producer saw their ack, per partition
+        self._waiting: dict[Any, list] = {}
 
     def describe(self) -> str:
         how = f"group {self.group_id}" if self.group_id else "assigned ranges"
@@ -134,7 +139,8 @@ class Indexer(Worker):
             poll_failing_since = None
             while not stop.is_set() and not self._bounds_done(consumer):
                 try:
-                    batch = consumer.poll(timeout_ms=500, max_records=self.batch_max)
+                    batch = consumer.poll(timeout_ms=50 if self._waiting else 500,
+                                          max_records=self.batch_max)
                     poll_failing_since = None
                 except Exception as exc:  # e.g. a corrupt record batch: keep trying, say so
                     poll_failing_since = poll_failing_since or time.monotonic()
@@ -162,6 +168,7 @@ class Indexer(Worker):
                             self.error(f"batch not stored, retrying: {exc}", log_it=False)
                         for tp, msgs in batch.items():
                             consumer.seek(tp, msgs[0].offset)
+                            self._waiting.pop(tp, None)  # read again after the batch
                         self._periodic(consumer)
                         self.tick()
                         backoff.wait(stop)
@@ -202,16 +209,18 @@ class Indexer(Worker):
         items: list[tuple[Any, Bar]] = []
         rejects: list[Reject] = []
         n = 0
+        parse, replay = self.parse_message, dlq.remembers_any()
         for msgs in batch.values():
+            n += len(msgs)
             for msg in msgs:
-                n += 1
-                if dlq.already_sent(msg):
+                if replay and dlq.already_sent(msg):
                     continue  # dead-lettered by an earlier attempt of this batch
-                if msg.value is None:
+                value = msg.value
+                if value is None:
                     rejects.append(Reject(msg, "InvalidBar: message has no value"))
                     continue
                 try:
-                    items.append((msg, self.parse_message(msg.value)))
+                    items.append((msg, parse(value)))
                 except InvalidBar as exc:
                     rejects.append(Reject(msg, f"{type(exc).__name__}: {exc.reason}"))
                 except Exception as exc:  # parse_bar is total; this is a bug, not a stall
@@ -231,9 +240,8 @@ class Indexer(Worker):
                         "offset": r.msg.offset, "partition": r.msg.partition, "reason": r.reason,
                         "raw": (r.msg.value or b"")[:200].decode("utf-8", "replace")})
                 del self.recent_rejects[:-50]
-        good_ts = [b.ts for _, b in items]
-        if good_ts:
-            self.gauge("last_bar_ts", max(good_ts))
+        if items:
+            self.gauge("last_bar_ts", max(b.ts for _, b in items))
         self.gauge("last_batch", {"size": n, "stored": stored, "rejected": len(rejects),
                                   "store_ms": round(elapsed * 1000, 1)})
         log.debug("indexed batch: %d consumed, %d stored, %d rejected in %.1f ms",
@@ -277,18 +285,23 @@ class Indexer(Worker):
             consumer.seek(tp, self.bounds[tp.partition])
 
     def _own_records(self, consumer, batch: dict) -> dict:
-        """Keep the ledger's records; skip other writers'; stop at a record whose ack the
-        producer has not seen yet (seek back to it and read it again later)."""
+        """Keep the ledger's records; skip other writers'; hold back the records from the
+        first one whose ack the producer has not seen yet, and look at them again with the
+        next poll. (The consumer often reads a record before its producer has reaped the
+        ack. Seeking back to it instead made the client fetch and decode the same records
+        again and again, which cost a backfill up to half its throughput.)"""
         out = {}
-        for tp, msgs in batch.items():
-            kept = []
-            for m in msgs:
-                mine = self.ledger.classify(tp.partition, m.offset)
-                if mine is None:
-                    consumer.seek(tp, m.offset)
-                    break
-                if mine:
-                    kept.append(m)
+        for tp in list(self._waiting) + [tp for tp in batch if tp not in self._waiting]:
+            held, new = self._waiting.pop(tp, None), batch.get(tp, [])
+            msgs = held + new if held else new
+            mine, short = self.ledger.take(tp.partition, (m.offset for m in msgs))
+            if short:
+                held = msgs[len(mine):]
+                if len(held) > MAX_HELD_RECORDS:  # bound memory: read them again later
+                    consumer.seek(tp, held[0].offset)
+                else:
+                    self._waiting[tp] = held
+            kept = [m for m, ours in zip(msgs, mine) if ours]
             if kept:
                 out[tp] = kept
         return out
@@ -297,7 +310,7 @@ class Indexer(Worker):
         if self.bounds is None:
             return False
         ends = self.ledger.ends()
-        if ends is None:
+        if ends is None or self._waiting:
             return False
         from kafka import TopicPartition
 

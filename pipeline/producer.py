@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from pipeline.schema import BARS_TOPIC
 from pipeline.sources.base import Source, SourceError
@@ -42,10 +42,14 @@ class OffsetLedger:
         self.finished = False
 
     def add(self, partition: int, offset: int) -> None:
+        self.add_many(partition, (offset,))
+
+    def add_many(self, partition: int, offsets) -> None:
         with self._lock:
-            self._acked[partition].add(offset)
-            if offset > self._max.get(partition, -1):
-                self._max[partition] = offset
+            self._acked[partition].update(offsets)
+            top = max(offsets, default=-1)
+            if top > self._max.get(partition, -1):
+                self._max[partition] = top
 
     def classify(self, partition: int, offset: int) -> bool | None:
         """True: one of ours. False: another writer's. None: not acknowledged (yet)."""
@@ -56,6 +60,27 @@ class OffsetLedger:
                 return False
             return None
 
+    def take(self, partition: int, offsets: Iterable[int]) -> tuple[list[bool], bool]:
+        """:meth:`classify` for consecutive offsets under one lock: whether each is ours, up
+        to the first one not acknowledged yet (the rest are not looked at); and whether one
+        such stopped the list short."""
+        out: list[bool] = []
+        with self._lock:
+            acked, top = self._acked.get(partition, ()), self._max.get(partition, -1)
+            for offset in offsets:
+                if offset in acked:
+                    out.append(True)
+                elif offset < top or self.finished:
+                    out.append(False)
+                else:
+                    return out, True
+        return out, False
+
+    def finish(self) -> None:
+        """The producer is done: every record it will ever have acknowledged is here."""
+        with self._lock:
+            self.finished = True
+
     def ends(self) -> dict[int, int] | None:
         """Once the producer finished: the offset after our last record, per partition."""
         with self._lock:
@@ -64,6 +89,33 @@ class OffsetLedger:
     def count(self) -> int:
         with self._lock:
             return sum(len(s) for s in self._acked.values())
+
+
+def _key_hash_partitioner():
+    """kafka-python's default choice for keyed records (murmur2 of the key modulo the
+    partition count, as the Java client), with the hash remembered per key: a key is a
+    symbol, so there are few, and the pure-Python murmur2 per record was ~5% of a backfill."""
+    from kafka.partitioner.abc import Partitioner
+    from kafka.partitioner.default import DefaultPartitioner, murmur2
+
+    class KeyHashPartitioner(Partitioner):
+        def __init__(self) -> None:
+            self._default = DefaultPartitioner()
+            self._hashes: dict[bytes, int] = {}
+
+        def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+            partitions = cluster.partitions_for_topic(topic)
+            if serialized_key is None or not partitions:
+                return self._default.partition(topic, key, serialized_key, value,
+                                               serialized_value, cluster)
+            h = self._hashes.get(serialized_key)
+            if h is None:
+                h = murmur2(serialized_key) & 0x7FFFFFFF
+                if len(self._hashes) < 100_000:
+                    self._hashes[bytes(serialized_key)] = h
+            return sorted(partitions)[h % len(partitions)]
+
+    return KeyHashPartitioner()
 
 
 def make_kafka_producer(bootstrap: str, live: bool, client_kwargs: dict | None = None):
@@ -81,6 +133,7 @@ def make_kafka_producer(bootstrap: str, live: bool, client_kwargs: dict | None =
         enable_idempotence=True,
         max_in_flight_requests_per_connection=5,
         request_timeout_ms=15_000,
+        partitioner=_key_hash_partitioner(),
         **(client_kwargs or {}),
     )
 
@@ -116,17 +169,23 @@ class Producer(Worker):
     def describe(self) -> str:
         return f"{self.source.describe()} → {self.topic}"
 
-    def _on_sent(self, metadata) -> None:
-        self.count("produced")
-        partition, offset = metadata.partition, metadata.offset
-        last = self._last_offset.get(partition)
-        if last is not None and offset <= last:
-            # Offsets only grow within a partition's log: this one started again, i.e. the
-            # broker restarted without its data (the embedded broker keeps it in memory).
-            self._log_reset.set()
-        self._last_offset[partition] = offset
-        if self.ledger is not None:
-            self.ledger.add(partition, offset)
+    def _on_sent(self, acked: list) -> None:
+        """Acknowledged records (their RecordMetadata), in send order."""
+        self.count("produced", len(acked))
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for metadata in acked:
+            by_partition[metadata.partition].append(metadata.offset)
+        for partition, offsets in by_partition.items():
+            last = self._last_offset.get(partition)
+            # Offsets only grow within a partition's log: when one goes back, the log started
+            # again, i.e. the broker restarted without its data (the embedded broker keeps it
+            # in memory).
+            if ((last is not None and offsets[0] <= last)
+                    or any(a >= b for a, b in zip(offsets, offsets[1:]))):
+                self._log_reset.set()
+            self._last_offset[partition] = offsets[-1]
+            if self.ledger is not None:
+                self.ledger.add_many(partition, offsets)
 
     def _on_error(self, exc: Exception) -> None:
         self.count("send_errors")
@@ -153,21 +212,25 @@ class Producer(Worker):
             raise
         finally:
             if self.ledger is not None:
-                self.ledger.finished = True
+                self.ledger.finish()
             self.gauge("source", self.source.stats())
             self.tick(force=True)
 
     def _send_all(self, producer, source: Source, stop: threading.Event,
                   inflight: deque) -> None:
         n = 0
-        send, topic, clock = producer.send, self.topic, time.time
+        send, topic, clock, append = producer.send, self.topic, time.time, inflight.append
+        # Only a producer that can resume after a broker restart needs its recent bars.
+        remember = self.resume_source is not None and self.store is not None
+        recents = self._recent
         for bar in source.bars(stop):
-            inflight.append(send(topic, key=bar.symbol.encode(), value=bar.to_json(),
-                                 timestamp_ms=int(clock() * 1000)))
-            recent = self._recent.get((bar.symbol, bar.interval))
-            if recent is None:
-                recent = self._recent[(bar.symbol, bar.interval)] = deque(maxlen=RECENT_BARS)
-            recent.append((bar.ts, bar.close))
+            append(send(topic, key=bar.symbol.encode(), value=bar.to_json(),
+                        timestamp_ms=int(clock() * 1000)))
+            if remember:
+                recent = recents.get((bar.symbol, bar.interval))
+                if recent is None:
+                    recent = recents[(bar.symbol, bar.interval)] = deque(maxlen=RECENT_BARS)
+                recent.append((bar.ts, bar.close))
             n += 1
             if self.first_ts is None:
                 self.first_ts = bar.ts
@@ -188,12 +251,18 @@ class Producer(Worker):
 
     def _reap(self, inflight: deque) -> None:
         """Handle the finished sends, oldest first (per partition they finish in order)."""
+        acked = []
         while inflight and inflight[0].is_done:
             future = inflight.popleft()
             if future.failed():
+                if acked:
+                    self._on_sent(acked)
+                    acked = []
                 self._on_error(future.exception)
             else:
-                self._on_sent(future.value)
+                acked.append(future.value)
+        if acked:
+            self._on_sent(acked)
 
     def _rewind(self, stop: threading.Event) -> Source | None:
         """The broker lost records (it restarted without its data, or sends failed): once it

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_FRESH_MS = 10_000
 
+#: The news producers one runtime can run side by side, each its own worker (and table row):
+#: the simulator's news, Alpha Vantage live polling, and one finite import at a time (an
+#: Alpha Vantage backfill or a headline CSV). All publish to finance-news.
+NEWS_FEEDS = {"news_producer": "Simulated news", "av_news": "Alpha Vantage news (live)",
+              "news_import": "News import"}
+
 
 def quiet_kafka_logs() -> None:
     """kafka-python warns about every slow event-loop task on a busy 2-core machine."""
@@ -63,6 +69,10 @@ class Runtime:
         self._lock = threading.RLock()
         self._closed = False
         self.autostart_done = threading.Event()  # the dashboard's first-load start, once
+        #: the source object behind each news worker (its request and row counts)
+        self.news_sources: dict[str, Any] = {}
+        self._av_budget = None
+        self.simulator_spec: SimulatorSpec | None = None
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------
@@ -136,6 +146,7 @@ class Runtime:
         from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 
         spec = spec or SimulatorSpec()
+        self.simulator_spec = spec  # the page describes the simulated news from it
 
         news = None
         if spec.news_rate > 0:
@@ -186,13 +197,103 @@ class Runtime:
         return self.start_worker("news_indexer",
                                  lambda b: NewsIndexer(self.store, b, client_kwargs=kw))
 
-    def start_news_producer(self, feed, description: str) -> WorkerThread:
+    def start_news_producer(self, feed, description: str,
+                            name: str = "news_producer") -> WorkerThread:
         """Publish ``feed`` (see :class:`pipeline.news_stream.NewsProducer`) to finance-news."""
         from pipeline.news_stream import NewsProducer
 
-        return self.start_worker("news_producer", lambda b: NewsProducer(
+        return self.start_worker(name, lambda b: NewsProducer(
             feed, b, description=description, client_kwargs=self.config.kafka_client_kwargs(),
             store=self.store))
+
+    def start_news_feed(self, name: str, source: Any) -> WorkerThread:
+        """Run a news source (``items(stop)``, ``describe()``, ``stats()``: Alpha Vantage news,
+        a headline CSV) as worker ``name`` of :data:`NEWS_FEEDS`, with the news indexer that
+        stores what it publishes — the CLI's path (``python -m pipeline news``)."""
+        if name not in NEWS_FEEDS:
+            raise ValueError(f"unknown news worker {name!r}")
+        with self._lock:
+            if self.is_running(name):
+                raise ValueError(f"the {NEWS_FEEDS[name].lower()} is already running; stop "
+                                 "it first")
+            self.start_news_indexer()
+            self.news_sources[name] = source
+            return self.start_news_producer(source.items, source.describe(), name=name)
+
+    def start_alphavantage_news(self, symbols, *, live: bool, api_key=None,
+                                time_from: int | None = None, time_to: int | None = None,
+                                limit: int = 50, poll_seconds: float = 900.0) -> WorkerThread:
+        """Alpha Vantage NEWS_SENTIMENT: live polling (worker ``av_news``) or a backfill of
+        ``[time_from, time_to]`` (worker ``news_import``). The key comes from ``api_key`` or
+        the configuration; every Alpha Vantage news request of this runtime shares one budget."""
+        from pipeline.sources.alphavantage_news import AlphaVantageNews
+
+        source = AlphaVantageNews(
+            symbols, api_key=api_key or self.config.alphavantage_api_key,
+            base_url=self.config.alphavantage_base_url, mode="live" if live else "backfill",
+            time_from=time_from, time_to=time_to, limit=limit, poll_seconds=poll_seconds,
+            budget=self.alphavantage_budget())
+        return self.start_news_feed("av_news" if live else "news_import", source)
+
+    def start_headline_csv(self, path, symbol: str | None = None,
+                           time_zone: str = "UTC") -> WorkerThread:
+        """Import a headline CSV (VADER scores) through finance-news (worker ``news_import``)."""
+        from pipeline.sources.headline_csv import HeadlineCsv
+
+        return self.start_news_feed("news_import", HeadlineCsv(path, symbol=symbol,
+                                                               time_zone=time_zone))
+
+    def start_fundamentals(self, symbols, *, live: bool, api_key=None,
+                           poll_seconds: float = 86_400.0) -> WorkerThread:
+        """Alpha Vantage OVERVIEW snapshots → finance-fundamentals → store (workers
+        ``fundamentals`` and ``fundamentals_indexer``); one snapshot per symbol, again every
+        ``poll_seconds`` when ``live``. Shares the Alpha Vantage news budget."""
+        from pipeline.fundamentals_stream import FundamentalsIndexer, FundamentalsProducer
+        from pipeline.sources.alphavantage_overview import AlphaVantageOverview
+
+        source = AlphaVantageOverview(
+            symbols, api_key=api_key or self.config.alphavantage_api_key,
+            base_url=self.config.alphavantage_base_url, mode="live" if live else "once",
+            poll_seconds=poll_seconds, budget=self.alphavantage_budget())
+        kw = self.config.kafka_client_kwargs()
+        with self._lock:
+            if self.is_running("fundamentals"):
+                raise ValueError("the fundamentals feed is already running; stop it first")
+            self.start_worker("fundamentals_indexer",
+                              lambda b: FundamentalsIndexer(self.store, b, client_kwargs=kw))
+            self.news_sources["fundamentals"] = source
+            return self.start_worker("fundamentals", lambda b: FundamentalsProducer(
+                source.items, b, description=source.describe(), client_kwargs=kw,
+                store=self.store))
+
+    def alphavantage_budget(self):
+        """One request budget (free tier: 5 a minute, 25 a day) for this runtime's Alpha
+        Vantage news requests, so live polling and a backfill never overspend it together."""
+        from pipeline.sources.request_budget import RequestBudget
+
+        with self._lock:
+            if self._av_budget is None:
+                self._av_budget = RequestBudget(5, 25)
+            return self._av_budget
+
+    def news_source_stats(self, name: str) -> dict[str, Any]:
+        source = self.news_sources.get(name)
+        try:
+            return source.stats() if source is not None else {}
+        except Exception as exc:  # a figure for the page, never worth failing it
+            log.debug("news source stats unavailable: %s", exc)
+            return {}
+
+    def running_symbols(self) -> list[str]:
+        """The symbols of the running bar producer (simulator or API source), else []."""
+        wt = self.workers.get("producer")
+        if not (wt and wt.alive):
+            return []
+        source = getattr(wt.worker, "source", None)
+        # the news simulator wraps a MarketSimulator (``market``), which holds the symbols
+        symbols = (getattr(source, "symbols", None)
+                   or getattr(getattr(source, "market", None), "symbols", None) or [])
+        return [str(s) for s in symbols]
 
     def start_scorer(self, **kwargs: Any) -> WorkerThread:
         from pipeline.scorer import Scorer

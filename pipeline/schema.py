@@ -78,7 +78,32 @@ class Bar:
                 "volume": self.volume, "source": self.source}
 
     def to_json(self) -> bytes:
+        """The message value: compact JSON, byte for byte what ``json.dumps`` writes.
+
+        Built from a template for the usual bar (plain floats and int, finite): the producer
+        encodes every bar, and this is ~5x faster than the encoder. Anything else (NaN, a
+        float subclass, a bool) takes ``json.dumps``, which refuses non-finite numbers."""
+        o, h, l, c, v, ts = self.open, self.high, self.low, self.close, self.volume, self.ts
+        if (type(o) is float and type(h) is float and type(l) is float and type(c) is float
+                and type(v) is float and type(ts) is int and _isfinite(o + h + l + c + v)):
+            return (f'{{"symbol":{_json_str(self.symbol)},"interval":{_json_str(self.interval)},'
+                    f'"ts":{ts},"open":{o!r},"high":{h!r},"low":{l!r},"close":{c!r},'
+                    f'"volume":{v!r},"source":{_json_str(self.source)}}}').encode()
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+
+_isfinite = math.isfinite
+_JSON_STRINGS: dict[str, str] = {}
+
+
+def _json_str(value: str) -> str:
+    """``json.dumps`` of a string, remembered: a bar's symbol, interval and source repeat."""
+    out = _JSON_STRINGS.get(value)
+    if out is None:
+        out = json.dumps(value)
+        if len(_JSON_STRINGS) < 10_000 and type(value) is str:
+            _JSON_STRINGS[value] = out
+    return out
 
 
 def bar_id(symbol: str, interval: str, ts: int) -> str:
@@ -209,6 +234,25 @@ def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
     """Validate a decoded mapping against the bar contract."""
     if obj.keys() != _FIELD_SET:
         _field_problem(obj)
+    # The usual bar, checked in one expression: exact types, ASCII printable strings, prices
+    # and volume in range (a NaN fails every comparison). Whatever this does not accept gets
+    # the field-by-field checks below, which accept the same bars and say what is wrong.
+    symbol, interval, source, ts = obj["symbol"], obj["interval"], obj["source"], obj["ts"]
+    o, h, l, c, v = obj["open"], obj["high"], obj["low"], obj["close"], obj["volume"]
+    if (type(o) is float and type(h) is float and type(l) is float and type(c) is float
+            and type(v) is float and type(ts) is int and type(symbol) is str
+            and type(interval) is str and type(source) is str
+            and 0.0 < l <= o <= h <= MAX_PRICE and l <= c <= h and 0.0 <= v <= MAX_VOLUME
+            and MIN_TS_MS <= ts < MAX_TS_MS and interval in INTERVALS
+            and 0 < len(symbol) <= MAX_SYMBOL_LEN and symbol.isascii() and symbol.isprintable()
+            and "|" not in symbol and symbol == symbol.strip()
+            and 0 < len(source) <= MAX_SOURCE_LEN and source.isascii() and source.isprintable()):
+        return Bar(symbol, interval, ts, o, h, l, c, v, source)
+    return _checked_bar(obj)
+
+
+def _checked_bar(obj: Mapping[str, Any]) -> Bar:
+    """Field by field, with the reason for the first failure."""
 
     symbol = _check_text("symbol", obj["symbol"], MAX_SYMBOL_LEN)
     interval = _check_text("interval", obj["interval"], 8)

@@ -40,6 +40,7 @@ import pandas as pd
 
 from models.adaptation import RetrainPolicy, default_features
 from models.champions import ChampionBook
+from models.live_fundamentals import LiveFundamentals
 from models.live_news import ExtraFeatures, LiveSentiment
 from models.live_series import SeriesKey, SeriesStates, SeriesWork
 from models.progressive import LiveScoreboard, PlainPrediction
@@ -48,6 +49,7 @@ from models.retrain_schedule import RetrainScheduler
 from pipeline.schema import (
     BARS_TOPIC, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms, parse_bar,
 )
+from pipeline.fundamentals import FUNDAMENTALS_TOPIC
 from pipeline.news import NEWS_TOPIC
 from pipeline.store.base import now_ms
 from pipeline.worker import Worker
@@ -85,6 +87,9 @@ class Scorer(Worker):
     news_topic
         The news topic read for the ``sentiment`` features (:mod:`models.live_news`, ordering
         rules there); ``None``: no news, and a champion using them is refused.
+    fundamentals_topic
+        The snapshots topic read for the ``fundamentals`` features
+        (:mod:`models.live_fundamentals`); ``None``: a champion using them is refused.
     """
 
     kind = "scorer"
@@ -104,7 +109,8 @@ class Scorer(Worker):
                  fetch_wait_ms: int = 10, latency_window: int = 2000, error_window: int = 200,
                  model_refresh_s: float = 2.0, bootstrap_check_s: float = 5.0,
                  store_catchup_s: float = 3.0, max_backoff_s: float = 10.0,
-                 news_topic: str | None = NEWS_TOPIC):
+                 news_topic: str | None = NEWS_TOPIC,
+                 fundamentals_topic: str | None = FUNDAMENTALS_TOPIC):
         super().__init__(store=store, mode=mode)
         self.bootstrap, self.topic, self.group_id = bootstrap, topic, group_id
         self.client_kwargs = client_kwargs or {}
@@ -120,7 +126,9 @@ class Scorer(Worker):
                                           worker_id=self.worker_id)
         self.series = SeriesStates(store, default_features(), store_catchup_s,
                                    settle=self._settle_stored, on_error=self.error)
-        self.extras = ExtraFeatures([LiveSentiment(store, news_topic)] if news_topic else [])
+        self.extras = ExtraFeatures(
+            ([LiveSentiment(store, news_topic)] if news_topic else [])
+            + ([LiveFundamentals(store, fundamentals_topic)] if fundamentals_topic else []))
         self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet

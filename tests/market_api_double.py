@@ -6,6 +6,9 @@ that answers in the documented formats of
 * Alpha Vantage ``GET /query?function=TIME_SERIES_INTRADAY|TIME_SERIES_DAILY&symbol=&interval=
   &outputsize=&apikey=`` — ``"Meta Data"`` plus ``"Time Series (5min)"`` / ``"Time Series
   (Daily)"``, newest first, timestamps in US/Eastern, values as strings;
+* Alpha Vantage ``GET /query?function=OVERVIEW&symbol=&apikey=`` — one flat object of
+  strings (``Symbol``, ``AssetType``, ..., ``LatestQuarter``, ``MarketCapitalization``,
+  ``PERatio``, ``EPS``...; ``"None"`` for a missing figure), ``{}`` for a symbol without one;
 * Polygon ``GET /v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}?adjusted=
   &sort=&limit=&apiKey=`` — ``results`` of ``{v, vw, o, c, h, l, t, n}``, pages linked by a
   ``next_url`` that, like Polygon's, omits the API key.
@@ -216,6 +219,34 @@ def av_article(title: str, ts_ms: int, scores: dict[str, tuple[float, float]], *
                                  for t, (s, r) in scores.items()]}
 
 
+def av_overview(symbol: str, *, latest_quarter: str = "2025-09-30", **figures: Any) -> dict:
+    """An OVERVIEW answer in Alpha Vantage's shape: every documented field, values as strings;
+    ``figures`` override Alpha Vantage field names (``PERatio=21.5``, ``EPS=None`` -> "None")."""
+    body: dict[str, Any] = {
+        "Symbol": symbol, "AssetType": "Common Stock", "Name": f"{symbol} Corp",
+        "Description": f"{symbol} makes things.", "CIK": "51143", "Exchange": "NYSE",
+        "Currency": "USD", "Country": "USA", "Sector": "TECHNOLOGY",
+        "Industry": "COMPUTER & OFFICE EQUIPMENT", "Address": "1 MAIN ST, ARMONK, NY, US",
+        "OfficialSite": "https://example.test", "FiscalYearEnd": "December",
+        "LatestQuarter": latest_quarter, "MarketCapitalization": "250000000000",
+        "EBITDA": "15000000000", "PERatio": "24.5", "PEGRatio": "3.1", "BookValue": "27.3",
+        "DividendPerShare": "6.68", "DividendYield": "0.0251", "EPS": "9.61",
+        "RevenuePerShareTTM": "68.4", "ProfitMargin": "0.141", "OperatingMarginTTM": "0.18",
+        "ReturnOnAssetsTTM": "0.052", "ReturnOnEquityTTM": "0.36", "RevenueTTM": "63000000000",
+        "GrossProfitTTM": "35000000000", "DilutedEPSTTM": "9.61",
+        "QuarterlyEarningsGrowthYOY": "0.12", "QuarterlyRevenueGrowthYOY": "0.015",
+        "AnalystTargetPrice": "250.0", "AnalystRatingStrongBuy": "3", "AnalystRatingBuy": "7",
+        "AnalystRatingHold": "9", "AnalystRatingSell": "1", "AnalystRatingStrongSell": "1",
+        "TrailingPE": "24.5", "ForwardPE": "22.1", "PriceToSalesRatioTTM": "3.9",
+        "PriceToBookRatio": "8.6", "EVToRevenue": "4.6", "EVToEBITDA": "19.8", "Beta": "0.71",
+        "52WeekHigh": "265.0", "52WeekLow": "180.0", "50DayMovingAverage": "240.1",
+        "200DayMovingAverage": "225.7", "SharesOutstanding": "930000000",
+        "DividendDate": "2025-12-10", "ExDividendDate": "2025-11-10"}
+    for name, value in figures.items():
+        body[name] = "None" if value is None else str(value)
+    return body
+
+
 class MarketApiDouble:
     """The fake API server; use as a context manager or call :meth:`start` / :meth:`close`."""
 
@@ -226,6 +257,8 @@ class MarketApiDouble:
         self.av_bars: dict[tuple[str, str], list[BarTuple]] = {}
         #: ticker -> NEWS_SENTIMENT feed articles (any order; served newest first)
         self.av_news: dict[str, list[dict[str, Any]]] = {}
+        #: symbol -> OVERVIEW answer (see :func:`av_overview`); others get ``{}``
+        self.av_overview: dict[str, dict[str, Any]] = {}
         #: (ticker, multiplier, timespan) -> bars oldest first
         self.polygon_bars: dict[tuple[str, int, str], list[BarTuple]] = {}
         #: Polygon caps each page at min(limit, polygon_page_size)
@@ -311,6 +344,10 @@ class MarketApiDouble:
         with self._lock:
             self.av_news[ticker] = list(articles)
 
+    def set_av_overview(self, symbol: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.av_overview[symbol] = dict(body)
+
     def set_polygon_bars(self, ticker: str, multiplier: int, timespan: str,
                          bars: list[BarTuple]) -> None:
         with self._lock:
@@ -351,6 +388,9 @@ class MarketApiDouble:
             key, series_name = (symbol, interval), f"Time Series ({interval})"
         elif function == "NEWS_SENTIMENT":
             return self._av_news_feed(params)
+        elif function == "OVERVIEW":
+            with self._lock:
+                return Reply(200, dict(self.av_overview.get(symbol, {})))
         elif function == "TIME_SERIES_DAILY":
             key, series_name, interval = (symbol, "daily"), "Time Series (Daily)", "daily"
         else:

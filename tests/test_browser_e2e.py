@@ -211,8 +211,9 @@ def upload(page, csv_path: Path, data_dir: Path) -> None:
     if not radio.is_visible():  # the expander is closed while the simulator runs
         page.locator('[data-testid="stExpander"] summary', has_text="Producer source").click()
     radio.click()
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
-        str(csv_path))
+    # the bars uploader (the page also has the headline-CSV uploader under News sources)
+    page.locator('[data-testid="stFileUploader"]', has_text="CSV file (drag and drop").locator(
+        'input[type="file"]').set_input_files(str(csv_path))
     page.wait_for_selector("text=Preview:", timeout=60_000)
     preview = page.locator('[data-testid="stMarkdown"]', has_text="Preview:").inner_text()
     assert "300 bars of GOOG" in preview and "1d (inferred" in preview, preview

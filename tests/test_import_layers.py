@@ -10,8 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("pipeline", "models", "dashboard", "pages", "app")
-CORE = {"pipeline.schema", "pipeline.news", "pipeline.config", "pipeline.backoff",
-        "pipeline.jsonsafe"}
+CORE = {"pipeline.schema", "pipeline.news", "pipeline.fundamentals", "pipeline.config",
+        "pipeline.backoff", "pipeline.jsonsafe"}
 
 
 def layer(module: str) -> str:

@@ -137,3 +137,29 @@ def test_cli_publishes_csv_and_alphavantage_news_and_indexes_them(broker, tmp_pa
         assert scores[0] > 0 > scores[1]
     finally:
         store.close()
+
+
+def test_cli_simulator_publishes_its_news_next_to_the_bars(broker, tmp_path):
+    """`produce --source simulator --news-rate` publishes the simulator's news to finance-news
+    (every item, once); `news-index` stores them; a rate without the simulator is refused."""
+    import json
+
+    from pipeline.store.sqlite import SqliteStore
+
+    code, out, err = _cli(broker, tmp_path, "produce", "--symbols", "NEWSA,NEWSB", "--bars",
+                          "120", "--news-rate", "0.3", "--news-impact", "1.5")
+    assert code == 0, err
+    summary = [json.loads(line) for line in out.strip().splitlines()
+               if line.startswith("{")][-1]
+    assert summary["summary"] == "news_producer" and summary["dropped"] == 0
+    assert summary["produced"] > 30 and summary["send_errors"] == 0
+    code, out, err = _cli(broker, tmp_path, "news-index", "--until-idle", "3")
+    assert code == 0, err
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    try:
+        assert store.count_news("NEWSA") + store.count_news("NEWSB") == summary["produced"]
+    finally:
+        store.close()
+    code, out, err = _cli(broker, tmp_path, "produce", "--source", "csv", "--file", "x.csv",
+                          "--news-rate", "0.3")
+    assert code != 0 and "--source simulator" in err

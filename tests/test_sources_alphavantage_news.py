@@ -153,3 +153,25 @@ def test_configuration_errors_are_sentences():
         AlphaVantageNews("IBM", api_key="k", limit=5000)
     with pytest.raises(SourceError, match="ticker"):
         AlphaVantageNews(" , ", api_key="k")
+
+
+def test_live_polling_outlives_a_failed_poll_but_not_a_bad_key(api):
+    """A server error that outlasts the client's retries pauses live polling, which then
+    polls again and gets the items; a rejected key ends it at once."""
+    api.script("alphavantage", server_error(503), server_error(503), server_error(503))
+    stop = threading.Event()
+    src = news(api, mode="live", poll_seconds=0.05, live_backoff_max=0.1)
+    got: list[NewsItem] = []
+    for batch in src.items(stop):
+        got += batch
+        stop.set()
+    assert len(got) == 3
+    stats = src.stats()
+    assert stats["live_errors"] == 1 and "HTTP 503" in stats["last_error"]
+    assert KEY not in stats["last_error"]
+    api.script("alphavantage", av_missing_key())
+    with pytest.raises(ApiError, match="ALPHAVANTAGE_API_KEY"):
+        run(news(api, mode="live", poll_seconds=0.05))
+    with pytest.raises(ApiError):  # a backfill still fails on the first failed request
+        api.script("alphavantage", server_error(503), server_error(503), server_error(503))
+        run(news(api))

@@ -27,11 +27,12 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 from zoneinfo import ZoneInfo
 
+from pipeline.backoff import Backoff
 from pipeline.config import Config, Secret
 from pipeline.news import InvalidNews, NewsItem, news_from_mapping
 from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, check_rate_limit, check_reply
 from pipeline.sources.base import SourceError
-from pipeline.sources.api_errors import ApiError
+from pipeline.sources.api_errors import ApiError, Stopped
 from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url
 from pipeline.sources.redaction import secret_value, short_text
 from pipeline.sources.request_budget import RequestBudget
@@ -64,7 +65,7 @@ class AlphaVantageNews:
                  requests_per_day: int | None = 25, budget: RequestBudget | None = None,
                  poll_seconds: float = 900.0, policy: HttpPolicy | None = None,
                  max_budget_wait: float | None = 120.0, news_time_zone: str = "US/Eastern",
-                 dedupe_size: int = 50_000):
+                 dedupe_size: int = 50_000, live_backoff_max: float = 3600.0):
         if isinstance(tickers, str):
             tickers = tickers.replace(",", " ").split()
         self.tickers = [t.strip().upper() for t in tickers if t.strip()]
@@ -91,7 +92,10 @@ class AlphaVantageNews:
                                                                    requests_per_day))
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedupe_size = int(dedupe_size)
-        self.counters = {"items": 0, "duplicates": 0, "invalid": 0, "polls": 0}
+        self.counters = {"items": 0, "duplicates": 0, "invalid": 0, "polls": 0,
+                         "live_errors": 0}
+        self.live_backoff_max = float(live_backoff_max)
+        self.last_error: str | None = None
 
     @classmethod
     def from_config(cls, config: Config, tickers: str | Iterable[str],
@@ -103,26 +107,52 @@ class AlphaVantageNews:
         return f"Alpha Vantage news {','.join(self.tickers)} ({self.mode})"
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters, **self.client.stats()}
+        out = {**self.counters, **self.client.stats()}
+        if self.last_error:
+            out["last_error"] = self.last_error
+        return out
 
     # -- public
 
     def items(self, stop: threading.Event) -> Iterator[list[NewsItem]]:
         """Yield batches of new (not yet seen) items until done or ``stop`` is set."""
+        try:
+            yield from self._poll_loop(stop)
+        except Stopped:  # stopped while waiting for the request budget: a clean end
+            return
+
+    def _poll_loop(self, stop: threading.Event) -> Iterator[list[NewsItem]]:
         newest: dict[str, int] = {}
+        # Live polling outlives a failed poll that may succeed later (a server error after
+        # the client's retries, the daily limit, the budget): it pauses, longer each time,
+        # and polls again. A bad key or a refused request still ends it.
+        backoff = Backoff(base=max(self.poll_seconds, 1e-3), cap=max(self.poll_seconds,
+                                                                    self.live_backoff_max))
         while not stop.is_set():
-            for ticker in self.tickers:
-                if stop.is_set():
+            try:
+                for ticker in self.tickers:
+                    if stop.is_set():
+                        return
+                    since = self.time_from
+                    if ticker in newest:
+                        since = max(since or 0, newest[ticker] - POLL_OVERLAP_MS)
+                    batch = self.fetch(ticker, stop, time_from=since, time_to=self.time_to)
+                    fresh = self._dedupe(batch)
+                    if batch:
+                        newest[ticker] = max(newest.get(ticker, 0), max(i.ts for i in batch))
+                    if fresh:
+                        yield fresh
+            except ApiError as exc:
+                if self.mode == "backfill" or not exc.retryable:
+                    raise
+                self.counters["live_errors"] += 1
+                self.last_error = str(exc)
+                delay = backoff.next_delay()
+                log.warning("Alpha Vantage news: %s Polling again in %.0f s.", exc, delay)
+                if stop.wait(delay):
                     return
-                since = self.time_from
-                if ticker in newest:
-                    since = max(since or 0, newest[ticker] - POLL_OVERLAP_MS)
-                batch = self.fetch(ticker, stop, time_from=since, time_to=self.time_to)
-                fresh = self._dedupe(batch)
-                if batch:
-                    newest[ticker] = max(newest.get(ticker, 0), max(i.ts for i in batch))
-                if fresh:
-                    yield fresh
+                continue
+            backoff.reset()
             self.counters["polls"] += 1
             if self.mode == "backfill" or stop.wait(self.poll_seconds):
                 return

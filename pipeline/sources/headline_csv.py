@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +31,23 @@ SYMBOL_COLUMNS = ("symbol", "ticker")
 TIME_COLUMNS = ("published", "time", "datetime", "date", "ts")
 TITLE_COLUMNS = ("title", "headline")
 BATCH = 500
+
+
+@dataclass
+class HeadlinePreview:
+    """What an import of the file would publish, read once without publishing anything."""
+
+    rows: int = 0  # data rows in the file
+    items: int = 0  # rows that became news items
+    skipped: int = 0  # malformed rows that will be skipped
+    skipped_samples: list[str] = field(default_factory=list)  # "line N: reason", first few
+    symbols: dict[str, int] = field(default_factory=dict)  # items per symbol, most first
+    first_ts: int | None = None
+    last_ts: int | None = None
+    score_min: float | None = None
+    score_max: float | None = None
+    score_mean: float | None = None
+    sample: list[dict[str, Any]] = field(default_factory=list)  # the first items, as dicts
 
 
 class HeadlineCsv:
@@ -76,12 +94,40 @@ class HeadlineCsv:
     def read(self) -> list[NewsItem]:
         return list(self._read())
 
+    def preview(self, sample: int = 8) -> HeadlinePreview:
+        """Read and score the whole file once (constant memory apart from ``sample`` rows)
+        and say what an import would publish; raises :class:`SourceError` like ``items``."""
+        out = HeadlinePreview()
+        per_symbol: dict[str, int] = {}
+        total = 0.0
+        for item in self._read():
+            per_symbol[item.symbol] = per_symbol.get(item.symbol, 0) + 1
+            total += item.sentiment_score
+            out.first_ts = item.ts if out.first_ts is None else min(out.first_ts, item.ts)
+            out.last_ts = item.ts if out.last_ts is None else max(out.last_ts, item.ts)
+            out.score_min = (item.sentiment_score if out.score_min is None
+                             else min(out.score_min, item.sentiment_score))
+            out.score_max = (item.sentiment_score if out.score_max is None
+                             else max(out.score_max, item.sentiment_score))
+            if len(out.sample) < sample:
+                out.sample.append({"symbol": item.symbol, "ts": item.ts, "title": item.title,
+                                   "sentiment_score": round(item.sentiment_score, 4),
+                                   "relevance": item.relevance})
+        out.rows, out.items = self.counters["rows"], self.counters["items"]
+        out.skipped, out.skipped_samples = self.counters["skipped"], list(self.skipped_samples)
+        out.symbols = dict(sorted(per_symbol.items(), key=lambda kv: (-kv[1], kv[0])))
+        out.score_mean = total / out.items if out.items else None
+        return out
+
     def score(self, headline: str) -> float:
         return float(self.scorer.polarity_scores(headline)["compound"])
 
     # -- details
 
     def _read(self) -> Iterator[NewsItem]:
+        # Each pass counts afresh, so a preview followed by an import reports the import.
+        self.counters = {"rows": 0, "items": 0, "skipped": 0}
+        self.skipped_samples = []
         with self.path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
             reader = csv.DictReader(fh)
             columns = {c.strip().lower(): c for c in reader.fieldnames or []}

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from pipeline.jsonsafe import json_safe
+from pipeline.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import BAR_FIELDS, PRICE_FIELDS, Bar, Prediction
 
@@ -246,6 +247,22 @@ class Store(abc.ABC):
     def count_news(self, symbol: str | None = None) -> int:
         ...
 
+    # ---- fundamentals (finance-fundamentals; docs/NEWS.md) ------------------------------
+    @abc.abstractmethod
+    def upsert_fundamentals(self, snapshots: Sequence[FundamentalsSnapshot]) -> UpsertResult:
+        """Insert or overwrite snapshots by ``snapshot.doc_id`` (symbol|source|ts)."""
+
+    @abc.abstractmethod
+    def query_fundamentals(self, symbol: str, start_ms: int | None = None,
+                           end_ms: int | None = None, limit: int | None = None) -> pd.DataFrame:
+        """The symbol's snapshots with ``start_ms <= ts < end_ms`` (``ts`` = effective time)
+        sorted by ts ascending (ties by source), columns :data:`FUNDAMENTALS_COLUMNS`, a
+        missing value NaN. With ``limit``, the *latest* ``limit`` snapshots."""
+
+    @abc.abstractmethod
+    def count_fundamentals(self, symbol: str | None = None) -> int:
+        ...
+
     # ---- generic documents (runs, model versions, events, worker heartbeats) -------------
     @abc.abstractmethod
     def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
@@ -412,6 +429,11 @@ class Store(abc.ABC):
 def news_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:
     df = pd.DataFrame(list(rows or []), columns=NEWS_COLUMNS)
     return df.astype({"ts": "int64", "sentiment_score": "float64", "relevance": "float64"})
+
+
+def fundamentals_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows or []), columns=FUNDAMENTALS_COLUMNS)
+    return df.astype({"ts": "int64", **{v: "float64" for v in FUNDAMENTAL_VALUES}})
 
 
 def bars_frame(rows: Iterable[Sequence[Any]] | None = None) -> pd.DataFrame:

@@ -28,16 +28,19 @@ from typing import Any, Sequence
 import pandas as pd
 from elasticsearch import ApiError, ConflictError, Elasticsearch, NotFoundError, SerializationError
 
+from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import INTERVALS, Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable, UpsertResult,
     bars_frame, check_limit, news_frame, now_ms,
 )
+from pipeline.store.base import fundamentals_frame
 from pipeline.store.es_connection import (
     _redact_url, _reveal, _StrictJsonSerializer, _supported, _valid_prefix, at_edge, explain,
 )
 from pipeline.store.es_io import EsIndexIO
+from pipeline.store.es_schema import FUNDAMENTALS
 from pipeline.store.es_schema import (
     _DOC_PAGE, _PREDICTION_SORT, _REQUIRED_PREDICTION_FIELDS, ARTEFACTS, BARS, NEWS, PREDICTIONS,
     REQUEST_RETRY_STATUSES, _bar_problem, _canonical, _check_collection, _ohlc_frame,
@@ -360,6 +363,31 @@ class ElasticsearchStore(EsIndexIO, Store):
     @at_edge
     def count_news(self, symbol=None) -> int:
         return self._count(self.index_name(NEWS), _terms_query(symbol=symbol))
+
+    # ---- fundamentals --------------------------------------------------------------------
+    @at_edge
+    def upsert_fundamentals(self, snapshots: Sequence[FundamentalsSnapshot]) -> UpsertResult:
+        """Index snapshots by ``doc_id``; a missing value is left out of the document."""
+        self._ensure()
+        index = self.index_name(FUNDAMENTALS)
+        actions = []
+        for snap in snapshots:
+            row = dict(zip(FUNDAMENTALS_COLUMNS, snap.to_row()))
+            doc = {"id": snap.doc_id, **{k: v for k, v in row.items() if v is not None}}
+            actions.append(({"_index": index, "_id": snap.doc_id, "_source": doc}, snap))
+        return self._bulk(index, actions, UpsertResult(), lambda s: s.ts)
+
+    @at_edge
+    def query_fundamentals(self, symbol, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
+        query = _terms_query(symbol=symbol)
+        query["bool"]["filter"] += _range_filter(start_ms, end_ms)
+        hits = self._latest_or_all(self.index_name(FUNDAMENTALS), query,
+                                   [{"ts": "asc"}, {"id": "asc"}], limit)
+        return fundamentals_frame([tuple(h.get(c) for c in FUNDAMENTALS_COLUMNS) for h in hits])
+
+    @at_edge
+    def count_fundamentals(self, symbol=None) -> int:
+        return self._count(self.index_name(FUNDAMENTALS), _terms_query(symbol=symbol))
 
     # ---- generic documents ---------------------------------------------------------------
     @at_edge

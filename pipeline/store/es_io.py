@@ -21,6 +21,7 @@ from pipeline.store.es_schema import (
     _PREDICTION_MAPPING, _TEMPLATE_PRIORITY, ARTEFACTS, BARS, ITEM_RETRY_STATUSES, NEWS,
     PREDICTIONS,
 )
+from pipeline.store.es_schema import _FUNDAMENTALS_MAPPING, FUNDAMENTALS
 
 log = logging.getLogger("pipeline.store.elasticsearch")
 
@@ -45,7 +46,8 @@ class EsIndexIO:
 
     @property
     def indices(self) -> list[str]:
-        return [self.index_name(k) for k in (BARS, PREDICTIONS, ARTEFACTS, NEWS, *COLLECTIONS)]
+        return [self.index_name(k) for k in (BARS, PREDICTIONS, ARTEFACTS, NEWS, FUNDAMENTALS,
+                                              *COLLECTIONS)]
 
     # ---- writing -------------------------------------------------------------------------
     def _bulk(self, index: str, actions: list[tuple[dict[str, Any], T]], result: UpsertResult,
@@ -182,6 +184,8 @@ class EsIndexIO:
             self.index_name(PREDICTIONS): ([self.index_name(PREDICTIONS)], _PREDICTION_MAPPING),
             self.index_name(ARTEFACTS): ([self.index_name(ARTEFACTS)], _ARTEFACT_MAPPING),
             self.index_name(NEWS): ([self.index_name(NEWS)], _NEWS_MAPPING),
+            self.index_name(FUNDAMENTALS): ([self.index_name(FUNDAMENTALS)],
+                                            _FUNDAMENTALS_MAPPING),
             self.index_name("docs"): (docs, _DOC_MAPPING),
         }
 

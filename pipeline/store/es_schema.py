@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.fundamentals import FUNDAMENTAL_VALUES
 from pipeline.schema import Bar, Prediction
 from pipeline.store.base import BAR_COLUMNS, BAR_DTYPES, COLLECTIONS, PREDICTION_COLUMNS
 
@@ -19,6 +20,7 @@ BARS = "bars"
 PREDICTIONS = "predictions"
 ARTEFACTS = "artefacts"
 NEWS = "news"
+FUNDAMENTALS = "fundamentals"
 
 #: Statuses worth retrying: per bulk item (helpers) and per whole request (transport).
 ITEM_RETRY_STATUSES = (429, 503)
@@ -65,6 +67,15 @@ _NEWS_MAPPING = {
         "ts": {"type": "date", "format": "epoch_millis"}, "source": {"type": "keyword"},
         "title": {"type": "text"}, "url": {"type": "keyword", "index": False},
         "sentiment_score": {"type": "double"}, "relevance": {"type": "double"},
+    },
+}
+_FUNDAMENTALS_MAPPING = {
+    "dynamic": "strict",
+    "properties": {
+        "id": {"type": "keyword"}, "symbol": {"type": "keyword"},
+        "ts": {"type": "date", "format": "epoch_millis"}, "source": {"type": "keyword"},
+        "latest_quarter": {"type": "keyword"},
+        **{v: {"type": "double"} for v in FUNDAMENTAL_VALUES},
     },
 }
 _ARTEFACT_MAPPING = {
