@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.features import all_features, compute_features, max_lookback
+from models.features import FEATURE_GROUPS, all_features, compute_features, max_lookback
 from models.streaming import FeatureBank, FeatureSet, StreamingFeatures, has_streaming_form
 from pipeline.schema import Bar
 
@@ -142,8 +142,7 @@ def test_feature_set_places_each_models_columns():
 def test_unknown_and_news_features_are_refused():
     with pytest.raises(ValueError, match="unknown feature"):
         StreamingFeatures(["close", "nope_3"])
-    news = [f for f in __import__("models.features", fromlist=["FEATURE_GROUPS"])
-            .FEATURE_GROUPS["sentiment"]]
+    news = FEATURE_GROUPS["sentiment"]
     assert news and not has_streaming_form(news[0]) and has_streaming_form("rsi_14")
     with pytest.raises(ValueError, match="news"):
         FeatureBank(["close", news[0]])
