@@ -189,6 +189,8 @@ class Scorer(Worker):
                 if publisher is not None:
                     publisher.close(timeout_s=15)
             finally:
+                if not self._outbox and not self._deferred:
+                    self._commit(consumer, wait=True)  # what the async commits left
                 consumer.close()
                 self._publish_gauges(force=True)
                 self.tick(force=True)
@@ -224,14 +226,28 @@ class Scorer(Worker):
                                  **self.client_kwargs)
         return PredictionFeed(producer, self.predictions_topic, self._on_publish_error)
 
-    def _commit(self, consumer) -> bool:
+    def _commit(self, consumer, wait: bool = False) -> bool:
+        """Commit the consumed offsets. In the loop the commit is asynchronous (a round trip
+        to the coordinator per poll would delay the next bars): the predictions are already
+        stored under deterministic IDs, so a commit lost to a crash or rebalance only means
+        the batch replays and is skipped as already predicted. ``wait`` on the way out."""
         try:
-            consumer.commit()
+            if wait:
+                consumer.commit()
+            else:
+                consumer.commit_async(callback=self._on_commit)
             return True
         except Exception as exc:  # rebalance: the batch may replay, and is skipped then
-            self.count("commit_failures")
-            self.error(f"offset commit failed (the batch may replay, harmlessly): {exc}")
+            self._commit_failed(exc)
             return False
+
+    def _on_commit(self, _offsets, response) -> None:
+        if isinstance(response, Exception):
+            self._commit_failed(response)
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        self.count("commit_failures")
+        self.error(f"offset commit failed (the batch may replay, harmlessly): {exc}")
 
     # ---- one poll --------------------------------------------------------------------------
     def _handle(self, batch: dict) -> None:
@@ -355,7 +371,7 @@ class Scorer(Worker):
 
     def _settle_and_book(self, w: "SeriesWork", tally: Counter) -> None:
         """Progressive validation, in bar order: score what each bar settles, then predict."""
-        state, model, book = w.state, w.model, w.state.book
+        model, book = w.model, w.state.book
         settle, queue_ = self.scoreboard.settle, self._queue
         n_new = 0
         for i, (bar, produced) in enumerate(w.fresh):
