@@ -308,6 +308,28 @@ def test_prediction_update_keeps_existing_non_null_fields(store):
     assert store.count_predictions() == 1
 
 
+def test_prediction_values_come_back_bit_for_bit(store):
+    """Every double round-trips exactly: tiny, huge, subnormal or with 17 significant digits
+    (the live error and the lab's comparisons read these values back)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    values = [0.1, 1 / 3, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -0.0,
+              9007199254740993.0, 1e23, *map(float, rng.normal(100, 30, 200)),
+              *map(float, 10 ** rng.uniform(-300, 300, 200))]
+    preds = [Prediction("bits", "AAA", "1m", T0 + i * MIN, T0 + (i - 1) * MIN, "next_close",
+                        v, abs(v) or 1.0, actual=-v, error=v / 3, produced_ms=T0 + i,
+                        latency_ms=v / 7) for i, v in enumerate(values)]
+    store.upsert_predictions(preds)
+    got = store.query_predictions(model_id="bits")
+    assert len(got) == len(values)
+    for col, want in (("predicted", values), ("actual", [-v for v in values]),
+                      ("error", [v / 3 for v in values]),
+                      ("latency_ms", [v / 7 for v in values])):
+        assert got[col].astype(float).tolist() == want, col
+    assert got["ts"].tolist() == [p.ts for p in preds]
+
+
 # ---- contract: documents and the records built on them -------------------------------------
 def test_docs_put_get_list_delete(store):
     docs = {
