@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from pipeline.schema import (MAX_SOURCE_LEN, MAX_SYMBOL_LEN, MAX_TS_MS, MIN_TS_MS, InvalidBar,
-                             _check_text, _parse_int, _refuse_constant, _show, _unique_keys)
+                             _check_text, _show, decode_object)
 
 FUNDAMENTALS_TOPIC = "finance-fundamentals"
 FUNDAMENTALS_DLQ_TOPIC = "finance-fundamentals.dlq"
@@ -97,24 +97,7 @@ class FundamentalsSnapshot:
 
 def parse_fundamentals(raw: bytes | str) -> FundamentalsSnapshot:
     """Decode and validate one message; raise :class:`InvalidFundamentals` with the reason."""
-    size = len(raw)
-    if size > MAX_FUNDAMENTALS_BYTES:
-        raise InvalidFundamentals(f"message is {size:,} bytes, over the "
-                                  f"{MAX_FUNDAMENTALS_BYTES:,}-byte limit")
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-        obj = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant,
-                         object_pairs_hook=_unique_keys)
-    except UnicodeDecodeError as exc:
-        raise InvalidFundamentals(f"message is not valid UTF-8 (at byte {exc.start})") from None
-    except InvalidBar as exc:
-        raise InvalidFundamentals(exc.reason) from None
-    except json.JSONDecodeError as exc:
-        raise InvalidFundamentals(f"message is not JSON ({exc.msg} at char {exc.pos})") from None
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        raise InvalidFundamentals(f"message is not JSON ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise InvalidFundamentals(f"message is JSON {type(obj).__name__}, expected an object")
+    obj = decode_object(raw, MAX_FUNDAMENTALS_BYTES, InvalidFundamentals)
     return fundamentals_from_mapping(obj)
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pipeline.schema import (MAX_SOURCE_LEN, MAX_SYMBOL_LEN, MAX_TS_MS, MIN_TS_MS, InvalidBar,
-                             _check_text, _parse_int, _refuse_constant, _show, _unique_keys)
+                             _check_text, _show, decode_object)
 
 NEWS_TOPIC = "finance-news"
 NEWS_DLQ_TOPIC = "finance-news.dlq"
@@ -84,24 +84,7 @@ def parse_news(raw: bytes | str) -> NewsItem:
 
     Total over its input, like :func:`pipeline.schema.parse_bar`.
     """
-    size = len(raw)
-    if size > MAX_NEWS_BYTES:
-        raise InvalidNews(f"message is {size:,} bytes, over the {MAX_NEWS_BYTES:,}-byte limit")
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-    except UnicodeDecodeError as exc:
-        raise InvalidNews(f"message is not valid UTF-8 (UnicodeDecodeError at byte {exc.start})") from None
-    try:
-        obj = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant,
-                         object_pairs_hook=_unique_keys)
-    except InvalidBar as exc:
-        raise InvalidNews(exc.reason) from None
-    except json.JSONDecodeError as exc:
-        raise InvalidNews(f"message is not JSON (JSONDecodeError: {exc.msg} at char {exc.pos})") from None
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        raise InvalidNews(f"message is not JSON ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise InvalidNews(f"message is JSON {type(obj).__name__}, expected an object")
+    obj = decode_object(raw, MAX_NEWS_BYTES, InvalidNews)
     return news_from_mapping(obj)
 
 

@@ -160,6 +160,33 @@ def parse_bar(raw: bytes | str) -> Bar:
 
 
 
+def decode_object(raw: bytes | str, max_bytes: int,
+                  invalid: type[InvalidBar] = InvalidBar) -> dict[str, Any]:
+    """The strict first half of every message contract (news, fundamentals): at most
+    ``max_bytes``, UTF-8, JSON with integer literals of at most 20 digits, no NaN/Infinity and
+    no duplicated key, an object at the top. Raises ``invalid`` with the reason."""
+    size = len(raw)
+    if size > max_bytes:
+        raise invalid(f"message is {size:,} bytes, over the {max_bytes:,}-byte limit")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError as exc:
+        raise invalid(f"message is not valid UTF-8 (UnicodeDecodeError at byte {exc.start})") \
+            from None
+    try:
+        obj = _STRICT_DECODER.decode(text)
+    except InvalidBar as exc:
+        raise invalid(exc.reason) from None
+    except json.JSONDecodeError as exc:
+        raise invalid(f"message is not JSON (JSONDecodeError: {exc.msg} at char {exc.pos})") \
+            from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise invalid(f"message is not JSON ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise invalid(f"message is JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
 def _parse_int(literal: str) -> int:
     if len(literal.lstrip("-")) > MAX_INT_DIGITS:
         raise InvalidBar(f"integer literal of {len(literal):,} digits is out of range "
