@@ -310,18 +310,14 @@ def cmd_news(args, config: Config) -> int:
                           client_kwargs=config.kafka_client_kwargs(), store=open_store(config),
                           mode="process")
     run_worker(worker, stop)
-    print(json.dumps({"summary": "news source", **{k: v for k, v in feed.stats().items()
-                                                   if isinstance(v, (int, float, str))}}))
+    print_feed_summary("news source", feed)
     return 0
 
 
 def cmd_news_index(args, config: Config) -> int:
     from pipeline.news_stream import NewsIndexer
 
-    store = open_store(config)
-    store.check()
-    info, _ = resolve_bootstrap(config)
-    stop = wait_for_signal()
+    store, info, stop = checked_store_and_broker(config)
     print(f"indexing news from {info.bootstrap} into {store.describe()}", file=sys.stderr,
           flush=True)
     worker = NewsIndexer(store, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
@@ -346,24 +342,26 @@ def cmd_fundamentals(args, config: Config) -> int:
                                   client_kwargs=config.kafka_client_kwargs(),
                                   store=open_store(config), mode="process")
     run_worker(worker, stop)
-    print(json.dumps({"summary": "fundamentals source", **{
-        k: v for k, v in feed.stats().items() if isinstance(v, (int, float, str))}}))
+    print_feed_summary("fundamentals source", feed)
     return 0
 
 
 def cmd_fundamentals_index(args, config: Config) -> int:
     from pipeline.fundamentals_stream import FundamentalsIndexer
 
-    store = open_store(config)
-    store.check()
-    info, _ = resolve_bootstrap(config)
-    stop = wait_for_signal()
+    store, info, stop = checked_store_and_broker(config)
     print(f"indexing fundamentals from {info.bootstrap} into {store.describe()}",
           file=sys.stderr, flush=True)
     worker = FundamentalsIndexer(store, info.bootstrap,
                                  client_kwargs=config.kafka_client_kwargs(), mode="process")
     run_worker(worker, stop, until_idle=args.until_idle)
     return 0
+
+
+def print_feed_summary(name: str, feed) -> None:
+    """The source's own figures as the last JSON line (after the worker's summary)."""
+    print(json.dumps({"summary": name, **{k: v for k, v in feed.stats().items()
+                                          if isinstance(v, (int, float, str))}}))
 
 
 def cmd_backfill(args, config: Config) -> int:
