@@ -129,13 +129,7 @@ def parse_bar(raw: bytes | str) -> Bar:
     Total over its input: any bytes, of any size, raise :class:`InvalidBar` (whose reason
     names the exception class when a decoder refused them) or return a valid :class:`Bar`.
     """
-    size = len(raw)
-    if size > MAX_MESSAGE_BYTES:
-        raise InvalidBar(f"message is {size:,} bytes, over the {MAX_MESSAGE_BYTES:,}-byte limit")
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-    except UnicodeDecodeError as exc:
-        raise InvalidBar(f"message is not valid UTF-8 (UnicodeDecodeError at byte {exc.start})") from None
+    text = message_text(raw, MAX_MESSAGE_BYTES)
     try:
         obj = _DECODER.decode(text)
         if isinstance(obj, dict) and not _plainly_unique(text, len(obj)):
@@ -160,19 +154,25 @@ def parse_bar(raw: bytes | str) -> Bar:
 
 
 
+def message_text(raw: bytes | str, max_bytes: int,
+                 invalid: type[InvalidBar] = InvalidBar) -> str:
+    """The message as text: at most ``max_bytes`` and valid UTF-8, else ``invalid``."""
+    size = len(raw)
+    if size > max_bytes:
+        raise invalid(f"message is {size:,} bytes, over the {max_bytes:,}-byte limit")
+    try:
+        return raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError as exc:
+        raise invalid(f"message is not valid UTF-8 (UnicodeDecodeError at byte {exc.start})") \
+            from None
+
+
 def decode_object(raw: bytes | str, max_bytes: int,
                   invalid: type[InvalidBar] = InvalidBar) -> dict[str, Any]:
     """The strict first half of every message contract (news, fundamentals): at most
     ``max_bytes``, UTF-8, JSON with integer literals of at most 20 digits, no NaN/Infinity and
     no duplicated key, an object at the top. Raises ``invalid`` with the reason."""
-    size = len(raw)
-    if size > max_bytes:
-        raise invalid(f"message is {size:,} bytes, over the {max_bytes:,}-byte limit")
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-    except UnicodeDecodeError as exc:
-        raise invalid(f"message is not valid UTF-8 (UnicodeDecodeError at byte {exc.start})") \
-            from None
+    text = message_text(raw, max_bytes, invalid)
     try:
         obj = _STRICT_DECODER.decode(text)
     except InvalidBar as exc:
