@@ -9,7 +9,6 @@ file, the bar indexer, the scorer reading bars and the snapshots topic.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -25,10 +24,11 @@ from models.registry import load_model_version
 from pipeline.broker import ensure_topics
 from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from pipeline.indexer import Indexer
-from pipeline.schema import Bar
 from pipeline.scorer import Scorer
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.worker import WorkerThread
+from tests.test_scorer import wait_for
+from tests.test_scorer_sentiment import bar_objects
 
 SYMBOLS = ("ACME", "GLOBX")
 STEP = 60_000
@@ -61,20 +61,6 @@ def frame_of(snaps: list[FundamentalsSnapshot]) -> pd.DataFrame:
     return pd.DataFrame([s.to_row() for s in snaps], columns=FUNDAMENTALS_COLUMNS)
 
 
-def to_bars(frame: pd.DataFrame) -> list[Bar]:
-    return [Bar(r.symbol, r.interval, int(r.ts), float(r.open), float(r.high), float(r.low),
-                float(r.close), float(r.volume), r.source) for r in frame.itertuples(index=False)]
-
-
-def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def test_scorer_without_the_snapshots_topic_refuses_a_fundamentals_champion(sqlite_store):
     scorer = Scorer(sqlite_store, "127.0.0.1:9", fundamentals_topic=None)
     with pytest.raises(ValueError):
@@ -84,7 +70,7 @@ def test_scorer_without_the_snapshots_topic_refuses_a_fundamentals_champion(sqli
 
 def test_retraining_a_fundamentals_champion_reads_the_stored_snapshots(sqlite_store):
     bars = bars_frame(300)
-    sqlite_store.upsert_bars(to_bars(bars))
+    sqlite_store.upsert_bars(bar_objects(bars))
     snaps = snapshots(int(bars["ts"].min()), int(bars["ts"].max()), 40)
     sqlite_store.upsert_fundamentals(snaps)
     data = load_training_data(sqlite_store, list(SYMBOLS), "1m", ["ret_1", *FUNDAMENTALS_GROUP],
@@ -106,7 +92,7 @@ def test_live_fundamentals_champion_predicts_as_the_batch_join(broker, topics, s
     t0 = int(bars["ts"].min())
     t_split = t0 + n_hist * STEP
     hist, stream = bars[bars["ts"] < t_split], bars[bars["ts"] >= t_split]
-    store.upsert_bars(to_bars(hist))
+    store.upsert_bars(bar_objects(hist))
     store.upsert_fundamentals(snapshots(t0, t_split, 40))
     # Published on the topic during the stream, effective 1 ms after the 20th streamed bar's
     # end: that bar must not see it, the next one must.
@@ -145,7 +131,7 @@ def test_live_fundamentals_champion_predicts_as_the_batch_join(broker, topics, s
                 producer.send(fund_topic, key=b"ACME", value=fresh.to_json())
                 producer.flush()
                 wait_for(lambda: live.counts["read"] >= 1, 30, "the scorer to read it")
-            for bar in to_bars(stream[stream["ts"] == t]):
+            for bar in bar_objects(stream[stream["ts"] == t]):
                 producer.send(topics["bars"], key=bar.symbol.encode(), value=bar.to_json())
             producer.flush()
         wait_for(lambda: len(store.query_predictions(model_id=version)) >= len(stream), 60,

@@ -13,7 +13,6 @@ bar indexer, news indexer, the scorer reading bars and news.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -35,6 +34,7 @@ from pipeline.schema import Bar
 from pipeline.scorer import Scorer
 from pipeline.sources.news_simulator import simulate_frames
 from pipeline.worker import WorkerThread
+from tests.test_scorer import wait_for
 
 SYMBOLS = ("ACME", "GLOBX")
 STEP = 60_000
@@ -55,15 +55,6 @@ def news_items(frame: pd.DataFrame) -> list[NewsItem]:
 def bar_objects(frame: pd.DataFrame) -> list[Bar]:
     return [Bar(r.symbol, r.interval, int(r.ts), float(r.open), float(r.high), float(r.low),
                 float(r.close), float(r.volume), r.source) for r in frame.itertuples(index=False)]
-
-
-def wait_for(cond, timeout_s: float, what: str) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def sentiment_of(wt: WorkerThread) -> LiveSentiment:
