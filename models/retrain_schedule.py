@@ -263,7 +263,8 @@ class RetrainProcess:
         if isinstance(job.get("champion"), LoadedModel):
             job["champion"] = job["champion"].version_id
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
+            # Readable between jobs means end-of-file: the child is gone (maybe not reaped yet).
+            if self._proc is None or not self._proc.is_alive() or self._conn.poll():
                 self._spawn()
             try:
                 self._conn.send((kind, job))
@@ -285,6 +286,9 @@ class RetrainProcess:
         return value
 
     def _spawn(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.terminate()  # by its own handle; it had closed its end of the pipe
+            self._proc.join(5)
         if self._conn is not None:
             self._conn.close()
         parent, child = self._ctx.Pipe()

@@ -32,18 +32,11 @@ def fill(store, bars_per_symbol: int) -> None:
     store.upsert_bars(list(sim.bars(threading.Event())))
 
 
-def _gone(pid: int, within_s: float = 60.0) -> bool:
-    """The process has ended (a zombie counts: its parent reaps it when it looks)."""
-    deadline = time.time() + within_s
-    while time.time() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.1)
-    return False
+def _ended(proc: RetrainProcess) -> int | None:
+    """Wait (by its handle) for the current child to end; its exit status."""
+    handle = proc._proc
+    handle.join(60)
+    return handle.exitcode
 
 
 def test_jobs_run_in_another_process_and_decide_as_the_thread_would(sqlite_store):
@@ -52,7 +45,7 @@ def test_jobs_run_in_another_process_and_decide_as_the_thread_would(sqlite_store
     try:
         waiting = proc.run("bootstrap", {"interval": "1m"})  # too little data: same answer
         assert waiting.waiting and "need 300" in waiting.reason
-        pid = proc.pid
+        pid, handle = proc.pid, proc._proc
         assert pid is not None and pid != os.getpid()
 
         fill(sqlite_store, 500)
@@ -72,7 +65,7 @@ def test_jobs_run_in_another_process_and_decide_as_the_thread_would(sqlite_store
                                  "policy": RetrainPolicy(min_train_rows=100_000)})
     finally:
         proc.close()
-    assert _gone(pid)
+    assert handle.exitcode == 0  # told to stop: a clean exit
 
 
 def test_a_killed_retrain_process_fails_its_job_and_the_next_job_starts_a_new_one(sqlite_store):
@@ -82,7 +75,7 @@ def test_a_killed_retrain_process_fails_its_job_and_the_next_job_starts_a_new_on
         proc.run("bootstrap", {"interval": "1m"})
         first = proc.pid
         os.kill(first, signal.SIGKILL)  # by its PID
-        assert _gone(first)
+        assert _ended(proc) == -signal.SIGKILL
         d = proc.run("bootstrap", {"interval": "1m"})  # a champion exists: trains another
         assert proc.pid not in (None, first) and d.promoted
     finally:

@@ -728,3 +728,28 @@ def test_sqlite_writers_of_one_file_share_a_lock_released_after_a_failed_write(t
     threading.Thread(target=write, daemon=True).start()
     assert done.wait(30), "the writer lock was not released by the failed write"
     assert a.count_bars() == 5
+
+
+def test_sqlite_checkpoints_run_in_a_thread_that_ends_with_the_last_store(tmp_path):
+    """The write-ahead log is copied into the database by a checkpoint thread (not inside
+    a writer's commit): rows written well under the commit-time threshold still reach the
+    main file, and the thread ends once no store uses the file."""
+    import gc
+    import time
+
+    from pipeline.store import sqlite as sqlite_mod
+
+    path = tmp_path / "ck.sqlite"
+    store = SqliteStore(path)
+    before = path.stat().st_size
+    store.upsert_bars(make_bars(n=3000))
+    deadline = time.time() + 30
+    while path.stat().st_size <= before and time.time() < deadline:
+        time.sleep(0.2)
+    assert path.stat().st_size > before, "the log was never checkpointed into the database"
+    key = str(path.resolve())
+    thread = sqlite_mod._CHECKPOINTERS[key][0]
+    del store
+    gc.collect()
+    thread.join(30)
+    assert not thread.is_alive() and key not in sqlite_mod._CHECKPOINTERS
