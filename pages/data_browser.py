@@ -6,10 +6,12 @@ from datetime import datetime, time, timezone
 import streamlit as st
 
 from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_column
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
+enter_page()
 store = store_or_stop()
 st.title("Data")
 

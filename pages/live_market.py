@@ -6,10 +6,12 @@ import streamlit as st
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers
 from pipeline.schema import INTERVALS
 
+enter_page()
 store = store_or_stop()
 st.title("Live market")
 

@@ -15,6 +15,7 @@ from dashboard.lab_widgets import (
     fresh_result_tabs, param_widget, results_header, save_controls, stored_run_block,
 )
 from dashboard.formatting import sig_styler
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.widgets import confirm_button
 from models import lab
@@ -32,6 +33,7 @@ EMPTY_STATE = ("The store has no bars yet. Start the pipeline on the Pipeline pa
                "`python -m pipeline backfill`, then come back here.")
 RESULT_KEY = "model_lab_result"
 
+enter_page()
 st.title("Model lab")
 st.caption("Train models on stored bars and compare them with honest baselines.")
 

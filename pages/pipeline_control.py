@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
+from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import HELP, throughput_ceiling, worker_row
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
@@ -18,6 +19,7 @@ from pipeline.schema import INTERVALS
 from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 
+enter_page()
 store = store_or_stop()
 runtime = get_runtime()
 config = get_config()

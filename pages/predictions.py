@@ -9,6 +9,7 @@ from dashboard.prediction_charts import (
     events_table, highlight_champion, plain, predicted_vs_actual, rolling_errors,
     versions_table,
 )
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import HELP, live_kpis, scorer_snapshot
 from dashboard.widgets import push_notice, show_notices
@@ -16,6 +17,7 @@ from models.live_errors import live_summary, retrain_events, rolling_live_errors
 from models.live_news import extra_features_note
 from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
 
+enter_page()
 store = store_or_stop()
 st.title("Predictions")
 st.caption("The live scorer predicts each symbol's next close with the champion model and "
