@@ -19,13 +19,14 @@ and reruns; the rerun keeps the page's URL and page hash (both derived from the 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from dashboard.runtime import autostart, get_runtime
+from dashboard.runtime import autostart, autostart_enabled, get_runtime
 from dashboard.state import get_config, store_or_stop
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -36,6 +37,8 @@ FAVICON = APP_DIR / "dashboard" / "assets" / "favicon.png"
 #: True while app.py's shell runs the page of this script run (the script thread's context).
 _in_shell: ContextVar[bool] = ContextVar("kappalab_in_shell", default=False)
 _REROUTED = "_shell_rerouted"
+STARTING = ("Starting the demo pipeline: embedded broker, market simulator, indexer and live "
+            "scorer (a few seconds, once per server)…")
 
 
 def app_pages() -> list[st.Page]:
@@ -56,7 +59,10 @@ def run_app() -> None:
     st.set_page_config(page_title="KappaLab", page_icon=str(FAVICON), layout="wide")
     store_or_stop()
     runtime = get_runtime()
-    problem = autostart(runtime)
+    # The first load waits for the broker and the workers (seconds): say so, not a blank page.
+    starting = autostart_enabled() and not runtime.autostart_done.is_set()
+    with st.spinner(STARTING) if starting else nullcontext():
+        problem = autostart(runtime)
     if problem:
         st.session_state["autostart_error"] = problem
 

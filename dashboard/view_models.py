@@ -52,7 +52,9 @@ def worker_row(name: str, snap: dict, where: str, running: bool = True) -> dict[
         "consumed": c.get("consumed"),
         "stored": c.get("stored", c.get("predictions")),
         "rejected (DLQ)": c.get("rejected"),
-        "rate/s": fmt_num(g.get("rate_per_s", 0), 1),
+        # A stopped worker's last snapshot keeps its last rate; it moves nothing now.
+        "rate/s": (fmt_num(g.get("rate_per_s", 0), 1) if state in ("running", "stalled")
+                   else MISSING),
         "lag": g.get("lag"),
         "uptime": fmt_duration(snap.get("uptime_s")),
         "last bar": fmt_ts(g.get("last_bar_ts")) if g.get("last_bar_ts") else MISSING,

@@ -29,14 +29,18 @@ interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key=
                         help="Intervals stored for this symbol.")
 step = INTERVALS.get(interval, 60_000)
 candle_choices = {k: v for k, v in INTERVALS.items() if v >= step}
-candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle",
+# Whole history picks its own candle size and count: those two pickers would do nothing.
+whole_on = bool(st.session_state.get("lm_whole", False))
+candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle", disabled=whole_on,
                       help="Bigger candles are aggregated by the store (first open, max high, "
-                           "min low, last close, summed volume).")
+                           "min low, last close, summed volume)."
+                           + (" Off while Whole history is on." if whole_on else ""))
 ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10, 50],
                             key="lm_ma")
 ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
 c6, c7 = st.columns([4, 1])
-n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n")
+n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n", disabled=whole_on,
+                      help="Off while Whole history is on." if whole_on else None)
 whole = c7.toggle("Whole history", value=False, key="lm_whole",
                   help="About 600 candles over everything stored (the candle size follows).")
 show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
@@ -101,7 +105,8 @@ def live_panel() -> None:
         ("Last close", fmt_sig(last["close"], 6),
          f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
-        ("Bars stored", f"{stored_count(symbol, interval):,}", None, None),
+        ("Bars stored", f"{stored_count(symbol, interval):,}", None,
+         f"{interval} bars of {symbol} in the store (all series: the Pipeline page)."),
         ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
             "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),

@@ -36,6 +36,17 @@ def test_failed_and_stalled_read_the_same_in_header_and_table():
     assert worker_status({"state": "running"}, running=False)[0] == "stopped"
 
 
+def test_stopped_worker_shows_no_rate():
+    snap = {"state": "running", "counters": {"stored": 9275}, "gauges": {"rate_per_s": 5.3}}
+    assert worker_row("indexer", snap, "thread", running=True)["rate/s"] == "5.3"
+    # the thread ended: its last snapshot still holds the rate it had while running
+    stopped = worker_row("indexer", snap, "thread", running=False)
+    assert stopped["state"] == "stopped" and stopped["rate/s"] == "—"
+    assert stopped["stored"] == "9,275"
+    finished = worker_row("producer", {**snap, "state": "finished"}, "thread", running=False)
+    assert finished["rate/s"] == "—"
+
+
 def test_walk_forward_caption_adds_up():
     summary = {"symbols": ["ACME"], "interval": "1m", "n_rows": 19_979, "n_train": 16_650,
                "n_train_first": 3_335, "n_test": 16_645, "n_folds": 5, "elapsed_s": 3.2,

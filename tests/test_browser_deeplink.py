@@ -38,6 +38,8 @@ def test_pipeline_page_opened_first_starts_the_demo(streamlit_server, browser):
     url, data_dir, _ = streamlit_server
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     page.goto(f"{url}/pipeline_control", wait_until="domcontentloaded", timeout=60_000)
+    # While the broker and workers start (seconds), the page says so instead of staying blank.
+    page.wait_for_selector("text=Starting the demo pipeline", timeout=60_000)
 
     page.wait_for_selector("h1:has-text('Pipeline')", timeout=90_000)
     page.wait_for_selector("text=Workers", timeout=60_000)

@@ -69,3 +69,20 @@ def test_whole_history_candles_cover_everything(sqlite_store):
     frame, bucket = CandleFeed(sqlite_store).whole_history("ACME", "1m", MIN, candles=100)
     assert bucket == whole_history_bucket(bars[0].ts, bars[-1].ts, MIN, 100)
     assert len(frame) <= 101 and frame["n"].sum() == len(bars)
+
+
+def test_whole_history_turns_off_the_candle_pickers(data_dir):
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    store.upsert_bars(sim_bars(300))
+    store.close()
+    at = AppTest.from_file(str(ROOT / "pages/live_market.py"), default_timeout=60).run()
+    assert not at.exception
+    assert not at.slider(key="lm_n").disabled and not at.selectbox(key="lm_candle").disabled
+    bars_kpi = next(m for m in at.metric if m.label == "Bars stored")
+    assert bars_kpi.value == "300" and "1m bars of ACME" in bars_kpi.help
+    at.toggle(key="lm_whole").set_value(True).run()
+    assert not at.exception
+    assert at.slider(key="lm_n").disabled and at.selectbox(key="lm_candle").disabled
+    assert at.session_state["lm_drawn"]["view"][3] is True  # drawn as whole history
+    at.toggle(key="lm_whole").set_value(False).run()
+    assert not at.slider(key="lm_n").disabled and not at.selectbox(key="lm_candle").disabled
