@@ -15,7 +15,7 @@ from dashboard.view_models import HELP, live_kpis, scorer_snapshot
 from dashboard.widgets import push_notice, show_notices
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.live_news import extra_features_note
-from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
+from models.registry import GLOBAL_SCOPE, champion_refusal, champions, promote, rollback
 
 enter_page()
 store = store_or_stop()
@@ -139,6 +139,11 @@ else:
                                            "forecast targets (next close, close h bars ahead, "
                                            "next return) can be champion.")
         do_rollback = b2.form_submit_button("Roll back this scope", key="pr_rollback")
+    if do_promote and (champions(store).get(scope) or {}).get("version_id") == chosen:
+        # Promoting the champion again would change nothing but add a promotion to the history.
+        push_notice("info", f"{chosen} is already the champion of {scope}: nothing changed.",
+                    "predictions")
+        st.rerun()
     if do_promote:
         try:
             promote(store, chosen, scope, reason="manual (Predictions page)")

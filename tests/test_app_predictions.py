@@ -105,6 +105,24 @@ def test_promote_and_roll_back_by_hand(data_dir):
         store.close()
 
 
+def test_promoting_the_champion_again_changes_nothing_and_says_so(data_dir):
+    filled = fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        before = len(store.list_events("promotion"))
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+        at.selectbox(key="pr_version").set_value(filled["champion"])
+        at.button(key="pr_promote").click()
+        run(at)
+        assert any("already the champion of global: nothing changed" in i.value
+                   for i in at.info)
+        assert not any("is now the champion" in s.value for s in at.success)
+        assert get_champion(store)["version_id"] == filled["champion"]
+        assert len(store.list_events("promotion")) == before
+    finally:
+        store.close()
+
+
 def test_a_same_bar_model_cannot_be_promoted_and_the_page_says_why(data_dir):
     from models.registry import save_model_version
 
