@@ -97,9 +97,11 @@ def unique(messages: Iterable[str], already_shown: Iterable[str] = ()) -> list[s
     return out
 
 
-def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: str | None) -> str:
+def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: str | None,
+                shuffled: bool = False) -> str:
     """Row counts that add up: for walk-forward the test rows of all folds and how the training
-    window grows, for a holdout train and test; warm-up rows dropped are said."""
+    window grows, for a holdout train and test; warm-up rows dropped are said (``shuffled``:
+    the rows were split at random, not cut on time)."""
     s = summary
     rows = s.get("n_rows", s.get("n_bars"))
     head = (f"Run {run_id or '(not saved)'}: {', '.join(s.get('symbols', []))} "
@@ -115,7 +117,8 @@ def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: 
                 f"test {s['n_test']:,} rows")
     warm = s.get("warmup_dropped") or {}
     if warm.get("train") or warm.get("test"):
-        body += (f"; cut on time first, then {warm.get('train', 0):,} training and "
+        first = "split at random first" if shuffled else "cut on time first"
+        body += (f"; {first}, then {warm.get('train', 0):,} training and "
                  f"{warm.get('test', 0):,} test rows dropped while features warm up")
     return head + body + f"; {s.get('elapsed_s', 0):.1f} s."
 

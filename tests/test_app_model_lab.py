@@ -81,6 +81,9 @@ def test_random_split_warns_and_runs_can_be_deleted(filled):
     assert sum("leaks the future" in w.value for w in at.warning) == 1  # once, not twice
     assert list(at.dataframe[0].value.index) == ["Persistence", "Moving average (5)",
                                                  "Linear regression"]
+    caption = next(c.value for c in at.caption if c.value.startswith("Run "))
+    assert "cut on time" not in caption
+    assert any("holdout figures that leak the future" in c.value for c in at.caption)
     run_id = filled.list_runs()[0]["run_id"]
     at.selectbox(key="ml_delete_pick").set_value(run_id)
     at.button(key="ml_delete").click().run()

@@ -57,6 +57,17 @@ def test_walk_forward_caption_adds_up():
     assert "train 16,650" not in text
 
 
+def test_holdout_caption_says_how_rows_were_split_before_warm_up():
+    summary = {"symbols": ["ACME"], "interval": "1m", "n_rows": 2_277, "n_train": 1_805,
+               "n_test": 452, "n_folds": 1, "elapsed_s": 4.8,
+               "warmup_dropped": {"train": 17, "test": 3}}
+    timed = run_caption(summary, "Chronological holdout", "next_return", "r1")
+    assert "cut on time first, then 17 training and 3 test rows dropped" in timed
+    shuffled = run_caption(summary, "Random shuffle", "next_return", "r2", shuffled=True)
+    assert "split at random first, then 17 training and 3 test rows dropped" in shuffled
+    assert "cut on time" not in shuffled
+
+
 def test_fold_view_has_one_column_per_fold_and_counts_wins():
     rows = [{"model": m, "fold": f, "n_test": 10, "skill": s}
             for m, skills in (("Persistence", [0, 0, 0]), ("Linear", [0.1, -0.2, 0.05]))
