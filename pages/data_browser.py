@@ -11,6 +11,8 @@ from dashboard.state import store_or_stop
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
+PRICE_DIGITS = 8
+
 enter_page()
 store = store_or_stop()
 st.title("Data")
@@ -52,7 +54,9 @@ with tab_preds:
         st.info("No predictions stored for this series yet (the live scorer writes them).")
     else:
         preds = with_time_column(preds)
-        st.dataframe(sig_styler(preds), hide_index=True, width="stretch",
+        # Prices keep their decimals (4 significant figures would show 181.8163 as 181.8);
+        # returns stay in plain notation, never 8.2e-06.
+        st.dataframe(sig_styler(preds, digits=PRICE_DIGITS), hide_index=True, width="stretch",
                      column_config=TS_COLUMN)
         st.download_button("Download predictions as CSV", preds.to_csv(index=False).encode(),
                            file_name=f"{symbol}_{interval}_predictions.csv", mime="text/csv")

@@ -106,3 +106,21 @@ def test_pipeline_page_shows_an_attached_stalled_worker_with_its_reason(data_dir
 
 def frames_to_text(frames) -> list[str]:
     return [f.to_string() for f in frames]
+
+
+def test_data_page_shows_prediction_prices_with_their_decimals(data_dir):
+    from pipeline.schema import Prediction
+
+    fill(data_dir, bars_per_symbol=50)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    ts = int(store.query_bars("ACME", "1m")["ts"].iloc[-1])
+    p = Prediction("mv-test", "ACME", "1m", ts + 60_000, ts, "next_close", 181.8391, 181.8163)
+    p.actual, p.error = 181.8425, 181.8391 - 181.8425
+    store.upsert_predictions([p])
+    store.close()
+    at = run_page("pages/data_browser.py")
+    preds = next(d.value for d in at.dataframe if "base_close" in d.value.columns)
+    row = preds.iloc[-1]
+    assert (row["base_close"], row["predicted"], row["actual"]) == (
+        "181.8163", "181.8391", "181.8425")
+    assert row["error"] == "-0.0034"
