@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
-from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers
@@ -103,7 +103,7 @@ def live_panel() -> None:
     size = _fmt_bucket(bucket) if whole else candle
     drawn = {"view": view, "marker": marker, "caption": None, "kpis": [
         ("Last close", fmt_sig(last["close"], 6),
-         f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})", None),
+         f"{fmt_sig(change, 3)} ({fmt_pct_change(change / prev['close'])})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
         ("Bars stored", f"{stored_count(symbol, interval):,}", None,
          f"{interval} bars of {symbol} in the store (all series: the Pipeline page)."),

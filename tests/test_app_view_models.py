@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dashboard.formatting import fmt_sig, sig_styler, with_time_column
+from dashboard.formatting import fmt_pct_change, fmt_sig, sig_styler, with_time_column
 from dashboard.theme import DARK, LIGHT, MA_COLORS, palette
 from dashboard.view_models import (
     fold_view, run_caption, throughput_ceiling, unique, worker_row, worker_status,
@@ -17,6 +17,11 @@ def test_significant_figures_never_scientific_or_none():
         ["0.0000001561", "0.21", "-4.2", "1,234,568", "—", "—"]
     html = sig_styler(pd.DataFrame({"ts": [1706693580000], "skill": [1.56e-07]})).to_html()
     assert "1706693580000" in html and "0.000000156" in html and "e-07" not in html
+
+
+def test_percent_change_never_reads_zero_for_a_real_move():
+    assert [fmt_pct_change(r) for r in (0.0012, -0.0345, 0.0014 / 181.6, -2e-7, 0.0)] == \
+        ["+0.12%", "-3.45%", "+0.00077%", "-0.00002%", "0%"]
 
 
 def test_time_column_sits_next_to_epoch_ms():
