@@ -91,7 +91,7 @@ class OffsetLedger:
             return sum(len(s) for s in self._acked.values())
 
 
-def _key_hash_partitioner():
+def key_hash_partitioner():
     """kafka-python's default choice for keyed records (murmur2 of the key modulo the
     partition count, as the Java client), with the hash remembered per key: a key is a
     symbol, so there are few, and the pure-Python murmur2 per record was ~5% of a backfill."""
@@ -133,7 +133,7 @@ def make_kafka_producer(bootstrap: str, live: bool, client_kwargs: dict | None =
         enable_idempotence=True,
         max_in_flight_requests_per_connection=5,
         request_timeout_ms=15_000,
-        partitioner=_key_hash_partitioner(),
+        partitioner=key_hash_partitioner(),
         **(client_kwargs or {}),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
@@ -359,3 +360,9 @@ class Prediction:
         d = asdict(self)
         d.pop("extra")
         return d
+
+
+#: A prediction's stored fields, in order (everything but ``extra``).
+PREDICTION_FIELDS = tuple(f for f in Prediction.__dataclass_fields__ if f != "extra")
+#: Those fields of a prediction as one tuple (a snapshot: settling changes the object later).
+prediction_values = operator.attrgetter(*PREDICTION_FIELDS)

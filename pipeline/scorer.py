@@ -47,10 +47,12 @@ from models.progressive import LiveScoreboard, PlainPrediction
 from models.registry import LoadedModel
 from models.retrain_schedule import RetrainScheduler
 from pipeline.schema import (
-    BARS_TOPIC, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms, parse_bar,
+    BARS_TOPIC, PREDICTION_FIELDS, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms,
+    parse_bar, prediction_values,
 )
 from pipeline.fundamentals import FUNDAMENTALS_TOPIC
 from pipeline.news import NEWS_TOPIC
+from pipeline.producer import key_hash_partitioner
 from pipeline.store.base import now_ms
 from pipeline.worker import Worker
 
@@ -223,7 +225,7 @@ class Scorer(Worker):
         # sends (and sender wake-ups) than the 16 kB default at 1,000 predictions a second.
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, client_id="kappalab-scorer",
                                  acks="all", linger_ms=50, batch_size=1 << 20, retries=5,
-                                 **self.client_kwargs)
+                                 partitioner=key_hash_partitioner(), **self.client_kwargs)
         return PredictionFeed(producer, self.predictions_topic, self._on_publish_error)
 
     def _commit(self, consumer, wait: bool = False) -> bool:
@@ -419,9 +421,8 @@ class Scorer(Worker):
         self.count("predictions", n_new)
         self.gauge("last_batch", {"written": len(preds), "new": n_new,
                                   "scored": len(preds) - n_new, "store_ms": acked - t0})
-        if publisher is not None:  # as stored now: a settled one may change later
-            publisher.put([{**p.to_dict(), "doc_id": doc_id}
-                           for doc_id, p in self._outbox.items()])
+        if publisher is not None:  # as stored now (a snapshot: a settled one may change later)
+            publisher.put([(doc_id, prediction_values(p)) for doc_id, p in self._outbox.items()])
         self._outbox, self._new = {}, []
         return True
 
@@ -530,7 +531,8 @@ class PredictionFeed:
     """Publishes stored predictions to the predictions topic from a thread of its own.
 
     The store is the record and the topic a feed, so the scorer hands each stored batch over
-    (as plain dicts) and goes back to polling; JSON encoding and the Kafka sends happen here.
+    (``(doc_id, prediction_values(p))`` snapshots, ~1 µs each) and goes back to polling; the
+    documents, JSON encoding and the Kafka sends happen here.
     Failures go to ``on_error`` (counted, never retried: the store has the predictions).
     """
 
@@ -541,8 +543,8 @@ class PredictionFeed:
                                         daemon=True)
         self._thread.start()
 
-    def put(self, docs: list[dict[str, Any]]) -> None:
-        self._queue.put(docs)
+    def put(self, batch: list[tuple[str, tuple]]) -> None:
+        self._queue.put(batch)
 
     def close(self, timeout_s: float = 15.0) -> None:
         """Publish what was handed over, then close the producer."""
@@ -552,11 +554,13 @@ class PredictionFeed:
         self.producer.close(timeout=5)
 
     def _run(self) -> None:
-        while (docs := self._queue.get()) is not None:
-            for doc in docs:
+        send, topic, on_error, dumps = self.producer.send, self.topic, self.on_error, json.dumps
+        while (batch := self._queue.get()) is not None:
+            for doc_id, values in batch:
                 try:
-                    self.producer.send(self.topic, key=doc["symbol"].encode(),
-                                       value=json.dumps(doc, allow_nan=False).encode()
-                                       ).add_errback(self.on_error)
+                    doc = dict(zip(PREDICTION_FIELDS, values))
+                    doc["doc_id"] = doc_id
+                    send(topic, key=doc["symbol"].encode(),
+                         value=dumps(doc, allow_nan=False).encode()).add_errback(on_error)
                 except Exception as exc:  # the store is the record; the topic is a feed
                     self.on_error(exc)

@@ -707,3 +707,24 @@ def test_es_describe_and_errors_hide_credentials(tmp_path):
     assert "ELASTICSEARCH_URL" in msg and "bobs-password" not in msg
     with pytest.raises(StoreUnavailable, match="ELASTICSEARCH_INDEX_PREFIX"):
         ElasticsearchStore("http://127.0.0.1:9200", index_prefix="Class 3B")
+
+
+def test_sqlite_writers_of_one_file_share_a_lock_released_after_a_failed_write(tmp_path):
+    """In one process, every SqliteStore on a file queues its writes on one lock (instead of
+    SQLite's busy-handler sleeps); a write that fails must release it, or the next writer
+    (another thread, another store on the same file) would wait forever."""
+    a, b = SqliteStore(tmp_path / "s.sqlite"), SqliteStore(tmp_path / "s.sqlite")
+    assert a._writer is b._writer
+    assert SqliteStore(tmp_path / "other.sqlite")._writer is not a._writer
+    bad = Prediction("m", "AAA", "1m", T0, T0 - MIN, "next_return", None, 1.0)  # NOT NULL
+    with pytest.raises(Exception):
+        a.upsert_predictions([bad])
+    done = threading.Event()
+
+    def write() -> None:
+        b.upsert_bars(make_bars(n=5))
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(30), "the writer lock was not released by the failed write"
+    assert a.count_bars() == 5

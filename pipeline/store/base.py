@@ -42,16 +42,15 @@ import pandas as pd
 from pipeline.jsonsafe import json_safe
 from pipeline.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from pipeline.news import NEWS_COLUMNS, NewsItem
-from pipeline.schema import BAR_FIELDS, PRICE_FIELDS, Bar, Prediction
+from pipeline.schema import BAR_FIELDS, PREDICTION_FIELDS, PRICE_FIELDS, Bar, Prediction
 
 BAR_COLUMNS = list(BAR_FIELDS)
 OHLC_COLUMNS = ["ts", *PRICE_FIELDS, "volume", "n"]
 #: dtypes of the numeric bar columns in every frame the store returns
 BAR_DTYPES = {"ts": "int64", **{f: "float64" for f in (*PRICE_FIELDS, "volume")}}
-PREDICTION_COLUMNS = [
-    "model_id", "symbol", "interval", "ts", "base_ts", "target", "predicted", "base_close",
-    "actual", "error", "produced_ms", "stored_ms", "latency_ms",
-]
+#: model_id, symbol, interval, ts, base_ts, target, predicted, base_close, actual, error,
+#: produced_ms, stored_ms, latency_ms (the order of :func:`pipeline.schema.prediction_values`)
+PREDICTION_COLUMNS = list(PREDICTION_FIELDS)
 
 # Document collections (tables in SQLite, indices in Elasticsearch).
 RUNS = "runs"
