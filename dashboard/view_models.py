@@ -25,6 +25,17 @@ HELP = {
 }
 
 
+def latency_note(latency: dict) -> str:
+    """What the scorer's latency percentiles cover. Right after the first start they are
+    seconds: the warm-up history is produced at once and waits while the scorer trains its
+    first model; the live figures take over as new predictions push those out."""
+    n = latency.get("n")
+    over = f"the latest {n:,} predictions" if n else "the latest predictions"
+    return (f"Bar produced to Kafka → prediction stored, over {over}. Just after the first "
+            "start this includes the warm-up history, which waits while the scorer trains its "
+            "first model; the live figures replace it within minutes.")
+
+
 def worker_status(snap: dict | None, running: bool) -> tuple[str, str]:
     """(state, reason) for a worker, the same for its header and its table row.
 

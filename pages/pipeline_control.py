@@ -8,7 +8,7 @@ from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
-from dashboard.view_models import HELP, throughput_ceiling, worker_row
+from dashboard.view_models import HELP, latency_note, throughput_ceiling, worker_row
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -183,7 +183,7 @@ def live_figures(local: dict) -> None:
     if latency:
         st.caption("Scorer latency, bar produced → prediction stored")
         l1, l2, l3 = st.columns(3)
-        l1.metric("p50", f"{latency.get('p50', 0):.0f} ms")
+        l1.metric("p50", f"{latency.get('p50', 0):.0f} ms", help=latency_note(latency))
         l2.metric("p95", f"{latency.get('p95', 0):.0f} ms")
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
     for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):

@@ -11,7 +11,7 @@ from dashboard.prediction_charts import (
 )
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.view_models import HELP, live_kpis, scorer_snapshot
+from dashboard.view_models import HELP, latency_note, live_kpis, scorer_snapshot
 from dashboard.widgets import push_notice, show_notices
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.live_news import extra_features_note
@@ -53,7 +53,7 @@ if snap:
     k[0].metric("Predictions", f"{c.get('predictions', 0):,}")
     k[1].metric("Scored", f"{c.get('scored', 0):,}")
     k[2].metric("Latency p50", f"{lat['p50']:.0f} ms" if lat else "—",
-                help="bar produced to Kafka → prediction stored")
+                help=latency_note(lat) if lat else "bar produced to Kafka → prediction stored")
     k[3].metric("Latency p99", f"{lat['p99']:.0f} ms" if lat else "—")
     k[4].metric("Retrains (promoted)", f"{c.get('retrains', 0)} ({c.get('promotions', 0)})")
 else:

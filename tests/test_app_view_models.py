@@ -8,7 +8,7 @@ import pandas as pd
 from dashboard.formatting import fmt_pct_change, fmt_sig, sig_styler, with_time_column
 from dashboard.theme import DARK, LIGHT, MA_COLORS, palette
 from dashboard.view_models import (
-    fold_view, run_caption, throughput_ceiling, unique, worker_row, worker_status,
+    fold_view, latency_note, run_caption, throughput_ceiling, unique, worker_row, worker_status,
 )
 
 
@@ -50,6 +50,12 @@ def test_stopped_worker_shows_no_rate():
     assert stopped["stored"] == "9,275"
     finished = worker_row("producer", {**snap, "state": "finished"}, "thread", running=False)
     assert finished["rate/s"] == "—"
+
+
+def test_latency_note_says_what_the_percentiles_cover():
+    note = latency_note({"p50": 8856.0, "p95": 9151.0, "p99": 9164.0, "n": 2000})
+    assert "over the latest 2,000 predictions" in note and "warm-up history" in note
+    assert "over the latest predictions" in latency_note({"p50": 30.0})
 
 
 def test_walk_forward_caption_adds_up():
