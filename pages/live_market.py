@@ -29,6 +29,11 @@ interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key=
                         help="Intervals stored for this symbol.")
 step = INTERVALS.get(interval, 60_000)
 candle_choices = {k: v for k, v in INTERVALS.items() if v >= step}
+if st.session_state.get("lm_candle_for") != interval:
+    # A series of another bar size starts at its own size: a 1d candle picked for daily
+    # bars would otherwise stay on when coming back to 1m bars, a chart of one candle.
+    st.session_state["lm_candle"] = next(iter(candle_choices))
+    st.session_state["lm_candle_for"] = interval
 # Whole history picks its own candle size and count: those two pickers would do nothing.
 whole_on = bool(st.session_state.get("lm_whole", False))
 candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle", disabled=whole_on,
