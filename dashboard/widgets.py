@@ -79,6 +79,33 @@ def confirm_button(label: str, key: str, question: str) -> bool:
     return False
 
 
+# ---- empty store --------------------------------------------------------------------------------
+BARS_ON_THEIR_WAY = ("The pipeline is running and the first bars are on their way: this page "
+                     "fills in by itself as soon as they are stored.")
+
+
+def wait_for_data(store, idle_text: str, ready: Callable[[], bool] | None = None,
+                  every_s: float = 2.0) -> None:
+    """An empty page's message, then the whole page again once data is stored (``ready``;
+    default: any bar). While a producer runs, in this app or attached, the message says the
+    bars are coming instead of asking the user to start what already runs (the first load
+    after the demo autostart). The caller stops the page after this."""
+    from dashboard.runtime import get_runtime
+
+    runtime = get_runtime()
+    feeding = runtime.is_running("producer") or any(
+        s.get("kind") == "producer" for s in runtime.attached_stats())
+    st.info(BARS_ON_THEIR_WAY if feeding and ready is None else idle_text)
+    ready = ready or (lambda: store.count_bars() > 0)
+
+    @st.fragment(run_every=every_s)
+    def poll() -> None:
+        if ready():
+            st.rerun(scope="app")
+
+    poll()
+
+
 # ---- workers ------------------------------------------------------------------------------------
 def worker_header(label: str, snap: dict | None, running: bool) -> None:
     """``**Producer** — running`` or a warning with the full reason: the table's state."""

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_column
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
+from dashboard.widgets import wait_for_data
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
@@ -19,8 +20,9 @@ st.title("Data")
 
 symbols = store.list_symbols()
 if not symbols:
-    st.info("The store holds no bars yet. Start the pipeline on the Pipeline page or run "
-            "`python -m pipeline backfill --bars 5000`.")
+    wait_for_data(store, "The store holds no bars yet. Start the pipeline on the Pipeline page "
+                  "or run `python -m pipeline backfill --bars 5000`; this page fills in by "
+                  "itself once bars are stored.")
     st.stop()
 
 c1, c2, c3 = st.columns([1, 1, 1])

@@ -17,7 +17,7 @@ from dashboard.lab_widgets import (
 from dashboard.formatting import sig_styler
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.widgets import confirm_button
+from dashboard.widgets import confirm_button, wait_for_data
 from models import lab
 from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features
 from models.fundamentals import is_fundamentals_feature, load_fundamentals
@@ -30,7 +30,8 @@ from models.zoo import BASELINE_KEYS, MODEL_KEYS, MODEL_SPECS
 
 MAX_ROWS = 200_000  # hard bound per run on this page (the latest bars are kept)
 EMPTY_STATE = ("The store has no bars yet. Start the pipeline on the Pipeline page, or run "
-               "`python -m pipeline backfill`, then come back here.")
+               "`python -m pipeline backfill`; this page fills in by itself once bars are "
+               "stored.")
 RESULT_KEY = "model_lab_result"
 
 enter_page()
@@ -40,7 +41,7 @@ st.caption("Train models on stored bars and compare them with honest baselines."
 store = store_or_stop()
 symbols_all = store.list_symbols()
 if not symbols_all:
-    st.info(EMPTY_STATE)
+    wait_for_data(store, EMPTY_STATE)
     st.stop()
 
 

@@ -12,7 +12,7 @@ from dashboard.prediction_charts import (
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import HELP, latency_note, live_kpis, scorer_snapshot
-from dashboard.widgets import push_notice, show_notices
+from dashboard.widgets import push_notice, show_notices, wait_for_data
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.live_news import extra_features_note
 from models.registry import GLOBAL_SCOPE, champion_refusal, champions, promote, rollback
@@ -63,10 +63,13 @@ else:
 versions = store.list_model_versions()
 n_predictions = store.count_predictions()
 if not versions and not n_predictions:
-    st.info("No model versions and no predictions yet. Once the **scorer** runs and enough bars "
-            "are stored, it trains a default model (linear regression on the next return), makes "
-            "it champion and starts predicting; or save and promote a model from the **Model "
-            "lab**. This page then shows predicted vs actual, live errors and every retraining.")
+    wait_for_data(
+        store, "No model versions and no predictions yet. Once the **scorer** runs and enough "
+        "bars are stored, it trains a default model (linear regression on the next return), "
+        "makes it champion and starts predicting; or save and promote a model from the **Model "
+        "lab**. This page then shows predicted vs actual, live errors and every retraining "
+        "(it fills in by itself).",
+        ready=lambda: store.count_predictions() > 0 or bool(store.list_model_versions()))
     st.stop()
 
 # ---- series ----------------------------------------------------------------------------------

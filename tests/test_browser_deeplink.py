@@ -114,3 +114,17 @@ def test_root_and_deep_link_together_start_each_worker_once(streamlit_server, br
         assert len({b["pid"] for b in beats}) == 1  # all threads of the one server process
     finally:
         store.close()
+
+
+def test_model_lab_opened_first_fills_in_without_a_reload(streamlit_server, browser):
+    url, _, _ = streamlit_server
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{url}/model_lab", wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_selector("h1:has-text('Model lab')", timeout=90_000)
+    # Right after the autostart the store may still be empty: the page must not ask the user
+    # to start the pipeline that is already running, and must fill in by itself.
+    first = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Start the pipeline" not in first, first
+    page.wait_for_selector("button:has-text('Run comparison')", timeout=120_000)
+    assert nav_titles(page) == NAV_TITLES
+    assert page.locator('[data-testid="stException"]').count() == 0
