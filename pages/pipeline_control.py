@@ -107,7 +107,11 @@ with st.expander("Producer source", expanded=not runtime.is_running("producer"))
             spec = SimulatorSpec(symbols=tuple(symbols), interval=src_interval,
                                  speed=float(speed), warmup_bars=int(warmup), seed=int(seed),
                                  news_rate=float(news_rate), news_impact=float(news_impact))
-            start_producer = lambda: runtime.start_simulator(spec)  # noqa: E731
+
+            def start_producer():
+                if not symbols:  # checked first: the simulator also starts its news workers
+                    raise ValueError("type at least one symbol in the Symbols field")
+                return runtime.start_simulator(spec)
         else:
             if not chosen.enabled:
                 st.info(f"{chosen.label} is disabled: {chosen.hint}.")

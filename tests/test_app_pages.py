@@ -124,3 +124,16 @@ def test_data_page_shows_prediction_prices_with_their_decimals(data_dir):
     assert (row["base_close"], row["predicted"], row["actual"]) == (
         "181.8163", "181.8391", "181.8425")
     assert row["error"] == "-0.0034"
+
+
+def test_simulator_without_symbols_says_which_field_and_starts_nothing(data_dir):
+    from dashboard.runtime import get_runtime
+
+    at = run_page("pages/pipeline_control.py")
+    at.text_input(key="pc_symbols_simulator").set_value(" , ").run()
+    at.button(key="start_producer").click().run(timeout=60)
+    assert not at.exception
+    assert any("type at least one symbol in the Symbols field" in e.value for e in at.error)
+    runtime = get_runtime()
+    assert not runtime.workers  # not even the simulated-news workers
+    assert runtime.broker_info is None  # nothing was started, not even the broker
