@@ -92,7 +92,8 @@ st.caption(f"{len(bars):,} bars selected ({', '.join(symbols)}, {interval}); at 
 for note in load_notes:
     st.caption(note)
 if bars.empty:
-    st.info(f"No {interval} bars for these symbols in this date range. " + EMPTY_STATE)
+    st.info(f"No {interval} bars of {', '.join(symbols)} in this date range: widen the Date "
+            "range or choose other Symbols.")
     st.stop()
 
 # ---- features and target ----------------------------------------------------------------------
