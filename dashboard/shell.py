@@ -16,6 +16,8 @@ sidebar, legacy navigation. :func:`enter_page` notices that the page runs withou
 calls ``st.navigation`` itself (the public way to end the legacy mode, for the whole process)
 and reruns; the rerun keeps the page's URL and page hash (both derived from the file name), so
 ``app.py`` now runs and shows the same page, exactly as if the user had navigated there.
+(A bootstrap called by every page would start the demo but leave the legacy file-name
+navigation in the sidebar; routing through app.py keeps one place for both.)
 """
 from __future__ import annotations
 
