@@ -55,7 +55,11 @@ if snap:
     k[2].metric("Latency p50", f"{lat['p50']:.0f} ms" if lat else "—",
                 help=latency_note(lat) if lat else "bar produced to Kafka → prediction stored")
     k[3].metric("Latency p99", f"{lat['p99']:.0f} ms" if lat else "—")
-    k[4].metric("Retrains (promoted)", f"{c.get('retrains', 0)} ({c.get('promotions', 0)})")
+    # Two counts, not "n (of which promoted)": the first default model is a promotion
+    # without a retrain, so "0 (1)" read as a contradiction.
+    k[4].metric("Retrains · promotions", f"{c.get('retrains', 0)} · {c.get('promotions', 0)}",
+                help="Retrains: scheduled or drift retrainings by this scorer since it started. "
+                     "Promotions: versions it made champion, its first default model included.")
 else:
     st.caption("No live scorer is running in this app or attached by heartbeat; start it on "
                "the Pipeline page or with `python -m pipeline score`.")

@@ -183,3 +183,20 @@ def test_the_page_says_when_the_scorer_rejects_a_champion(data_dir):
     finally:
         runtime.shutdown()
         store.close()
+
+
+def test_scorer_counts_read_as_two_counts(data_dir):
+    """A scorer seen by its heartbeat (attach mode) that trained its first default model:
+    one promotion, no retrain yet."""
+    fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        store.heartbeat("scorer-test-1", {
+            "kind": "scorer", "state": "running", "pid": 1, "counters": {
+                "predictions": 10, "scored": 9, "retrains": 0, "promotions": 1},
+            "gauges": {"status": "predicting next_return"}})
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+    finally:
+        store.close()
+    kpi = next(m for m in at.metric if m.label == "Retrains · promotions")
+    assert kpi.value == "0 · 1" and "first default model included" in kpi.help
