@@ -6,8 +6,8 @@ import streamlit as st
 
 from dashboard.formatting import fmt_num, fmt_ts
 from dashboard.prediction_charts import (
-    events_table, highlight_champion, plain, predicted_vs_actual, rolling_errors,
-    versions_table,
+    events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
+    rolling_errors, versions_table,
 )
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
@@ -114,7 +114,8 @@ def live_panel() -> None:
         st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
                         width="stretch", key="pr_roll")
         st.caption("Live error per model version on this series")
-        st.dataframe(plain(live_summary(scored)), hide_index=True, width="stretch")
+        st.dataframe(plain(live_errors_table(live_summary(scored))), hide_index=True,
+                     width="stretch")
 
 
 live_panel()

@@ -82,6 +82,9 @@ def test_filled_store_shows_predictions_errors_versions_and_events(data_dir):
     events = next(f for f in frames if "trigger" in getattr(f, "columns", []))
     assert set(events["trigger"]) == {"bootstrap", "drift"}
     assert any(c.value and "Latest: close predicted" in c.value for c in at.caption)
+    live = next(f for f in frames if "model version" in getattr(f, "columns", []))
+    assert list(live.columns) == ["model version", "predictions", "scored", "MAE", "RMSE",
+                                  "MAPE %", "direction right", "persistence MAE"]
 
 
 def test_promote_and_roll_back_by_hand(data_dir):
