@@ -3,6 +3,7 @@ two-step confirmation, worker status lines, and the CSV import panel."""
 from __future__ import annotations
 
 import hashlib
+from datetime import date
 from pathlib import Path
 from typing import Callable
 
@@ -77,6 +78,24 @@ def confirm_button(label: str, key: str, question: str) -> bool:
         st.session_state[f"{key}_pending"] = False
         st.rerun()
     return False
+
+
+# ---- date range ---------------------------------------------------------------------------------
+def stored_date_range(where, label: str, first: date, last: date, key: str, **kwargs):
+    """A date range picker over the stored days that grows with the data while the user
+    leaves it at everything stored. A plain ``date_input(value=(first, last))`` keeps the
+    range of the page's first run: on a live feed the newest days then drop out of the
+    selection unnoticed. A range the user picked stays, kept inside the stored days."""
+    offered_key = f"{key}_offered"
+    offered = st.session_state.get(offered_key)
+    current = st.session_state.get(key)
+    if not isinstance(current, (tuple, list)) or tuple(current) == offered:
+        st.session_state[key] = (first, last)  # untouched: everything stored
+    elif len(current) == 2:  # (a half-picked range has one date: left alone)
+        lo, hi = max(current[0], first), min(current[1], last)
+        st.session_state[key] = (lo, hi) if lo <= hi else (first, last)
+    st.session_state[offered_key] = (first, last)
+    return where.date_input(label, min_value=first, max_value=last, key=key, **kwargs)
 
 
 # ---- empty store --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_column
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.widgets import wait_for_data
+from dashboard.widgets import stored_date_range, wait_for_data
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
@@ -35,8 +35,7 @@ if span:
     first, last = ts_to_datetime(span[0]).date(), ts_to_datetime(span[1]).date()
     st.caption(f"{store.count_bars(symbol, interval):,} bars stored from {fmt_ts(span[0])} "
                f"to {fmt_ts(span[1])}")
-    dates = st.date_input("Date range (UTC)", (first, last), min_value=first, max_value=last,
-                          key="db_dates")
+    dates = stored_date_range(st, "Date range (UTC)", first, last, key="db_dates")
     if isinstance(dates, tuple) and len(dates) == 2:
         start_ms = int(datetime.combine(dates[0], time.min, tzinfo=timezone.utc).timestamp() * 1000)
         end_ms = int(datetime.combine(dates[1], time.max, tzinfo=timezone.utc).timestamp() * 1000) + 1

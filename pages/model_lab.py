@@ -17,7 +17,7 @@ from dashboard.lab_widgets import (
 from dashboard.formatting import sig_styler
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.widgets import confirm_button, wait_for_data
+from dashboard.widgets import confirm_button, stored_date_range, wait_for_data
 from models import lab
 from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features
 from models.fundamentals import is_fundamentals_feature, load_fundamentals
@@ -77,8 +77,7 @@ start_ms = end_ms = None
 if ranges:
     first = datetime.fromtimestamp(min(r[0] for r in ranges) / 1000, timezone.utc).date()
     last = datetime.fromtimestamp(max(r[1] for r in ranges) / 1000, timezone.utc).date()
-    picked = c3.date_input("Date range (UTC)", value=(first, last), min_value=first,
-                           max_value=last, key="ml_dates")
+    picked = stored_date_range(c3, "Date range (UTC)", first, last, key="ml_dates")
     if isinstance(picked, (list, tuple)) and len(picked) == 2:
         start_ms, end_ms = _day_ms(picked[0]), _day_ms(picked[1] + timedelta(days=1))
 if not symbols:

@@ -137,3 +137,27 @@ def test_simulator_without_symbols_says_which_field_and_starts_nothing(data_dir)
     runtime = get_runtime()
     assert not runtime.workers  # not even the simulated-news workers
     assert runtime.broker_info is None  # nothing was started, not even the broker
+
+
+@pytest.mark.parametrize("page, key", [("pages/model_lab.py", "ml_dates"),
+                                       ("pages/data_browser.py", "db_dates")])
+def test_date_range_grows_with_new_days_unless_the_user_picked_one(data_dir, page, key):
+    import datetime as dt
+
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    bars = list(MarketSimulator(symbols=("ACME",), bars=3000, start_ms=1_704_067_200_000)
+                .bars(threading.Event()))  # 1m bars from 2024-01-01 00:00 to 01-03 01:59
+    store.upsert_bars(bars[:1000])  # the first day only, at first
+    at = run_page(page)
+    assert at.date_input(key=key).value == (dt.date(2024, 1, 1), dt.date(2024, 1, 1))
+    store.upsert_bars(bars[1000:])  # the feed goes on into the next days
+    at.run()
+    assert not at.exception
+    assert at.date_input(key=key).value == (dt.date(2024, 1, 1), dt.date(2024, 1, 3))
+    # A range the user picked stays as picked when more bars arrive.
+    at.date_input(key=key).set_value((dt.date(2024, 1, 2), dt.date(2024, 1, 2))).run()
+    store.upsert_bars(list(MarketSimulator(symbols=("ACME",), bars=10,
+                                           start_ms=bars[-1].ts + 60_000).bars(threading.Event())))
+    store.close()
+    at.run()
+    assert at.date_input(key=key).value == (dt.date(2024, 1, 2), dt.date(2024, 1, 2))
