@@ -36,6 +36,17 @@ def latency_note(latency: dict) -> str:
             "first model; the live figures replace it within minutes.")
 
 
+def source_problem(source_stats: dict | None) -> str | None:
+    """Why a running producer's live source delivers nothing, from the source's own figures
+    (failed polls and the last reason): a polling source retries and stays "running" while
+    the network or the API is down, and the producer row does not say so."""
+    failed = int((source_stats or {}).get("live_errors") or 0)
+    if not failed:
+        return None
+    return (f"{failed:,} failed poll(s) of the source; last: "
+            f"{source_stats.get('last_error') or 'no reason recorded'}")
+
+
 def worker_status(snap: dict | None, running: bool) -> tuple[str, str]:
     """(state, reason) for a worker, the same for its header and its table row.
 

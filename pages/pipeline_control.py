@@ -8,7 +8,8 @@ from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
-from dashboard.view_models import HELP, latency_note, throughput_ceiling, worker_row
+from dashboard.view_models import (HELP, latency_note, source_problem, throughput_ceiling,
+                                   worker_row)
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -145,6 +146,11 @@ def worker_panel() -> None:
         with col:
             running = runtime.is_running(name)
             worker_header(label, local.get(name), running)
+            problem = (source_problem(producer_source_stats()) if name == "producer"
+                       and running else None)
+            if problem:  # still "running" while it retries: say why nothing arrives
+                produced = (local["producer"].get("counters") or {}).get("produced")
+                (st.caption if produced else st.warning)(problem)
             if running:
                 if st.button(f"Stop {label.lower()}", key=f"stop_{name}"):
                     with st.spinner(f"Stopping the {label.lower()}…"):
@@ -158,6 +164,14 @@ def worker_panel() -> None:
                     guarded(start, label.lower(), "pipeline")
                 st.rerun(scope="app")
     live_figures(local)
+
+
+def producer_source_stats() -> dict:
+    """The running producer's source figures, read live: the producer publishes them only
+    with a bar, so a source that fails before its first bar would never show its errors."""
+    wt = runtime.workers.get("producer")
+    source = getattr(wt.worker, "source", None) if wt else None
+    return source.stats() if source is not None else {}
 
 
 def live_figures(local: dict) -> None:

@@ -1,5 +1,5 @@
 """The pages' pure building blocks: formatting, worker states, run captions, fold tables,
-throughput axis and the theme palette (no Streamlit needed)."""
+throughput axis, the theme palette and a live source's failed polls (no Streamlit needed)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,10 @@ import pandas as pd
 from dashboard.formatting import fmt_pct_change, fmt_sig, sig_styler, with_time_column
 from dashboard.theme import DARK, LIGHT, MA_COLORS, palette
 from dashboard.view_models import (
-    fold_view, latency_note, run_caption, throughput_ceiling, unique, worker_row, worker_status,
+    fold_view, latency_note, run_caption, source_problem, throughput_ceiling, unique, worker_row,
+    worker_status,
 )
+from tests.test_sources_alphavantage import api  # noqa: F401  (fixture: the market API double)
 
 
 def test_significant_figures_never_scientific_or_none():
@@ -109,3 +111,24 @@ def test_palette_actual_line_contrasts_with_each_background():
     assert lum(DARK.actual) > 200 and lum(LIGHT.actual) < 60
     assert palette("light") is LIGHT and palette("dark") is DARK
     assert len(set(MA_COLORS.values())) == len(MA_COLORS)  # SMA 10 and SMA 20 differ
+
+
+def test_source_problem_reads_a_live_sources_failed_polls(api):
+    """A real Alpha Vantage source polling the market API double: its first poll fails every
+    attempt. The Pipeline page reads the running producer's ``source.stats()``."""
+    import threading
+
+    from tests.market_api_double import server_error
+    from tests.test_sources_alphavantage import FAST, FIVE_MIN, START, make_bars, source
+
+    assert source_problem({}) is None
+    api.set_av_bars("IBM", "5min", make_bars(START, 2, FIVE_MIN))
+    api.script("alphavantage", *[server_error(503)] * (FAST.retries + 1))
+    stop = threading.Event()
+    src = source(api, mode="live", poll_seconds=0.02)
+    gen = src.bars(stop)
+    next(gen)  # the second poll delivers
+    stop.set()
+    problem = source_problem(src.stats())
+    assert problem.startswith("1 failed poll(s) of the source; last: ")
+    assert "503" in problem or "failed" in problem.split("last: ")[1]
