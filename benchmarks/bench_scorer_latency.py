@@ -1,13 +1,15 @@
 """Live scoring latency: bar produced to Kafka → prediction stored, under a steady live feed.
 
     python benchmarks/bench_scorer_latency.py [--symbols 50,500] [--seconds 60] [--retrain-every 1000]
-                                              [--processes] [--profile [--profile-out FILE]]
+                                              [--retrain-in process|thread] [--processes]
+                                              [--profile [--profile-out FILE]]
 
 Everything real and in one process, as the dashboard runs it: the embedded broker (TCP on
 loopback; the broker itself is its own binary), the simulator producing ``--symbols`` symbols with one 1m bar per second each (after
 an instant warm-up history), the indexer into a fresh SQLite file, and the scorer (which trains
 its default model on the warm-up, then predicts every live bar and retrains on its schedule in
-the background). After the champion is live, predictions are measured for ``--seconds``.
+the background: in a child process of its own by default, ``--retrain-in thread`` for a thread
+of this process). After the champion is live, predictions are measured for ``--seconds``.
 
 ``--processes`` runs the scorer as an OS process of its own instead (as the Procfile runs the
 workers; same scorer and retrain policy), so it shares no interpreter lock with the producer
@@ -73,11 +75,13 @@ def main() -> int:
     ap.add_argument("--processes", action="store_true",
                     help="run the scorer as an OS process of its own (default: a thread of "
                          "this process, next to the indexer and the producer)")
+    ap.add_argument("--retrain-in", choices=["process", "thread"], default="process",
+                    help="where the scorer trains (default: a child process of its own)")
     ap.add_argument("--scorer-child", nargs=2, metavar=("DB", "BOOTSTRAP"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.scorer_child:
-        return scorer_child(*args.scorer_child, args.retrain_every)
+        return scorer_child(*args.scorer_child, args.retrain_every, args.retrain_in)
     if args.processes and args.profile:
         ap.error("--profile profiles the scorer thread of this process; leave out --processes")
     quiet_kafka_logs()
@@ -112,10 +116,12 @@ def run_once(args, n_symbols: int) -> dict:
             child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
                                       "--scorer-child", str(work / "kappalab.sqlite"),
                                       info.bootstrap, "--retrain-every",
-                                      str(args.retrain_every)], stdout=sys.stderr)
+                                      str(args.retrain_every), "--retrain-in",
+                                      args.retrain_in], stdout=sys.stderr)
             scorer_stats = lambda: _child_stats(store, child)  # noqa: E731
         else:
-            scorer_w = _bench_scorer(store, info.bootstrap, args.retrain_every)
+            scorer_w = _bench_scorer(store, info.bootstrap, args.retrain_every,
+                                     retrain_in=args.retrain_in)
             if args.profile:
                 profile = _profile_run(scorer_w, measuring, args.profile_out)
             workers.append(WorkerThread(scorer_w).start())
@@ -169,6 +175,7 @@ def run_once(args, n_symbols: int) -> dict:
                              for t in sorted({e["trigger"] for e in events})},
         "promoted": sum(bool(e["promoted"]) for e in events),
         "retrain_every_bars": args.retrain_every,
+        "retrain_in": args.retrain_in,
         "scorer_counters": {k: v for k, v in snap["counters"].items() if v},
     }
     store.close()
@@ -179,12 +186,14 @@ def run_once(args, n_symbols: int) -> dict:
     return out
 
 
-def _bench_scorer(store, bootstrap: str, retrain_every: int, mode: str = "thread") -> Scorer:
+def _bench_scorer(store, bootstrap: str, retrain_every: int, mode: str = "thread",
+                  retrain_in: str = "process") -> Scorer:
     return Scorer(store, bootstrap, group_id="bench-scorer", bootstrap_check_s=1.0,
-                  policy=RetrainPolicy(every_bars=retrain_every), mode=mode)
+                  policy=RetrainPolicy(every_bars=retrain_every), mode=mode,
+                  retrain_in=retrain_in)
 
 
-def scorer_child(db: str, bootstrap: str, retrain_every: int) -> int:
+def scorer_child(db: str, bootstrap: str, retrain_every: int, retrain_in: str) -> int:
     """``--processes``: the scorer process (what ``python -m pipeline score`` runs, with the
     benchmark's retrain policy) until SIGTERM; its stats reach the parent as heartbeats."""
     from pipeline.cli_support import run_worker
@@ -193,7 +202,8 @@ def scorer_child(db: str, bootstrap: str, retrain_every: int) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     store = SqliteStore(Path(db))
-    run_worker(_bench_scorer(store, bootstrap, retrain_every, mode="process"), stop)
+    run_worker(_bench_scorer(store, bootstrap, retrain_every, mode="process",
+                             retrain_in=retrain_in), stop)
     store.close()
     return 0
 

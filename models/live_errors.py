@@ -44,26 +44,65 @@ def close_error(target: str, predicted: float, actual: float,
     actual_close = float(to_close(target, actual, base_close))
     abs_err = abs(pred_close - actual_close)
     pct = 100.0 * abs_err / abs(actual_close) if actual_close else float("nan")
-    actual_move = np.sign(actual_close - base_close)
-    hit = None if actual_move == 0 else bool(np.sign(pred_close - base_close) == actual_move)
+    move, pred_move = actual_close - base_close, pred_close - base_close
+    # The signs agree (plain floats: this runs for every settled prediction); a NaN never does.
+    hit = None if move == 0 else ((pred_move > 0 and move > 0) or (pred_move < 0 and move < 0))
     return abs_err, pct, hit
 
 
 class LiveErrors:
-    """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy."""
+    """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy.
+
+    The window's sums are kept up to date as errors come and go, so :meth:`summary` is O(1):
+    the scorer's ``live_error`` gauge summarises every symbol (500 of them) in one poll. To
+    keep rounding from piling up, the sums are recomputed from the window once per
+    ``window`` additions.
+    """
 
     def __init__(self, window: int = 200):
+        self.window = window
         self._abs: deque[float] = deque(maxlen=window)
         self._pct: deque[float] = deque(maxlen=window)
         self._hits: deque[bool] = deque(maxlen=window)
         self.total = 0
+        self._s_abs = self._s_sq = self._s_pct = 0.0
+        self._n_pct = self._s_hits = 0
+        self._since_exact = 0
 
     def add(self, abs_err: float, pct_err: float, hit: bool | None) -> None:
+        full = len(self._abs) == self.window
+        if full:  # the oldest leaves the window
+            old = self._abs[0]
+            self._s_abs -= old
+            self._s_sq -= old * old
+            old_pct = self._pct[0]
+            if math.isfinite(old_pct):
+                self._s_pct -= old_pct
+                self._n_pct -= 1
         self._abs.append(abs_err)
         self._pct.append(pct_err)
+        self._s_abs += abs_err
+        self._s_sq += abs_err * abs_err
+        if math.isfinite(pct_err):
+            self._s_pct += pct_err
+            self._n_pct += 1
         if hit is not None:
+            if len(self._hits) == self.window:
+                self._s_hits -= self._hits[0]
             self._hits.append(hit)
+            self._s_hits += hit
         self.total += 1
+        self._since_exact += 1
+        if self._since_exact >= self.window or not math.isfinite(self._s_abs + self._s_sq):
+            self._exact()
+
+    def _exact(self) -> None:
+        self._since_exact = 0
+        self._s_abs = math.fsum(self._abs)
+        self._s_sq = math.fsum(a * a for a in self._abs)
+        pct = [v for v in self._pct if math.isfinite(v)]
+        self._s_pct, self._n_pct = math.fsum(pct), len(pct)
+        self._s_hits = sum(self._hits)
 
     @property
     def n(self) -> int:
@@ -71,19 +110,23 @@ class LiveErrors:
 
     @property
     def mape_pct(self) -> float:
-        vals = [v for v in self._pct if math.isfinite(v)]
-        return float(np.mean(vals)) if vals else float("nan")
+        return self._s_pct / self._n_pct if self._n_pct else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        if not self._abs:
+        n = len(self._abs)
+        if not n:
             return {"n": 0, "scored": self.total}
-        a = np.fromiter(self._abs, float)
-        return json_safe({
-            "mae": float(a.mean()), "rmse": float(np.sqrt(np.mean(a * a))),
-            "mape_pct": self.mape_pct,
-            "directional_accuracy": float(np.mean(self._hits)) if self._hits else None,
-            "n": len(a), "scored": self.total,
-        })
+        return {  # plain floats already: NaN/inf become None (what json_safe does)
+            "mae": _finite_or_none(self._s_abs / n),
+            "rmse": _finite_or_none(math.sqrt(max(self._s_sq, 0.0) / n)),
+            "mape_pct": _finite_or_none(self.mape_pct),
+            "directional_accuracy": self._s_hits / len(self._hits) if self._hits else None,
+            "n": n, "scored": self.total,
+        }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 class DriftMonitor:

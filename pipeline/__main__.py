@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="snapshots topic for the fundamentals features ('' = none)")
     sc.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without new messages")
+    sc.add_argument("--retrain-in", choices=["process", "thread"], default="process",
+                    help="train in a child process of its own (default: training never "
+                         "delays scoring) or in a thread of the scorer")
     sc.set_defaults(func=cmd_score)
 
     bf = sub.add_parser("backfill", help="produce and index a finite source, then exit")
@@ -279,7 +282,8 @@ def cmd_score(args, config: Config) -> int:
     worker = Scorer(store, info.bootstrap, topic=args.topic, group_id=args.group,
                     client_kwargs=config.kafka_client_kwargs(), mode="process",
                     news_topic=args.news_topic or None,
-                    fundamentals_topic=args.fundamentals_topic or None)
+                    fundamentals_topic=args.fundamentals_topic or None,
+                    retrain_in=args.retrain_in)
     print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
     run_worker(worker, stop, until_idle=args.until_idle, idle_counter="consumed")
     return 0

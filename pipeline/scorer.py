@@ -92,6 +92,10 @@ class Scorer(Worker):
     fundamentals_topic
         The snapshots topic read for the ``fundamentals`` features
         (:mod:`models.live_fundamentals`); ``None``: a champion using them is refused.
+    retrain_in
+        ``"process"`` (default): training runs in a child process of its own, so it never
+        holds this process's interpreter lock while bars wait; ``"thread"``: in a thread here
+        (:mod:`models.retrain_schedule`).
     """
 
     kind = "scorer"
@@ -112,7 +116,8 @@ class Scorer(Worker):
                  model_refresh_s: float = 2.0, bootstrap_check_s: float = 5.0,
                  store_catchup_s: float = 3.0, max_backoff_s: float = 10.0,
                  news_topic: str | None = NEWS_TOPIC,
-                 fundamentals_topic: str | None = FUNDAMENTALS_TOPIC):
+                 fundamentals_topic: str | None = FUNDAMENTALS_TOPIC,
+                 retrain_in: str = "process"):
         super().__init__(store=store, mode=mode)
         self.bootstrap, self.topic, self.group_id = bootstrap, topic, group_id
         self.client_kwargs = client_kwargs or {}
@@ -125,7 +130,7 @@ class Scorer(Worker):
         self.scheduler = RetrainScheduler(store, self.policy, self.scoreboard, adapt=adapt,
                                           train_default=train_default,
                                           bootstrap_check_s=bootstrap_check_s,
-                                          worker_id=self.worker_id)
+                                          worker_id=self.worker_id, isolation=retrain_in)
         self.series = SeriesStates(store, default_features(), store_catchup_s,
                                    settle=self._settle_stored, on_error=self.error)
         self.extras = ExtraFeatures(
@@ -153,8 +158,28 @@ class Scorer(Worker):
         publisher = self._make_publisher() if self.publish else None
         backoff, paused, uncommitted = 0.5, set(), False
         self._refresh_models(force=True)
+        self.scheduler.prepare()
+        self._housekeeping()  # the first model starts training before the first bars arrive
         try:
             while not stop.is_set():
+                if self.scheduler.bootstrapping and not self._outbox:
+                    # The first model is training: the bars wait in Kafka (paused, the group
+                    # membership kept by polling) instead of going by unpredicted.
+                    held = set(consumer.assignment()) - paused
+                    if held:
+                        consumer.pause(*held)
+                        paused |= held
+                        self._set_status("training the first model; new bars wait in Kafka "
+                                         "until it is ready")
+                    batch = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                    for tp, msgs in batch.items():  # fetched before the pause: read again later
+                        consumer.seek(tp, msgs[0].offset)
+                        consumer.pause(tp)
+                        paused.add(tp)
+                    self._housekeeping()
+                    self.track_lag(consumer)
+                    self.tick()
+                    continue
                 if self._outbox and not self._write_outbox(publisher):
                     # Store down: keep the computed batch, stop fetching, keep the membership.
                     if not paused:
@@ -187,6 +212,7 @@ class Scorer(Worker):
         finally:
             try:
                 self.scheduler.join(30)
+                self.scheduler.close()
                 self._collect_outcomes()
                 if publisher is not None:
                     publisher.close(timeout_s=15)
@@ -510,6 +536,9 @@ class Scorer(Worker):
                                  for scope, m in self.champions.models.items()})
         self.gauge("status", self._status)
         self.gauge("retraining", self.scheduler.busy)
+        proc = self.scheduler.process
+        self.gauge("retrain_in", f"process {proc.pid}" if proc and proc.pid else
+                   "process (starts with the first retrain)" if proc else "thread")
         if self.extras.providers:
             self.gauge("extra_features", self.extras.gauge())
         self.gauge("bars_since_decision", dict(self.scheduler.since_decision))

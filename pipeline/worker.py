@@ -64,6 +64,7 @@ class Worker(abc.ABC):
         self._last_sample = 0.0
         self._last_heartbeat = 0.0
         self._beats: KafkaHeartbeats | None = None
+        self._beater: _LatestOnly | None = None
 
     # ---- to implement --------------------------------------------------------------------
     @abc.abstractmethod
@@ -119,16 +120,25 @@ class Worker(abc.ABC):
         if force or now - self._last_heartbeat >= HEARTBEAT_EVERY_S:
             self._last_heartbeat = now
             snap = self.stats(history=False)
-            if self.store is not None:
-                try:
-                    self.store.heartbeat(self.worker_id, snap)
-                except Exception as exc:  # a heartbeat must never take the worker down
-                    log.debug("heartbeat failed: %s", exc)
-            bootstrap = getattr(self, "bootstrap", None)
-            if bootstrap:
-                if self._beats is None:
-                    self._beats = KafkaHeartbeats(bootstrap, getattr(self, "client_kwargs", None))
-                self._beats.send(self.worker_id, snap)
+            if force:
+                self._heartbeat(snap)
+            else:  # written by a thread of its own: a scorer's is ~80 kB of JSON at 500 symbols
+                if self._beater is None:
+                    self._beater = _LatestOnly(self._heartbeat, f"kappalab-{self.kind}-heartbeat")
+                self._beater.put(snap)
+
+    def _heartbeat(self, snap: dict[str, Any]) -> None:
+        """The snapshot to the store and to the workers topic (never raises)."""
+        if self.store is not None:
+            try:
+                self.store.heartbeat(self.worker_id, snap)
+            except Exception as exc:  # a heartbeat must never take the worker down
+                log.debug("heartbeat failed: %s", exc)
+        bootstrap = getattr(self, "bootstrap", None)
+        if bootstrap:
+            if self._beats is None:
+                self._beats = KafkaHeartbeats(bootstrap, getattr(self, "client_kwargs", None))
+            self._beats.send(self.worker_id, snap)
 
     def track_lag(self, consumer, every_s: float = 2.0) -> None:
         """Gauge ``lag``: messages behind the log end over the assigned partitions.
@@ -184,9 +194,43 @@ class Worker(abc.ABC):
             log.debug("worker crashed\n%s", traceback.format_exc())
         finally:
             self.stopped_at = time.time()
+            if self._beater is not None:  # its last write first, then the final state
+                self._beater.close()
             self.tick(force=True)
             if self._beats is not None:
                 self._beats.close()
+
+
+class _LatestOnly:
+    """Hands values to ``fn`` in a thread of its own; a value not taken yet is replaced by a
+    newer one (a heartbeat only ever needs the latest snapshot)."""
+
+    def __init__(self, fn, name: str):
+        self._fn, self._value, self._closed = fn, None, False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, value: Any) -> None:
+        with self._ready:
+            self._value = value
+            self._ready.notify()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while self._value is None and not self._closed:
+                    self._ready.wait()
+                value, self._value = self._value, None
+                if value is None:  # closed, nothing left
+                    return
+            self._fn(value)
 
 
 def _sentence(exc: BaseException) -> str:

@@ -177,3 +177,30 @@ def test_score_frame_and_summaries_from_stored_predictions():
     rolling = rolling_live_errors(s, window=5)
     assert set(rolling["model_id"]) == {"a", "b"} and len(rolling) == 2
     assert live_summary(score_frame(preds.iloc[0:0])).empty
+
+
+def test_live_errors_running_sums_equal_the_window_recomputed():
+    """LiveErrors keeps its window's sums as errors come and go (an O(1) summary for the
+    gauge): after any number of additions, evictions and non-finite percentages, the
+    summary equals the window's errors summarised from scratch."""
+    rng = np.random.default_rng(4)
+    errs = LiveErrors(window=50)
+    for i in range(5_000):
+        a = float(abs(rng.normal()) * 10 ** rng.uniform(-6, 6))
+        pct = [a, float("nan"), float("inf"), 3 * a][i % 4 if i % 7 else 0]
+        errs.add(a, pct, [True, False, None][int(rng.integers(3))])
+        if i % 97 == 0 or i == 4_999:
+            window = np.array(errs._abs)
+            finite = [p for p in errs._pct if np.isfinite(p)]
+            s = errs.summary()
+            assert s["n"] == len(window) and s["scored"] == i + 1
+            assert s["mae"] == pytest.approx(window.mean(), rel=1e-12)
+            assert s["rmse"] == pytest.approx(np.sqrt(np.mean(window ** 2)), rel=1e-12)
+            if finite:
+                assert s["mape_pct"] == pytest.approx(np.mean(finite), rel=1e-12)
+            else:
+                assert s["mape_pct"] is None
+            if errs._hits:
+                assert s["directional_accuracy"] == pytest.approx(np.mean(errs._hits), rel=1e-12)
+            else:
+                assert s["directional_accuracy"] is None

@@ -33,6 +33,7 @@ from models.live_series import SeriesState, bars_from_frame
 from models.streaming import FeatureSet
 from pipeline.scorer import Scorer
 from pipeline.sources.simulator import MarketSimulator, SimulatorParams
+from pipeline.store.sqlite import SqliteStore
 from pipeline.worker import WorkerThread
 
 SYMBOLS = ("ACME", "GLOBX", "INITECH")
@@ -217,6 +218,44 @@ def test_waits_for_data_then_trains_and_promotes_a_default_model(broker, topics,
     (event,) = store.list_events("retrain")
     assert event["trigger"] == "bootstrap" and event["promoted"] is True
     assert event["champion_version_id"] == meta["version_id"]
+
+
+@pytest.mark.slow
+def test_bars_that_arrive_while_the_first_model_trains_wait_for_it(broker, topics, sqlite_store):
+    """The default model trains in the retrain process (its start-up takes seconds); bars
+    that arrive meanwhile stay in Kafka and are predicted once it is ready, not skipped."""
+    store = SlowTrainingStore(sqlite_store.path)
+    store_history(store, 400, seed=31)
+    source = MarketSimulator(symbols=SYMBOLS, bars=20, seed=32,
+                             resume=resume_points(store, SYMBOLS, "1m"))
+    producer = Producer(source, broker.bootstrap, topic=topics["bars"], live=False)
+    producer.run_guarded(threading.Event())
+    assert producer.state == "finished", producer.last_error
+    scorer = start_scorer(store, broker, topics, f"sc-hold-{topics['bars']}")
+    try:
+        wait_for(lambda: counters(scorer).get("predictions", 0) >= 20 * len(SYMBOLS), 120,
+                 "a prediction for every streamed bar")
+        stats = scorer.worker.stats(history=False)
+    finally:
+        assert scorer.stop()
+    assert stats["counters"].get("no_model", 0) == 0
+    assert stats["gauges"]["retrain_in"].startswith("process")
+    assert get_champion(store)["trained_by"] == "scorer"
+    assert store.count_predictions() == 20 * len(SYMBOLS)
+
+
+class SlowTrainingStore(SqliteStore):
+    """The test's SQLite store, reopened as itself in the retrain process (pickled by
+    reference), where its first read of bars takes 5 s: the first model is then certainly
+    still training when the streamed bars reach the scorer."""
+
+    def query_bars(self, *args, **kwargs):
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None and not getattr(self, "_slept", False):
+            self._slept = True
+            time.sleep(5.0)
+        return super().query_bars(*args, **kwargs)
 
 
 @pytest.mark.slow

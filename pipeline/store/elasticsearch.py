@@ -102,6 +102,14 @@ class ElasticsearchStore(EsIndexIO, Store):
         refresh_after_write: bool = True,
     ):
         super().__init__()
+        # What reopens this store in another process (see __reduce__), credentials included:
+        # it only ever travels through a pipe to a child process of ours (never argv or logs).
+        self._reopen = (url, dict(
+            api_key=api_key, username=username, password=password, ca_certs=ca_certs,
+            verify_certs=verify_certs, index_prefix=index_prefix, request_timeout=request_timeout,
+            max_retries=max_retries, chunk_size=chunk_size, max_chunk_bytes=max_chunk_bytes,
+            bulk_max_retries=bulk_max_retries, initial_backoff=initial_backoff,
+            max_backoff=max_backoff, page_size=page_size, refresh_after_write=refresh_after_write))
         self.url = _redact_url(url)
         self.index_prefix = _valid_prefix(index_prefix)
         self.chunk_size = int(chunk_size)
@@ -165,6 +173,12 @@ class ElasticsearchStore(EsIndexIO, Store):
 
     def __repr__(self) -> str:
         return f"ElasticsearchStore({self.describe()!r})"
+
+    def __reduce__(self):
+        """Pickled as the way to reach it: unpickling (in a spawned child, e.g. the scorer's
+        retrain process) opens a new client on the same cluster and indices."""
+        url, kwargs = self._reopen
+        return _reopen_store, (url, kwargs)
 
     # ---- identity and health -------------------------------------------------------------
     def describe(self) -> str:
@@ -507,3 +521,6 @@ class ElasticsearchStore(EsIndexIO, Store):
         for name in self._templates():
             self._client.options(ignore_status=404).indices.delete_index_template(name=name)
 
+
+def _reopen_store(url: str, kwargs: dict[str, Any]) -> ElasticsearchStore:
+    return ElasticsearchStore(url, **kwargs)

@@ -138,6 +138,11 @@ class SqliteStore(Store):
         self._writer = _writer_lock(self.path)
         self._conn().executescript(_SCHEMA)
 
+    def __reduce__(self):
+        """Pickled as its file: unpickling (in a spawned child, e.g. the scorer's retrain
+        process) opens the same database with connections of its own."""
+        return type(self), (str(self.path),)
+
     # ---- connections ---------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection. Streamlit runs every script run in a fresh thread, so
