@@ -55,6 +55,17 @@ def fmt_num(x, digits: int = 2) -> str:
     return f"{x:,.{digits}f}"
 
 
+def fmt_pct_change(ratio: float) -> str:
+    """A signed percentage that never reads +0.00% for a real move: +0.12%, +0.00077%."""
+    pct = ratio * 100
+    if not math.isfinite(pct):
+        return MISSING
+    if pct == 0:
+        return "0%"
+    text = f"{pct:.2f}" if abs(pct) >= 0.01 else fmt_sig(pct, 2)
+    return ("+" if pct > 0 else "") + text + "%"
+
+
 def fmt_duration(seconds: float | None) -> str:
     if not seconds:
         return MISSING

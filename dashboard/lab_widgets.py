@@ -39,7 +39,8 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
                    shown_above: list[str]) -> None:
     """Caption with honest row counts, warnings once each, the table, guidance once each."""
     split = SPLIT_METHODS.get(config.get("split"), str(config.get("split"))).split(" (")[0]
-    st.caption(run_caption(summary, split, config.get("target"), run_id)
+    st.caption(run_caption(summary, split, config.get("target"), run_id,
+                           shuffled=config.get("split") == "random")
                + " Best value per column highlighted; click a header to sort.")
     for w in unique(warnings, shown_above):
         st.warning(w)
@@ -81,6 +82,11 @@ def save_controls(store, result: lab.LabResult) -> None:
     if refusal:
         st.caption(f"This run cannot give a champion: {refusal}. Its models can still be saved "
                    "as candidates for comparison.")
+    elif result.config.split == "random":
+        st.caption("This run used the random split: a version saved from it keeps holdout "
+                   "figures that leak the future, so expect its live error on the Predictions "
+                   "page to be worse. Run a chronological or walk-forward split before making "
+                   "a champion.")
     if c4.button("Save model version", key="ml_save"):
         try:
             version_id = lab.save_version(store, result, label, champion=champion and not refusal,

@@ -228,7 +228,11 @@ def news_worker_caption(runtime, name: str, snap: dict | None) -> str:
         if spec is None or not spec.news_rate:
             return "Starts with the market simulator when News items per bar is above 0."
         info = "noise" if not spec.news_impact else f"impact {spec.news_impact:g}"
-        return f"{spec.news_rate:g} items per symbol per bar, {info}."
+        text = f"{spec.news_rate:g} items per symbol per bar, {info}."
+        if not _simulator_producing(runtime):
+            # It keeps running between simulator runs, so a restarted simulator feeds it.
+            text += " Idle while the market simulator is stopped."
+        return text
     stats = runtime.news_source_stats(name)
     parts = []
     if produced is not None:
@@ -250,6 +254,16 @@ def news_worker_caption(runtime, name: str, snap: dict | None) -> str:
     if not parts and name != "news_indexer":
         return "Start it in News sources above."
     return "; ".join(parts) + ("." if parts else "")
+
+
+def _simulator_producing(runtime) -> bool:
+    """The producer runs the market simulator (the one source of simulated news)."""
+    from pipeline.sources.news_simulator import NewsMarketSimulator
+    from pipeline.sources.simulator import MarketSimulator
+
+    wt = runtime.workers.get("producer")
+    source = getattr(wt.worker, "source", None) if wt and wt.alive else None
+    return isinstance(source, (MarketSimulator, NewsMarketSimulator))
 
 
 def _start(action, what: str, success: str) -> None:

@@ -122,6 +122,18 @@ def highlight_champion(df: pd.DataFrame):
     return sig_styler(df).apply(row_style, axis=1)
 
 
+#: live_summary's columns as the page labels them (the versions table's words: "live MAPE %").
+LIVE_ERROR_LABELS = {"model_id": "model version", "predictions": "predictions",
+                     "scored": "scored", "mae": "MAE", "rmse": "RMSE", "mape_pct": "MAPE %",
+                     "directional_accuracy": "direction right",
+                     "persistence_mae": "persistence MAE"}
+
+
+def live_errors_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The live error per model version, with the column names a reader knows."""
+    return summary.rename(columns=LIVE_ERROR_LABELS)
+
+
 def plain(df: pd.DataFrame):
     """Numbers to 4 significant figures and "—" for missing values."""
     return sig_styler(df)

@@ -6,6 +6,8 @@ copies. Workers running as separate processes are shown through their store hear
 """
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
 
 from dashboard.state import get_config, get_store
@@ -16,6 +18,10 @@ from pipeline.runtime import Runtime, SimulatorSpec
 #: history so charts and the model lab have data at once.
 #: Simulated news is on (cheap: a few random draws per bar) but uninformative (impact 0).
 DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500, news_rate=0.1)
+
+# Sessions run in their own threads: two first loads at once (the root in one tab, a deep link
+# in another) must not both pass the "not done yet" check.
+_AUTOSTART_LOCK = threading.Lock()
 
 
 @st.cache_resource(show_spinner=False)
@@ -39,9 +45,12 @@ def autostart(rt: Runtime) -> str | None:
     Runs once per runtime (not per session). Skipped when workers of another process are
     already feeding this store (attach mode). Returns an error sentence, or None.
     """
-    if rt.autostart_done.is_set() or not autostart_enabled():
+    if not autostart_enabled():
         return None
-    rt.autostart_done.set()
+    with _AUTOSTART_LOCK:
+        if rt.autostart_done.is_set():
+            return None
+        rt.autostart_done.set()
     if rt.attached_stats():
         return None
     try:

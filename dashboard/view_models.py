@@ -25,6 +25,28 @@ HELP = {
 }
 
 
+def latency_note(latency: dict) -> str:
+    """What the scorer's latency percentiles cover. Right after the first start they are
+    seconds: the warm-up history is produced at once and waits while the scorer trains its
+    first model; the live figures take over as new predictions push those out."""
+    n = latency.get("n")
+    over = f"the latest {n:,} predictions" if n else "the latest predictions"
+    return (f"Bar produced to Kafka → prediction stored, over {over}. Just after the first "
+            "start this includes the warm-up history, which waits while the scorer trains its "
+            "first model; the live figures replace it within minutes.")
+
+
+def source_problem(source_stats: dict | None) -> str | None:
+    """Why a running producer's live source delivers nothing, from the source's own figures
+    (failed polls and the last reason): a polling source retries and stays "running" while
+    the network or the API is down, and the producer row does not say so."""
+    failed = int((source_stats or {}).get("live_errors") or 0)
+    if not failed:
+        return None
+    return (f"{failed:,} failed poll(s) of the source; last: "
+            f"{source_stats.get('last_error') or 'no reason recorded'}")
+
+
 def worker_status(snap: dict | None, running: bool) -> tuple[str, str]:
     """(state, reason) for a worker, the same for its header and its table row.
 
@@ -52,7 +74,9 @@ def worker_row(name: str, snap: dict, where: str, running: bool = True) -> dict[
         "consumed": c.get("consumed"),
         "stored": c.get("stored", c.get("predictions")),
         "rejected (DLQ)": c.get("rejected"),
-        "rate/s": fmt_num(g.get("rate_per_s", 0), 1),
+        # A stopped worker's last snapshot keeps its last rate; it moves nothing now.
+        "rate/s": (fmt_num(g.get("rate_per_s", 0), 1) if state in ("running", "stalled")
+                   else MISSING),
         "lag": g.get("lag"),
         "uptime": fmt_duration(snap.get("uptime_s")),
         "last bar": fmt_ts(g.get("last_bar_ts")) if g.get("last_bar_ts") else MISSING,
@@ -95,9 +119,11 @@ def unique(messages: Iterable[str], already_shown: Iterable[str] = ()) -> list[s
     return out
 
 
-def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: str | None) -> str:
+def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: str | None,
+                shuffled: bool = False) -> str:
     """Row counts that add up: for walk-forward the test rows of all folds and how the training
-    window grows, for a holdout train and test; warm-up rows dropped are said."""
+    window grows, for a holdout train and test; warm-up rows dropped are said (``shuffled``:
+    the rows were split at random, not cut on time)."""
     s = summary
     rows = s.get("n_rows", s.get("n_bars"))
     head = (f"Run {run_id or '(not saved)'}: {', '.join(s.get('symbols', []))} "
@@ -113,7 +139,8 @@ def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: 
                 f"test {s['n_test']:,} rows")
     warm = s.get("warmup_dropped") or {}
     if warm.get("train") or warm.get("test"):
-        body += (f"; cut on time first, then {warm.get('train', 0):,} training and "
+        first = "split at random first" if shuffled else "cut on time first"
+        body += (f"; {first}, then {warm.get('train', 0):,} training and "
                  f"{warm.get('test', 0):,} test rows dropped while features warm up")
     return head + body + f"; {s.get('elapsed_s', 0):.1f} s."
 

@@ -3,6 +3,7 @@ two-step confirmation, worker status lines, and the CSV import panel."""
 from __future__ import annotations
 
 import hashlib
+from datetime import date
 from pathlib import Path
 from typing import Callable
 
@@ -77,6 +78,51 @@ def confirm_button(label: str, key: str, question: str) -> bool:
         st.session_state[f"{key}_pending"] = False
         st.rerun()
     return False
+
+
+# ---- date range ---------------------------------------------------------------------------------
+def stored_date_range(where, label: str, first: date, last: date, key: str, **kwargs):
+    """A date range picker over the stored days that grows with the data while the user
+    leaves it at everything stored. A plain ``date_input(value=(first, last))`` keeps the
+    range of the page's first run: on a live feed the newest days then drop out of the
+    selection unnoticed. A range the user picked stays, kept inside the stored days."""
+    offered_key = f"{key}_offered"
+    offered = st.session_state.get(offered_key)
+    current = st.session_state.get(key)
+    if not isinstance(current, (tuple, list)) or tuple(current) == offered:
+        st.session_state[key] = (first, last)  # untouched: everything stored
+    elif len(current) == 2:  # (a half-picked range has one date: left alone)
+        lo, hi = max(current[0], first), min(current[1], last)
+        st.session_state[key] = (lo, hi) if lo <= hi else (first, last)
+    st.session_state[offered_key] = (first, last)
+    return where.date_input(label, min_value=first, max_value=last, key=key, **kwargs)
+
+
+# ---- empty store --------------------------------------------------------------------------------
+BARS_ON_THEIR_WAY = ("The pipeline is running and the first bars are on their way: this page "
+                     "fills in by itself as soon as they are stored.")
+
+
+def wait_for_data(store, idle_text: str, ready: Callable[[], bool] | None = None,
+                  every_s: float = 2.0) -> None:
+    """An empty page's message, then the whole page again once data is stored (``ready``;
+    default: any bar). While a producer runs, in this app or attached, the message says the
+    bars are coming instead of asking the user to start what already runs (the first load
+    after the demo autostart). The caller stops the page after this."""
+    from dashboard.runtime import get_runtime
+
+    runtime = get_runtime()
+    feeding = runtime.is_running("producer") or any(
+        s.get("kind") == "producer" for s in runtime.attached_stats())
+    st.info(BARS_ON_THEIR_WAY if feeding and ready is None else idle_text)
+    ready = ready or (lambda: store.count_bars() > 0)
+
+    @st.fragment(run_every=every_s)
+    def poll() -> None:
+        if ready():
+            st.rerun(scope="app")
+
+    poll()
 
 
 # ---- workers ------------------------------------------------------------------------------------

@@ -6,17 +6,23 @@ from datetime import datetime, time, timezone
 import streamlit as st
 
 from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_column
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
+from dashboard.widgets import stored_date_range, wait_for_data
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
+PRICE_DIGITS = 8
+
+enter_page()
 store = store_or_stop()
 st.title("Data")
 
 symbols = store.list_symbols()
 if not symbols:
-    st.info("The store holds no bars yet. Start the pipeline on the Pipeline page or run "
-            "`python -m pipeline backfill --bars 5000`.")
+    wait_for_data(store, "The store holds no bars yet. Start the pipeline on the Pipeline page "
+                  "or run `python -m pipeline backfill --bars 5000`; this page fills in by "
+                  "itself once bars are stored.")
     st.stop()
 
 c1, c2, c3 = st.columns([1, 1, 1])
@@ -29,8 +35,7 @@ if span:
     first, last = ts_to_datetime(span[0]).date(), ts_to_datetime(span[1]).date()
     st.caption(f"{store.count_bars(symbol, interval):,} bars stored from {fmt_ts(span[0])} "
                f"to {fmt_ts(span[1])}")
-    dates = st.date_input("Date range (UTC)", (first, last), min_value=first, max_value=last,
-                          key="db_dates")
+    dates = stored_date_range(st, "Date range (UTC)", first, last, key="db_dates")
     if isinstance(dates, tuple) and len(dates) == 2:
         start_ms = int(datetime.combine(dates[0], time.min, tzinfo=timezone.utc).timestamp() * 1000)
         end_ms = int(datetime.combine(dates[1], time.max, tzinfo=timezone.utc).timestamp() * 1000) + 1
@@ -50,7 +55,9 @@ with tab_preds:
         st.info("No predictions stored for this series yet (the live scorer writes them).")
     else:
         preds = with_time_column(preds)
-        st.dataframe(sig_styler(preds), hide_index=True, width="stretch",
+        # Prices keep their decimals (4 significant figures would show 181.8163 as 181.8);
+        # returns stay in plain notation, never 8.2e-06.
+        st.dataframe(sig_styler(preds, digits=PRICE_DIGITS), hide_index=True, width="stretch",
                      column_config=TS_COLUMN)
         st.download_button("Download predictions as CSV", preds.to_csv(index=False).encode(),
                            file_name=f"{symbol}_{interval}_predictions.csv", mime="text/csv")

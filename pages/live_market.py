@@ -5,11 +5,13 @@ import streamlit as st
 
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
-from dashboard.formatting import fmt_num, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers
 from pipeline.schema import INTERVALS
 
+enter_page()
 store = store_or_stop()
 st.title("Live market")
 
@@ -27,14 +29,23 @@ interval = c2.selectbox("Interval", store.list_intervals(symbol) or ["1m"], key=
                         help="Intervals stored for this symbol.")
 step = INTERVALS.get(interval, 60_000)
 candle_choices = {k: v for k, v in INTERVALS.items() if v >= step}
-candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle",
+if st.session_state.get("lm_candle_for") != interval:
+    # A series of another bar size starts at its own size: a 1d candle picked for daily
+    # bars would otherwise stay on when coming back to 1m bars, a chart of one candle.
+    st.session_state["lm_candle"] = next(iter(candle_choices))
+    st.session_state["lm_candle_for"] = interval
+# Whole history picks its own candle size and count: those two pickers would do nothing.
+whole_on = bool(st.session_state.get("lm_whole", False))
+candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle", disabled=whole_on,
                       help="Bigger candles are aggregated by the store (first open, max high, "
-                           "min low, last close, summed volume).")
+                           "min low, last close, summed volume)."
+                           + (" Off while Whole history is on." if whole_on else ""))
 ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10, 50],
                             key="lm_ma")
 ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
 c6, c7 = st.columns([4, 1])
-n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n")
+n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n", disabled=whole_on,
+                      help="Off while Whole history is on." if whole_on else None)
 whole = c7.toggle("Whole history", value=False, key="lm_whole",
                   help="About 600 candles over everything stored (the candle size follows).")
 show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
@@ -97,9 +108,10 @@ def live_panel() -> None:
     size = _fmt_bucket(bucket) if whole else candle
     drawn = {"view": view, "marker": marker, "caption": None, "kpis": [
         ("Last close", fmt_sig(last["close"], 6),
-         f"{fmt_sig(change, 3)} ({change / prev['close']:+.2%})", None),
+         f"{fmt_sig(change, 3)} ({fmt_pct_change(change / prev['close'])})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
-        ("Bars stored", f"{stored_count(symbol, interval):,}", None, None),
+        ("Bars stored", f"{stored_count(symbol, interval):,}", None,
+         f"{interval} bars of {symbol} in the store (all series: the Pipeline page)."),
         ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
             "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),

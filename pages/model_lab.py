@@ -15,8 +15,9 @@ from dashboard.lab_widgets import (
     fresh_result_tabs, param_widget, results_header, save_controls, stored_run_block,
 )
 from dashboard.formatting import sig_styler
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.widgets import confirm_button
+from dashboard.widgets import confirm_button, stored_date_range, wait_for_data
 from models import lab
 from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features
 from models.fundamentals import is_fundamentals_feature, load_fundamentals
@@ -29,16 +30,18 @@ from models.zoo import BASELINE_KEYS, MODEL_KEYS, MODEL_SPECS
 
 MAX_ROWS = 200_000  # hard bound per run on this page (the latest bars are kept)
 EMPTY_STATE = ("The store has no bars yet. Start the pipeline on the Pipeline page, or run "
-               "`python -m pipeline backfill`, then come back here.")
+               "`python -m pipeline backfill`; this page fills in by itself once bars are "
+               "stored.")
 RESULT_KEY = "model_lab_result"
 
+enter_page()
 st.title("Model lab")
 st.caption("Train models on stored bars and compare them with honest baselines.")
 
 store = store_or_stop()
 symbols_all = store.list_symbols()
 if not symbols_all:
-    st.info(EMPTY_STATE)
+    wait_for_data(store, EMPTY_STATE)
     st.stop()
 
 
@@ -74,8 +77,7 @@ start_ms = end_ms = None
 if ranges:
     first = datetime.fromtimestamp(min(r[0] for r in ranges) / 1000, timezone.utc).date()
     last = datetime.fromtimestamp(max(r[1] for r in ranges) / 1000, timezone.utc).date()
-    picked = c3.date_input("Date range (UTC)", value=(first, last), min_value=first,
-                           max_value=last, key="ml_dates")
+    picked = stored_date_range(c3, "Date range (UTC)", first, last, key="ml_dates")
     if isinstance(picked, (list, tuple)) and len(picked) == 2:
         start_ms, end_ms = _day_ms(picked[0]), _day_ms(picked[1] + timedelta(days=1))
 if not symbols:
@@ -89,7 +91,8 @@ st.caption(f"{len(bars):,} bars selected ({', '.join(symbols)}, {interval}); at 
 for note in load_notes:
     st.caption(note)
 if bars.empty:
-    st.info(f"No {interval} bars for these symbols in this date range. " + EMPTY_STATE)
+    st.info(f"No {interval} bars of {', '.join(symbols)} in this date range: widen the Date "
+            "range or choose other Symbols.")
     st.stop()
 
 # ---- features and target ----------------------------------------------------------------------

@@ -6,8 +6,10 @@ import streamlit as st
 
 from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
+from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
-from dashboard.view_models import HELP, throughput_ceiling, worker_row
+from dashboard.view_models import (HELP, latency_note, source_problem, throughput_ceiling,
+                                   worker_row)
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -18,6 +20,7 @@ from pipeline.schema import INTERVALS
 from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 
+enter_page()
 store = store_or_stop()
 runtime = get_runtime()
 config = get_config()
@@ -105,7 +108,11 @@ with st.expander("Producer source", expanded=not runtime.is_running("producer"))
             spec = SimulatorSpec(symbols=tuple(symbols), interval=src_interval,
                                  speed=float(speed), warmup_bars=int(warmup), seed=int(seed),
                                  news_rate=float(news_rate), news_impact=float(news_impact))
-            start_producer = lambda: runtime.start_simulator(spec)  # noqa: E731
+
+            def start_producer():
+                if not symbols:  # checked first: the simulator also starts its news workers
+                    raise ValueError("type at least one symbol in the Symbols field")
+                return runtime.start_simulator(spec)
         else:
             if not chosen.enabled:
                 st.info(f"{chosen.label} is disabled: {chosen.hint}.")
@@ -139,6 +146,11 @@ def worker_panel() -> None:
         with col:
             running = runtime.is_running(name)
             worker_header(label, local.get(name), running)
+            problem = (source_problem(producer_source_stats()) if name == "producer"
+                       and running else None)
+            if problem:  # still "running" while it retries: say why nothing arrives
+                produced = (local["producer"].get("counters") or {}).get("produced")
+                (st.caption if produced else st.warning)(problem)
             if running:
                 if st.button(f"Stop {label.lower()}", key=f"stop_{name}"):
                     with st.spinner(f"Stopping the {label.lower()}…"):
@@ -152,6 +164,14 @@ def worker_panel() -> None:
                     guarded(start, label.lower(), "pipeline")
                 st.rerun(scope="app")
     live_figures(local)
+
+
+def producer_source_stats() -> dict:
+    """The running producer's source figures, read live: the producer publishes them only
+    with a bar, so a source that fails before its first bar would never show its errors."""
+    wt = runtime.workers.get("producer")
+    source = getattr(wt.worker, "source", None) if wt else None
+    return source.stats() if source is not None else {}
 
 
 def live_figures(local: dict) -> None:
@@ -181,7 +201,7 @@ def live_figures(local: dict) -> None:
     if latency:
         st.caption("Scorer latency, bar produced → prediction stored")
         l1, l2, l3 = st.columns(3)
-        l1.metric("p50", f"{latency.get('p50', 0):.0f} ms")
+        l1.metric("p50", f"{latency.get('p50', 0):.0f} ms", help=latency_note(latency))
         l2.metric("p95", f"{latency.get('p95', 0):.0f} ms")
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
     for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):

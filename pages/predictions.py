@@ -6,16 +6,18 @@ import streamlit as st
 
 from dashboard.formatting import fmt_num, fmt_ts
 from dashboard.prediction_charts import (
-    events_table, highlight_champion, plain, predicted_vs_actual, rolling_errors,
-    versions_table,
+    events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
+    rolling_errors, versions_table,
 )
+from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.view_models import HELP, live_kpis, scorer_snapshot
-from dashboard.widgets import push_notice, show_notices
+from dashboard.view_models import HELP, latency_note, live_kpis, scorer_snapshot
+from dashboard.widgets import push_notice, show_notices, wait_for_data
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.live_news import extra_features_note
-from models.registry import GLOBAL_SCOPE, champion_refusal, promote, rollback
+from models.registry import GLOBAL_SCOPE, champion_refusal, champions, promote, rollback
 
+enter_page()
 store = store_or_stop()
 st.title("Predictions")
 st.caption("The live scorer predicts each symbol's next close with the champion model and "
@@ -51,9 +53,13 @@ if snap:
     k[0].metric("Predictions", f"{c.get('predictions', 0):,}")
     k[1].metric("Scored", f"{c.get('scored', 0):,}")
     k[2].metric("Latency p50", f"{lat['p50']:.0f} ms" if lat else "—",
-                help="bar produced to Kafka → prediction stored")
+                help=latency_note(lat) if lat else "bar produced to Kafka → prediction stored")
     k[3].metric("Latency p99", f"{lat['p99']:.0f} ms" if lat else "—")
-    k[4].metric("Retrains (promoted)", f"{c.get('retrains', 0)} ({c.get('promotions', 0)})")
+    # Two counts, not "n (of which promoted)": the first default model is a promotion
+    # without a retrain, so "0 (1)" read as a contradiction.
+    k[4].metric("Retrains · promotions", f"{c.get('retrains', 0)} · {c.get('promotions', 0)}",
+                help="Retrains: scheduled or drift retrainings by this scorer since it started. "
+                     "Promotions: versions it made champion, its first default model included.")
 else:
     st.caption("No live scorer is running in this app or attached by heartbeat; start it on "
                "the Pipeline page or with `python -m pipeline score`.")
@@ -61,10 +67,13 @@ else:
 versions = store.list_model_versions()
 n_predictions = store.count_predictions()
 if not versions and not n_predictions:
-    st.info("No model versions and no predictions yet. Once the **scorer** runs and enough bars "
-            "are stored, it trains a default model (linear regression on the next return), makes "
-            "it champion and starts predicting; or save and promote a model from the **Model "
-            "lab**. This page then shows predicted vs actual, live errors and every retraining.")
+    wait_for_data(
+        store, "No model versions and no predictions yet. Once the **scorer** runs and enough "
+        "bars are stored, it trains a default model (linear regression on the next return), "
+        "makes it champion and starts predicting; or save and promote a model from the **Model "
+        "lab**. This page then shows predicted vs actual, live errors and every retraining "
+        "(it fills in by itself).",
+        ready=lambda: store.count_predictions() > 0 or bool(store.list_model_versions()))
     st.stop()
 
 # ---- series ----------------------------------------------------------------------------------
@@ -105,7 +114,8 @@ def live_panel() -> None:
         st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
                         width="stretch", key="pr_roll")
         st.caption("Live error per model version on this series")
-        st.dataframe(plain(live_summary(scored)), hide_index=True, width="stretch")
+        st.dataframe(plain(live_errors_table(live_summary(scored))), hide_index=True,
+                     width="stretch")
 
 
 live_panel()
@@ -137,6 +147,11 @@ else:
                                            "forecast targets (next close, close h bars ahead, "
                                            "next return) can be champion.")
         do_rollback = b2.form_submit_button("Roll back this scope", key="pr_rollback")
+    if do_promote and (champions(store).get(scope) or {}).get("version_id") == chosen:
+        # Promoting the champion again would change nothing but add a promotion to the history.
+        push_notice("info", f"{chosen} is already the champion of {scope}: nothing changed.",
+                    "predictions")
+        st.rerun()
     if do_promote:
         try:
             promote(store, chosen, scope, reason="manual (Predictions page)")

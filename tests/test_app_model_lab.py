@@ -81,6 +81,9 @@ def test_random_split_warns_and_runs_can_be_deleted(filled):
     assert sum("leaks the future" in w.value for w in at.warning) == 1  # once, not twice
     assert list(at.dataframe[0].value.index) == ["Persistence", "Moving average (5)",
                                                  "Linear regression"]
+    caption = next(c.value for c in at.caption if c.value.startswith("Run "))
+    assert "cut on time" not in caption
+    assert any("holdout figures that leak the future" in c.value for c in at.caption)
     run_id = filled.list_runs()[0]["run_id"]
     at.selectbox(key="ml_delete_pick").set_value(run_id)
     at.button(key="ml_delete").click().run()
@@ -131,3 +134,21 @@ def test_champion_guard_for_the_same_bar_target(filled):
 
     with pytest.raises(ValueError, match="not a forecast"):
         promote(filled, versions[0]["version_id"])
+
+
+def test_a_date_range_without_bars_says_what_to_change(data_dir):
+    import datetime as dt
+
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    day = 86_400_000
+    start = 1_704_067_200_000  # 2024-01-01
+    for offset in (0, 2 * day):  # bars on Jan 1 and Jan 3, none on Jan 2
+        store.upsert_bars(list(MarketSimulator(["ACME"], "1m", 5, bars=100,
+                                               start_ms=start + offset).bars(threading.Event())))
+    store.close()
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.date_input(key="ml_dates").set_value((dt.date(2024, 1, 2), dt.date(2024, 1, 2))).run()
+    assert not at.exception
+    info = " ".join(i.value for i in at.info)
+    assert "No 1m bars of ACME in this date range: widen the Date range" in info
+    assert "no bars yet" not in info  # the store has bars, just not on that day

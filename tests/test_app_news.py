@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 
 from dashboard.charts import candlestick
 from dashboard.view_models import news_markers
@@ -65,3 +66,26 @@ def test_pages_show_news(data_dir):
     # the stored news reached the features: not left out as constant, and informative here
     assert "sent_mean_1" in result.summary["features"]
     assert result.table.loc["Linear regression", "skill"] > 0.05
+
+
+@pytest.mark.slow
+def test_simulated_news_says_idle_while_the_simulator_is_stopped(broker, data_dir, monkeypatch):
+    """A real runtime on the session's embedded broker: the news producer outlives the
+    simulator (a restarted simulator feeds it again), and its caption says when it is idle."""
+    from dashboard.news_widgets import news_worker_caption
+    from pipeline.config import load_config
+    from pipeline.runtime import Runtime, SimulatorSpec
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap)
+    rt = Runtime(load_config())
+    try:
+        rt.start_simulator(SimulatorSpec(symbols=("ACME",), speed=60.0, news_rate=0.1))
+        assert rt.is_running("producer") and rt.is_running("news_producer")
+        running = news_worker_caption(rt, "news_producer", None)
+        assert running == "0.1 items per symbol per bar, noise."
+        rt.stop_worker("producer")
+        assert rt.is_running("news_producer")
+        assert news_worker_caption(rt, "news_producer", None).endswith(
+            "Idle while the market simulator is stopped.")
+    finally:
+        rt.shutdown()

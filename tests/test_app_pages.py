@@ -106,3 +106,58 @@ def test_pipeline_page_shows_an_attached_stalled_worker_with_its_reason(data_dir
 
 def frames_to_text(frames) -> list[str]:
     return [f.to_string() for f in frames]
+
+
+def test_data_page_shows_prediction_prices_with_their_decimals(data_dir):
+    from pipeline.schema import Prediction
+
+    fill(data_dir, bars_per_symbol=50)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    ts = int(store.query_bars("ACME", "1m")["ts"].iloc[-1])
+    p = Prediction("mv-test", "ACME", "1m", ts + 60_000, ts, "next_close", 181.8391, 181.8163)
+    p.actual, p.error = 181.8425, 181.8391 - 181.8425
+    store.upsert_predictions([p])
+    store.close()
+    at = run_page("pages/data_browser.py")
+    preds = next(d.value for d in at.dataframe if "base_close" in d.value.columns)
+    row = preds.iloc[-1]
+    assert (row["base_close"], row["predicted"], row["actual"]) == (
+        "181.8163", "181.8391", "181.8425")
+    assert row["error"] == "-0.0034"
+
+
+def test_simulator_without_symbols_says_which_field_and_starts_nothing(data_dir):
+    from dashboard.runtime import get_runtime
+
+    at = run_page("pages/pipeline_control.py")
+    at.text_input(key="pc_symbols_simulator").set_value(" , ").run()
+    at.button(key="start_producer").click().run(timeout=60)
+    assert not at.exception
+    assert any("type at least one symbol in the Symbols field" in e.value for e in at.error)
+    runtime = get_runtime()
+    assert not runtime.workers  # not even the simulated-news workers
+    assert runtime.broker_info is None  # nothing was started, not even the broker
+
+
+@pytest.mark.parametrize("page, key", [("pages/model_lab.py", "ml_dates"),
+                                       ("pages/data_browser.py", "db_dates")])
+def test_date_range_grows_with_new_days_unless_the_user_picked_one(data_dir, page, key):
+    import datetime as dt
+
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    bars = list(MarketSimulator(symbols=("ACME",), bars=3000, start_ms=1_704_067_200_000)
+                .bars(threading.Event()))  # 1m bars from 2024-01-01 00:00 to 01-03 01:59
+    store.upsert_bars(bars[:1000])  # the first day only, at first
+    at = run_page(page)
+    assert at.date_input(key=key).value == (dt.date(2024, 1, 1), dt.date(2024, 1, 1))
+    store.upsert_bars(bars[1000:])  # the feed goes on into the next days
+    at.run()
+    assert not at.exception
+    assert at.date_input(key=key).value == (dt.date(2024, 1, 1), dt.date(2024, 1, 3))
+    # A range the user picked stays as picked when more bars arrive.
+    at.date_input(key=key).set_value((dt.date(2024, 1, 2), dt.date(2024, 1, 2))).run()
+    store.upsert_bars(list(MarketSimulator(symbols=("ACME",), bars=10,
+                                           start_ms=bars[-1].ts + 60_000).bars(threading.Event())))
+    store.close()
+    at.run()
+    assert at.date_input(key=key).value == (dt.date(2024, 1, 2), dt.date(2024, 1, 2))

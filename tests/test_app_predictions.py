@@ -82,6 +82,9 @@ def test_filled_store_shows_predictions_errors_versions_and_events(data_dir):
     events = next(f for f in frames if "trigger" in getattr(f, "columns", []))
     assert set(events["trigger"]) == {"bootstrap", "drift"}
     assert any(c.value and "Latest: close predicted" in c.value for c in at.caption)
+    live = next(f for f in frames if "model version" in getattr(f, "columns", []))
+    assert list(live.columns) == ["model version", "predictions", "scored", "MAE", "RMSE",
+                                  "MAPE %", "direction right", "persistence MAE"]
 
 
 def test_promote_and_roll_back_by_hand(data_dir):
@@ -101,6 +104,24 @@ def test_promote_and_roll_back_by_hand(data_dir):
         at.button(key="pr_rollback").click()  # nothing before the first champion
         run(at)
         assert any("Nothing to roll back" in e.value for e in at.error)
+    finally:
+        store.close()
+
+
+def test_promoting_the_champion_again_changes_nothing_and_says_so(data_dir):
+    filled = fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        before = len(store.list_events("promotion"))
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+        at.selectbox(key="pr_version").set_value(filled["champion"])
+        at.button(key="pr_promote").click()
+        run(at)
+        assert any("already the champion of global: nothing changed" in i.value
+                   for i in at.info)
+        assert not any("is now the champion" in s.value for s in at.success)
+        assert get_champion(store)["version_id"] == filled["champion"]
+        assert len(store.list_events("promotion")) == before
     finally:
         store.close()
 
@@ -165,3 +186,20 @@ def test_the_page_says_when_the_scorer_rejects_a_champion(data_dir):
     finally:
         runtime.shutdown()
         store.close()
+
+
+def test_scorer_counts_read_as_two_counts(data_dir):
+    """A scorer seen by its heartbeat (attach mode) that trained its first default model:
+    one promotion, no retrain yet."""
+    fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        store.heartbeat("scorer-test-1", {
+            "kind": "scorer", "state": "running", "pid": 1, "counters": {
+                "predictions": 10, "scored": 9, "retrains": 0, "promotions": 1},
+            "gauges": {"status": "predicting next_return"}})
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+    finally:
+        store.close()
+    kpi = next(m for m in at.metric if m.label == "Retrains · promotions")
+    assert kpi.value == "0 · 1" and "first default model included" in kpi.help

@@ -1,15 +1,17 @@
 """The pages' pure building blocks: formatting, worker states, run captions, fold tables,
-throughput axis and the theme palette (no Streamlit needed)."""
+throughput axis, the theme palette and a live source's failed polls (no Streamlit needed)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from dashboard.formatting import fmt_sig, sig_styler, with_time_column
+from dashboard.formatting import fmt_pct_change, fmt_sig, sig_styler, with_time_column
 from dashboard.theme import DARK, LIGHT, MA_COLORS, palette
 from dashboard.view_models import (
-    fold_view, run_caption, throughput_ceiling, unique, worker_row, worker_status,
+    fold_view, latency_note, run_caption, source_problem, throughput_ceiling, unique, worker_row,
+    worker_status,
 )
+from tests.test_sources_alphavantage import api  # noqa: F401  (fixture: the market API double)
 
 
 def test_significant_figures_never_scientific_or_none():
@@ -17,6 +19,11 @@ def test_significant_figures_never_scientific_or_none():
         ["0.0000001561", "0.21", "-4.2", "1,234,568", "—", "—"]
     html = sig_styler(pd.DataFrame({"ts": [1706693580000], "skill": [1.56e-07]})).to_html()
     assert "1706693580000" in html and "0.000000156" in html and "e-07" not in html
+
+
+def test_percent_change_never_reads_zero_for_a_real_move():
+    assert [fmt_pct_change(r) for r in (0.0012, -0.0345, 0.0014 / 181.6, -2e-7, 0.0)] == \
+        ["+0.12%", "-3.45%", "+0.00077%", "-0.00002%", "0%"]
 
 
 def test_time_column_sits_next_to_epoch_ms():
@@ -36,6 +43,23 @@ def test_failed_and_stalled_read_the_same_in_header_and_table():
     assert worker_status({"state": "running"}, running=False)[0] == "stopped"
 
 
+def test_stopped_worker_shows_no_rate():
+    snap = {"state": "running", "counters": {"stored": 9275}, "gauges": {"rate_per_s": 5.3}}
+    assert worker_row("indexer", snap, "thread", running=True)["rate/s"] == "5.3"
+    # the thread ended: its last snapshot still holds the rate it had while running
+    stopped = worker_row("indexer", snap, "thread", running=False)
+    assert stopped["state"] == "stopped" and stopped["rate/s"] == "—"
+    assert stopped["stored"] == "9,275"
+    finished = worker_row("producer", {**snap, "state": "finished"}, "thread", running=False)
+    assert finished["rate/s"] == "—"
+
+
+def test_latency_note_says_what_the_percentiles_cover():
+    note = latency_note({"p50": 8856.0, "p95": 9151.0, "p99": 9164.0, "n": 2000})
+    assert "over the latest 2,000 predictions" in note and "warm-up history" in note
+    assert "over the latest predictions" in latency_note({"p50": 30.0})
+
+
 def test_walk_forward_caption_adds_up():
     summary = {"symbols": ["ACME"], "interval": "1m", "n_rows": 19_979, "n_train": 16_650,
                "n_train_first": 3_335, "n_test": 16_645, "n_folds": 5, "elapsed_s": 3.2,
@@ -44,6 +68,17 @@ def test_walk_forward_caption_adds_up():
     assert "5 folds test 16,645 rows in all" in text
     assert "3,335 rows for fold 1 up to 16,650 for fold 5" in text
     assert "train 16,650" not in text
+
+
+def test_holdout_caption_says_how_rows_were_split_before_warm_up():
+    summary = {"symbols": ["ACME"], "interval": "1m", "n_rows": 2_277, "n_train": 1_805,
+               "n_test": 452, "n_folds": 1, "elapsed_s": 4.8,
+               "warmup_dropped": {"train": 17, "test": 3}}
+    timed = run_caption(summary, "Chronological holdout", "next_return", "r1")
+    assert "cut on time first, then 17 training and 3 test rows dropped" in timed
+    shuffled = run_caption(summary, "Random shuffle", "next_return", "r2", shuffled=True)
+    assert "split at random first, then 17 training and 3 test rows dropped" in shuffled
+    assert "cut on time" not in shuffled
 
 
 def test_fold_view_has_one_column_per_fold_and_counts_wins():
@@ -76,3 +111,24 @@ def test_palette_actual_line_contrasts_with_each_background():
     assert lum(DARK.actual) > 200 and lum(LIGHT.actual) < 60
     assert palette("light") is LIGHT and palette("dark") is DARK
     assert len(set(MA_COLORS.values())) == len(MA_COLORS)  # SMA 10 and SMA 20 differ
+
+
+def test_source_problem_reads_a_live_sources_failed_polls(api):
+    """A real Alpha Vantage source polling the market API double: its first poll fails every
+    attempt. The Pipeline page reads the running producer's ``source.stats()``."""
+    import threading
+
+    from tests.market_api_double import server_error
+    from tests.test_sources_alphavantage import FAST, FIVE_MIN, START, make_bars, source
+
+    assert source_problem({}) is None
+    api.set_av_bars("IBM", "5min", make_bars(START, 2, FIVE_MIN))
+    api.script("alphavantage", *[server_error(503)] * (FAST.retries + 1))
+    stop = threading.Event()
+    src = source(api, mode="live", poll_seconds=0.02)
+    gen = src.bars(stop)
+    next(gen)  # the second poll delivers
+    stop.set()
+    problem = source_problem(src.stats())
+    assert problem.startswith("1 failed poll(s) of the source; last: ")
+    assert "503" in problem or "failed" in problem.split("last: ")[1]

@@ -69,3 +69,39 @@ def test_whole_history_candles_cover_everything(sqlite_store):
     frame, bucket = CandleFeed(sqlite_store).whole_history("ACME", "1m", MIN, candles=100)
     assert bucket == whole_history_bucket(bars[0].ts, bars[-1].ts, MIN, 100)
     assert len(frame) <= 101 and frame["n"].sum() == len(bars)
+
+
+def test_whole_history_turns_off_the_candle_pickers(data_dir):
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    store.upsert_bars(sim_bars(300))
+    store.close()
+    at = AppTest.from_file(str(ROOT / "pages/live_market.py"), default_timeout=60).run()
+    assert not at.exception
+    assert not at.slider(key="lm_n").disabled and not at.selectbox(key="lm_candle").disabled
+    bars_kpi = next(m for m in at.metric if m.label == "Bars stored")
+    assert bars_kpi.value == "300" and "1m bars of ACME" in bars_kpi.help
+    at.toggle(key="lm_whole").set_value(True).run()
+    assert not at.exception
+    assert at.slider(key="lm_n").disabled and at.selectbox(key="lm_candle").disabled
+    assert at.session_state["lm_drawn"]["view"][3] is True  # drawn as whole history
+    at.toggle(key="lm_whole").set_value(False).run()
+    assert not at.slider(key="lm_n").disabled and not at.selectbox(key="lm_candle").disabled
+
+
+def test_candle_size_starts_at_the_bar_size_of_a_new_interval(data_dir):
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    store.upsert_bars(sim_bars(300))
+    store.upsert_bars(list(MarketSimulator(symbols=("GOOG",), interval="1d", bars=60,
+                                           start_ms=1672617600000).bars(threading.Event())))
+    store.close()
+    at = AppTest.from_file(str(ROOT / "pages/live_market.py"), default_timeout=60).run()
+    at.selectbox(key="lm_candle").set_value("5m").run()
+    at.selectbox(key="lm_symbol").set_value("GOOG").run()
+    assert not at.exception
+    assert at.selectbox(key="lm_interval").value == "1d" == at.selectbox(key="lm_candle").value
+    at.selectbox(key="lm_symbol").set_value("ACME").run()  # back to 1m bars: 1m candles
+    assert not at.exception
+    assert at.selectbox(key="lm_candle").value == "1m"
+    at.selectbox(key="lm_candle").set_value("15m").run()  # a pick on the same interval stays
+    at.toggle(key="lm_pred").set_value(False).run()
+    assert at.selectbox(key="lm_candle").value == "15m"
