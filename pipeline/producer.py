@@ -157,6 +157,8 @@ class Producer(Worker):
         self._last_offset: dict[int, int] = {}
         self._log_reset = threading.Event()
         self._recent: dict[tuple[str, str], deque[tuple[int, float]]] = {}
+        self._reap_lock = threading.Lock()
+        self._inflight: deque | None = None  # the current client's sends, for the watchdog
         self.source = source
         self.bootstrap = bootstrap
         self.topic = topic
@@ -193,12 +195,44 @@ class Producer(Worker):
         if self.resume_source is not None:
             self._log_reset.set()  # start again from what the store has, on a new client
 
+    #: How often the watchdog reads the source while no bar arrives.
+    WATCH_EVERY_S = 2.0
+
+    def _watch(self, done: threading.Event) -> None:
+        """While the source's ``bars`` is blocked (a live API failing and backing off, say),
+        the loop below cannot report anything: this thread counts the acks of the bars sent
+        before the quiet spell, reads the source's stats and its
+        :meth:`~pipeline.sources.base.Source.problem` and says ``stalled``, with the reason,
+        until bars arrive again."""
+        while not done.wait(self.WATCH_EVERY_S):
+            try:
+                if self._inflight is not None:  # acks of the last bars before a quiet spell
+                    self._reap(self._inflight)
+                problem = self.source.problem()
+                self.gauge("source", self.source.stats())
+            except Exception as exc:  # a watchdog must never take the worker down
+                log.debug("source watchdog: %s", exc)
+                continue
+            if problem and self.state == "running":
+                self._source_stalled = True
+                self.stall(f"the source delivers no bars: {problem}")
+            elif not problem and self._source_stalled:
+                self._source_stalled = False
+                self.unstall()
+            self.tick()
+
     def run(self, stop: threading.Event) -> None:
         source = self.source
+        watching = threading.Event()
+        if self.live:
+            self._source_stalled = False
+            threading.Thread(target=self._watch, args=(watching,), daemon=True,
+                             name="kappalab-producer-watchdog").start()
         try:
             while source is not None and not stop.is_set():
                 producer = make_kafka_producer(self.bootstrap, self.live, self.client_kwargs)
                 inflight: deque = deque()
+                self._inflight = inflight
                 try:
                     self._send_all(producer, source, stop, inflight)
                 finally:
@@ -211,6 +245,7 @@ class Producer(Worker):
             self.error(str(exc), log_it=False)
             raise
         finally:
+            watching.set()
             if self.ledger is not None:
                 self.ledger.finish()
             self.gauge("source", self.source.stats())
@@ -250,7 +285,12 @@ class Producer(Worker):
                 return
 
     def _reap(self, inflight: deque) -> None:
-        """Handle the finished sends, oldest first (per partition they finish in order)."""
+        """Handle the finished sends, oldest first (per partition they finish in order).
+        Called by the send loop and, while the source is quiet, by the watchdog."""
+        with self._reap_lock:
+            self._reap_locked(inflight)
+
+    def _reap_locked(self, inflight: deque) -> None:
         acked = []
         while inflight and inflight[0].is_done:
             future = inflight.popleft()

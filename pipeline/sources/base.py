@@ -32,3 +32,9 @@ class Source(abc.ABC):
     def stats(self) -> dict:
         """Source-specific figures (requests made, rate-limit waits, skipped lines...)."""
         return {}
+
+    def problem(self) -> str | None:
+        """Why the source delivers nothing right now while it keeps trying (e.g. a live API
+        that fails and backs off), as one sentence; None when it is fine. Read from another
+        thread: :meth:`bars` may be blocked in a wait."""
+        return None

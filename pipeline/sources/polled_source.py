@@ -64,6 +64,7 @@ class PolledApiSource(Source):
             "invalid_bars": 0, "live_errors": 0}
         self._invalid_samples: list[str] = []
         self._last_error: str | None = None
+        self._problem: str | None = None  # the failure of the last live poll, until one works
         self._api_key = secret_value(api_key)
         if self._api_key is None:
             raise self._key_error()
@@ -89,6 +90,9 @@ class PolledApiSource(Source):
             raise
         finally:
             self.client.close()
+
+    def problem(self) -> str | None:
+        return self._problem
 
     def stats(self) -> dict[str, Any]:
         out = dict(self._counters)
@@ -126,11 +130,13 @@ class PolledApiSource(Source):
                     return
             if problem is None:
                 backoff.reset()
+                self._problem = None
                 delay = max(0.0, self.poll_seconds - (time.monotonic() - started))
             else:
                 self._counters["live_errors"] += 1
                 self._last_error = str(problem)
                 delay = backoff.next_delay()
+                self._problem = f"{problem} Polling again in {delay:.3g} s."
                 log.warning("%s: %s Polling again in %.1f s.", self.display_name, problem, delay)
             if stop.wait(delay):
                 return

@@ -1,0 +1,57 @@
+"""A live producer whose source keeps failing says ``stalled`` with the reason, then
+``running`` again once bars arrive. Real parts: the embedded broker over TCP and the Alpha
+Vantage TEST DOUBLE on loopback (tests/market_api_double.py) answering 503s, then bars."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.producer import Producer
+from pipeline.sources.alphavantage import AlphaVantageSource
+from pipeline.sources.http_client import HttpPolicy
+from pipeline.worker import WorkerThread
+from tests.market_api_double import MarketApiDouble, eastern_ms, make_bars, server_error
+
+KEY = "AVKEY-stall-test-0042"
+START = eastern_ms(2024, 1, 31, 9, 30)
+FIVE_MIN = 300_000
+FAST = HttpPolicy(connect_timeout=1.0, read_timeout=0.5, retries=1, backoff=0.01,
+                  backoff_max=0.05, rate_limit_retries=1, rate_limit_backoff=0.01)
+
+
+def wait_for(cond, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_failing_live_source_stalls_the_producer_with_its_reason_then_it_recovers(broker):
+    with MarketApiDouble(av_key=KEY) as api:
+        api.set_av_bars("IBM", "5min", make_bars(START, 5, FIVE_MIN))
+        api.always("alphavantage", server_error(503))
+        source = AlphaVantageSource("IBM", "5m", api_key=KEY, base_url=api.base_url,
+                                    policy=FAST, requests_per_minute=None,
+                                    requests_per_day=None, mode="live", poll_seconds=0.2,
+                                    live_backoff_max=0.3)
+        producer = Producer(source, broker.bootstrap, topic=f"stall-{time.time_ns()}",
+                            live=True)
+        producer.WATCH_EVERY_S = 0.1
+        wt = WorkerThread(producer).start()
+        try:
+            wait_for(lambda: producer.state == "stalled", 30, "the producer to say stalled")
+            stats = producer.stats(history=False)
+            assert stats["last_error"].startswith("the source delivers no bars:")
+            assert "Polling again in" in stats["last_error"] and KEY not in stats["last_error"]
+            assert stats["counters"].get("produced", 0) == 0
+            assert stats["gauges"]["source"]["live_errors"] >= 1
+            api.always("alphavantage", None)  # the API answers again
+            wait_for(lambda: producer.state == "running"
+                     and producer.stats(history=False)["counters"].get("produced", 0) == 5,
+                     30, "bars produced and the state back to running")
+        finally:
+            assert wt.stop(20)
