@@ -68,47 +68,48 @@ def test_jobs_run_in_another_process_and_decide_as_the_thread_would(sqlite_store
     assert handle.exitcode == 0  # told to stop: a clean exit
 
 
-def test_a_killed_retrain_process_fails_its_job_and_the_next_job_starts_a_new_one(sqlite_store):
+@pytest.fixture
+def trained(sqlite_store):
+    """A retrain process that has trained the default model on 500 bars per symbol."""
     fill(sqlite_store, 500)
     proc = RetrainProcess(sqlite_store)
     try:
         proc.run("bootstrap", {"interval": "1m"})
-        first = proc.pid
-        os.kill(first, signal.SIGKILL)  # by its PID
-        assert _ended(proc) == -signal.SIGKILL
-        d = proc.run("bootstrap", {"interval": "1m"})  # a champion exists: trains another
-        assert proc.pid not in (None, first) and d.promoted
+        yield proc
     finally:
         proc.close()
 
 
-def test_a_job_interrupted_by_the_child_dying_is_reported(sqlite_store):
-    fill(sqlite_store, 500)
-    proc = RetrainProcess(sqlite_store)
-    try:
-        proc.run("bootstrap", {"interval": "1m"})
-        pid = proc.pid
-        errors = []
+def test_a_killed_retrain_process_fails_its_job_and_the_next_job_starts_a_new_one(trained):
+    proc = trained
+    first = proc.pid
+    os.kill(first, signal.SIGKILL)  # by its PID
+    assert _ended(proc) == -signal.SIGKILL
+    d = proc.run("bootstrap", {"interval": "1m"})  # a champion exists: trains another
+    assert proc.pid not in (None, first) and d.promoted
 
-        def job():
-            try:  # a slow job: a forest on everything
-                proc.run("retrain", {"champion": get_champion(sqlite_store)["version_id"],
-                                     "trigger": "manual", "reason": "slow",
-                                     "policy": RetrainPolicy(challenger_factory=partial(
-                                         RandomForestRegressor, n_estimators=2_000, n_jobs=1))})
-            except Exception as exc:
-                errors.append(exc)
 
-        t = threading.Thread(target=job)
-        t.start()
-        time.sleep(0.5)
-        os.kill(pid, signal.SIGKILL)
-        t.join(120)
-        assert not t.is_alive()
-        assert errors and isinstance(errors[0], RetrainProcessGone), errors
-        assert "ended during the job" in str(errors[0])
-    finally:
-        proc.close()
+def test_a_job_interrupted_by_the_child_dying_is_reported(trained, sqlite_store):
+    proc, errors = trained, []
+    pid = proc.pid
+
+    def job():
+        try:  # a slow job: a 2,000-tree forest
+            proc.run("retrain", {"champion": get_champion(sqlite_store)["version_id"],
+                                 "trigger": "manual", "reason": "slow",
+                                 "policy": RetrainPolicy(challenger_factory=partial(
+                                     RandomForestRegressor, n_estimators=2_000, n_jobs=1))})
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=job)
+    t.start()
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    t.join(120)
+    assert not t.is_alive()
+    assert errors and isinstance(errors[0], RetrainProcessGone), errors
+    assert "ended during the job" in str(errors[0])
 
 
 def test_the_child_exits_when_the_process_that_started_it_is_killed(tmp_path):
