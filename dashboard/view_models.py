@@ -26,14 +26,13 @@ HELP = {
 
 
 def latency_note(latency: dict) -> str:
-    """What the scorer's latency percentiles cover. Right after the first start they are
-    seconds: the warm-up history is produced at once and waits while the scorer trains its
-    first model; the live figures take over as new predictions push those out."""
+    """What the scorer's latency percentiles cover (the scorer leaves out bars produced before
+    their model was ready: the warm-up history and bars held while the first model trained)."""
     n = latency.get("n")
-    over = f"the latest {n:,} predictions" if n else "the latest predictions"
-    return (f"Bar produced to Kafka → prediction stored, over {over}. Just after the first "
-            "start this includes the warm-up history, which waits while the scorer trains its "
-            "first model; the live figures replace it within minutes.")
+    over = f"the latest {n:,} live predictions" if n else "the latest live predictions"
+    return (f"Bar produced to Kafka → prediction stored, over {over}. Bars produced before "
+            "their model was ready (the warm-up history, bars that waited while the first "
+            "model trained) are stored with their latency but not counted here.")
 
 
 def source_problem(source_stats: dict | None) -> str | None:

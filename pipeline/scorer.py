@@ -138,6 +138,7 @@ class Scorer(Worker):
             + ([LiveFundamentals(store, fundamentals_topic)] if fundamentals_topic else []))
         self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
         self._latency: deque[float] = deque(maxlen=latency_window)
+        self._live_since: dict[str, int] = {}  # version_id -> when this scorer loaded it
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
         self._new: list[Prediction] = []  # the outbox's new predictions (not settlements)
@@ -443,7 +444,12 @@ class Scorer(Worker):
             return False
         acked = now_ms()
         n_new = len(self._new)
-        self._latency.extend(acked - p.produced_ms for p in self._new if p.produced_ms)
+        # The gauge describes live scoring: bars produced before their model was ready (the
+        # warm-up history, bars held while the first model trained) are in the store with
+        # their latency, but left out of these percentiles.
+        live_since = self._live_since
+        self._latency.extend(acked - p.produced_ms for p in self._new
+                             if p.produced_ms and p.produced_ms >= live_since.get(p.model_id, 0))
         self.count("predictions", n_new)
         self.gauge("last_batch", {"written": len(preds), "new": n_new,
                                   "scored": len(preds) - n_new, "store_ms": acked - t0})
@@ -466,6 +472,7 @@ class Scorer(Worker):
         for message in changes.errors:
             self.error(message)
         for model in changes.loaded:
+            self._live_since.setdefault(model.version_id, now_ms())
             self.scoreboard.watch(model.version_id,
                                   (model.meta.get("metrics") or {}).get("mape_pct"))
             self.scheduler.new_champion(model.version_id)

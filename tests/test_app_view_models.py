@@ -55,9 +55,10 @@ def test_stopped_worker_shows_no_rate():
 
 
 def test_latency_note_says_what_the_percentiles_cover():
-    note = latency_note({"p50": 8856.0, "p95": 9151.0, "p99": 9164.0, "n": 2000})
-    assert "over the latest 2,000 predictions" in note and "warm-up history" in note
-    assert "over the latest predictions" in latency_note({"p50": 30.0})
+    note = latency_note({"p50": 28.0, "p95": 35.0, "p99": 41.0, "n": 2000})
+    assert "over the latest 2,000 live predictions" in note and "warm-up history" in note
+    assert "not counted here" in note
+    assert "over the latest live predictions" in latency_note({"p50": 30.0})
 
 
 def test_walk_forward_caption_adds_up():

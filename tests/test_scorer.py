@@ -242,6 +242,10 @@ def test_bars_that_arrive_while_the_first_model_trains_wait_for_it(broker, topic
     assert stats["gauges"]["retrain_in"].startswith("process")
     assert get_champion(store)["trained_by"] == "scorer"
     assert store.count_predictions() == 20 * len(SYMBOLS)
+    # Every one was produced before the model was ready: stored with its latency, but the
+    # live latency gauge (what the pages show) does not count them.
+    assert store.query_predictions()["latency_ms"].notna().all()
+    assert "latency_ms" not in stats["gauges"]
 
 
 class SlowTrainingStore(SqliteStore):
