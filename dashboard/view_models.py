@@ -214,7 +214,9 @@ def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
     if not n:
         return [Kpi("MAE", MISSING), Kpi("RMSE", MISSING), Kpi("MAPE", MISSING),
                 Kpi("Direction right", MISSING), Kpi("Persistence MAE", MISSING)]
-    hits = recent["hit"].dropna()
+    # A model that never calls a move (persistence) has no directional accuracy (as in the lab).
+    called = bool(recent["called"].any()) if "called" in recent else True
+    hits = recent["hit"].dropna() if called else recent["hit"].iloc[:0]
     persistence = float((recent["actual_close"] - recent["base_close"]).abs().mean())
     return [
         Kpi(f"MAE (last {n})", fmt_num(float(recent["abs_error"].mean()), 4),
@@ -223,7 +225,8 @@ def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
         Kpi("MAPE", f"{recent['pct_error'].mean():.3f}%",
             "mean absolute error as a percentage of the actual close"),
         Kpi("Direction right", f"{hits.mean():.1%}" if len(hits) else MISSING,
-            "share of predictions on the right side of the last close"),
+            "share of predictions on the right side of the last close (— for a model that "
+            "never predicts a move, such as persistence)"),
         Kpi("Persistence MAE", fmt_num(persistence, 4),
             "the 'no change' forecast on the same bars: the bar to beat"),
     ]

@@ -50,6 +50,11 @@ def close_error(target: str, predicted: float, actual: float,
     return abs_err, pct, hit
 
 
+def calls_a_move(target: str, predicted: float, base_close: float) -> bool:
+    """Whether the prediction's implied close differs from the base close."""
+    return bool(float(to_close(target, predicted, base_close)) != base_close)
+
+
 class LiveErrors:
     """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy.
 
@@ -64,14 +69,19 @@ class LiveErrors:
         self._abs: deque[float] = deque(maxlen=window)
         self._pct: deque[float] = deque(maxlen=window)
         self._hits: deque[bool] = deque(maxlen=window)
+        self._calls: deque[bool] = deque(maxlen=window)  # the prediction called a move
         self.total = 0
         self._s_abs = self._s_sq = self._s_pct = 0.0
-        self._n_pct = self._s_hits = 0
+        self._n_pct = self._s_hits = self._s_calls = 0
         self._since_exact = 0
 
-    def add(self, abs_err: float, pct_err: float, hit: bool | None) -> None:
+    def add(self, abs_err: float, pct_err: float, hit: bool | None,
+            called: bool = True) -> None:
+        """One scored prediction; ``called``: it predicted a move (a model that never does,
+        such as persistence, has no directional accuracy, as in the Model lab)."""
         full = len(self._abs) == self.window
         if full:  # the oldest leaves the window
+            self._s_calls -= self._calls[0]
             old = self._abs[0]
             self._s_abs -= old
             self._s_sq -= old * old
@@ -81,6 +91,8 @@ class LiveErrors:
                 self._n_pct -= 1
         self._abs.append(abs_err)
         self._pct.append(pct_err)
+        self._calls.append(called)
+        self._s_calls += called
         self._s_abs += abs_err
         self._s_sq += abs_err * abs_err
         if math.isfinite(pct_err):
@@ -103,6 +115,7 @@ class LiveErrors:
         pct = [v for v in self._pct if math.isfinite(v)]
         self._s_pct, self._n_pct = math.fsum(pct), len(pct)
         self._s_hits = sum(self._hits)
+        self._s_calls = sum(self._calls)
 
     @property
     def n(self) -> int:
@@ -120,7 +133,8 @@ class LiveErrors:
             "mae": _finite_or_none(self._s_abs / n),
             "rmse": _finite_or_none(math.sqrt(max(self._s_sq, 0.0) / n)),
             "mape_pct": _finite_or_none(self.mape_pct),
-            "directional_accuracy": self._s_hits / len(self._hits) if self._hits else None,
+            "directional_accuracy": (self._s_hits / len(self._hits)
+                                     if self._hits and self._s_calls else None),
             "n": n, "scored": self.total,
         }
 
@@ -189,6 +203,7 @@ def score_frame(preds: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         for c in ("predicted_close", "actual_close", "abs_error", "pct_error", "hit"):
             df[c] = pd.Series(dtype="float64")
+        df["called"] = pd.Series(dtype="bool")
         return df
     pred_close = np.empty(len(df))
     actual_close = np.empty(len(df))
@@ -208,6 +223,7 @@ def score_frame(preds: pd.DataFrame) -> pd.DataFrame:
     hit = (np.sign(pred_close - base) == moved).astype("float64")
     hit[~np.isfinite(actual_close) | (moved == 0)] = np.nan
     df["hit"] = hit
+    df["called"] = pred_close != base  # it predicted a move (persistence never does)
     return df
 
 
@@ -227,7 +243,8 @@ def live_summary(scored: pd.DataFrame, by: str = "model_id") -> pd.DataFrame:
             "mae": s["abs_error"].mean() if len(s) else np.nan,
             "rmse": float(np.sqrt((s["abs_error"] ** 2).mean())) if len(s) else np.nan,
             "mape_pct": s["pct_error"].mean() if len(s) else np.nan,
-            "directional_accuracy": s["hit"].mean() if len(s) else np.nan,
+            "directional_accuracy": (s["hit"].mean() if len(s) and s["called"].any()
+                                     else np.nan),
             "persistence_mae": pers,
         })
     return pd.DataFrame(rows, columns=cols)
@@ -246,8 +263,10 @@ def rolling_live_errors(scored: pd.DataFrame, window: int = 50) -> pd.DataFrame:
         r["rmse"] = np.sqrt((a ** 2).rolling(window, min_periods=minp).mean())
         r["mape_pct"] = (g["pct_error"].reset_index(drop=True)
                          .rolling(window, min_periods=minp).mean())
-        r["directional_accuracy"] = (g["hit"].reset_index(drop=True)
-                                     .rolling(window, min_periods=minp).mean())
+        da = g["hit"].reset_index(drop=True).rolling(window, min_periods=minp).mean()
+        calls = (g["called"].reset_index(drop=True).astype("float64")
+                 .rolling(window, min_periods=minp).sum())
+        r["directional_accuracy"] = da.where(calls > 0)  # no call in the window: none
         out.append(r)
     if not out:
         return pd.DataFrame(columns=["ts", "model_id", "mae", "rmse", "mape_pct",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from models.adaptation import RetrainPolicy
-from models.live_errors import DriftMonitor, LiveErrors, close_error
+from models.live_errors import DriftMonitor, LiveErrors, calls_a_move, close_error
 from models.targets import from_close
 from pipeline.schema import Bar, Prediction, interval_ms
 from pipeline.store.base import Store
@@ -89,8 +89,9 @@ class LiveScoreboard:
         p.actual = float(from_close(p.target, bar.close, p.base_close))
         p.error = p.predicted - p.actual
         abs_err, pct, hit = close_error(p.target, p.predicted, p.actual, p.base_close)
-        self._errors(self.by_symbol, p.symbol).add(abs_err, pct, hit)
-        self._errors(self.by_model, p.model_id).add(abs_err, pct, hit)
+        called = calls_a_move(p.target, p.predicted, p.base_close)
+        self._errors(self.by_symbol, p.symbol).add(abs_err, pct, hit, called)
+        self._errors(self.by_model, p.model_id).add(abs_err, pct, hit, called)
         monitor = self.monitors.get(p.model_id)
         if monitor is not None:
             monitor.add(pct)

@@ -204,3 +204,32 @@ def test_live_errors_running_sums_equal_the_window_recomputed():
                 assert s["directional_accuracy"] == pytest.approx(np.mean(errs._hits), rel=1e-12)
             else:
                 assert s["directional_accuracy"] is None
+
+
+def test_a_model_that_never_calls_a_move_has_no_live_directional_accuracy():
+    """As in the Model lab: persistence (predicted close = base close) gets no directional
+    accuracy, neither in the scorer's rolling errors nor in the Predictions page's tables;
+    a model that calls a move keeps its "no change" rows as misses."""
+    from models.live_errors import calls_a_move, live_summary, rolling_live_errors, score_frame
+
+    flat, moving = LiveErrors(window=20), LiveErrors(window=20)
+    rows = []
+    for i in range(30):
+        actual = 0.01 if i % 2 else -0.01
+        for errs, model, pred in ((flat, "persistence", 0.0), (moving, "m", 0.002 * (i % 3))):
+            abs_err, pct, hit = close_error("next_return", pred, actual, 100.0)
+            errs.add(abs_err, pct, hit, calls_a_move("next_return", pred, 100.0))
+            rows.append({"model_id": model, "symbol": "ACME", "interval": "1m", "ts": i,
+                         "target": "next_return", "predicted": pred, "actual": actual,
+                         "base_close": 100.0})
+    assert flat.summary()["directional_accuracy"] is None
+    assert moving.summary()["directional_accuracy"] == pytest.approx(
+        np.mean([close_error("next_return", 0.002 * (i % 3), 0.01 if i % 2 else -0.01,
+                             100.0)[2] for i in range(10, 30)]))
+    scored = score_frame(pd.DataFrame(rows))
+    table = live_summary(scored).set_index("model_id")
+    assert np.isnan(table.loc["persistence", "directional_accuracy"])
+    assert 0 < table.loc["m", "directional_accuracy"] < 1
+    rolling = rolling_live_errors(scored, window=10)
+    assert rolling[rolling["model_id"] == "persistence"]["directional_accuracy"].isna().all()
+    assert rolling[rolling["model_id"] == "m"]["directional_accuracy"].notna().any()
