@@ -21,7 +21,7 @@ from pipeline.indexer import Indexer
 from pipeline.news import NEWS_DLQ_TOPIC, NEWS_TOPIC, NewsItem, parse_news
 from pipeline.producer import make_kafka_producer
 from pipeline.sources.base import SourceError
-from pipeline.worker import Worker
+from pipeline.worker import SourceWatch, Worker
 
 NewsFeed = Callable[[threading.Event], Iterator[list[NewsItem]]]
 NEWS_GROUP = "kappalab-news-indexer"
@@ -66,8 +66,16 @@ class NewsProducer(Worker):
     def describe(self) -> str:
         return f"{self.description} → {self.topic}"
 
+    #: How often the watchdog reads a live API feed's source (see :class:`SourceWatch`).
+    WATCH_EVERY_S = 2.0
+
     def run(self, stop: threading.Event) -> None:
         producer = make_kafka_producer(self.bootstrap, live=True, client_kwargs=self.client_kwargs)
+        # A feed that is a live API source's method (Alpha Vantage news) blocks while the API
+        # fails: the watchdog says "stalled" with the source's reason meanwhile.
+        source = getattr(self.feed, "__self__", None)
+        watch = (SourceWatch(self, source, self.WATCH_EVERY_S, what="news").start()
+                 if callable(getattr(source, "problem", None)) else None)
         try:
             for batch in self.feed(stop):
                 for item in batch:
@@ -83,6 +91,8 @@ class NewsProducer(Worker):
             self.error(str(exc), log_it=False)
             raise
         finally:
+            if watch is not None:
+                watch.close()
             producer.flush(timeout=10)
             producer.close(timeout=5)
             self.tick(force=True)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping
 
 from pipeline.schema import BARS_TOPIC
 from pipeline.sources.base import Source, SourceError
-from pipeline.worker import Worker
+from pipeline.worker import SourceWatch, Worker
 
 log = logging.getLogger(__name__)
 
@@ -195,39 +195,20 @@ class Producer(Worker):
         if self.resume_source is not None:
             self._log_reset.set()  # start again from what the store has, on a new client
 
-    #: How often the watchdog reads the source while no bar arrives.
+    #: How often the watchdog (:class:`~pipeline.worker.SourceWatch`) reads the source.
     WATCH_EVERY_S = 2.0
 
-    def _watch(self, done: threading.Event) -> None:
-        """While the source's ``bars`` is blocked (a live API failing and backing off, say),
-        the loop below cannot report anything: this thread counts the acks of the bars sent
-        before the quiet spell, reads the source's stats and its
-        :meth:`~pipeline.sources.base.Source.problem` and says ``stalled``, with the reason,
-        until bars arrive again."""
-        while not done.wait(self.WATCH_EVERY_S):
-            try:
-                if self._inflight is not None:  # acks of the last bars before a quiet spell
-                    self._reap(self._inflight)
-                problem = self.source.problem()
-                self.gauge("source", self.source.stats())
-            except Exception as exc:  # a watchdog must never take the worker down
-                log.debug("source watchdog: %s", exc)
-                continue
-            if problem and self.state == "running":
-                self._source_stalled = True
-                self.stall(f"the source delivers no bars: {problem}")
-            elif not problem and self._source_stalled:
-                self._source_stalled = False
-                self.unstall()
-            self.tick()
+    def _reap_current(self) -> None:
+        """The acks of the bars sent before a quiet spell (the loop reaps only per bar)."""
+        if self._inflight is not None:
+            self._reap(self._inflight)
 
     def run(self, stop: threading.Event) -> None:
         source = self.source
-        watching = threading.Event()
-        if self.live:
-            self._source_stalled = False
-            threading.Thread(target=self._watch, args=(watching,), daemon=True,
-                             name="kappalab-producer-watchdog").start()
+        # While a live source's bars() is blocked (failing and backing off, say), the loop
+        # below cannot report anything: the watchdog says "stalled", with the source's reason.
+        watch = (SourceWatch(self, self.source, self.WATCH_EVERY_S, on_idle=self._reap_current)
+                 .start() if self.live else None)
         try:
             while source is not None and not stop.is_set():
                 producer = make_kafka_producer(self.bootstrap, self.live, self.client_kwargs)
@@ -245,7 +226,8 @@ class Producer(Worker):
             self.error(str(exc), log_it=False)
             raise
         finally:
-            watching.set()
+            if watch is not None:
+                watch.close()
             if self.ledger is not None:
                 self.ledger.finish()
             self.gauge("source", self.source.stats())

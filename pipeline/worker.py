@@ -201,6 +201,49 @@ class Worker(abc.ABC):
                 self._beats.close()
 
 
+class SourceWatch:
+    """A watchdog for a worker whose loop blocks inside its source (a live API failing and
+    backing off, say): it cannot report anything itself, so every ``every_s`` this thread
+    runs ``on_idle`` (e.g. counting acks), reads ``source.problem()`` (one sentence while the
+    source delivers nothing, else None) and ``source.stats()`` (the ``source`` gauge), says
+    ``stalled`` with the reason, and ``running`` again once the problem is gone."""
+
+    def __init__(self, worker: "Worker", source: Any, every_s: float = 2.0,
+                 on_idle: Any = None, what: str = "bars"):
+        self.worker, self.source, self.every_s = worker, source, every_s
+        self.on_idle, self.what = on_idle, what
+        self._done = threading.Event()
+        self._stalled = False
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"kappalab-{worker.kind}-watchdog")
+
+    def start(self) -> "SourceWatch":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        w = self.worker
+        while not self._done.wait(self.every_s):
+            try:
+                if self.on_idle is not None:
+                    self.on_idle()
+                problem = self.source.problem()
+                w.gauge("source", self.source.stats())
+            except Exception as exc:  # a watchdog must never take the worker down
+                log.debug("source watchdog: %s", exc)
+                continue
+            if problem and w.state == "running":
+                self._stalled = True
+                w.stall(f"the source delivers no {self.what}: {problem}")
+            elif not problem and self._stalled:
+                self._stalled = False
+                w.unstall()
+            w.tick()
+
+
 class _LatestOnly:
     """Hands values to ``fn`` in a thread of its own; a value not taken yet is replaced by a
     newer one (a heartbeat only ever needs the latest snapshot)."""

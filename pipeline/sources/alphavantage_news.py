@@ -96,6 +96,11 @@ class AlphaVantageNews:
                          "live_errors": 0}
         self.live_backoff_max = float(live_backoff_max)
         self.last_error: str | None = None
+        self._problem: str | None = None  # the failure of the last live poll, until one works
+
+    def problem(self) -> str | None:
+        """Why live polling delivers nothing right now (read by the producer's watchdog)."""
+        return self._problem
 
     @classmethod
     def from_config(cls, config: Config, tickers: str | Iterable[str],
@@ -148,11 +153,13 @@ class AlphaVantageNews:
                 self.counters["live_errors"] += 1
                 self.last_error = str(exc)
                 delay = backoff.next_delay()
+                self._problem = f"{exc} Polling again in {delay:.3g} s."
                 log.warning("Alpha Vantage news: %s Polling again in %.0f s.", exc, delay)
                 if stop.wait(delay):
                     return
                 continue
             backoff.reset()
+            self._problem = None
             self.counters["polls"] += 1
             if self.mode == "backfill" or stop.wait(self.poll_seconds):
                 return
