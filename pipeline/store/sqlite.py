@@ -67,24 +67,23 @@ def _checkpointer(store: "SqliteStore") -> None:
         users: weakref.WeakSet = weakref.WeakSet([store])
 
         def run() -> None:
-            try:
-                conn = sqlite3.connect(key, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
-                                       isolation_level=None)
-            except sqlite3.Error:
-                return
-            try:
-                while True:
-                    time.sleep(CHECKPOINT_EVERY_S)
-                    with _WRITER_LOCKS_GUARD:
-                        if not users:  # the last store on the file is gone
-                            _CHECKPOINTERS.pop(key, None)
-                            return
-                    try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    except sqlite3.Error as exc:  # e.g. busy, or the file was removed
-                        log.debug("checkpoint of %s failed: %s", key, exc)
-            finally:
-                conn.close()
+            while True:
+                time.sleep(CHECKPOINT_EVERY_S)
+                with _WRITER_LOCKS_GUARD:
+                    if not users:  # the last store on the file is gone
+                        _CHECKPOINTERS.pop(key, None)
+                        return
+                # A connection per checkpoint (~0.2 ms): an open one would keep the file
+                # open between checkpoints (e.g. a read-only remount of its disk fails).
+                conn = None
+                try:
+                    conn = sqlite3.connect(key, timeout=1.0, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # e.g. busy, or the file was removed
+                    log.debug("checkpoint of %s failed: %s", key, exc)
+                finally:
+                    if conn is not None:
+                        conn.close()
 
         thread = threading.Thread(target=run, daemon=True, name="kappalab-sqlite-checkpoint")
         _CHECKPOINTERS[key] = (thread, users)
