@@ -305,9 +305,9 @@ class RetrainProcess:
         if proc is None:
             return
         try:
-            conn.send(None)
-        except (OSError, ValueError):
-            pass
+            conn.send(None)  # "no more jobs": the child returns from its loop
+        except (OSError, ValueError) as exc:  # it is gone already; join below reaps it
+            log.debug("retrain process already gone: %s", exc)
         proc.join(timeout_s)
         if proc.is_alive():  # busy with an abandoned job: it is only training
             proc.terminate()  # by its own handle (its PID)
