@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from pipeline.news_stream import NewsProducer
 from pipeline.producer import Producer
@@ -17,22 +16,13 @@ from pipeline.worker import WorkerThread
 from tests.market_api_double import (
     MarketApiDouble, av_article, eastern_ms, make_bars, server_error,
 )
+from tests.test_scorer import wait_for
 
 KEY = "AVKEY-stall-test-0042"
 START = eastern_ms(2024, 1, 31, 9, 30)
 FIVE_MIN = 300_000
 FAST = HttpPolicy(connect_timeout=1.0, read_timeout=0.5, retries=1, backoff=0.01,
                   backoff_max=0.05, rate_limit_retries=1, rate_limit_backoff=0.01)
-
-
-def wait_for(cond, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def test_failing_live_source_stalls_the_producer_with_its_reason_then_it_recovers(broker):
