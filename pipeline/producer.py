@@ -200,8 +200,9 @@ class Producer(Worker):
 
     def _reap_current(self) -> None:
         """The acks of the bars sent before a quiet spell (the loop reaps only per bar)."""
-        if self._inflight is not None:
-            self._reap(self._inflight)
+        with self._reap_lock:  # only the current client's: a closed one is the loop's
+            if self._inflight is not None:
+                self._reap_locked(self._inflight)
 
     def run(self, stop: threading.Event) -> None:
         source = self.source
@@ -217,6 +218,8 @@ class Producer(Worker):
                 try:
                     self._send_all(producer, source, stop, inflight)
                 finally:
+                    with self._reap_lock:  # the watchdog leaves this client's sends alone
+                        self._inflight = None
                     _close(producer)
                     self._reap(inflight)
                 if not self._log_reset.is_set():
