@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.targets import to_close
+from models.targets import to_close, to_close_value
 from pipeline.jsonsafe import json_safe
 from pipeline.store.base import Store
 
@@ -40,8 +40,8 @@ def close_error(target: str, predicted: float, actual: float,
                 base_close: float) -> tuple[float, float, bool | None]:
     """(absolute error of the implied close, its percentage of the actual close, direction hit)
     for one scored prediction; the hit is None when the price did not move."""
-    pred_close = float(to_close(target, predicted, base_close))
-    actual_close = float(to_close(target, actual, base_close))
+    pred_close = to_close_value(target, predicted, base_close)
+    actual_close = to_close_value(target, actual, base_close)
     abs_err = abs(pred_close - actual_close)
     pct = 100.0 * abs_err / abs(actual_close) if actual_close else float("nan")
     move, pred_move = actual_close - base_close, pred_close - base_close
@@ -52,7 +52,7 @@ def close_error(target: str, predicted: float, actual: float,
 
 def calls_a_move(target: str, predicted: float, base_close: float) -> bool:
     """Whether the prediction's implied close differs from the base close."""
-    return bool(float(to_close(target, predicted, base_close)) != base_close)
+    return to_close_value(target, predicted, base_close) != base_close
 
 
 class LiveErrors:

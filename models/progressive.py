@@ -19,7 +19,7 @@ import pandas as pd
 
 from models.adaptation import RetrainPolicy
 from models.live_errors import DriftMonitor, LiveErrors, calls_a_move, close_error
-from models.targets import from_close
+from models.targets import from_close_value
 from pipeline.schema import Bar, Prediction, interval_ms
 from pipeline.store.base import Store
 
@@ -86,7 +86,7 @@ class LiveScoreboard:
 
     def settle(self, p: Prediction, bar: Bar) -> Prediction:
         """Record the actual and the error of ``p`` now that its bar has arrived."""
-        p.actual = float(from_close(p.target, bar.close, p.base_close))
+        p.actual = from_close_value(p.target, bar.close, p.base_close)
         p.error = p.predicted - p.actual
         abs_err, pct, hit = close_error(p.target, p.predicted, p.actual, p.base_close)
         called = calls_a_move(p.target, p.predicted, p.base_close)

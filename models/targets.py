@@ -120,6 +120,25 @@ def from_close(target: str, close, base_close) -> np.ndarray:
     return close
 
 
+def to_close_value(target: str, predicted: float, base_close: float) -> float:
+    """:func:`to_close` of one prediction in plain floats, for the live scorer's per-bar path
+    (a NumPy round trip per value cost more than the arithmetic; the result is the same)."""
+    if get_target(target).is_return:
+        return float(base_close) * (1.0 + float(predicted))
+    return float(predicted)
+
+
+def from_close_value(target: str, close: float, base_close: float) -> float:
+    """:func:`from_close` of one close in plain floats (same result, including a zero
+    ``base_close``, which NumPy turns into ±inf or NaN)."""
+    if not get_target(target).is_return:
+        return float(close)
+    if not base_close:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(from_close(target, close, base_close))
+    return float(close) / float(base_close) - 1.0
+
+
 def _shift_within_series(bars: pd.DataFrame, values: pd.Series, periods: int) -> pd.Series:
     """``values`` shifted by ``periods`` bars in ts order, never across symbols/intervals."""
     keys = [c for c in ("symbol", "interval") if c in bars.columns]

@@ -9,8 +9,8 @@ import pytest
 
 from models.features import (DEFAULT_FEATURES, FEATURE_GROUPS, all_features, compute_features,
                              expand_features, max_lookback)
-from models.targets import (TARGETS, effective_horizon, from_close, make_target, reference_close,
-                            target_close, to_close)
+from models.targets import (TARGETS, effective_horizon, from_close, from_close_value, make_target,
+                            reference_close, target_close, to_close, to_close_value)
 from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 
 EXTRA = ["ema_7", "sma_3", "rsi_5", "ret_2", "logret_3", "close_lag_7", "ret_lag_4",
@@ -183,3 +183,22 @@ def test_to_close_converts_every_target():
     np.testing.assert_array_equal(to_close("close_ahead", [7.0, 8.0], base), [7.0, 8.0])
     np.testing.assert_allclose(from_close("next_return", to_close("next_return", [0.3, 0.1], base),
                                           base), [0.3, 0.1])
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_scalar_close_conversions_equal_the_array_ones(target):
+    """The live scorer's plain-float conversions give the array functions' values, bit for bit
+    (NaN where they give NaN), including a zero base close and non-finite inputs."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0, 0.02, 200), rng.normal(100, 30, 200),
+                             [0.0, -0.0, np.nan, np.inf, -np.inf, 1e308, -1.0]])
+    bases = rng.uniform(1, 500, len(values))
+    bases[-7:] = [0.0, 100.0, 100.0, 0.0, 50.0, 1e10, 0.0]
+    with np.errstate(all="ignore"):
+        want_to = to_close(target, values, bases)
+        want_from = from_close(target, values, bases)
+    for v, b, wt, wf in zip(values.tolist(), bases.tolist(), want_to, want_from):
+        got_to, got_from = to_close_value(target, v, b), from_close_value(target, v, b)
+        assert type(got_to) is float and type(got_from) is float
+        for got, want in ((got_to, wt), (got_from, wf)):
+            assert (np.isnan(got) and np.isnan(want)) or got == want, (target, v, b, got, want)
