@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -315,9 +316,16 @@ class RetrainProcess:
         conn.close()
 
 
+#: How much lower the retrain process's CPU priority is (``nice``). Training is background
+#: work: on a busy machine the live path (producer, indexer, scorer) should get the cores
+#: first, and a retrain simply takes longer. On an idle machine it changes nothing.
+RETRAIN_NICENESS = 10
+
+
 def _child_main(conn, store: Store) -> None:
     """The retrain process: jobs from the pipe until ``None`` or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _lower_priority(RETRAIN_NICENESS)
     try:
         while True:
             try:
@@ -340,3 +348,12 @@ def _child_main(conn, store: Store) -> None:
                                                  f"({exc})")))
     finally:
         store.close()
+
+
+def _lower_priority(niceness: int) -> None:
+    """Run this process at a lower CPU priority (where the OS has ``nice``)."""
+    if hasattr(os, "nice"):
+        try:
+            os.nice(niceness)
+        except OSError as exc:  # not allowed here: training just competes as before
+            log.info("retrain process keeps its priority: %s", exc)

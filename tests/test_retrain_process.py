@@ -20,7 +20,8 @@ from sklearn.ensemble import RandomForestRegressor
 from models.adaptation import NotEnoughData, RetrainPolicy
 from models.progressive import LiveScoreboard
 from models.registry import get_champion, load_model_version
-from models.retrain_schedule import RetrainProcess, RetrainProcessGone, RetrainScheduler
+from models.retrain_schedule import (RETRAIN_NICENESS, RetrainProcess, RetrainProcessGone,
+                                     RetrainScheduler)
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
 
@@ -47,6 +48,9 @@ def test_jobs_run_in_another_process_and_decide_as_the_thread_would(sqlite_store
         assert waiting.waiting and "need 300" in waiting.reason
         pid, handle = proc.pid, proc._proc
         assert pid is not None and pid != os.getpid()
+        # Background work: the child runs at a lower CPU priority than the live path.
+        assert (os.getpriority(os.PRIO_PROCESS, pid)
+                == min(os.getpriority(os.PRIO_PROCESS, 0) + RETRAIN_NICENESS, 19))
 
         fill(sqlite_store, 500)
         d = proc.run("bootstrap", {"interval": "1m", "bar_ts": 7})
