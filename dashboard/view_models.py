@@ -35,10 +35,13 @@ def latency_note(latency: dict) -> str:
             "model trained) are stored with their latency but not counted here.")
 
 
-def source_problem(source_stats: dict | None) -> str | None:
-    """Why a running producer's live source delivers nothing, from the source's own figures
-    (failed polls and the last reason): a polling source retries and stays "running" while
-    the network or the API is down, and the producer row does not say so."""
+def source_problem(source_stats: dict | None, worker_state: str | None = None) -> str | None:
+    """A running producer's failed source polls, from the source's own figures (how many,
+    the last reason): a source that fails now and then still delivers, and the producer stays
+    "running". None while the producer itself is ``stalled``: its header already gives the
+    source's reason (its watchdog's), and the page says it once."""
+    if worker_state == "stalled":
+        return None
     failed = int((source_stats or {}).get("live_errors") or 0)
     if not failed:
         return None

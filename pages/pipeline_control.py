@@ -9,7 +9,7 @@ from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import (HELP, latency_note, source_problem, throughput_ceiling,
-                                   worker_row)
+                                   worker_row, worker_status)
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -146,9 +146,10 @@ def worker_panel() -> None:
         with col:
             running = runtime.is_running(name)
             worker_header(label, local.get(name), running)
-            problem = (source_problem(producer_source_stats()) if name == "producer"
-                       and running else None)
-            if problem:  # still "running" while it retries: say why nothing arrives
+            problem = (source_problem(producer_source_stats(),
+                                      worker_status(local.get(name), running)[0])
+                       if name == "producer" and running else None)
+            if problem:  # some polls failed, yet it is not stalled: say so under the header
                 produced = (local["producer"].get("counters") or {}).get("produced")
                 (st.caption if produced else st.warning)(problem)
             if running:

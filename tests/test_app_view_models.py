@@ -133,3 +133,6 @@ def test_source_problem_reads_a_live_sources_failed_polls(api):
     problem = source_problem(src.stats())
     assert problem.startswith("1 failed poll(s) of the source; last: ")
     assert "503" in problem or "failed" in problem.split("last: ")[1]
+    assert source_problem(src.stats(), "running") == problem
+    # A stalled producer gives the source's reason in its own header: not said twice.
+    assert source_problem(src.stats(), "stalled") is None
