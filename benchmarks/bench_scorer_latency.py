@@ -21,7 +21,16 @@ after the other. ``--profile`` runs cProfile in the scorer's thread and prints i
 (by own time, then cumulative) over the measured window to stderr; profile runs are slower,
 so take figures from runs without it.
 
+Before each pipeline run, the same broker measures the **raw client floor** for the same feed
+(``--raw-seconds``, 0 to skip): a thread sends ``--symbols`` simulator bars a second in one burst
+with the live producer's settings, and a consumer with the scorer's fetch settings, in the same
+process, does only ``json.loads`` + one SQLite insert per poll. Its latency (record timestamp →
+insert) is what kafka-python itself costs for that burst on this machine; the pipeline's figures
+are also given as a ratio of it (``p99_vs_raw``), which is fairer than absolute milliseconds on
+a shared machine.
+
 Prints ONE JSON line: ``runs``, one entry per symbol count, each with
+- ``raw_floor_ms``: p50/p95/p99/max of the raw client floor above;
 - ``latency_ms``: p50/p95/p99/max of ``latency_ms`` stored with each prediction made in the
   window (Kafka record timestamp of the bar → the moment the prediction batch went to the store);
 - ``latency_acked_ms``: the scorer's own gauge, to the store's acknowledgement (last 2,000);
@@ -35,6 +44,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -66,6 +76,8 @@ def main() -> int:
     ap.add_argument("--warmup-bars", type=int, default=400, help="instant history per symbol")
     ap.add_argument("--retrain-every", type=int, default=1000,
                     help="scheduled retrain every N predicted bars (all symbols)")
+    ap.add_argument("--raw-seconds", type=float, default=20.0,
+                    help="seconds of the raw client floor before each run (0: skip)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the data directory (store, broker log) for inspection")
     ap.add_argument("--profile", action="store_true",
@@ -107,7 +119,12 @@ def run_once(args, n_symbols: int) -> dict:
     symbols = [f"S{i:03d}" for i in range(n_symbols)]
     workers: list[WorkerThread] = []
     child = None
+    raw = None
     try:
+        if args.raw_seconds > 0:
+            print(f"raw client floor, {n_symbols} bars a second, {args.raw_seconds:g} s",
+                  file=sys.stderr, flush=True)
+            raw = raw_floor(info.bootstrap, work / "raw.sqlite", symbols, args.raw_seconds)
         indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="bench-indexer")).start()
         workers.append(indexer)
         measuring = threading.Event()
@@ -169,6 +186,9 @@ def run_once(args, n_symbols: int) -> dict:
         "predictions": int(len(window)),
         "predictions_per_s": round(len(window) / ((t1 - t0) / 1000), 1),
         "latency_ms": _percentiles(lat),
+        "raw_floor_ms": raw,
+        "p99_vs_raw": (round(_percentiles(lat)["p99"] / raw["p99"], 2)
+                       if raw and raw["p99"] and len(lat) else None),
         "latency_acked_ms": snap["gauges"].get("latency_ms"),
         "retrain_events": len(events),
         "retrain_triggers": {t: sum(e["trigger"] == t for e in events)
@@ -184,6 +204,63 @@ def run_once(args, n_symbols: int) -> dict:
     else:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float) -> dict:
+    """kafka-python's own latency for the live feed's bursts: bar record timestamp → a plain
+    SQLite insert, with nothing of the pipeline in between (see the module docstring)."""
+    from kafka import KafkaConsumer
+
+    from pipeline.producer import make_kafka_producer
+
+    topic = "bench-raw-floor"
+    stop = threading.Event()
+    producer = make_kafka_producer(bootstrap, live=True)
+    producer.send(topic, key=b"warm", value=b"{}").get(30)  # the topic exists before timing
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic,
+                             enable_auto_commit=False, auto_offset_reset="latest",
+                             max_poll_interval_ms=10_000, session_timeout_ms=10_000,
+                             heartbeat_interval_ms=1_000, max_poll_records=2000,
+                             fetch_max_wait_ms=Scorer.FETCH_WAIT_MS)
+    while not consumer.assignment():  # join the group before timing
+        consumer.poll(timeout_ms=100)
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE bars (symbol TEXT, ts INTEGER, close REAL, produced_ms INTEGER)")
+    source = MarketSimulator(symbols=symbols, interval="1m", seed=11, speed=60.0, fast_bars=0)
+
+    def produce() -> None:
+        for bar in source.bars(stop):  # one burst of len(symbols) bars a second
+            producer.send(topic, key=bar.symbol.encode(), value=bar.to_json())
+
+    sender = threading.Thread(target=produce, name="bench-raw-producer")
+    sender.start()
+    lat: list[float] = []
+    measure_from = time.time() + 2.0  # the first bursts settle the fetch sessions
+    t_end = measure_from + seconds
+    try:
+        while time.time() < t_end:
+            rows = []
+            for msgs in consumer.poll(timeout_ms=100, max_records=2000).values():
+                for m in msgs:
+                    d = json.loads(m.value)
+                    rows.append((d["symbol"], d["ts"], d["close"], m.timestamp))
+            if rows:
+                conn.execute("BEGIN")
+                conn.executemany("INSERT INTO bars VALUES (?,?,?,?)", rows)
+                conn.execute("COMMIT")
+                stored = time.time() * 1000
+                if time.time() >= measure_from:
+                    lat.extend(stored - r[3] for r in rows)
+                consumer.commit_async()
+    finally:
+        stop.set()
+        sender.join(30)
+        producer.close(timeout=10)
+        consumer.close()
+        conn.close()
+    return _percentiles(np.asarray(lat, dtype="float64"))
 
 
 def _bench_scorer(store, bootstrap: str, retrain_every: int, mode: str = "thread",

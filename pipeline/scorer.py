@@ -100,6 +100,7 @@ class Scorer(Worker):
 
     kind = "scorer"
     INIT_BUDGET_S = 2.0  # per poll, for rebuilding series seen for the first time
+    FETCH_WAIT_MS = 10  # the broker's hold of an empty fetch (the floor of a live bar's wait)
     LIVE_ERROR_EVERY_S = 5.0  # the live_error gauge (its rolling windows change slowly)
     counter_names = ("consumed", "predictions", "scored", "invalid", "replayed",
                      "already_predicted", "before_training_end", "no_model", "warming_up",
@@ -112,7 +113,8 @@ class Scorer(Worker):
                  mode: str = "thread", predictions_topic: str = PREDICTIONS_TOPIC,
                  publish: bool = True, policy: RetrainPolicy | None = None, adapt: bool = True,
                  train_default: bool = True, batch_max: int = 2000, poll_timeout_ms: int = 100,
-                 fetch_wait_ms: int = 10, latency_window: int = 2000, error_window: int = 200,
+                 fetch_wait_ms: int = FETCH_WAIT_MS, latency_window: int = 2000,
+                 error_window: int = 200,
                  model_refresh_s: float = 2.0, bootstrap_check_s: float = 5.0,
                  store_catchup_s: float = 3.0, max_backoff_s: float = 10.0,
                  news_topic: str | None = NEWS_TOPIC,
