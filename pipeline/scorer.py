@@ -100,7 +100,10 @@ class Scorer(Worker):
 
     kind = "scorer"
     INIT_BUDGET_S = 2.0  # per poll, for rebuilding series seen for the first time
-    FETCH_WAIT_MS = 10  # the broker's hold of an empty fetch (the floor of a live bar's wait)
+    # How long the broker holds an empty fetch: on the embedded broker, the floor of a live
+    # bar's wait (benchmarks/bench_fetch_wait.py). 30 ms halves the idle fetch CPU but took
+    # the 50-symbol p99 from 37 to 158 ms.
+    FETCH_WAIT_MS = 10
     LIVE_ERROR_EVERY_S = 5.0  # the live_error gauge (its rolling windows change slowly)
     counter_names = ("consumed", "predictions", "scored", "invalid", "replayed",
                      "already_predicted", "before_training_end", "no_model", "warming_up",
