@@ -6,10 +6,16 @@ import streamlit as st
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.shared_views import shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers
 from pipeline.schema import INTERVALS
+
+#: Seconds between refreshes of an open Live page: a new bar (one a second per symbol in the
+#: demo) shows within a second; a refresh with nothing new re-emits the shared, already built
+#: chart (see dashboard/shared_views.py).
+LIVE_REFRESH_S = 1.0
 
 enter_page()
 store = store_or_stop()
@@ -75,7 +81,7 @@ def stored_count(symbol: str, interval: str) -> int:
     return count + len(store.query_bars(symbol, interval, start_ms=newest + 1))
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=LIVE_REFRESH_S)
 def live_panel() -> None:
     if not symbols:
         count = store.count_bars()
@@ -84,14 +90,27 @@ def live_panel() -> None:
         st.caption("Waiting for the first bar…")
         return
     feed = candle_feed(store, store.describe())
-    view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred)
+    # One computation per server per view and store version, shared by every session
+    # (dashboard/shared_views.py); the session only re-emits what was built.
+    view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred,
+            show_news)
     # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes.
     marker = (feed.last_ts(symbol, interval),
               latest_prediction_ts(symbol, interval) if show_pred else None)
-    drawn = st.session_state.get("lm_drawn")
-    if drawn and drawn["view"] == view and drawn["marker"] == marker:
-        _show(drawn)  # nothing new in the store: redraw what was drawn, aggregate nothing
+    built = []
+    drawn = shared_views().get(("live", store.describe(), *view), marker,
+                                lambda: built.append(1) or build_view(feed, view, marker))
+    if built:
+        st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
+    if drawn is None:
+        st.info(f"No {interval} bars stored for {symbol} yet.")
         return
+    st.session_state["lm_drawn"] = drawn
+    _show(drawn)
+
+
+def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
+    """KPIs, figure and caption of the current view (None: no bars for it yet)."""
     warm = ma_warmup(ma_windows, ma_kind)  # the model features need this many leading bars
     if whole:
         candles, bucket = feed.whole_history(symbol, interval, step)
@@ -101,8 +120,7 @@ def live_panel() -> None:
         candles = feed.latest(symbol, interval, bucket, n_candles + warm)
         shown = n_candles
     if candles.empty:
-        st.info(f"No {interval} bars stored for {symbol} yet.")
-        return
+        return None
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
     size = _fmt_bucket(bucket) if whole else candle
@@ -131,9 +149,7 @@ def live_panel() -> None:
         nxt = preds.iloc[-1]
         drawn["caption"] = (f"Next close predicted for {fmt_ts(nxt['ts'])}: "
                             f"**{fmt_sig(nxt['predicted_close'], 6)}** (model {nxt['model_id']}).")
-    st.session_state["lm_drawn"] = drawn
-    st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
-    _show(drawn)
+    return drawn
 
 
 def _show(drawn: dict) -> None:
