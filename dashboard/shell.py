@@ -71,7 +71,7 @@ def run_app() -> None:
     with st.sidebar:
         config = get_config()
         st.caption(f"**Store:** {runtime.store.describe()}")
-        info = runtime.broker_info
+        info = runtime.known_broker()  # the pipeline process's broker, too
         if info:
             broker = info.describe()
         elif config.kafka_bootstrap:

@@ -38,9 +38,11 @@ ENV_KEYS = (
     "KAPPALAB_DATA_DIR",
     "KAPPALAB_TOPIC_PARTITIONS",
     "KAPPALAB_AUTOSTART",
+    "KAPPALAB_PIPELINE_MODE",
 )
 
 _FALSE_WORDS = ("0", "false", "no", "off")
+PIPELINE_MODES = ("process", "threads")
 
 
 class Secret:
@@ -90,6 +92,9 @@ class Config:
     polygon_api_key: Secret | None = None
     polygon_base_url: str = "https://api.polygon.io"
     autostart: bool = True  # the dashboard starts broker, simulator, indexer, scorer on load
+    #: where the dashboard runs the demo pipeline it starts: "process" (one supervised child
+    #: process, off the UI's interpreter) or "threads" (threads of the Streamlit server)
+    pipeline_mode: str = "process"
 
     def store_key(self) -> tuple:
         """Identity of the store this config points at (for caching one store per target)."""
@@ -167,6 +172,11 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
     except ValueError:
         raise ValueError(f"KAPPALAB_TOPIC_PARTITIONS must be a whole number, got {partitions!r}") from None
 
+    mode = (get("KAPPALAB_PIPELINE_MODE") or "process").lower()
+    if mode not in PIPELINE_MODES:
+        raise ValueError(f"KAPPALAB_PIPELINE_MODE must be one of {', '.join(PIPELINE_MODES)}, "
+                         f"got {mode!r}")
+
     cfg = dict(
         data_dir=data_dir,
         kafka_bootstrap=get("KAFKA_BOOTSTRAP_SERVERS"),
@@ -187,6 +197,7 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
         polygon_api_key=secret("POLYGON_API_KEY"),
         polygon_base_url=get("POLYGON_BASE_URL") or "https://api.polygon.io",
         autostart=autostart,
+        pipeline_mode=mode,
     )
     cfg.update(overrides)
     return Config(**cfg)

@@ -52,6 +52,12 @@ class SimulatorSpec:
     news_impact: float = 0.0
 
 
+#: The dashboard's live demo: the simulator's default symbols, a 1m bar per second each, with a
+#: warm-up history so charts and the model lab have data at once. Simulated news is on (cheap:
+#: a few random draws per bar) but uninformative (impact 0).
+DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500, news_rate=0.1)
+
+
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
     """Last stored (ts, close) per symbol, so a restarted simulator continues the series."""
     last = store.latest_bars(symbols, interval, 1)
@@ -73,6 +79,8 @@ class Runtime:
         self.news_sources: dict[str, Any] = {}
         self._av_budget = None
         self.simulator_spec: SimulatorSpec | None = None
+        #: the demo pipeline's child process (``KAPPALAB_PIPELINE_MODE=process``), if started
+        self.pipeline_process = None
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------
@@ -118,6 +126,25 @@ class Runtime:
         if proc is not None and self.broker_info and proc.pid == self.broker_info.pid:
             return proc.poll() is None  # our child: a killed one is a zombie until reaped
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
+
+    def known_broker(self) -> BrokerInfo | None:
+        """This runtime's broker, else the embedded one recorded in the data directory while
+        its process is alive (the one the pipeline process started)."""
+        if self.broker_info is not None or self.config.kafka_bootstrap:
+            return self.broker_info
+        recorded = EmbeddedBroker.read_state(self.config.broker_state_file)
+        return recorded if recorded and pid_alive(recorded.pid) else None
+
+    def start_pipeline_process(self):
+        """The demo pipeline (:data:`DEFAULT_DEMO`: broker, indexer, simulator, scorer) in one
+        supervised child process (:class:`pipeline.demo_process.PipelineProcess`); once."""
+        from pipeline.demo_process import PipelineProcess
+
+        with self._lock:
+            if self.pipeline_process is None:
+                self.simulator_spec = DEFAULT_DEMO  # the pages describe the simulated feed
+                self.pipeline_process = PipelineProcess(self.config.data_dir).start()
+            return self.pipeline_process
 
     @property
     def owns_broker(self) -> bool:
@@ -288,7 +315,8 @@ class Runtime:
         """The symbols of the running bar producer (simulator or API source), else []."""
         wt = self.workers.get("producer")
         if not (wt and wt.alive):
-            return []
+            proc = self.pipeline_process
+            return list(self.simulator_spec.symbols) if proc and proc.alive() else []
         source = getattr(wt.worker, "source", None)
         # the news simulator wraps a MarketSimulator (``market``), which holds the symbols
         symbols = (getattr(source, "symbols", None)
@@ -352,7 +380,13 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
-            for wt in list(self.workers.values()):
-                wt.stop(10)
+            if self.pipeline_process is not None:
+                self.pipeline_process.stop()
+            workers = list(self.workers.values())
+            for wt in workers:  # all stop at once, then each gets its time to finish
+                wt.stop_event.set()
+            deadline = time.monotonic() + 10
+            for wt in workers:
+                wt.stop(max(0.1, deadline - time.monotonic()))
             if self._broker:
                 self._broker.stop()
