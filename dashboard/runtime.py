@@ -18,6 +18,8 @@ from pipeline.runtime import DEFAULT_DEMO, Runtime
 # Sessions run in their own threads: two first loads at once (the root in one tab, a deep link
 # in another) must not both pass the "not done yet" check.
 _AUTOSTART_LOCK = threading.Lock()
+STARTING_PROCESS = ("Starting the demo pipeline: embedded broker, market simulator, indexer and "
+                    "live scorer in their own process")
 
 
 @st.cache_resource(show_spinner=False)
@@ -65,6 +67,21 @@ def autostart(rt: Runtime) -> str | None:
     except BrokerUnavailable as exc:
         return str(exc)
     return None
+
+
+def pipeline_process_note(rt: Runtime) -> tuple[str, str] | None:
+    """(level, sentence) about the demo pipeline's child process for the sidebar, or None
+    when this app started none."""
+    proc = rt.pipeline_process
+    if proc is None:
+        return None
+    if not proc.alive():
+        return "error", (f"The demo pipeline process stopped: {proc.last_error}"
+                         if proc.last_error else "The demo pipeline process is stopping.")
+    kinds = sorted({str(b.get("kind")) for b in rt.attached_stats() if b.get("pid") == proc.pid})
+    if not kinds:
+        return "caption", f"{STARTING_PROCESS} (process {proc.pid})…"
+    return "caption", f"**Pipeline:** process {proc.pid} ({', '.join(kinds)})"
 
 
 def _scorer_available() -> bool:

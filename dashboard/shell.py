@@ -28,7 +28,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from dashboard.runtime import autostart, autostart_enabled, get_runtime
+from dashboard.runtime import autostart, autostart_enabled, get_runtime, pipeline_process_note
 from dashboard.state import get_config, store_or_stop
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -71,14 +71,18 @@ def run_app() -> None:
     with st.sidebar:
         config = get_config()
         st.caption(f"**Store:** {runtime.store.describe()}")
-        info = runtime.known_broker()  # the pipeline process's broker, too
+        info, owner = runtime.visible_broker()
         if info:
-            broker = info.describe()
+            broker = info.describe() + (f" ({owner})" if owner.startswith("started by an")
+                                        else "")
         elif config.kafka_bootstrap:
             broker = f"Kafka at {config.kafka_bootstrap}"
         else:
             broker = "embedded (not started)"
         st.caption(f"**Broker:** {broker}")
+        note = pipeline_process_note(runtime)
+        if note:
+            (st.error if note[0] == "error" else st.caption)(note[1])
         if st.session_state.get("autostart_error"):
             st.error(st.session_state["autostart_error"])
 

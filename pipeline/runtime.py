@@ -127,14 +127,6 @@ class Runtime:
             return proc.poll() is None  # our child: a killed one is a zombie until reaped
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
 
-    def known_broker(self) -> BrokerInfo | None:
-        """This runtime's broker, else the embedded one recorded in the data directory while
-        its process is alive (the one the pipeline process started)."""
-        if self.broker_info is not None or self.config.kafka_bootstrap:
-            return self.broker_info
-        recorded = EmbeddedBroker.read_state(self.config.broker_state_file)
-        return recorded if recorded and pid_alive(recorded.pid) else None
-
     def start_pipeline_process(self):
         """The demo pipeline (:data:`DEFAULT_DEMO`: broker, indexer, simulator, scorer) in one
         supervised child process (:class:`pipeline.demo_process.PipelineProcess`); once."""
@@ -149,6 +141,25 @@ class Runtime:
     @property
     def owns_broker(self) -> bool:
         return bool(self._broker and self._broker.owned)
+
+    def visible_broker(self) -> tuple[BrokerInfo | None, str]:
+        """The broker this app uses or would attach to, and who started it: this runtime's,
+        else the embedded broker recorded in the data dir while its process lives (started by
+        ``python -m pipeline broker`` or another app). ``(None, "")`` when there is none."""
+        if self.broker_info is not None:
+            if not self.broker_info.embedded:
+                return self.broker_info, "configured"
+            return self.broker_info, ("started by this app" if self.owns_broker
+                                      else "started by another process")
+        if self.config.kafka_bootstrap:
+            return None, ""
+        recorded = EmbeddedBroker.read_state(self.config.broker_state_file)
+        if recorded and pid_alive(recorded.pid):
+            proc = self.pipeline_process
+            if proc is not None and recorded.owner_pid == proc.pid:
+                return recorded, f"started by this app's pipeline process (pid {proc.pid})"
+            return recorded, "started by another process"
+        return None, ""
 
     # ---- workers -------------------------------------------------------------------------
     def start_worker(self, name: str, factory: Callable[[str], Worker]) -> WorkerThread:
@@ -356,6 +367,26 @@ class Runtime:
             beats = self._topic_heartbeats()
         return [b for b in beats if b.get("worker_id") not in local_ids
                 and b.get("state") in ("running", "stalled")]
+
+    def attached_worker(self, kind: str,
+                        attached: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The freshest heartbeat of a ``kind`` worker running in another process, or None."""
+        beats = [b for b in (self.attached_stats() if attached is None else attached)
+                 if b.get("kind") == kind]
+        return max(beats, key=lambda b: b.get("created_ms") or 0) if beats else None
+
+    def request_stop(self, snap: dict[str, Any]) -> None:
+        """Ask a worker of another process to stop: a stop request doc it reads with its
+        next heartbeat (every 2 s), then it stops as on Ctrl-C."""
+        from pipeline.worker import STOP_REQUESTS
+
+        self.store.put_doc(STOP_REQUESTS, str(snap["worker_id"]),
+                           {"requested_ms": int(time.time() * 1000), "by": "by the dashboard"})
+
+    def stop_requested(self, snap: dict[str, Any]) -> bool:
+        from pipeline.worker import STOP_REQUESTS
+
+        return self.store.get_doc(STOP_REQUESTS, str(snap.get("worker_id"))) is not None
 
     def _topic_heartbeats(self, every_s: float = 10.0) -> list[dict[str, Any]]:
         from pipeline.worker import latest_heartbeats

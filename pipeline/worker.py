@@ -18,6 +18,10 @@ import uuid
 from collections import deque
 from typing import Any
 
+# A dashboard asks a worker of another process to stop with a doc in this collection (id =
+# worker id); the worker reads it with its heartbeat and stops as on Ctrl-C.
+from pipeline.store.base import STOP_REQUESTS
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
@@ -65,6 +69,7 @@ class Worker(abc.ABC):
         self._last_heartbeat = 0.0
         self._beats: KafkaHeartbeats | None = None
         self._beater: _LatestOnly | None = None
+        self._stop_event: threading.Event | None = None
 
     # ---- to implement --------------------------------------------------------------------
     @abc.abstractmethod
@@ -132,6 +137,7 @@ class Worker(abc.ABC):
         if self.store is not None:
             try:
                 self.store.heartbeat(self.worker_id, snap)
+                self._obey_stop_request()
             except Exception as exc:  # a heartbeat must never take the worker down
                 log.debug("heartbeat failed: %s", exc)
         bootstrap = getattr(self, "bootstrap", None)
@@ -139,6 +145,17 @@ class Worker(abc.ABC):
             if self._beats is None:
                 self._beats = KafkaHeartbeats(bootstrap, getattr(self, "client_kwargs", None))
             self._beats.send(self.worker_id, snap)
+
+    def _obey_stop_request(self) -> None:
+        """Stop (as on Ctrl-C) when a dashboard asked this worker to, by a stop request doc."""
+        stop = self._stop_event
+        if stop is None or stop.is_set() or self.state not in ("running", "stalled"):
+            return
+        request = self.store.get_doc(STOP_REQUESTS, self.worker_id)
+        if request:
+            log.info("%s: stopping, as asked %s", self.kind, request.get("by", "by a dashboard"))
+            self.store.delete_doc(STOP_REQUESTS, self.worker_id)
+            stop.set()
 
     def track_lag(self, consumer, every_s: float = 2.0) -> None:
         """Gauge ``lag``: messages behind the log end over the assigned partitions.
@@ -184,6 +201,7 @@ class Worker(abc.ABC):
     def run_guarded(self, stop: threading.Event) -> None:
         """Run, recording state and any crash instead of letting it escape."""
         self.state, self.started_at, self.stopped_at = "running", time.time(), None
+        self._stop_event = stop
         try:
             self.run(stop)
             self.state = "stopped" if stop.is_set() else "finished"
