@@ -73,6 +73,7 @@ class Runtime:
         self.news_sources: dict[str, Any] = {}
         self._av_budget = None
         self.simulator_spec: SimulatorSpec | None = None
+        self._lags: dict[tuple[str, str], Any] = {}  # GroupLag of each stopped consumer group
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------
@@ -147,7 +148,10 @@ class Runtime:
             if current and current.alive:
                 return current
             info = self.ensure_broker()
-            wt = WorkerThread(factory(info.bootstrap)).start()
+            worker = factory(info.bootstrap)
+            if current is not None:  # a restart: counters and throughput history go on
+                worker.carry_over(current.worker)
+            wt = WorkerThread(worker).start()
             self.workers[name] = wt
             return wt
 
@@ -327,7 +331,25 @@ class Runtime:
         return bool(wt and wt.alive)
 
     def local_stats(self) -> dict[str, dict[str, Any]]:
-        return {name: wt.worker.stats() for name, wt in self.workers.items()}
+        """Every worker's snapshot; a stopped consumer's lag is measured from its group's
+        committed offsets, so it keeps growing while producers go on."""
+        stats = {name: wt.worker.stats() for name, wt in self.workers.items()}
+        for name, wt in self.workers.items():
+            if not wt.alive and getattr(wt.worker, "group_id", None):
+                stats[name]["gauges"]["lag"] = self._group_lag(wt.worker)
+        return stats
+
+    def _group_lag(self, worker: Worker) -> int | None:
+        from pipeline.lag import GroupLag
+
+        key = (worker.group_id, worker.topic)
+        with self._lock:
+            lags = self._lags
+            if key not in lags and self.broker_info is not None:
+                lags[key] = GroupLag(self.broker_info.bootstrap, worker.group_id, worker.topic,
+                                     self.config.kafka_client_kwargs())
+            meter = lags.get(key)
+        return meter.value() if meter is not None else None
 
     def attached_stats(self) -> list[dict[str, Any]]:
         """Fresh heartbeats of workers running in other processes (attach mode).
@@ -390,5 +412,7 @@ class Runtime:
             self._closed = True
             for wt in list(self.workers.values()):
                 wt.stop(10)
+            for meter in self._lags.values():
+                meter.close_clients()
             if self._broker:
                 self._broker.stop()
