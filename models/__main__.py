@@ -236,10 +236,16 @@ def _print_result(result) -> None:
     print(f"{', '.join(s['symbols'])} {s['interval']} | target {result.config.target} | "
           f"split {result.config.split} | train {s['n_train']:,} rows, test {s['n_test']:,} rows"
           f" | {len(s['features'])} features")
-    table = result.table[list(METRIC_COLUMNS)].copy()
-    with pd.option_context("display.width", 200, "display.max_columns", 20,
+    from models.significance import SIGNIFICANCE_COLUMNS
+
+    cols = [c for c in [*METRIC_COLUMNS, *SIGNIFICANCE_COLUMNS] if c in result.table.columns]
+    table = result.table[cols].copy()
+    with pd.option_context("display.width", 250, "display.max_columns", 30,
                            "display.float_format", "{:.6g}".format):
         print(table.to_string())
+        if result.config.split == "walk_forward" and len(result.fold_table):
+            print("per fold (walk-forward):")
+            print(result.fold_table.to_string(index=False))
     errors = result.table["error"].dropna()
     for e in errors:
         print(f"! {e}")
@@ -256,8 +262,10 @@ def _print_result(result) -> None:
 
 def _result_json(result) -> dict:
     table = [json_safe(row) for row in result.table.reset_index().to_dict("records")]
+    folds = [json_safe(row) for row in result.fold_table.to_dict("records")]
     return {"run_id": result.run_id, "config": result.config.to_dict(),
             "summary": result.summary, "best_model": result.best_label(), "table": table,
+            "fold_table": folds,
             "best_params": result.best_params, "guidance": result.guidance,
             "warnings": result.warnings}
 

@@ -73,9 +73,13 @@ FEATURE_GROUPS: dict[str, list[str]] = {
 #: Groups computed from another stream than the bars (joined as of each bar's end).
 STREAM_GROUPS = ("sentiment", "fundamentals")
 
+#: Scale-free features only. Price levels (``close``, raw moving averages, lags of the close:
+#: :func:`is_price_level`) are opt-in: they are non-stationary, so a model fitted on one price
+#: range extrapolates on the next (one walk-forward fold read skill -2.1 from ``close`` alone).
+#: Calendar features are opt-in too (group ``calendar``), and left out where they do not vary.
 DEFAULT_FEATURES: list[str] = [
-    "close", "ret_1", "ret_5", "ret_20", "ret_lag_1", "close_to_sma_20", "rsi_14",
-    "bb_width_20", "volatility_20", "hl_range", "vol_z_20", "minute_sin", "minute_cos",
+    "ret_1", "ret_5", "ret_20", "ret_lag_1", "close_to_sma_20", "rsi_14",
+    "bb_width_20", "volatility_20", "hl_range", "vol_z_20",
 ]
 
 #: Pseudo-group accepted by :func:`expand_features`.
