@@ -66,22 +66,41 @@ def worker_status(snap: dict | None, running: bool) -> tuple[str, str]:
     return state, ""
 
 
+def _count(snap: dict, *names: str) -> str | None:
+    """A counter of this run, with the total over the worker's runs when it was restarted:
+    ``64 (total 1,230)``."""
+    c, totals = snap.get("counters", {}), snap.get("totals") or {}
+    name = next((n for n in names if n in c), None)
+    if name is None:
+        return None
+    run, total = int(c[name]), int(totals.get(name, c[name]))
+    return f"{run:,}" if total == run else f"{run:,} (total {total:,})"
+
+
+def uptime_or_stopped(snap: dict, state: str) -> str:
+    """A running worker's uptime; a stopped one's stop time (``stopped 10:42:07 UTC``)."""
+    if state in ("running", "stalled") or not snap.get("stopped_s"):
+        return fmt_duration(snap.get("uptime_s"))
+    at = pd.Timestamp(float(snap["stopped_s"]), unit="s", tz="UTC")
+    return f"{state} {at:%H:%M:%S} UTC"
+
+
 def worker_row(name: str, snap: dict, where: str, running: bool = True) -> dict[str, Any]:
-    c, g = snap.get("counters", {}), snap.get("gauges", {})
+    g = snap.get("gauges", {})
     state, _ = worker_status(snap, running)
     row = {
         "worker": name,
         "where": where,
         "state": state,
-        "produced": c.get("produced"),
-        "consumed": c.get("consumed"),
-        "stored": c.get("stored", c.get("predictions")),
-        "rejected (DLQ)": c.get("rejected"),
+        "produced": _count(snap, "produced"),
+        "consumed": _count(snap, "consumed"),
+        "stored": _count(snap, "stored", "predictions"),
+        "rejected (DLQ)": _count(snap, "rejected"),
         # A stopped worker's last snapshot keeps its last rate; it moves nothing now.
         "rate/s": (fmt_num(g.get("rate_per_s", 0), 1) if state in ("running", "stalled")
                    else MISSING),
         "lag": g.get("lag"),
-        "uptime": fmt_duration(snap.get("uptime_s")),
+        "uptime": uptime_or_stopped(snap, state),
         "last bar": fmt_ts(g.get("last_bar_ts")) if g.get("last_bar_ts") else MISSING,
         "last error": snap.get("last_error") or "",
     }

@@ -33,12 +33,12 @@ st.caption("source → producer → topic `finance-data` → indexer → store �
 b1, b2 = st.columns(2)
 with b1:
     st.subheader("Broker")
+    shown, owner = runtime.visible_broker()
     if config.kafka_bootstrap:
         st.write(f"Configured Kafka at `{config.kafka_bootstrap}` (KAFKA_BOOTSTRAP_SERVERS)")
-    elif runtime.broker_info:
-        owner = "started by this app" if runtime.owns_broker else "reused, started by another process"
-        st.write(f"Embedded Tansu at `{runtime.broker_info.bootstrap}` "
-                 f"(pid {runtime.broker_info.pid}, {owner}; memory only)")
+    elif shown:
+        st.write(f"Embedded Tansu at `{shown.bootstrap}` (pid {shown.pid}, {owner}; memory "
+                 "only)")
     else:
         st.write("Embedded Tansu broker — not started yet (it starts with the first worker).")
 with b2:
@@ -50,7 +50,9 @@ with b2:
 st.subheader("Workers")
 show_notices("pipeline")
 
-with st.expander("Producer source", expanded=not runtime.is_running("producer")):
+producing_elsewhere = runtime.attached_worker("producer") is not None
+with st.expander("Producer source", expanded=not (runtime.is_running("producer")
+                                                  or producing_elsewhere)):
     session_keys = st.session_state.setdefault("api_keys", {})
     choices = available_sources(config, session_keys)
     labels = {c.key: c.label + ("" if c.enabled else " — needs a key") for c in choices}
@@ -141,10 +143,15 @@ WORKERS = [
 def worker_panel() -> None:
     """Headers, buttons and figures refresh together, in every tab, every 2 s."""
     local = runtime.local_stats()
+    attached = runtime.attached_stats()
     cols = st.columns(len(WORKERS))
     for col, (name, label, start) in zip(cols, WORKERS):
         with col:
             running = runtime.is_running(name)
+            remote = None if running else runtime.attached_worker(name, attached)
+            if remote is not None:  # runs in another process: say where, offer to ask it to stop
+                remote_worker(label, remote)
+                continue
             worker_header(label, local.get(name), running)
             problem = (source_problem(producer_source_stats(),
                                       worker_status(local.get(name), running)[0])
@@ -164,7 +171,20 @@ def worker_panel() -> None:
                 with st.spinner(f"Starting the {label.lower()}…"):
                     guarded(start, label.lower(), "pipeline")
                 st.rerun(scope="app")
-    live_figures(local)
+    live_figures(local, attached)
+
+
+def remote_worker(label: str, snap: dict) -> None:
+    """A worker of another process: its state, where it runs, and a Stop that asks it to."""
+    worker_header(label, snap, True)
+    st.caption(f"Runs in process {snap.get('pid')} on {snap.get('host') or 'this host'} "
+               f"(`python -m pipeline`), not in this app.")
+    if runtime.stop_requested(snap):
+        st.caption("Stop requested: it stops within a few seconds.")
+    elif st.button(f"Stop {label.lower()}", key=f"stop_remote_{snap.get('kind')}",
+                   help="Asks that process to stop (as Ctrl-C in its terminal would)."):
+        runtime.request_stop(snap)
+        st.rerun()
 
 
 def producer_source_stats() -> dict:
@@ -175,8 +195,7 @@ def producer_source_stats() -> dict:
     return source.stats() if source is not None else {}
 
 
-def live_figures(local: dict) -> None:
-    attached = runtime.attached_stats()
+def live_figures(local: dict, attached: list[dict]) -> None:
     rows = [worker_row(name, snap, "thread", runtime.is_running(name))
             for name, snap in local.items()]
     rows += [worker_row(snap.get("kind", "?"), snap, f"process {snap.get('pid')}")
