@@ -184,6 +184,21 @@ def is_price_level(name: str) -> bool:
     return PRICE_LEVEL_FEATURES.match(name) is not None
 
 
+#: Said wherever price-level features are chosen (the lab's warnings, the page).
+LEVEL_FEATURES_NOTE = (
+    "{names}: price levels, opt-in. They are non-stationary: a model fitted on one price "
+    "range meets another in the test period (linear models extrapolate, trees go flat), so "
+    "one fold can lose badly from them alone. Scale-free features (returns, close_to_sma_*) "
+    "carry the same information without the level."
+)
+
+
+def level_features_note(features) -> str | None:
+    """:data:`LEVEL_FEATURES_NOTE` for the price-level features among ``features``, or None."""
+    levels = [f for f in features if is_price_level(f)]
+    return LEVEL_FEATURES_NOTE.format(names=", ".join(levels)) if levels else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Feature definitions: name -> (lookback in bars, computation on one series)
 

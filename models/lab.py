@@ -26,7 +26,7 @@ import pandas as pd
 
 from models import metrics as M
 from models import significance as S
-from models.features import compute_features, expand_features
+from models.features import compute_features, expand_features, level_features_note
 from models.lab_fitting import (  # noqa: F401 (fit_in_chunks re-exported)
     _device_of, _drop_constant, _entries, _fit_predict, _fold_table, _importance, _score_table,
     fit_in_chunks,
@@ -72,6 +72,8 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
         features = expand_features(config.features)
         if not features:
             raise LabError("Choose at least one feature.")
+        if note := level_features_note(features):
+            warnings.append(note)
     entries = _entries(config)
 
     report(0.0, "Loading bars")
