@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard.formatting import MISSING, fmt_duration, fmt_num, fmt_ts
+from models.significance import BEATS
 
 WARNING_STATES = ("failed", "stalled")
 
@@ -175,7 +176,9 @@ def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: 
 
 
 def fold_view(fold_table: pd.DataFrame) -> pd.DataFrame:
-    """Skill per model (rows) and fold (columns), plus mean and spread across folds."""
+    """Skill per model (rows) and fold (columns), plus mean and spread across folds, the folds
+    with a positive skill, and (runs with significance) the folds where the model beats
+    persistence significantly (the wording rule of :mod:`models.significance`)."""
     if fold_table is None or len(fold_table) == 0:
         return pd.DataFrame()
     df = pd.DataFrame(fold_table)
@@ -184,9 +187,14 @@ def fold_view(fold_table: pd.DataFrame) -> pd.DataFrame:
     wide.columns = [f"fold {int(c) + 1}" for c in wide.columns]
     wide["mean"] = wide.mean(axis=1)
     wide["std"] = wide.drop(columns="mean").std(axis=1)
-    wide["folds beating persistence"] = [
-        f"{int((r > 0).sum())}/{int(r.notna().sum())}"
-        for _, r in wide.drop(columns=["mean", "std"]).iterrows()]
+    per_fold = wide.drop(columns=["mean", "std"])
+    wide["folds with skill > 0"] = [f"{int((r > 0).sum())}/{int(r.notna().sum())}"
+                                    for _, r in per_fold.iterrows()]
+    if "reading" in df.columns:  # significant wins only (models/significance.py)
+        wins = (df.assign(win=df["reading"] == BEATS)
+                .groupby("model", sort=False)["win"].sum())
+        wide["folds beating persistence"] = [
+            f"{int(wins.get(m, 0))}/{int(r.notna().sum())}" for m, r in per_fold.iterrows()]
     order = list(dict.fromkeys(df["model"]))
     return wide.reindex(order)
 
