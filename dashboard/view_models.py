@@ -33,8 +33,8 @@ def latency_note(latency: dict) -> str:
     over = f"the latest {n:,} live predictions" if n else "the latest live predictions"
     return (f"Bar produced to Kafka → prediction stored, over {over}. Bars produced before "
             "their model was ready (the warm-up history, bars that waited while the first "
-            "model trained) and catch-up predictions (a backlog after a restart) are stored with their "
-            "latency but not counted here.")
+            "model trained) and catch-up predictions (a backlog after a restart) are stored "
+            "with their latency but not counted here.")
 
 
 def catch_up_note(n: int) -> str:
