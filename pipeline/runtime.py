@@ -64,6 +64,16 @@ def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, 
     return {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
 
 
+def warmup_needed(store: Store, spec: SimulatorSpec) -> int:
+    """Warm-up bars still to emit at once: none when the store already holds that much
+    history for every symbol (a restart resumes the live demo, it adds no simulated day nobody
+    saw), else what tops the shortest series up to ``spec.warmup_bars``."""
+    if spec.warmup_bars <= 0:
+        return 0
+    have = min(store.count_bars(s, spec.interval) for s in spec.symbols)
+    return max(0, spec.warmup_bars - have)
+
+
 class Runtime:
     def __init__(self, config: Config, store: Store | None = None):
         quiet_kafka_logs()
@@ -81,6 +91,7 @@ class Runtime:
         self.simulator_spec: SimulatorSpec | None = None
         #: the demo pipeline's child process (``KAPPALAB_PIPELINE_MODE=process``), if started
         self.pipeline_process = None
+        self._lags: dict[tuple[str, str], Any] = {}  # GroupLag of each stopped consumer group
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------
@@ -169,7 +180,10 @@ class Runtime:
             if current and current.alive:
                 return current
             info = self.ensure_broker()
-            wt = WorkerThread(factory(info.bootstrap)).start()
+            worker = factory(info.bootstrap)
+            if current is not None:  # a restart: counters and throughput history go on
+                worker.carry_over(current.worker)
+            wt = WorkerThread(worker).start()
             self.workers[name] = wt
             return wt
 
@@ -212,7 +226,7 @@ class Runtime:
 
         def factory(bootstrap: str) -> Worker:
             source = simulator(resume_points(self.store, spec.symbols, spec.interval),
-                               spec.warmup_bars)
+                               warmup_needed(self.store, spec))
             # An endless feed can pick up where the store ends after a broker restart.
             resume = simulator if spec.bars is None else None
             return Producer(source, bootstrap, client_kwargs=self.config.kafka_client_kwargs(),
@@ -350,7 +364,25 @@ class Runtime:
         return bool(wt and wt.alive)
 
     def local_stats(self) -> dict[str, dict[str, Any]]:
-        return {name: wt.worker.stats() for name, wt in self.workers.items()}
+        """Every worker's snapshot; a stopped consumer's lag is measured from its group's
+        committed offsets, so it keeps growing while producers go on."""
+        stats = {name: wt.worker.stats() for name, wt in self.workers.items()}
+        for name, wt in self.workers.items():
+            if not wt.alive and getattr(wt.worker, "group_id", None):
+                stats[name]["gauges"]["lag"] = self._group_lag(wt.worker)
+        return stats
+
+    def _group_lag(self, worker: Worker) -> int | None:
+        from pipeline.lag import GroupLag
+
+        key = (worker.group_id, worker.topic)
+        with self._lock:
+            lags = self._lags
+            if key not in lags and self.broker_info is not None:
+                lags[key] = GroupLag(self.broker_info.bootstrap, worker.group_id, worker.topic,
+                                     self.config.kafka_client_kwargs())
+            meter = lags.get(key)
+        return meter.value() if meter is not None else None
 
     def attached_stats(self) -> list[dict[str, Any]]:
         """Fresh heartbeats of workers running in other processes (attach mode).
@@ -419,5 +451,7 @@ class Runtime:
             deadline = time.monotonic() + 10
             for wt in workers:
                 wt.stop(max(0.1, deadline - time.monotonic()))
+            for meter in self._lags.values():
+                meter.close_clients()
             if self._broker:
                 self._broker.stop()

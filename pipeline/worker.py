@@ -70,6 +70,21 @@ class Worker(abc.ABC):
         self._beats: KafkaHeartbeats | None = None
         self._beater: _LatestOnly | None = None
         self._stop_event: threading.Event | None = None
+        #: counters of this worker's earlier runs in this process (see :meth:`carry_over`)
+        self._before: dict[str, int] = {}
+        self.run_number = 1
+
+    def carry_over(self, previous: "Worker") -> None:
+        """Continue ``previous`` (the same worker, stopped, now started again): its throughput
+        history goes on in this one, and its counters add to this one's totals."""
+        with previous._lock:
+            history = list(previous._history)
+            before = {k: previous._before.get(k, 0) + v for k, v in previous._counters.items()}
+        with self._lock:
+            self._history.extend(history)
+            self._before = {k: before.get(k, 0) + self._before.get(k, 0)
+                            for k in set(before) | set(self._before)}
+            self.run_number = previous.run_number + 1
 
     # ---- to implement --------------------------------------------------------------------
     @abc.abstractmethod
@@ -188,7 +203,12 @@ class Worker(abc.ABC):
                 "started_s": self.started_at,
                 "uptime_s": (round((self.stopped_at or time.time()) - self.started_at, 1)
                              if self.started_at else 0.0),
+                "stopped_s": self.stopped_at,
                 "counters": dict(self._counters),
+                "run": self.run_number,
+                # this run plus the earlier runs of this process (a restart keeps counting)
+                "totals": {k: self._before.get(k, 0) + self._counters.get(k, 0)
+                           for k in set(self._before) | set(self._counters)},
                 "gauges": dict(self._gauges),
                 "last_error": self.last_error,
                 "last_error_ms": self.last_error_ms,
@@ -327,7 +347,10 @@ class KafkaHeartbeats:
 
                 self._producer = KafkaProducer(
                     bootstrap_servers=self.bootstrap, client_id="kappalab-heartbeat",
-                    acks=1, linger_ms=0, max_block_ms=1000, **self.client_kwargs)
+                    # acks=1 (a heartbeat, not a record): idempotence off, said so, so
+                    # kafka-python does not warn in every process that it turned it off
+                    acks=1, enable_idempotence=False, linger_ms=0, max_block_ms=1000,
+                    **self.client_kwargs)
             except Exception as exc:
                 log.debug("heartbeat producer unavailable: %s", exc)
                 return
