@@ -138,6 +138,11 @@ class Runtime:
             return proc.poll() is None  # our child: a killed one is a zombie until reaped
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
 
+    def pipeline_process_alive(self) -> bool:
+        """True while the demo pipeline's child process runs (its workers may not have sent
+        their first heartbeat yet)."""
+        return self.pipeline_process is not None and self.pipeline_process.alive()
+
     def start_pipeline_process(self):
         """The demo pipeline (:data:`DEFAULT_DEMO`: broker, indexer, simulator, scorer) in one
         supervised child process (:class:`pipeline.demo_process.PipelineProcess`); once."""
@@ -340,8 +345,8 @@ class Runtime:
         """The symbols of the running bar producer (simulator or API source), else []."""
         wt = self.workers.get("producer")
         if not (wt and wt.alive):
-            proc = self.pipeline_process
-            return list(self.simulator_spec.symbols) if proc and proc.alive() else []
+            alive = self.pipeline_process_alive() and self.simulator_spec is not None
+            return list(self.simulator_spec.symbols) if alive else []
         source = getattr(wt.worker, "source", None)
         # the news simulator wraps a MarketSimulator (``market``), which holds the symbols
         symbols = (getattr(source, "symbols", None)
