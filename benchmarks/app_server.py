@@ -169,3 +169,39 @@ def chart_last_ts(page) -> int | None:
 
 def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def session_first_render(port: int, until: str = "plotly_chart", timeout_s: float = 60) -> float:
+    """Open one session over Streamlit's websocket (the browser's protocol, no browser) and
+    return the seconds from its first run request to the server's ``until`` element (a
+    chart) or, with ``until="script_finished"``, to the end of that first run."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from websockets.sync.client import connect
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ws = connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
+                         max_size=None, open_timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    with ws:
+        msg = BackMsg()
+        msg.rerun_script.query_string = ""
+        msg.rerun_script.page_script_hash = ""
+        t0 = time.monotonic()
+        ws.send(msg.SerializeToString())
+        while time.monotonic() < deadline:
+            fwd = ForwardMsg()
+            fwd.ParseFromString(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            kind = fwd.WhichOneof("type")
+            if until == "script_finished" and kind == "script_finished":
+                return time.monotonic() - t0
+            if (kind == "delta" and fwd.delta.HasField("new_element")
+                    and fwd.delta.new_element.WhichOneof("type") == until):
+                return time.monotonic() - t0
+    raise TimeoutError(f"no {until} within {timeout_s} s")

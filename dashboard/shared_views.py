@@ -24,6 +24,11 @@ from typing import Any, Callable, Hashable
 
 import streamlit as st
 
+#: Seconds between refreshes of an open Live page: a new bar (one a second per symbol in the
+#: demo) shows within a second; a refresh with nothing new re-emits the shared, already built
+#: chart.
+LIVE_REFRESH_S = 1.0
+
 
 class SharedViews:
     """Server-wide cache of built views, keyed by view and store version (thread-safe)."""

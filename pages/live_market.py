@@ -6,16 +6,11 @@ import streamlit as st
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
-from dashboard.shared_views import shared_views
+from dashboard.shared_views import LIVE_REFRESH_S, shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers
 from pipeline.schema import INTERVALS
-
-#: Seconds between refreshes of an open Live page: a new bar (one a second per symbol in the
-#: demo) shows within a second; a refresh with nothing new re-emits the shared, already built
-#: chart (see dashboard/shared_views.py).
-LIVE_REFRESH_S = 1.0
 
 enter_page()
 store = store_or_stop()
@@ -138,13 +133,11 @@ def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
     if show_pred:
         preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
     news = news_markers(store, symbol, candles, bucket) if show_news else None
-    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {size} candles",
-                      news=news)
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
-    if len(candles) > shown > 0:
-        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-shown]),
-                                ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
-    drawn["figure"] = fig
+    x_range = ([int(candles["ts"].iloc[-shown]), int(candles["ts"].iloc[-1]) + bucket]
+               if len(candles) > shown > 0 else None)
+    drawn["figure"] = candlestick(candles, ma_windows, ma_kind, preds, news=news,
+                                  title=f"{symbol} · {size} candles", x_range=x_range)
     if preds is not None and len(preds):
         nxt = preds.iloc[-1]
         drawn["caption"] = (f"Next close predicted for {fmt_ts(nxt['ts'])}: "

@@ -162,20 +162,21 @@ class Runtime:
         """The broker this app uses or would attach to, and who started it: this runtime's,
         else the embedded broker recorded in the data dir while its process lives (started by
         ``python -m pipeline broker`` or another app). ``(None, "")`` when there is none."""
-        if self.broker_info is not None:
-            if not self.broker_info.embedded:
-                return self.broker_info, "configured"
-            return self.broker_info, ("started by this app" if self.owns_broker
-                                      else "started by another process")
-        if self.config.kafka_bootstrap:
-            return None, ""
-        recorded = EmbeddedBroker.read_state(self.config.broker_state_file)
-        if recorded and pid_alive(recorded.pid):
-            proc = self.pipeline_process
-            if proc is not None and recorded.owner_pid == proc.pid:
-                return recorded, f"started by this app's pipeline process (pid {proc.pid})"
-            return recorded, "started by another process"
-        return None, ""
+        info = self.broker_info
+        if info is not None and not info.embedded:
+            return info, "configured"
+        if info is not None and self.owns_broker:
+            return info, "started by this app"
+        if info is None:
+            if self.config.kafka_bootstrap:
+                return None, ""
+            info = EmbeddedBroker.read_state(self.config.broker_state_file)
+            if not (info and pid_alive(info.pid)):
+                return None, ""
+        proc = self.pipeline_process
+        if proc is not None and info.owner_pid == proc.pid:
+            return info, f"started by this app's pipeline process (pid {proc.pid})"
+        return info, "started by another process"
 
     # ---- workers -------------------------------------------------------------------------
     def start_worker(self, name: str, factory: Callable[[str], Worker]) -> WorkerThread:
