@@ -33,7 +33,15 @@ def latency_note(latency: dict) -> str:
     over = f"the latest {n:,} live predictions" if n else "the latest live predictions"
     return (f"Bar produced to Kafka → prediction stored, over {over}. Bars produced before "
             "their model was ready (the warm-up history, bars that waited while the first "
-            "model trained) are stored with their latency but not counted here.")
+            "model trained) and catch-up predictions (a backlog after a restart) are stored "
+            "with their latency but not counted here.")
+
+
+def catch_up_note(n: int) -> str:
+    """What the scorer's catch-up count means (pipeline/scorer.py, ``CAUGHT_UP_MS``)."""
+    return (f"Catch-up: {n:,} predictions of bars that waited in Kafka while the scorer was "
+            "stopped or starting (a backlog worked through at once); counted apart, not in "
+            "the latency figures and not in the retrain schedule's bar count.")
 
 
 def source_problem(source_stats: dict | None, worker_state: str | None = None) -> str | None:

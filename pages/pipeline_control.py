@@ -8,8 +8,8 @@ from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
-from dashboard.view_models import (HELP, latency_note, source_problem, throughput_ceiling,
-                                   worker_row, worker_status)
+from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
+                                   throughput_ceiling, worker_row, worker_status)
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -224,6 +224,8 @@ def live_figures(local: dict, attached: list[dict]) -> None:
         l1.metric("p50", f"{latency.get('p50', 0):.0f} ms", help=latency_note(latency))
         l2.metric("p95", f"{latency.get('p95', 0):.0f} ms")
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
+    if catch_up := ((local.get("scorer") or {}).get("counters") or {}).get("catch_up"):
+        st.caption(catch_up_note(catch_up))
     for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
         rejects = (local.get(name) or {}).get("recent_rejects") or []
         if rejects:

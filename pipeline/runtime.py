@@ -58,6 +58,16 @@ def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, 
     return {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
 
 
+def warmup_needed(store: Store, spec: SimulatorSpec) -> int:
+    """Warm-up bars still to emit at once: none when the store already holds that much
+    history for every symbol (a restart resumes the live demo, it adds no simulated day nobody
+    saw), else what tops the shortest series up to ``spec.warmup_bars``."""
+    if spec.warmup_bars <= 0:
+        return 0
+    have = min(store.count_bars(s, spec.interval) for s in spec.symbols)
+    return max(0, spec.warmup_bars - have)
+
+
 class Runtime:
     def __init__(self, config: Config, store: Store | None = None):
         quiet_kafka_logs()
@@ -194,7 +204,7 @@ class Runtime:
 
         def factory(bootstrap: str) -> Worker:
             source = simulator(resume_points(self.store, spec.symbols, spec.interval),
-                               spec.warmup_bars)
+                               warmup_needed(self.store, spec))
             # An endless feed can pick up where the store ends after a broker restart.
             resume = simulator if spec.bars is None else None
             return Producer(source, bootstrap, client_kwargs=self.config.kafka_client_kwargs(),
