@@ -198,3 +198,37 @@ def event_bar_ts(event: dict[str, Any], frame: pd.DataFrame | None = None) -> in
     stored = frame["stored_ms"].astype("float64")
     i = int(np.nanargmin(np.abs(stored.to_numpy() - float(created))))
     return int(frame["ts"].iloc[i])
+
+
+def arena_table(board: list[dict[str, Any]]) -> pd.DataFrame:
+    """The live arena's leaderboard (the scorer's ``arena`` gauge, :mod:`models.arena`) as
+    text: one row per entry, champion first, then by live skill."""
+    cols = ["Model", "Role", "Version", "Live skill vs persistence", "Skill 95% interval",
+            "p (DM, Holm)", "Reading", "Bars scored", "In window", "MAE (close)",
+            "Direction right", "Waiting"]
+    rows = []
+    scored = [r for r in board if r.get("kind") != "error"]
+    scored.sort(key=lambda r: (r.get("kind") != "champion",
+                               -(r["skill"] if r.get("skill") is not None else -np.inf)))
+    for r in scored:
+        lo, hi, p = r.get("skill_lo"), r.get("skill_hi"), r.get("p_holm")
+        da = r.get("directional_accuracy")
+        rows.append({
+            "Model": r.get("name"), "Role": r.get("kind"), "Version": r.get("version_id") or "—",
+            "Live skill vs persistence": fmt_sig(r.get("skill"), 3),
+            "Skill 95% interval": (f"{fmt_sig(lo, 3)} to {fmt_sig(hi, 3)}"
+                                   if lo is not None and hi is not None else "—"),
+            "p (DM, Holm)": "—" if p is None else "< 0.0001" if p < 1e-4 else fmt_sig(p, 2),
+            "Reading": r.get("reading") or "—",
+            "Bars scored": f"{int(r.get('scored') or 0):,}",
+            "In window": f"{int(r.get('window_n') or 0):,} of {int(r.get('window') or 0):,}",
+            "MAE (close)": fmt_sig(r.get("mae"), 4),
+            "Direction right": ("—" if da is None else
+                                f"{da:.1%} of {int(r.get('moves') or 0):,} moves"),
+            "Waiting": f"{int(r.get('pending') or 0):,}",
+        })
+    for r in board:
+        if r.get("kind") == "error":
+            rows.append({**{c: "—" for c in cols}, "Model": r.get("name"), "Role": "not scored",
+                         "Reading": r.get("status")})
+    return pd.DataFrame(rows, columns=cols)
