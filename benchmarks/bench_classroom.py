@@ -112,15 +112,19 @@ def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: 
                 })
                 print(json.dumps({"progress": name, **out["steps"][-1]}), file=sys.stderr,
                       flush=True)
-            if os.environ.get("KAPPALAB_CLASSROOM_SHOTS"):
-                shots = Path(os.environ["KAPPALAB_CLASSROOM_SHOTS"])
-                shots.mkdir(parents=True, exist_ok=True)
-                for i in (0, len(pages) // 2, len(pages) - 1):
-                    pages[i].screenshot(path=str(shots / f"{name}-viewer{i + 1:02d}.png"))
+                if n == 20 and os.environ.get("KAPPALAB_CLASSROOM_SHOTS"):
+                    shoot(pages, Path(os.environ["KAPPALAB_CLASSROOM_SHOTS"]), name)
             context.close()
         finally:
             server.stop()
     return out
+
+
+def shoot(pages, folder: Path, name: str) -> None:
+    """Screenshots of every open page (``KAPPALAB_CLASSROOM_SHOTS``: the folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, page in enumerate(pages):
+        page.screenshot(path=str(folder / f"{name}-viewer{i + 1:02d}.png"))
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 captions, per-fold tables, warnings without repeats. Pure functions, tested directly."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -230,6 +231,19 @@ def latest_predictions(store, symbol: str, interval: str, start_ms: int) -> pd.D
     return preds
 
 
+def per_candle_predictions(preds: pd.DataFrame | None, bucket_ms: int) -> pd.DataFrame | None:
+    """The last prediction per candle of ``bucket_ms``: the predicted close of the candle's
+    last bar, which is the candle's close. ``ts`` becomes the candle's start (the x of its
+    candle), ``target_ts`` keeps the predicted bar's time, ``n`` how many were in it."""
+    if preds is None or preds.empty:
+        return preds
+    candle = (preds["ts"] // bucket_ms) * bucket_ms
+    out = preds.assign(target_ts=preds["ts"], ts=candle)
+    counts = out.groupby("ts").size()
+    out = out.sort_values("target_ts").groupby("ts", as_index=False).tail(1)
+    return out.assign(n=out["ts"].map(counts).to_numpy()).sort_values("ts")
+
+
 def scorer_snapshot(runtime) -> dict | None:
     """The live scorer's stats: a thread of this app, or a process seen by its heartbeat."""
     snap = runtime.local_stats().get("scorer")
@@ -272,9 +286,9 @@ def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
 
 def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
                  limit: int = 500) -> pd.DataFrame | None:
-    """News items of ``symbol`` within the shown candles, each placed just above the high of
-    the candle it was published in (columns ts, y, title, sentiment_score, relevance, source);
-    None when the store has none there (or predates news support)."""
+    """One marker per candle with news, just above its high: columns ts (the candle's start),
+    y, count, sentiment_score (mean), hover (up to three titles, HTML-escaped: text from data
+    is never markup); None when the store has no news there (or predates news support)."""
     if candles.empty or not hasattr(store, "query_news"):
         return None
     start = int(candles["ts"].iloc[0])
@@ -282,8 +296,16 @@ def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
     news = store.query_news(symbol, start, end, limit=limit)
     if news.empty:
         return None
-    bucket = (news["ts"] // bucket_ms) * bucket_ms
+    news = news.assign(candle=(news["ts"] // bucket_ms) * bucket_ms)
     highs = candles.set_index("ts")["high"]
     span = float(candles["high"].max() - candles["low"].min()) or 1.0
-    news = news.assign(y=bucket.map(highs).to_numpy() + 0.03 * span)
-    return news.dropna(subset=["y"])
+    rows = []
+    for candle, items in news.groupby("candle", sort=True):
+        if candle not in highs.index:
+            continue
+        titles = [html.escape(str(t)) for t in items["title"].head(3)]
+        more = len(items) - len(titles)
+        rows.append({"ts": int(candle), "y": float(highs[candle]) + 0.03 * span,
+                     "count": len(items), "sentiment_score": float(items["sentiment_score"].mean()),
+                     "hover": "<br>".join(titles) + (f"<br>… and {more} more" if more > 0 else "")})
+    return pd.DataFrame(rows) if rows else None

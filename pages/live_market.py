@@ -9,7 +9,7 @@ from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to
 from dashboard.shared_views import LIVE_REFRESH_S, shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.view_models import latest_predictions, news_markers
+from dashboard.view_models import latest_predictions, news_markers, per_candle_predictions
 from pipeline.schema import INTERVALS
 
 enter_page()
@@ -44,13 +44,18 @@ candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle", disa
 ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10, 50],
                             key="lm_ma")
 ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
-c6, c7 = st.columns([4, 1])
+# One row for the slider and the three switches: the chart starts high on a 1366x768 screen.
+c6, c7, c8, c9 = st.columns([2.6, 1.4, 1.1, 0.9], vertical_alignment="bottom")
 n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n", disabled=whole_on,
                       help="Off while Whole history is on." if whole_on else None)
 whole = c7.toggle("Whole history", value=False, key="lm_whole",
                   help="About 600 candles over everything stored (the candle size follows).")
-show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
-show_news = st.toggle("Show news markers (hover for title and score)", value=True, key="lm_news")
+show_pred = c8.toggle("Predictions", value=True, key="lm_pred",
+                      help="Overlay the live scorer's predicted close: the last prediction of "
+                           "each candle (its close).")
+show_news = c9.toggle("News", value=True, key="lm_news",
+                      help="One marker per candle with news (the count above it); hover for "
+                           "titles and the mean score.")
 
 
 @st.cache_resource(show_spinner=False)
@@ -130,18 +135,18 @@ def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
     ]}
     preds = None
-    if show_pred:
-        preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
+    if show_pred:  # the last prediction per candle: the predicted close of each candle
+        preds = per_candle_predictions(latest_predictions(
+            store, symbol, interval, start_ms=int(candles["ts"].iloc[0])), bucket)
     news = news_markers(store, symbol, candles, bucket) if show_news else None
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     x_range = ([int(candles["ts"].iloc[-shown]), int(candles["ts"].iloc[-1]) + bucket]
                if len(candles) > shown > 0 else None)
     drawn["figure"] = candlestick(candles, ma_windows, ma_kind, preds, news=news,
-                                  title=f"{symbol} · {size} candles", x_range=x_range)
+                                  title=f"{symbol} · {size} candles", period_ms=bucket,
+                                  x_range=x_range)
     if preds is not None and len(preds):
-        nxt = preds.iloc[-1]
-        drawn["caption"] = (f"Next close predicted for {fmt_ts(nxt['ts'])}: "
-                            f"**{fmt_sig(nxt['predicted_close'], 6)}** (model {nxt['model_id']}).")
+        drawn["caption"] = prediction_caption(preds.iloc[-1], bucket, step, size, interval)
     return drawn
 
 
@@ -151,6 +156,20 @@ def _show(drawn: dict) -> None:
     st.plotly_chart(drawn["figure"], width="stretch", key="lm_chart")
     if drawn["caption"]:
         st.caption(drawn["caption"])
+
+
+def prediction_caption(nxt, bucket: int, step: int, size: str, interval: str) -> str:
+    """The latest prediction, named for the candle shown: a 5m chart gets the predicted
+    close of a 5m candle (its last 1m bar), not "the next 1-minute close"."""
+    value, model = fmt_sig(nxt["predicted_close"], 6), nxt["model_id"]
+    if bucket == step:
+        return (f"Next close predicted for {fmt_ts(nxt['target_ts'])}: **{value}** "
+                f"(model {model}).")
+    day = bucket >= INTERVALS["1d"]
+    start = ts_to_datetime(nxt["ts"]).strftime("%Y-%m-%d" if day else "%Y-%m-%d %H:%M UTC")
+    return (f"Predicted close of the {size} candle of {start}: **{value}** — the latest "
+            f"{interval} prediction in it, for the bar of {fmt_ts(nxt['target_ts'])} (model "
+            f"{model}). Each diamond is the last prediction of its candle.")
 
 
 def _fmt_bucket(ms: int) -> str:

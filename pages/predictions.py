@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from dashboard.arena_widgets import arena_section
 from dashboard.formatting import fmt_num, fmt_ts
 from dashboard.prediction_charts import (
     events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
@@ -159,6 +160,7 @@ def build_panel() -> dict | None:
 
 
 live_panel()
+arena_section(store, _scorer, auto)  # shadow models: dashboard/arena_widgets.py
 
 # ---- model versions --------------------------------------------------------------------------
 st.subheader("Model versions")
