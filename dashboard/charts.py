@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import ts_to_datetime
-from dashboard.theme import DOWN, UP, palette, readable
+from dashboard.theme import DOWN, UP, current_theme, palette, readable
 from models.features import compute_features, max_lookback
 
 
@@ -77,28 +77,28 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
     data.append(dict(type="bar", x=x, y=candles["volume"].to_numpy(), marker=dict(color=colors),
                      name="volume", showlegend=False,
                      **dict(row1, xaxis="x2", yaxis="y2")))
-    layout = _two_rows_layout()
-    layout["xaxis"]["rangeslider"] = dict(visible=False)
+    layout = json.loads(_candle_layout(current_theme()))
+    layout["title"]["text"] = title
     if x_range is not None:
-        layout["xaxis"]["range"] = list(_times(pd.Series(x_range)))
-    layout["yaxis"]["title"] = dict(text="price")
-    layout["yaxis2"]["title"] = dict(text="volume")
-    layout.update(title=dict(text=title, x=0, xanchor="left"), height=580,
-                  margin=dict(l=10, r=10, t=40, b=10),
-                  uirevision="live")  # keep the user's zoom across refreshes
-    return readable(go.Figure(dict(data=data, layout=layout), _validate=False))
+        layout["xaxis"]["range"] = layout["xaxis2"]["range"] = list(_times(pd.Series(x_range)))
+    return go.Figure(dict(data=data, layout=layout), _validate=False)
 
 
-@lru_cache(maxsize=1)
-def _two_rows_layout_cached() -> str:
+@lru_cache(maxsize=4)
+def _candle_layout(theme: str) -> str:
+    """The candlestick's layout for ``theme`` (JSON): a price row over a volume row sharing
+    the x axis, made readable (:func:`readable`) once instead of on every figure."""
     layout = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25],
                            vertical_spacing=0.03).to_dict()["layout"]
-    return json.dumps(layout)
-
-
-def _two_rows_layout() -> dict:
-    """The layout of a price row over a volume row sharing the x axis (a fresh copy)."""
-    return json.loads(_two_rows_layout_cached())
+    layout["xaxis"]["rangeslider"] = dict(visible=False)
+    layout["yaxis"]["title"] = dict(text="price")
+    layout["yaxis2"]["title"] = dict(text="volume")
+    layout.update(title=dict(text="", x=0, xanchor="left"), height=540,
+                  margin=dict(l=10, r=10, t=40, b=10),
+                  uirevision="live")  # keep the user's zoom across refreshes
+    # "ACME · 5m candles": short, the legend beside it
+    fig = readable(go.Figure(layout=layout), title_row=False)
+    return json.dumps(fig.to_dict()["layout"])
 
 
 def _times(ts: pd.Series) -> np.ndarray:

@@ -9,6 +9,7 @@ from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to
 from dashboard.shared_views import LIVE_REFRESH_S, shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
+from dashboard.theme import current_theme
 from dashboard.view_models import latest_predictions, news_markers, per_candle_predictions
 from pipeline.schema import INTERVALS
 
@@ -98,7 +99,8 @@ def live_panel() -> None:
     marker = (feed.last_ts(symbol, interval),
               latest_prediction_ts(symbol, interval) if show_pred else None)
     built = []
-    drawn = shared_views().get(("live", store.describe(), *view), marker,
+    # The figure's colours follow the browser's theme: one build per theme.
+    drawn = shared_views().get(("live", store.describe(), current_theme(), *view), marker,
                                 lambda: built.append(1) or build_view(feed, view, marker))
     if built:
         st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1

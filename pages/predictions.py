@@ -13,6 +13,7 @@ from dashboard.prediction_charts import (
 from dashboard.shared_views import shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
+from dashboard.theme import current_theme
 from dashboard.view_models import (HELP, catch_up_note, latency_note, live_kpis,
                                    scorer_snapshot)
 from dashboard.widgets import push_notice, show_notices, wait_for_data
@@ -110,7 +111,7 @@ def live_panel() -> None:
                str(last["model_id"].iloc[-1]) if len(last) else None,
                store.last_bar_ts(symbol, interval), len(events),
                max((e.get("created_ms") or 0 for e in events), default=None))
-    view = ("predictions", store.describe(), symbol, interval, n_points, window)
+    view = ("predictions", store.describe(), current_theme(), symbol, interval, n_points, window)
     built = shared_views().get(view, version, build_panel)
     if built is None:
         st.info(f"No predictions stored for {symbol} {interval} yet. They appear once the scorer "

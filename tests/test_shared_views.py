@@ -38,6 +38,7 @@ def live_builds(store: SqliteStore) -> int:
     return sum(n for key, n in views.builds.items() if key[:2] == ("live", store.describe()))
 
 
+
 def test_two_sessions_on_one_view_share_one_computation_and_get_new_bars(data_dir):
     store = SqliteStore(data_dir / "kappalab.sqlite")
     bars = list(MarketSimulator(symbols=("ACME",), bars=300).bars(threading.Event()))
