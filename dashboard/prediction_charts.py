@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import fmt_sig, fmt_ts, sig_styler, ts_to_datetime
-from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette
+from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette, readable
 CHAMPION_BG = "background-color: rgba(46, 125, 50, 0.18); font-weight: 600"
 
 
@@ -42,10 +42,10 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
             hovertemplate="%{x}<br>predicted %{y:.4f}<br>base close %{customdata[0]:.4f}"
                           "<br>abs error %{customdata[1]:.4f}<extra>%{fullData.name}</extra>"))
     _mark_events(fig, events or [], scored)
-    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.12), yaxis_title="close",
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440,
+                      margin=dict(l=10, r=10, t=40, b=10), yaxis_title="close",
                       uirevision="pred")
-    return fig
+    return readable(fig)
 
 
 def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = None,
@@ -68,8 +68,10 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     _mark_events(fig, events or [], rolling, annotate=False)
     fig.update_yaxes(title_text="MAE", row=1, col=1)
     fig.update_yaxes(title_text="hit rate", range=[0, 1], row=2, col=1)
-    fig.update_layout(height=440, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.14), uirevision="roll")
+    fig.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10), uirevision="roll")
+    readable(fig)
+    # Above the first subplot's title, not on it.
+    fig.update_layout(legend=dict(y=1.09), margin=dict(t=70))
     return fig
 
 
