@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import ts_to_datetime
+from dashboard.plain_text import plain_figure
 from dashboard.theme import DOWN, UP, palette
 from models.features import compute_features, max_lookback
 
@@ -60,7 +61,7 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
                       uirevision="live")  # keep the user's zoom across refreshes
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="volume", row=2, col=1)
-    return fig
+    return plain_figure(fig)
 
 
 def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None = None) -> go.Figure:
@@ -79,7 +80,7 @@ def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None =
                            yref="paper", x=1, y=1, showarrow=False, xanchor="right",
                            yanchor="bottom",
                            font=dict(size=11, color=palette().muted))
-    return fig
+    return plain_figure(fig)
 
 
 def ma_feature_names(ma_windows, ma_kind: str) -> list[str]:

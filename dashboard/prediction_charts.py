@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import fmt_sig, fmt_ts, sig_styler, ts_to_datetime
+from dashboard.plain_text import plain_figure
 from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette
 CHAMPION_BG = "background-color: rgba(46, 125, 50, 0.18); font-weight: 600"
 
@@ -45,7 +46,7 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.12), yaxis_title="close",
                       uirevision="pred")
-    return fig
+    return plain_figure(fig)
 
 
 def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = None,
@@ -70,7 +71,7 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     fig.update_yaxes(title_text="hit rate", range=[0, 1], row=2, col=1)
     fig.update_layout(height=440, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.14), uirevision="roll")
-    return fig
+    return plain_figure(fig)
 
 
 def versions_table(versions: list[dict[str, Any]],

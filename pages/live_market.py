@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.plain_text import md_plain
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers
@@ -101,7 +102,7 @@ def live_panel() -> None:
         candles = feed.latest(symbol, interval, bucket, n_candles + warm)
         shown = n_candles
     if candles.empty:
-        st.info(f"No {interval} bars stored for {symbol} yet.")
+        st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
         return
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
@@ -111,7 +112,7 @@ def live_panel() -> None:
          f"{fmt_sig(change, 3)} ({fmt_pct_change(change / prev['close'])})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
         ("Bars stored", f"{stored_count(symbol, interval):,}", None,
-         f"{interval} bars of {symbol} in the store (all series: the Pipeline page)."),
+         f"{interval} bars of {md_plain(symbol)} in the store (all series: the Pipeline page)."),
         ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
             "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
@@ -130,7 +131,7 @@ def live_panel() -> None:
     if preds is not None and len(preds):
         nxt = preds.iloc[-1]
         drawn["caption"] = (f"Next close predicted for {fmt_ts(nxt['ts'])}: "
-                            f"**{fmt_sig(nxt['predicted_close'], 6)}** (model {nxt['model_id']}).")
+                            f"**{fmt_sig(nxt['predicted_close'], 6)}** (model {md_plain(nxt['model_id'])}).")
     st.session_state["lm_drawn"] = drawn
     st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
     _show(drawn)

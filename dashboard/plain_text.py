@@ -1,0 +1,77 @@
+"""Text that came from data, shown as text: never as Markdown, never as Plotly's HTML subset.
+
+Symbols, news titles and sources, file names, file content and errors that quote any of them
+can hold ``[a link](https://…)``, ``<b>``, ``<a href>``, ``:material/…:`` or ``$…$``. Streamlit
+renders Markdown in ``st.markdown``, ``st.caption``, ``st.info``/``warning``/``error``/
+``success``, labels and ``help`` tooltips; Plotly renders ``<b>``, ``<i>``, ``<br>``,
+``<a href>`` and ``<span style>`` in titles, trace names, text, hover text and category
+labels. So every such text passes through here:
+
+* :func:`md_plain` for anything Streamlit renders as Markdown;
+* :func:`plain_figure` on every figure before it is drawn (it escapes the data-bearing parts
+  of a Plotly figure; the app's own hover templates stay as they are).
+
+CSV exports have their own rule (cells that a spreadsheet would run as a formula):
+:mod:`pipeline.csv_export`.
+"""
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import numpy as np
+
+#: every ASCII punctuation character may be backslash-escaped in CommonMark
+_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+#: characters Streamlit's own extensions start from: an invisible word joiner after a colon keeps
+#: ``:material/x:``, ``:red[x]`` and emoji shortcodes from matching (backslashes do not: those
+#: extensions read the text after Markdown unescaped it)
+_WJ = "\u2060"
+_TRACE_TEXT = ("name", "text", "hovertext", "customdata", "x", "y", "labels")
+
+
+def md_plain(value: Any) -> str:
+    """``value`` as a Markdown string that renders as exactly its text, on one line."""
+    text = " ".join(str(value).split())  # a newline would start a new Markdown block
+    return _MD_SPECIAL.sub(r"\\\1", text).replace(":", ":" + _WJ)
+
+
+def html_plain(value: Any) -> Any:
+    """A string escaped for Plotly's HTML subset (``<`` ``>`` ``&`` ``"`` ``'``); anything
+    else unchanged."""
+    return html.escape(value) if isinstance(value, str) else value
+
+
+def plain_figure(fig):
+    """Escape, in place, every string a Plotly figure got from data: trace names, text, hover
+    text, custom data and category coordinates; the layout's title, axis titles and
+    annotations. Returns ``fig``. (Hover templates are the app's own and keep their markup.)"""
+    for trace in fig.data:
+        for attr in _TRACE_TEXT:
+            if attr in trace and trace[attr] is not None:
+                trace[attr] = _escaped(trace[attr])
+    layout = fig.layout
+    if layout.title and layout.title.text:
+        layout.title.text = html.escape(layout.title.text)
+    for axis in [a for a in layout if a.startswith(("xaxis", "yaxis"))]:
+        title = layout[axis].title
+        if title and title.text:
+            title.text = html.escape(title.text)
+    for note in layout.annotations or ():
+        if note.text:
+            note.text = html.escape(note.text)
+    return fig
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "US" or (value.dtype.kind == "O" and any(
+                isinstance(v, str) for v in value.flat)):
+            return np.vectorize(html_plain, otypes=[object])(value)
+        return value  # numbers and dates: nothing to escape
+    if isinstance(value, (list, tuple)):
+        return type(value)(_escaped(v) for v in value)
+    return value
