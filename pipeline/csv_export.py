@@ -25,15 +25,22 @@ def neutralised(frame: pd.DataFrame) -> pd.DataFrame:
     formula; numbers, dates and booleans are unchanged."""
     out = frame.copy()
     for column in out.columns:
-        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+        if _is_text(out[column]):
             out[column] = out[column].map(neutralise_cell)
     if not isinstance(out.columns, pd.MultiIndex):
         out.columns = [neutralise_cell(c) for c in out.columns]
-    if out.index.dtype == object and not isinstance(out.index, pd.MultiIndex):
+    if _is_text(out.index) and not isinstance(out.index, pd.MultiIndex):
         out.index = pd.Index([neutralise_cell(v) for v in out.index], name=out.index.name)
     return out
 
 
 def csv_bytes(frame: pd.DataFrame, index: bool = False) -> bytes:
-    """``frame`` as UTF-8 CSV, neutralised (:func:`neutralised`): every download uses this."""
-    return neutralised(frame).to_csv(index=index).encode("utf-8")
+    """``frame`` as UTF-8 CSV with CRLF line ends, neutralised (:func:`neutralised`): every
+    download uses this."""
+    # CRLF (RFC 4180): the csv writer then also quotes a cell holding a lone carriage return,
+    # which with "\n" line ends it writes bare, splitting the row in a spreadsheet.
+    return neutralised(frame).to_csv(index=index, lineterminator="\r\n").encode("utf-8")
+
+
+def _is_text(values) -> bool:
+    return values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
