@@ -38,9 +38,9 @@ def md_plain(value: Any) -> str:
 
 
 def html_plain(value: Any) -> Any:
-    """A string escaped for Plotly's HTML subset (``<`` ``>`` ``&`` ``"`` ``'``); anything
-    else unchanged."""
-    return html.escape(value) if isinstance(value, str) else value
+    """A string escaped for Plotly's HTML subset (``<`` ``>`` ``&``: with ``<`` escaped no tag
+    can form, and Plotly shows ``&quot;`` as it is); anything else unchanged."""
+    return html.escape(value, quote=False) if isinstance(value, str) else value
 
 
 def plain_figure(fig):
@@ -53,20 +53,20 @@ def plain_figure(fig):
                 trace[attr] = _escaped(trace[attr])
     layout = fig.layout
     if layout.title and layout.title.text:
-        layout.title.text = html.escape(layout.title.text)
+        layout.title.text = html_plain(layout.title.text)
     for axis in [a for a in layout if a.startswith(("xaxis", "yaxis"))]:
         title = layout[axis].title
         if title and title.text:
-            title.text = html.escape(title.text)
+            title.text = html_plain(title.text)
     for note in layout.annotations or ():
         if note.text:
-            note.text = html.escape(note.text)
+            note.text = html_plain(note.text)
     return fig
 
 
 def _escaped(value: Any) -> Any:
     if isinstance(value, str):
-        return html.escape(value)
+        return html_plain(value)
     if isinstance(value, np.ndarray):
         if value.dtype.kind in "US" or (value.dtype.kind == "O" and any(
                 isinstance(v, str) for v in value.flat)):

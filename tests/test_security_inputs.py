@@ -155,7 +155,7 @@ def test_candlestick_escapes_titles_symbols_and_news_in_hover():
     fig = candlestick(candles, [], news=news, title="<b>SYM</b> · 1m candles")
     assert fig.layout.title.text == "&lt;b&gt;SYM&lt;/b&gt; · 1m candles"
     hover = [t for t in fig.data if t.name == "news"][0]
-    assert hover.customdata[0][0].startswith("&lt;b&gt;bold&lt;/b&gt; &lt;a href=&quot;")
+    assert hover.customdata[0][0].startswith("&lt;b&gt;bold&lt;/b&gt; &lt;a href=\"")
     assert hover.customdata[0][3] == "&lt;i&gt;src&lt;/i&gt;"
     assert float(hover.customdata[0][1]) == 0.5  # numbers stay numbers for the template
     assert "<br>" in hover.hovertemplate  # the app's own markup stays
