@@ -69,7 +69,8 @@ for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
                 runtime.start_indexer()  # imported bars reach the store through the indexer
                 return runtime.start_source(make_csv(), live=make_csv.live)
 
-            if st.button(f"Import {make_csv.summary.split(';')[1].strip()}", type="primary",
+            what = md_plain(make_csv.summary.split(';')[1].strip())  # symbols from the file
+            if st.button(f"Import {what}", type="primary",
                          key="pc_csv_import", disabled=runtime.is_running("producer"),
                          help="Stop the running producer first" if runtime.is_running("producer")
                          else "Sends the bars through the producer and indexer into the store."):

@@ -150,11 +150,16 @@ def test_readme_command_listens_on_loopback_and_shows_data_as_text(readme_server
     page.get_by_role("link", name="Pipeline").click()
     page.wait_for_selector("text=Workers", timeout=30_000)
     page.get_by_text("CSV replay").first.click()
+    # the producer's uploader is there once the rerun drew the CSV panel (the headline CSV's
+    # uploader further down exists already)
+    page.wait_for_selector("text=…or a path on the server", timeout=60_000)
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(
         str(prices))
-    page.wait_for_selector("text=Preview:", timeout=30_000)
+    page.wait_for_selector("text=Preview:", timeout=90_000)
     text = visible_text(page)
     assert all(s in text for s in CSV_SYMBOLS), text[:2000]
+    button = page.locator('[data-testid="stButton"]', has_text="Import 60 bars").inner_text()
+    assert all(s in button.replace("\u2060", "") for s in CSV_SYMBOLS), button
     page.screenshot(path=str(SHOTS / "csv_preview_markup_as_text.png"), full_page=True)
     no_data_elements(page, "CSV preview")
 
@@ -167,7 +172,7 @@ def test_readme_command_listens_on_loopback_and_shows_data_as_text(readme_server
     page.get_by_role("tab", name="Headline CSV").click()
     page.locator('[data-testid="stFileUploader"] input[type=file]').last.set_input_files(
         str(headlines))
-    page.wait_for_selector("text=malformed row", timeout=30_000)
+    page.wait_for_selector("text=malformed row", timeout=90_000)
     text = visible_text(page)
     assert CSV_SYMBOLS[0] in text and f"[when](https://{EVIL}/w)" in text, text[-3000:]
     page.screenshot(path=str(SHOTS / "headline_preview_markup_as_text.png"), full_page=True)
