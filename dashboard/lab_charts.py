@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.formatting import display_frame, fmt_sig
+from dashboard.formatting import MISSING, display_frame, fmt_sig
 from dashboard.plain_text import plain_figure
 from dashboard.theme import BASELINE_COLOR, MODEL_COLORS, palette
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
@@ -145,13 +145,31 @@ def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
     return plain_figure(fig)
 
 
+def significance_text(table: pd.DataFrame) -> dict[str, list[str]]:
+    """The significance columns as text: the skill's 95% interval, the Holm-corrected p-value
+    and the reading in plain words (— for persistence itself)."""
+    def num(c):
+        return pd.to_numeric(table.get(c), errors="coerce")
+
+    lo, hi, p = num("skill_lo"), num("skill_hi"), num("p_holm")
+    interval = [MISSING if not (np.isfinite(a) and np.isfinite(b)) else
+                f"{fmt_sig(a, 3)} to {fmt_sig(b, 3)}" for a, b in zip(lo, hi)]
+    pv = [MISSING if not np.isfinite(v) else "< 0.0001" if v < 1e-4 else fmt_sig(v, 2)
+          for v in p]
+    reading = [r if isinstance(r, str) and r else MISSING for r in table["reading"]]
+    return {"Skill 95% interval": interval, "p (DM, Holm)": pv, "Reading": reading}
+
+
 def styled_table(table: pd.DataFrame):
-    """Results table for display: metrics only (readable headers), numbers written out with
-    significant figures, best per column highlighted."""
+    """Results table for display: metrics (readable headers), numbers written out with
+    significant figures, best per column highlighted; then the significance columns."""
     cols = [c for c in METRIC_COLUMNS if c in table.columns]
     num = table[cols].apply(pd.to_numeric, errors="coerce")
     shown = display_frame(table[["kind", *cols]].assign(**{c: num[c] for c in cols}))
     shown = shown.rename(columns=METRIC_LABELS)
+    if "reading" in table.columns:  # significance vs persistence (models/significance.py)
+        for name, text in significance_text(table).items():
+            shown[name] = text
     best = "background-color: #c8f7c5; color: #0b3d0b; font-weight: bold"
     styler = shown.style
     for c in cols:

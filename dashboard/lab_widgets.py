@@ -98,7 +98,8 @@ def save_controls(store, result: lab.LabResult) -> None:
         except (lab.LabError, ValueError) as exc:
             st.error(md_plain(exc))
         else:
-            st.success(f"Saved {md_plain(label)} as {md_plain(version_id)}" + (" (champion)" if champion else "")
+            st.success(f"Saved {md_plain(label)} as {md_plain(version_id)}"
+                       + (" (champion)" if champion else "")
                        + ".")
 
 

@@ -163,8 +163,8 @@ def headline_csv_panel(runtime, data_dir: Path) -> None:
         return
     show_headline_preview(preview)
     if preview.items == 0:
-        st.error(f"No headline in {md_plain(uploaded.name)} could be read; fix the rows above and upload "
-                 "it again.")
+        st.error(f"No headline in {md_plain(uploaded.name)} could be read; fix the rows above "
+                 "and upload it again.")
         return
     busy = runtime.is_running("news_import")
     if st.button(f"Import {preview.items:,} headlines", key="pc_news_import", type="primary",

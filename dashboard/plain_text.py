@@ -1,8 +1,8 @@
 """Text that came from data, shown as text: never as Markdown, never as Plotly's HTML subset.
 
 Symbols, news titles and sources, file names, file content and errors that quote any of them
-can hold ``[a link](https://…)``, ``<b>``, ``<a href>``, ``:material/…:`` or ``$…$``. Streamlit
-renders Markdown in ``st.markdown``, ``st.caption``, ``st.info``/``warning``/``error``/
+can hold ``[a link](https://…)``, ``<b>``, ``<a href>``, ``:material/…:`` or ``$…$``.
+Streamlit renders Markdown in ``st.markdown``, ``st.caption``, ``st.info``/``warning``/``error``/
 ``success``, labels and ``help`` tooltips; Plotly renders ``<b>``, ``<i>``, ``<br>``,
 ``<a href>`` and ``<span style>`` in titles, trace names, text, hover text and category
 labels. So every such text passes through here:
@@ -39,14 +39,19 @@ def md_plain(value: Any) -> str:
 
 def html_plain(value: Any) -> Any:
     """A string escaped for Plotly's HTML subset (``<`` ``>`` ``&``: with ``<`` escaped no tag
-    can form, and Plotly shows ``&quot;`` as it is); anything else unchanged."""
-    return html.escape(value, quote=False) if isinstance(value, str) else value
+    can form, and Plotly shows ``&quot;`` as it is), its newlines made line breaks (Plotly
+    ignores ``\n``; builders join the lines of a hover text with it); anything else
+    unchanged."""
+    if not isinstance(value, str):
+        return value
+    return html.escape(value, quote=False).replace("\n", "<br>")
 
 
 def plain_figure(fig):
     """Escape, in place, every string a Plotly figure got from data: trace names, text, hover
     text, custom data and category coordinates; the layout's title, axis titles and
-    annotations. Returns ``fig``. (Hover templates are the app's own and keep their markup.)"""
+    annotations. Returns ``fig``. (Hover templates are the app's own and keep their markup;
+    a builder that wants several lines in a data text joins them with ``\n``.)"""
     for trace in fig.data:
         for attr in _TRACE_TEXT:
             if attr in trace and trace[attr] is not None:

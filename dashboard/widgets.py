@@ -239,7 +239,8 @@ def _show_inspection(insp, inferred: bool, from_name: bool) -> None:
     origin = ("from the file name; edit the Symbol field to change it"
               if insp.symbol_from == "typed" and from_name
               else SYMBOL_FROM.get(insp.symbol_from, insp.symbol_from))
-    st.markdown(f"**Preview:** {insp.bars:,} bars of **{md_plain(', '.join(insp.symbols) or '?')}** "
+    symbols = md_plain(", ".join(insp.symbols) or "?")
+    st.markdown(f"**Preview:** {insp.bars:,} bars of **{symbols}** "
                 f"({origin}), interval **{interval}**, "
                 f"{fmt_ts(insp.first_ts)} → {fmt_ts(insp.last_ts)}.")
     st.caption("Read as: " + md_plain("; ".join(insp.notes)) + ".")

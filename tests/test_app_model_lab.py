@@ -52,6 +52,12 @@ def test_run_shows_all_models_with_baselines_and_keeps_the_run(filled):
     assert list(table.index) == ["Persistence", "Moving average (5)", "Linear regression",
                                  "Random forest", "Gradient boosting", "XGBoost"]
     assert "Skill vs persistence" in table.columns
+    # Significance vs persistence, in plain words (models/significance.py)
+    assert {"Skill 95% interval", "p (DM, Holm)", "Reading"} <= set(table.columns)
+    assert table.loc["Persistence", "Reading"] == "—"
+    assert set(table["Reading"][2:]) <= {"beats persistence", "no evidence it beats persistence",
+                                         "worse than persistence"}
+    assert any("Holm-corrected over 5 comparisons" in i.value for i in at.info)
     assert any("R² near 0" in i.value for i in at.info)  # guidance shown
     runs = filled.list_runs()
     assert len(runs) == 1
@@ -152,3 +158,17 @@ def test_a_date_range_without_bars_says_what_to_change(data_dir):
     info = " ".join(i.value for i in at.info)
     assert "No 1m bars of ACME in this date range: widen the Date range" in info
     assert "no bars yet" not in info  # the store has bars, just not on that day
+
+
+def test_seeds_control_shows_the_spread_over_simulated_paths(filled):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.multiselect(key="ml_models").set_value(["linear"])
+    at.number_input(key="ml_seeds_n").set_value(3)
+    at.number_input(key="ml_seeds_bars").set_value(600)
+    at.button(key="ml_seeds_run").click().run()
+    assert not at.exception and not at.error
+    spread = next(d.value for d in at.dataframe if "paths beating persistence" in d.value.columns)
+    assert list(spread.index) == ["Persistence", "Moving average (5)", "Linear regression"]
+    assert spread.loc["Linear regression", "paths"] == "3"
+    assert "on" in spread.loc["Linear regression", "reading"]  # "... on k of 3 paths"
+    assert any("3 paths of 600 bars" in m.value for m in at.markdown)

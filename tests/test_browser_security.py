@@ -2,8 +2,8 @@
 (no --server.address: the project's .streamlit/config.toml decides) listens on loopback only,
 and markup in stored data reaches the browser as text, never as elements.
 
-Data with markup, put where a hostile feed or file would put it: a symbol and a news title /
-source with ``<b>``, ``<a href>`` and Markdown links in the store (Live market chart title and
+Data with markup, put where a hostile feed or file would put it: a symbol and two news titles
+(one hover, two lines) with ``<b>``, ``<a href>`` and Markdown links in the store (Live market chart title and
 news hover), a price CSV with such symbols (the Pipeline page's preview) and a headline CSV
 with such a symbol and a malformed row quoting a link (the news preview and its skipped-row
 reason). The DOM must hold none of it as an element: no ``<a>`` to the data's URL, no bold or
@@ -32,6 +32,7 @@ EVIL = "evil.example"
 SYMBOL = f"<b>MK</b>[l](https://{EVIL}/s)"
 TITLE = f'<b>BOLD</b> <a href="https://{EVIL}/t">click</a> <i>it</i> [m](https://{EVIL}/m)'
 SOURCE = f'<a href="https://{EVIL}/src">src</a>'
+SECOND = "second headline"
 CSV_SYMBOLS = (f"[csv](https://{EVIL}/c)", "<b>CB</b>")
 #: elements that data must never become (Markdown and Plotly both make these)
 DATA_ELEMENTS = (f'a[href*="{EVIL}"]', "b", "i", "img")
@@ -45,8 +46,9 @@ def fill(data_dir: Path) -> None:
     bars = [Bar(SYMBOL, "1m", t0 + 60_000 * i, 100 + i % 7, 104 + i % 7, 98 + i % 7,
                 101 + i % 7, 1_000.0, "csv") for i in range(120)]
     store.upsert_bars(bars)
-    store.upsert_news([NewsItem(SYMBOL, t0 + 60_000 * 110 + 5_000, SOURCE, TITLE,
-                                f"https://{EVIL}/u", 0.6, 0.9)])
+    store.upsert_news([NewsItem(SYMBOL, t0 + 60_000 * 110 + 5_000 + i, SOURCE, title,
+                                f"https://{EVIL}/u{i}", 0.6, 0.9)
+                       for i, title in enumerate([TITLE, f"<i>{SECOND}</i>"])])
     store.close()
 
 
@@ -134,7 +136,7 @@ def test_readme_command_listens_on_loopback_and_shows_data_as_text(readme_server
     page.locator(".scatterlayer path.point").last.hover(force=True)
     page.wait_for_selector(".hoverlayer .hovertext", timeout=10_000)
     hover = page.locator(".hoverlayer").text_content()
-    assert TITLE in hover and SOURCE in hover, hover
+    assert TITLE in hover and f"<i>{SECOND}</i>" in hover, hover
     assert page.locator(".js-plotly-plot a").count() == 0
     assert page.locator('.hoverlayer tspan[style*="bold"], .hoverlayer tspan[style*="italic"]'
                         ).count() == 0

@@ -147,16 +147,23 @@ def test_md_plain_escapes_every_markdown_construct():
         (MARKUP + "\n# heading $x$ `code` **b** a_b :material/home:").split())
 
 
-def test_candlestick_escapes_titles_symbols_and_news_in_hover():
+def test_candlestick_escapes_titles_symbols_and_news_in_hover(tmp_path):
+    from dashboard.view_models import news_markers
+    from pipeline.news import NewsItem
+
     candles = pd.DataFrame({"ts": [0, 60_000], "open": [1.0, 2.0], "high": [2.0, 3.0],
                             "low": [0.5, 1.5], "close": [1.5, 2.5], "volume": [10.0, 20.0]})
-    news = pd.DataFrame({"ts": [0], "y": [2.1], "title": [MARKUP], "sentiment_score": [0.5],
-                         "relevance": [1.0], "source": ["<i>src</i>"]})
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    store.upsert_news([NewsItem("ACME", 1_000 * i, "src", title, "", 0.5, 1.0)
+                       for i, title in enumerate([MARKUP, "AT&T <i>up</i>"])])
+    news = news_markers(store, "ACME", candles, 60_000)
+    store.close()
     fig = candlestick(candles, [], news=news, title="<b>SYM</b> · 1m candles")
     assert fig.layout.title.text == "&lt;b&gt;SYM&lt;/b&gt; · 1m candles"
     hover = [t for t in fig.data if t.name == "news"][0]
-    assert hover.customdata[0][0].startswith("&lt;b&gt;bold&lt;/b&gt; &lt;a href=\"")
-    assert hover.customdata[0][3] == "&lt;i&gt;src&lt;/i&gt;"
+    lines = hover.customdata[0][2].split("<br>")  # the app's line breaks, one per title
+    assert lines[0].startswith('&lt;b&gt;bold&lt;/b&gt; &lt;a href="https://evil.example"&gt;')
+    assert lines[1] == "AT&amp;T &lt;i&gt;up&lt;/i&gt;"
     assert float(hover.customdata[0][1]) == 0.5  # numbers stay numbers for the template
     assert "<br>" in hover.hovertemplate  # the app's own markup stays
 
