@@ -22,19 +22,36 @@ from typing import Any
 
 import numpy as np
 
-#: every ASCII punctuation character may be backslash-escaped in CommonMark
-_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
-#: characters Streamlit's own extensions start from: an invisible word joiner after a colon keeps
-#: ``:material/x:``, ``:red[x]`` and emoji shortcodes from matching (backslashes do not: those
-#: extensions read the text after Markdown unescaped it)
+#: characters that make Markdown (or Streamlit's extensions) anywhere in a line: code, emphasis,
+#: links and images, HTML and autolinks, maths, strikethrough, tables
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>$~|])")
+#: an underscore emphasises only at a word's edge (``snake_case`` stays as it is)
+_EDGE_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+#: what starts a block at the beginning of a line: heading, list, quote, setext rule
+_BLOCK_START = re.compile(r"^(\s*)([#+\-=>]|\d+(?=[.)]))")
+#: an invisible word joiner breaks what backslashes cannot: the autolink literals
+#: (``https://…``, ``www.…``, ``a@b.c``) and Streamlit's ``:material/…:``, ``:emoji:`` shortcodes,
+#: which are read after Markdown unescaped the text
 _WJ = "\u2060"
+_JOIN_AFTER = re.compile(r"([:@](?=\S)|(?i:www)(?=\.))")  # "note: text" stays as it is
 _TRACE_TEXT = ("name", "text", "hovertext", "customdata", "x", "y", "labels")
 
 
 def md_plain(value: Any) -> str:
-    """``value`` as a Markdown string that renders as exactly its text, on one line."""
+    """``value`` as a Markdown string that renders as exactly its text, on one line.
+
+    Only what can make markup is escaped, so the text stays readable in the page source and
+    in tests (``ALPHAVANTAGE_API_KEY``, ``GOOG.csv``, ``python -m pipeline`` are unchanged)."""
     text = " ".join(str(value).split())  # a newline would start a new Markdown block
-    return _MD_SPECIAL.sub(r"\\\1", text).replace(":", ":" + _WJ)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    text = _EDGE_UNDERSCORE.sub(r"\\_", text)
+    text = _BLOCK_START.sub(_escape_block_start, text, count=1)
+    return _JOIN_AFTER.sub(lambda m: m.group(1) + _WJ, text)
+
+
+def _escape_block_start(m: re.Match) -> str:
+    lead, mark = m.group(1), m.group(2)
+    return lead + (mark + "\\" if mark[0].isdigit() else "\\" + mark)  # "1\." / "\#"
 
 
 def html_plain(value: Any) -> Any:

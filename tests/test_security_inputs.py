@@ -145,6 +145,11 @@ def test_md_plain_escapes_every_markdown_construct():
         assert raw not in out, raw
     assert out.replace("\\", "").replace("\u2060", "") == " ".join(
         (MARKUP + "\n# heading $x$ `code` **b** a_b :material/home:").split())
+    assert md_plain("1. item") == "1\\. item" and md_plain("# h") == "\\# h"
+    assert md_plain("a@b.example www.e.example").count("\u2060") == 2  # no autolinks
+    # what cannot make markup stays as it is: readable in the page source and in tests
+    assert md_plain("Set ALPHAVANTAGE_API_KEY; GOOG.csv - python -m pipeline") == (
+        "Set ALPHAVANTAGE_API_KEY; GOOG.csv - python -m pipeline")
 
 
 def test_candlestick_escapes_titles_symbols_and_news_in_hover(tmp_path):
