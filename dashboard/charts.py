@@ -7,7 +7,7 @@ from plotly.subplots import make_subplots
 
 from dashboard.formatting import ts_to_datetime
 from dashboard.plain_text import plain_figure
-from dashboard.theme import DOWN, UP, palette
+from dashboard.theme import DOWN, UP, palette, readable
 from models.features import compute_features, max_lookback
 
 
@@ -70,11 +70,10 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
     # Title on the left, legend on its own row under the plot: they never overlap.
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=580,
                       margin=dict(l=10, r=10, t=40, b=10), xaxis_rangeslider_visible=False,
-                      legend=dict(orientation="h", yanchor="top", y=-0.06, x=0),
                       uirevision="live")  # keep the user's zoom across refreshes
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="volume", row=2, col=1)
-    return plain_figure(fig)
+    return plain_figure(readable(fig))
 
 
 def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None = None) -> go.Figure:
@@ -90,10 +89,9 @@ def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None =
     if ceiling:
         fig.update_yaxes(range=[0, ceiling])
         fig.add_annotation(text="axis cut: the warm-up burst goes higher", xref="paper",
-                           yref="paper", x=1, y=1, showarrow=False, xanchor="right",
-                           yanchor="bottom",
-                           font=dict(size=11, color=palette().muted))
-    return plain_figure(fig)
+                           yref="paper", x=0, y=1, showarrow=False, xanchor="left",
+                           yanchor="top", font=dict(size=12, color=palette().muted))
+    return plain_figure(readable(fig))
 
 
 def ma_feature_names(ma_windows, ma_kind: str) -> list[str]:

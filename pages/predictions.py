@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard.access import presenter_only
+from dashboard.arena_widgets import arena_section
 from dashboard.formatting import fmt_num, fmt_ts
 from dashboard.plain_text import md_plain
 from dashboard.prediction_charts import (
@@ -133,6 +134,7 @@ def live_panel() -> None:
 
 
 live_panel()
+arena_section(store, _scorer, auto)  # shadow models: dashboard/arena_widgets.py
 
 # ---- model versions --------------------------------------------------------------------------
 st.subheader("Model versions")

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from models.adaptation import RetrainPolicy, default_features
+from models.arena import Arena
 from models.champions import ChampionBook
 from models.live_fundamentals import LiveFundamentals
 from models.live_news import ExtraFeatures, LiveSentiment
@@ -146,6 +147,7 @@ class Scorer(Worker):
             ([LiveSentiment(store, news_topic)] if news_topic else [])
             + ([LiveFundamentals(store, fundamentals_topic)] if fundamentals_topic else []))
         self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
+        self.arena = Arena(store, error_window, model_refresh_s)  # shadow models: models/arena.py
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._live_since: dict[str, int] = {}  # version_id -> when this scorer loaded it
         self._models_loaded_once = False  # champions loaded later are promotions seen live
@@ -239,6 +241,8 @@ class Scorer(Worker):
     def _housekeeping(self) -> None:
         self._collect_outcomes()
         self._refresh_models()
+        if self.arena.refresh():
+            self._resize_features()
         status = self.scheduler.maybe_start(self.champions.models, self.champions.has_global,
                                             self._main_interval, self._last_bar_ts)
         if status:
@@ -353,6 +357,8 @@ class Scorer(Worker):
                 by_model.setdefault(w.model.version_id, []).append((w, i))
         for group in by_model.values():
             self._predict(group)
+        if self.arena.active:  # enrolled models, scored in shadow on the same bars
+            self.arena.observe(work, feature_rows, self.series.features)
         for w in work:
             self._settle_and_book(w, tally)
         for name, n in tally.items():
@@ -514,6 +520,7 @@ class Scorer(Worker):
         names = list(default_features())
         for m in self.champions.models.values():
             names += [f for f in m.features if f not in names]
+        names += [f for f in self.arena.features() if f not in names]
         self.series.use_features(self.extras.split(names))
         self.extras.use(names)
 
@@ -566,6 +573,7 @@ class Scorer(Worker):
             # Every symbol's rolling errors: ~1 ms each, so not every second at 500 symbols.
             self._last_error_gauge = now
             self.gauge("live_error", self.scoreboard.gauges())
+            self.gauge("arena", self.arena.leaderboard())
         self.gauge("champions", {scope: {"version_id": m.version_id, "name": m.meta.get("name"),
                                          "target": m.target, "model_key": m.meta.get("model_key")}
                                  for scope, m in self.champions.models.items()})

@@ -200,8 +200,11 @@ def test_live_errors_running_sums_equal_the_window_recomputed():
                 assert s["mape_pct"] == pytest.approx(np.mean(finite), rel=1e-12)
             else:
                 assert s["mape_pct"] is None
-            if errs._hits:
-                assert s["directional_accuracy"] == pytest.approx(np.mean(errs._hits), rel=1e-12)
+            # One window for every figure: the moves among the same last 50 scored.
+            moves = [h for h in errs._hits if h is not None]
+            assert len(errs._hits) == len(window) and s["moves"] == len(moves)
+            if moves:
+                assert s["directional_accuracy"] == pytest.approx(np.mean(moves), rel=1e-12)
             else:
                 assert s["directional_accuracy"] is None
 

@@ -172,3 +172,28 @@ def test_seeds_control_shows_the_spread_over_simulated_paths(filled):
     assert spread.loc["Linear regression", "paths"] == "3"
     assert "on" in spread.loc["Linear regression", "reading"]  # "... on k of 3 paths"
     assert any("3 paths of 600 bars" in m.value for m in at.markdown)
+
+
+def test_results_table_scales_tiny_errors_and_ranks_only_quality_columns():
+    """MSE 1.643e-7 vs 1.648e-7 reads 1.643 vs 1.648 under "MSE (×10⁻⁷)"; timings are never
+    highlighted (a baseline is always fastest: "best" says nothing there)."""
+    import pandas as pd
+
+    from dashboard.lab_charts import model_colors, styled_table
+
+    table = pd.DataFrame({"kind": ["baseline", "baseline", "model"],
+                          "mse": [1.648e-7, 1.9e-7, 1.643e-7], "skill": [0.0, -0.15, 0.003],
+                          "fit_time_s": [0.0001, 0.0002, 0.5],
+                          "predict_time_s": [0.0001, 0.0001, 0.01]},
+                         index=["Persistence", "Moving average", "Ridge"])
+    styler = styled_table(table)
+    shown = styler.data
+    assert "MSE (×10⁻⁷)" in shown.columns
+    assert list(shown["MSE (×10⁻⁷)"]) == ["1.648", "1.9", "1.643"]
+    styler._compute()  # the cells' styles (pandas keeps them in ctx)
+    cells = {(shown.index[r], shown.columns[c]) for (r, c), css in styler.ctx.items()
+             if any(prop == "background-color" for prop, _ in css)}
+    # MSE and skill of Ridge; not Fit s / Predict s of a baseline
+    assert cells == {("Ridge", "MSE (×10⁻⁷)"), ("Ridge", "Skill vs persistence")}
+    colors = model_colors(table)
+    assert len(set(colors.values())) == 3  # two baselines, two different colours

@@ -147,14 +147,15 @@ def test_presenter_password_unlocks_the_controls(network):
 def test_viewer_cannot_promote_on_predictions_page(network):
     fill(network)
     at = run("pages/predictions.py")
-    assert not {"Promote to champion", "Roll back this scope"} & labels(at)
+    assert not {"Promote to champion", "Roll back this scope", "Enrol in the arena",
+                "Remove from the arena", "Promote to champion (global)"} & labels(at)
     assert any("read-only view" in c.value.lower() for c in at.caption)
 
 
 def test_presenter_can_promote_on_predictions_page(data_dir):
     fill(data_dir)
     at = run("pages/predictions.py")
-    assert {"Promote to champion", "Roll back this scope"} <= labels(at)
+    assert {"Promote to champion", "Roll back this scope", "Enrol in the arena"} <= labels(at)
 
 
 @pytest.mark.parametrize("page", sorted(CONTROLS))
