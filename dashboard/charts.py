@@ -68,12 +68,13 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
     fig.add_trace(go.Bar(x=x, y=candles["volume"], marker_color=colors, name="volume",
                          showlegend=False, **period), row=2, col=1)
     # Title on the left, legend on its own row under the plot: they never overlap.
-    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=580,
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=540,
                       margin=dict(l=10, r=10, t=40, b=10), xaxis_rangeslider_visible=False,
                       uirevision="live")  # keep the user's zoom across refreshes
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="volume", row=2, col=1)
-    return plain_figure(readable(fig))
+    # "ACME · 5m candles": short, the legend beside it
+    return plain_figure(readable(fig, title_row=False))
 
 
 def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None = None) -> go.Figure:

@@ -86,6 +86,9 @@ def run_app() -> None:
         if st.session_state.get("autostart_error"):
             st.error(md_plain(st.session_state["autostart_error"]))
 
+    # Less empty space above each page (Streamlit's default is 6rem): on a 1366x768 projector
+    # the Live market chart starts above the fold.
+    st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.5rem}</style>")
     page = st.navigation(app_pages())
     token = _in_shell.set(True)
     try:

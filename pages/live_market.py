@@ -44,13 +44,18 @@ candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle", disa
 ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10, 50],
                             key="lm_ma")
 ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
-c6, c7 = st.columns([4, 1])
+# One row for the slider and the three switches: the chart starts high on a 1366x768 screen.
+c6, c7, c8, c9 = st.columns([2.6, 1.4, 1.1, 0.9], vertical_alignment="bottom")
 n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n", disabled=whole_on,
                       help="Off while Whole history is on." if whole_on else None)
 whole = c7.toggle("Whole history", value=False, key="lm_whole",
                   help="About 600 candles over everything stored (the candle size follows).")
-show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
-show_news = st.toggle("Show news markers (hover for title and score)", value=True, key="lm_news")
+show_pred = c8.toggle("Predictions", value=True, key="lm_pred",
+                      help="Overlay the live scorer's predicted close: the last prediction of "
+                           "each candle (its close).")
+show_news = c9.toggle("News", value=True, key="lm_news",
+                      help="One marker per candle with news (the count above it); hover for "
+                           "titles and the mean score.")
 
 
 @st.cache_resource(show_spinner=False)
