@@ -6,6 +6,9 @@ rules need more, and the indexer and the scorer apply them alike (docs/STREAM_RO
 
 - **the key is the symbol** (:func:`~pipeline.schema.key_problem`): a bar keyed otherwise is
   dead-lettered (``KeyMismatch``); a null key is accepted and counted (``unkeyed``);
+- **one phase per series**: a 30m or 1h bar (whose grid is a quarter hour,
+  :data:`~pipeline.schema.ALIGN_MS`) starts a whole number of intervals after its series'
+  last bar, else it is dead-lettered (``Misaligned``);
 - **time sanity** (:class:`SeriesClock`): a bar may start at most :data:`MAX_AHEAD_MS` (one
   day) plus one interval after the later of *now* (the wall clock, UTC) and its series' last
   accepted bar. The series' last bar is the simulator's own clock: a simulator running ahead
@@ -22,7 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from pipeline.schema import INTERVALS, Bar, KeyMismatch, SuspectTime, key_problem
+from pipeline.schema import (
+    ALIGN_MS, INTERVALS, Bar, KeyMismatch, Misaligned, SuspectTime, key_problem,
+)
 from pipeline.store.base import now_ms
 
 #: How far past the later of now and its series' last bar a bar may start (plus one interval).
@@ -30,6 +35,8 @@ MAX_AHEAD_MS = 86_400_000
 
 SeriesKey = tuple[str, str]  # (symbol, interval)
 _NONE = -1  # a series without any bar yet
+#: Intervals longer than their grid (ALIGN_MS): their bars also keep their series' phase.
+_PHASED = frozenset(i for i, step in INTERVALS.items() if ALIGN_MS[i] < step)
 
 
 def iso(ts: int) -> str:
@@ -40,7 +47,7 @@ def iso(ts: int) -> str:
 class Screen:
     """One batch through :meth:`SeriesClock.screen`."""
 
-    suspects: dict[int, str] = field(default_factory=dict)  # position -> reason
+    suspects: dict[int, str] = field(default_factory=dict)  # position -> "Class: reason"
     revised: list[int] = field(default_factory=list)  # positions at or before the series' last
     latest: dict[SeriesKey, int] = field(default_factory=dict)  # series -> last ts after it
 
@@ -74,9 +81,13 @@ class SeriesClock:
                     self._seed(bars)
                     prev = committed[k]
             ts = b.ts
+            if b.interval in _PHASED and prev != _NONE and (ts - prev) % INTERVALS[b.interval]:
+                out.suspects[i] = f"{Misaligned.__name__}: {phase_reason(b, prev)}"
+                cur[k] = prev
+                continue
             if ts > prev:
                 if ts > wall_limit and ts - max(prev, now) > MAX_AHEAD_MS + INTERVALS[b.interval]:
-                    out.suspects[i] = ahead_reason(b, prev, now)
+                    out.suspects[i] = f"{SuspectTime.__name__}: {ahead_reason(b, prev, now)}"
                     cur[k] = prev
                     continue
                 cur[k] = ts
@@ -93,6 +104,13 @@ class SeriesClock:
         found = self.last_stored(new)
         for k in new:
             self._last[k] = int(found.get(k, _NONE))
+
+
+def phase_reason(bar: Bar, last: int) -> str:
+    off = (bar.ts - last) % INTERVALS[bar.interval] // 60_000
+    return (f"ts {bar.ts} ({iso(bar.ts)}) is {off} min off the phase of its {bar.interval} "
+            f"series, whose last bar started at {iso(last)}: its bars start a whole number of "
+            f"{bar.interval} apart")
 
 
 def ahead_reason(bar: Bar, last: int, now: int) -> str:
@@ -148,8 +166,7 @@ class BarRules:
         screen = self.clock.screen(bars)
         kept = keyed
         if screen.suspects:
-            rejects += [(keyed[i][0], f"{SuspectTime.__name__}: {r}")
-                        for i, r in screen.suspects.items()]
+            rejects += [(keyed[i][0], r) for i, r in screen.suspects.items()]
             kept = [item for i, item in enumerate(keyed) if i not in screen.suspects]
         self._screen = screen
         self.tally = {"unkeyed": unkeyed}
