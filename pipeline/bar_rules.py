@@ -72,6 +72,7 @@ class SeriesClock:
         wall_limit = now + MAX_AHEAD_MS
         committed, cur = self._last, {}
         out = Screen(latest=cur)
+        phased = _PHASED
         for i, b in enumerate(bars):
             k = (b.symbol, b.interval)
             prev = cur.get(k)
@@ -81,7 +82,7 @@ class SeriesClock:
                     self._seed(bars)
                     prev = committed[k]
             ts = b.ts
-            if b.interval in _PHASED and prev != _NONE and (ts - prev) % INTERVALS[b.interval]:
+            if k[1] in phased and prev != _NONE and (ts - prev) % INTERVALS[k[1]]:
                 out.suspects[i] = f"{Misaligned.__name__}: {phase_reason(b, prev)}"
                 cur[k] = prev
                 continue
@@ -152,17 +153,19 @@ class BarRules:
                                                             list[tuple[Any, str]]]:
         from pipeline.store.revisions import classify
 
-        rejects, keyed = [], []
+        rejects: list[tuple[Any, str]] = []
         unkeyed = 0
-        for msg, bar in items:
-            key = msg.key
-            if key is None:
-                unkeyed += 1
-            elif (problem := key_problem(key, bar)) is not None:
-                rejects.append((msg, f"{KeyMismatch.__name__}: {problem}"))
-                continue
-            keyed.append((msg, bar))
-        bars = [b for _, b in keyed]
+        keyed, bars = items, [b for _, b in items]
+        if not all(m.key == b.symbol.encode() for m, b in items):  # the usual batch: one pass
+            keyed = []
+            for msg, bar in items:
+                if msg.key is None:
+                    unkeyed += 1
+                elif (problem := key_problem(msg.key, bar)) is not None:
+                    rejects.append((msg, f"{KeyMismatch.__name__}: {problem}"))
+                    continue
+                keyed.append((msg, bar))
+            bars = [b for _, b in keyed]
         screen = self.clock.screen(bars)
         kept = keyed
         if screen.suspects:
