@@ -59,7 +59,8 @@ EVENTS = "events"
 WORKERS = "workers"
 CHAMPIONS = "champions"  # one document per scope, changed only by replace_doc_if
 REVISIONS = "bar_revisions"  # per series, the bars rewritten later (pipeline/store/revisions.py)
-COLLECTIONS = (RUNS, MODEL_VERSIONS, EVENTS, WORKERS, CHAMPIONS, REVISIONS)
+STOP_REQUESTS = "stop_requests"  # a dashboard asks a worker process to stop (id = worker id)
+COLLECTIONS = (RUNS, MODEL_VERSIONS, EVENTS, WORKERS, CHAMPIONS, REVISIONS, STOP_REQUESTS)
 
 #: Model artefacts kept in memory per store object, by content hash (they never change).
 ARTEFACT_CACHE_ITEMS = 16
