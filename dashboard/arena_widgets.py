@@ -6,6 +6,7 @@ from typing import Callable
 
 import streamlit as st
 
+from dashboard.access import can_change, read_only_note
 from dashboard.formatting import display_frame
 from dashboard.prediction_charts import arena_table
 from dashboard.widgets import push_notice, show_notices
@@ -50,7 +51,10 @@ def arena_section(store, snapshot: Callable[[], dict | None], auto: bool = True)
                                       s="s" if m != 1 else "", level=LEVEL))
 
     board()
-    _controls(store, enrolled)
+    if can_change():
+        _controls(store, enrolled)
+    else:
+        read_only_note("enrolling, removing and promoting models")
     show_notices("arena")
 
 

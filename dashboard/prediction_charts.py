@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import fmt_sig, fmt_ts, sig_styler, ts_to_datetime
+from dashboard.plain_text import plain_figure
 from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette, readable
 CHAMPION_BG = "background-color: rgba(46, 125, 50, 0.18); font-weight: 600"
 
@@ -45,7 +46,7 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440,
                       margin=dict(l=10, r=10, t=40, b=10), yaxis_title="close",
                       uirevision="pred")
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = None,
@@ -72,7 +73,7 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     readable(fig)
     # Above the first subplot's title, not on it.
     fig.update_layout(legend=dict(y=1.09), margin=dict(t=70))
-    return fig
+    return plain_figure(fig)
 
 
 def versions_table(versions: list[dict[str, Any]],

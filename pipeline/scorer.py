@@ -156,6 +156,7 @@ class Scorer(Worker):
         self._live_since: dict[str, int] = {}  # version_id -> when this scorer loaded it
         self._models_loaded_once = False  # champions loaded later are promotions seen live
         self._caught_up = False  # reached the live end of the topic since this run started
+        self._stale_before: int | None = None  # while catching up: older bars are catch-up
         self._catchup: set[str] = set()  # doc ids of the outbox's catch-up predictions
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
@@ -328,11 +329,15 @@ class Scorer(Worker):
                 by_series.setdefault((bar.symbol, bar.interval), []).append((bar, produced))
         self.count("consumed", n)
         if not self._caught_up:
+            # Each bar of this poll is judged by its age; the first fresh one ends catch-up.
+            self._stale_before = now_ms() - self.CAUGHT_UP_MS
             newest = max((p for items in by_series.values() for _, p in items if p),
                          default=None)
-            if newest is not None and now_ms() - newest <= self.CAUGHT_UP_MS:
+            if newest is not None and newest >= self._stale_before:
                 self._caught_up = True
                 self.gauge("caught_up_ms", now_ms())
+        else:
+            self._stale_before = None
         self._process(by_series)
 
     def _process(self, by_series: dict[SeriesKey, list[tuple[Bar, int | None]]]) -> None:
@@ -453,7 +458,8 @@ class Scorer(Worker):
         """Progressive validation, in bar order: score what each bar settles, then predict."""
         model, book = w.model, w.state.book
         settle, queue_ = self.scoreboard.settle, self._queue
-        n_new = 0
+        n_new = n_catchup = 0
+        stale_before = self._stale_before
         for i, (bar, produced) in enumerate(w.fresh):
             if book.pending:
                 for p in book.due(bar):
@@ -472,12 +478,13 @@ class Scorer(Worker):
             book.add(p, h)
             queue_(p, new=True)
             n_new += 1
-            if not self._caught_up:
-                self._catchup.add(p.doc_id)
-        if n_new and self._caught_up:
-            self.scheduler.predicted(model.version_id, n_new)
-        elif n_new:  # a backlog burst is not "new bars since the decision"
-            self.count("catch_up", n_new)
+            if stale_before is not None and (produced or 0) < stale_before:
+                self._catchup.add(p.doc_id)  # a backlog bar: not live
+                n_catchup += 1
+        if n_new > n_catchup:  # a backlog burst is not "new bars since the decision"
+            self.scheduler.predicted(model.version_id, n_new - n_catchup)
+        if n_catchup:
+            self.count("catch_up", n_catchup)
 
     def _queue(self, p: Prediction, new: bool = False) -> None:
         self._outbox[p.doc_id] = p
