@@ -122,6 +122,27 @@ def ahead_reason(bar: Bar, last: int, now: int) -> str:
             f"{MAX_AHEAD_MS // 3_600_000} h plus one interval after it")
 
 
+def last_in_chain(store, symbol: str, interval: str, now: int | None = None
+                  ) -> tuple[int, float] | None:
+    """The series' last stored bar that the time rule accepts, as ``(ts, close)``: bars
+    ahead of the wall clock count while each lies within the rule of the one before (a
+    simulator ahead of the wall clock); a stray bar far ahead (stored before the rule, or
+    around the indexer) ends the chain, and what follows it is not the series' clock."""
+    now = now_ms() if now is None else now
+    edge = now + MAX_AHEAD_MS
+    before = store.query_bars(symbol, interval, end_ms=edge + 1, limit=1)
+    ahead = store.query_bars(symbol, interval, start_ms=edge + 1)
+    point = ((int(before["ts"].iloc[-1]), float(before["close"].iloc[-1]))
+             if len(before) else None)
+    base = max(now, point[0]) if point else now
+    step = MAX_AHEAD_MS + INTERVALS[interval]
+    for ts, close in zip(ahead["ts"].tolist(), ahead["close"].tolist()):
+        if ts - base > step:
+            break
+        point, base = (int(ts), float(close)), ts
+    return point
+
+
 def stored_last(store) -> Callable[[list[SeriesKey]], dict[SeriesKey, int]]:
     """``last_stored`` for a :class:`SeriesClock` over a store: one query per interval."""
     def lookup(keys: list[SeriesKey]) -> dict[SeriesKey, int]:
