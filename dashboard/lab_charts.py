@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.formatting import MISSING, display_frame, fmt_sig
+from dashboard.plain_text import plain_figure
 from dashboard.theme import BASELINE_COLORS, MODEL_COLORS, palette, readable
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
 
@@ -54,7 +55,7 @@ def metric_bars(table: pd.DataFrame, metric: str = "skill") -> go.Figure:
                                    xref="paper", yref="paper", x=0, y=0, showarrow=False,
                                    font=dict(size=11, color="grey"), yanchor="bottom",
                                    xanchor="left")
-    return fig
+    return plain_figure(fig)
 
 
 def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: dict[str, str],
@@ -87,7 +88,7 @@ def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: di
                       + (f" — {symbol}" if symbol else ""), height=420,
                       margin=dict(l=40, r=20, t=50, b=40), hovermode="x unified",
                       xaxis_type="date")
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
@@ -103,7 +104,7 @@ def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
                              marker_color=colors.get(label)))
     fig.update_layout(barmode="overlay", bargap=0, title="Residuals (actual − predicted)",
                       height=380, margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def residual_histogram(residuals: pd.DataFrame, bins: int = 80
@@ -134,7 +135,7 @@ def importance_bars(importance: pd.DataFrame, model: str, top: int = 25) -> go.F
     fig.update_layout(title=f"Permutation importance — {model}",
                       xaxis_title="increase in test MSE when shuffled",
                       height=max(260, 24 * len(df) + 100), margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig, legend=False)
+    return plain_figure(readable(fig, legend=False))
 
 
 def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
@@ -144,7 +145,7 @@ def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
         fig.add_trace(go.Bar(x=list(compare.index), y=compare[run], name=run))
     fig.update_layout(barmode="group", title=f"{metric_label} across runs", height=380,
                       margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def significance_text(table: pd.DataFrame) -> dict[str, list[str]]:
@@ -235,4 +236,4 @@ def fold_skill_chart(folds: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                            yanchor="bottom", font=dict(size=11, color="grey"))
     fig.update_layout(title="Skill vs persistence per fold (above 0 beats 'no change')",
                       yaxis_title="skill", height=380, margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig)
+    return plain_figure(readable(fig))

@@ -2,7 +2,6 @@
 captions, per-fold tables, warnings without repeats. Pure functions, tested directly."""
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -287,8 +286,9 @@ def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
 def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
                  limit: int = 500) -> pd.DataFrame | None:
     """One marker per candle with news, just above its high: columns ts (the candle's start),
-    y, count, sentiment_score (mean), hover (up to three titles, HTML-escaped: text from data
-    is never markup); None when the store has no news there (or predates news support)."""
+    y, count, sentiment_score (mean), hover (up to three titles, one per line: the chart's
+    plain_figure escapes them and makes the line breaks); None when the store has no news
+    there (or predates news support)."""
     if candles.empty or not hasattr(store, "query_news"):
         return None
     start = int(candles["ts"].iloc[0])
@@ -303,9 +303,9 @@ def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
     for candle, items in news.groupby("candle", sort=True):
         if candle not in highs.index:
             continue
-        titles = [html.escape(str(t)) for t in items["title"].head(3)]
+        titles = [str(t) for t in items["title"].head(3)]
         more = len(items) - len(titles)
         rows.append({"ts": int(candle), "y": float(highs[candle]) + 0.03 * span,
                      "count": len(items), "sentiment_score": float(items["sentiment_score"].mean()),
-                     "hover": "<br>".join(titles) + (f"<br>… and {more} more" if more > 0 else "")})
+                     "hover": "\n".join(titles) + (f"\n… and {more} more" if more > 0 else "")})
     return pd.DataFrame(rows) if rows else None

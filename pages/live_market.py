@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.plain_text import md_plain
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers, per_candle_predictions
@@ -106,7 +107,7 @@ def live_panel() -> None:
         candles = feed.latest(symbol, interval, bucket, n_candles + warm)
         shown = n_candles
     if candles.empty:
-        st.info(f"No {interval} bars stored for {symbol} yet.")
+        st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
         return
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
@@ -116,7 +117,7 @@ def live_panel() -> None:
          f"{fmt_sig(change, 3)} ({fmt_pct_change(change / prev['close'])})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
         ("Bars stored", f"{stored_count(symbol, interval):,}", None,
-         f"{interval} bars of {symbol} in the store (all series: the Pipeline page)."),
+         f"{interval} bars of {md_plain(symbol)} in the store (all series: the Pipeline page)."),
         ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
             "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
@@ -151,7 +152,7 @@ def _show(drawn: dict) -> None:
 def prediction_caption(nxt, bucket: int, step: int, size: str, interval: str) -> str:
     """The latest prediction, named for the candle shown: a 5m chart gets the predicted
     close of a 5m candle (its last 1m bar), not "the next 1-minute close"."""
-    value, model = fmt_sig(nxt["predicted_close"], 6), nxt["model_id"]
+    value, model = fmt_sig(nxt["predicted_close"], 6), md_plain(nxt["model_id"])
     if bucket == step:
         return (f"Next close predicted for {fmt_ts(nxt['target_ts'])}: **{value}** "
                 f"(model {model}).")
