@@ -12,11 +12,9 @@ italic made from it, and the text itself visible. Screenshots: /work/shots/19/.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,8 @@ import pytest
 from pipeline.news import NewsItem
 from pipeline.schema import Bar
 from pipeline.store.sqlite import SqliteStore
-from tests.test_browser_e2e import CHROMIUM, browser, free_port  # noqa: F401 (fixture)
+from tests.test_browser_e2e import (  # noqa: F401 (browser: the fixture)
+    browser, free_port, stop_server, wait_for_port)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = Path(os.environ.get("KAPPALAB_SHOTS", "/work/shots/19"))
@@ -67,24 +66,8 @@ def start_streamlit(data_dir: Path, cwd: Path, *flags: str, **extra_env: str):
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
                              "--server.port", str(port), *flags],
                             cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.2)
+    wait_for_port(port)
     return port, proc, log
-
-
-def stop(proc, log) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    log.close()
 
 
 @pytest.fixture
@@ -93,7 +76,7 @@ def readme_server(tmp_path):
     fill(tmp_path)
     port, proc, log = start_streamlit(tmp_path, ROOT)
     yield port, tmp_path
-    stop(proc, log)
+    stop_server(proc, log)
 
 
 def listening(port: int) -> list[str]:
@@ -207,7 +190,7 @@ def test_server_beyond_loopback_without_password_refuses(tmp_path, browser):
     try:
         assert set(listening(port)) == {"0100007F"}  # the config beside app.py applies
     finally:
-        stop(proc, log)
+        stop_server(proc, log)
     port, proc, log = start_streamlit(tmp_path, elsewhere, "--server.address", "0.0.0.0")
     try:
         assert set(listening(port)) == {"00000000"}
@@ -223,7 +206,7 @@ def test_server_beyond_loopback_without_password_refuses(tmp_path, browser):
         assert not (tmp_path / "kappalab.sqlite").exists()  # nothing opened or started
         page.close()
     finally:
-        stop(proc, log)
+        stop_server(proc, log)
 
 
 def test_classroom_viewer_reads_and_presenter_password_unlocks(tmp_path, browser):
@@ -252,5 +235,5 @@ def test_classroom_viewer_reads_and_presenter_password_unlocks(tmp_path, browser
         page.screenshot(path=str(SHOTS / "classroom_presenter_pipeline.png"))
         page.close()
     finally:
-        stop(proc, log)
+        stop_server(proc, log)
     assert password not in (tmp_path / "streamlit.log").read_text()
