@@ -15,9 +15,10 @@ from models.registry import GLOBAL_SCOPE, champion_refusal, promote
 from models.significance import LEVEL
 
 WINDOW_NOTE = (
-    "Every figure covers each model's last {window:,} scored predictions (its window; "
-    "direction: the moves among them), since the scorer started: live skill = 1 − Σ e² / "
-    "Σ e²(persistence) on the implied close; interval: 95 % moving-block bootstrap; p: "
+    "Every figure covers each model's last {window:,} scored predictions (Window; Direction: "
+    "the share right among the moves in it), since the scorer started; Scored: all its scored "
+    "predictions; Waiting: predictions waiting for their bar. Live skill vs persistence = 1 − "
+    "Σ e² / Σ e²(persistence) on the implied close; interval: 95 % moving-block bootstrap; p: "
     "Diebold–Mariano, Holm-corrected over {m} comparison{s} with persistence, at {level:.0%}. "
     "Shadow models predict the same bars as the champion and never change its predictions."
 )

@@ -179,19 +179,29 @@ def scaled_units(values: pd.Series) -> tuple[pd.Series, str]:
     return values / 10.0 ** exp, f" (×10{str(exp).translate(_SUPERSCRIPT)})"
 
 
-def styled_table(table: pd.DataFrame):
+#: The results in two tables that each fit a 1366-px-wide page: the verdict against
+#: persistence first, then the error figures and timings.
+VERDICT_COLUMNS = ("skill",)
+ERROR_COLUMNS = ("r2", "mse", "rmse", "mae", "mape_pct", "directional_accuracy",
+                 "fit_time_s", "predict_time_s")
+
+
+def styled_table(table: pd.DataFrame, part: str | None = None):
     """Results table for display: metrics (readable headers; tiny errors scaled, the factor
     in the header), numbers with significant figures, the best per quality column
-    highlighted (not timings); then the significance columns."""
-    cols = [c for c in METRIC_COLUMNS if c in table.columns]
+    highlighted (not timings); then the significance columns. ``part``: ``"verdict"`` (kind,
+    skill and the significance columns) or ``"errors"`` (the other metrics); None: all."""
+    wanted = {"verdict": VERDICT_COLUMNS, "errors": ERROR_COLUMNS}.get(part, METRIC_COLUMNS)
+    cols = [c for c in METRIC_COLUMNS if c in table.columns and c in wanted]
     num = table[cols].apply(pd.to_numeric, errors="coerce")
     labels = {}
     for c in cols:
         num[c], unit = scaled_units(num[c])
         labels[c] = METRIC_LABELS[c] + unit
-    shown = display_frame(table[["kind", *cols]].assign(**{c: num[c] for c in cols}))
+    lead = [] if part == "errors" else ["kind"]
+    shown = display_frame(table[[*lead, *cols]].assign(**{c: num[c] for c in cols}))
     shown = shown.rename(columns=labels)
-    if "reading" in table.columns:  # significance vs persistence (models/significance.py)
+    if "reading" in table.columns and part != "errors":  # vs persistence (models/significance.py)
         for name, text in significance_text(table).items():
             shown[name] = text
     best = "background-color: #c8f7c5; color: #0b3d0b; font-weight: bold"

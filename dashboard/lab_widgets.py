@@ -47,9 +47,14 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
                  "to sort.")
     for w in unique(warnings, shown_above):
         st.warning(md_plain(w))
-    st.dataframe(lab_charts.styled_table(table), width="stretch", key="ml_results_table",
-                 column_config={"Skill vs persistence": st.column_config.NumberColumn(
-                     help=HELP["skill"])})
+    # Two tables that each fit the page (one had to scroll sideways on a projector).
+    st.dataframe(lab_charts.styled_table(table, "verdict"), width="stretch",
+                 key="ml_results_table", column_config={
+                     "Skill vs persistence": st.column_config.NumberColumn(help=HELP["skill"])})
+    st.caption("Error figures on the test rows (tiny errors scaled: the factor is in the "
+               "header) and timings")
+    st.dataframe(lab_charts.styled_table(table, "errors"), width="stretch",
+                 key="ml_errors_table")
     for g in unique(guidance):
         st.info(g)
 

@@ -44,6 +44,22 @@ def catch_up_note(n: int) -> str:
             "the latency figures and not in the retrain schedule's bar count.")
 
 
+def data_rules_note(counters: dict | None) -> str | None:
+    """The indexer's data-rule figures in one line (docs/STREAM_ROBUSTNESS.md, "Data
+    rules"); None while there is nothing to say."""
+    c = counters or {}
+    parts = [f"{n:,} {what}" for key, what in (
+        ("corrected", "corrected bar(s) (the last write wins)"),
+        ("late", "late bar(s) filled in"),
+        ("replayed", "bar(s) read again unchanged"),
+        ("unkeyed", "bar(s) without a Kafka key (kept)"))
+        if (n := int(c.get(key) or 0))]
+    if not parts:
+        return None
+    return ("Data rules: " + ", ".join(parts) + ". Misaligned, mis-keyed and far-future bars "
+            "are in the rejects below, with the reason.")
+
+
 def source_problem(source_stats: dict | None, worker_state: str | None = None) -> str | None:
     """A running producer's failed source polls, from the source's own figures (how many,
     the last reason): a source that fails now and then still delivers, and the producer stays

@@ -92,7 +92,7 @@ def live_panel() -> None:
     feed = candle_feed(store, store.describe())
     view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred)
     # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes.
-    marker = (feed.last_ts(symbol, interval),
+    marker = (*feed.marker(symbol, interval),  # its newest ts and revision (corrections)
               latest_prediction_ts(symbol, interval) if show_pred else None)
     drawn = st.session_state.get("lm_drawn")
     if drawn and drawn["view"] == view and drawn["marker"] == marker:
