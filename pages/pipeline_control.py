@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.charts import throughput
+from dashboard.flink_panel import flink_section
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
@@ -231,3 +232,6 @@ def news_panel() -> None:
 
 
 news_panel()
+
+# ---- stream engine -------------------------------------------------------------------------------
+flink_section(runtime, config)

@@ -143,14 +143,15 @@ class FlinkJob:
     """The Flink job of one data directory: start, stop, status, bounded run.
 
     :param data_dir: where ``flink/`` (settings, state, log, checkpoints) lives.
-    :param bootstrap: the Kafka bootstrap servers the job reads and writes.
+    :param bootstrap: the Kafka bootstrap servers the job reads and writes (None: only
+        :meth:`status` and :meth:`stop` work, without the lag).
     :param topics: the topics (defaults: finance-data, finance-news → finance-data.flink...).
     :param lateness_s: the watermark trails the newest bar (and news item) by this: a bar up
         to this much older than the newest updates its window, an older one is dead-lettered
         as late; a news item as late still joins the bars it precedes.
     """
 
-    def __init__(self, data_dir: Path, bootstrap: str, topics: FlinkTopics | None = None,
+    def __init__(self, data_dir: Path, bootstrap: str | None, topics: FlinkTopics | None = None,
                  venv: Path | None = None, lateness_s: int = 3600,
                  client_kwargs: dict | None = None):
         self.home = Path(data_dir) / "flink"
@@ -166,14 +167,23 @@ class FlinkJob:
         self.checkpoints = self.home / "checkpoints"
 
     # ---- start / stop ---------------------------------------------------------------------
-    def start(self) -> int:
-        """Start the streaming job (restoring the newest checkpoint); returns its pid."""
+    def start(self, log_id: str | None = None) -> int:
+        """Start the streaming job, restoring the newest checkpoint when it was taken on the
+        same log (``log_id``, see :func:`log_identity`): an embedded broker keeps topics in
+        memory, so after its restart the old offsets point past the new log's end and the
+        job starts from the new log instead. Returns the job's pid."""
         if self.pid() is not None:
             raise RuntimeError(f"the Flink job is already running (pid {self.pid()})")
+        previous = self._read(self.settings_file).get("log_id")
         settings = self._settings(bounded=False)
+        settings["log_id"] = log_id
         restore = latest_checkpoint(self.checkpoints)
-        if restore is not None:
+        if restore is not None and (log_id is None or previous in (None, log_id)):
             settings["restore_from"] = str(restore)
+        elif restore is not None:
+            settings["restore_skipped"] = (f"checkpoint {restore.name} was taken on another "
+                                           f"log ({previous}); starting from {log_id}")
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
         return self._spawn(settings)
 
     def run_bounded(self, timeout_s: float = 900.0) -> dict[str, Any]:
@@ -238,21 +248,34 @@ class FlinkJob:
             return out
         out["job_id"] = state["job_id"]
         try:
-            job = self._rest(f"/jobs/{state['job_id']}")
+            job = self._rest(f"/jobs/{state['job_id']}", timeout=10)
         except (OSError, ValueError) as exc:
-            out["state"] = "stalled"
-            out["reason"] = f"the job's REST API does not answer ({type(exc).__name__})"
+            out["state"] = "unresponsive"
+            out["reason"] = (f"the job's REST API did not answer ({type(exc).__name__}); the "
+                             f"machine may be busy, or see {self.log_file}")
             return out
-        out["state"] = {"RUNNING": "running", "INITIALIZING": "starting",
-                        "CREATED": "starting"}.get(job.get("state"), job.get("state", "?").lower())
+        flink_state = job.get("state", "?")
+        out["state"] = {"RUNNING": "running", "INITIALIZING": "starting", "CREATED": "starting",
+                        "RESTARTING": "stalled", "FAILING": "stalled"}.get(
+                            flink_state, flink_state.lower())
+        if out["state"] == "stalled":
+            out["reason"] = (f"the job is {flink_state.lower()} after a failure (broker "
+                             f"unreachable?); the end of {self.log_file} says why")
         vertices = job.get("vertices", [])
-        sources = [v for v in vertices if "Source" in v.get("name", "")]
-        out["records_in"] = sum(v.get("metrics", {}).get("write-records", 0) for v in sources)
-        sinks = [v for v in vertices if "Sink" in v.get("name", "") or "Writer" in
-                 v.get("name", "")]
-        out["records_out"] = sum(v.get("metrics", {}).get("read-records", 0) for v in sinks)
-        out["watermark_ms"] = self._watermark(state["job_id"], sinks or vertices)
-        out["lag"] = self.lag()
+
+        def records(part: str, metric: str = "read-records") -> int:
+            return sum(v.get("metrics", {}).get(metric, 0) for v in vertices
+                       if part in v.get("name", ""))
+
+        # A source vertex reports what it read as read-records; a sink counts what it was
+        # given, updates included (an upsert sink writes the update, not the retraction).
+        out["records_in"] = {"bars": records("Source: bars_raw"),
+                             "news": records("Source: news_raw")}
+        out["records_out"] = {"candles": records("candles["),
+                              "sentiment": records("bar_sentiment["),
+                              "dead_letters": records("dead_letters[")}
+        out["watermark_ms"] = self._watermark(state["job_id"], vertices)
+        out["lag"] = self.lag() if self.bootstrap else None
         return out
 
     def _watermark(self, job_id: str, vertices: list[dict]) -> int | None:
@@ -270,20 +293,24 @@ class FlinkJob:
     def lag(self) -> int | None:
         """Records of the bars topic not yet committed by the job's group (offsets are
         committed on each checkpoint, so this is as fresh as the last checkpoint)."""
-        from kafka import KafkaAdminClient
+        from kafka import KafkaConsumer, TopicPartition
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.client_kwargs)
-            try:
-                committed = admin.list_consumer_group_offsets(self.topics.group)
-            finally:
-                admin.close()
             ends = end_offsets(self.bootstrap, self.topics.bars, self.client_kwargs)
+            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.topics.group,
+                                     enable_auto_commit=False, **self.client_kwargs)
+            try:  # an offset fetch: it reads the group's commits without joining the group
+                done = {p: consumer.committed(TopicPartition(self.topics.bars, p)) or 0
+                        for p in ends}
+            finally:
+                consumer.close()
         except Exception:  # a figure for the page: unknown rather than an error
             return None
-        done = {tp.partition: om.offset for tp, om in committed.items()
-                if tp.topic == self.topics.bars}
-        return sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
+        return sum(max(0, end - done[p]) for p, end in ends.items())
+
+    def started_with(self) -> dict[str, Any]:
+        """The settings of the last start or run (``restore_from``, ``restore_skipped``...)."""
+        return self._read(self.settings_file)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -296,6 +323,8 @@ class FlinkJob:
         from pipeline.broker import ensure_topics
 
         missing = missing_parts(self.venv)
+        if not self.bootstrap:
+            raise RuntimeError("the Flink job needs a broker: start one first")
         if missing:
             raise RuntimeError(f"missing: {', '.join(missing)}. {INSTALL_HINT}")
         self.home.mkdir(parents=True, exist_ok=True)
@@ -347,6 +376,14 @@ class FlinkJob:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+
+
+def log_identity(info) -> str:
+    """Which log a checkpoint's offsets refer to: the embedded broker instance (its pid and
+    start time; it keeps topics in memory) or the configured Kafka's bootstrap servers."""
+    if getattr(info, "embedded", False):
+        return f"embedded {info.bootstrap} pid {info.pid} started {info.started_ms}"
+    return f"kafka {info.bootstrap}"
 
 
 def latest_checkpoint(root: Path) -> Path | None:
