@@ -10,6 +10,7 @@ import time
 
 import streamlit as st
 
+from dashboard.access import presenter_button
 from dashboard.widgets import guarded, worker_header
 from pipeline.flink import FLINK_DLQ_TOPIC, FLINK_INTERVALS, FLINK_TOPIC
 from pipeline.flink.launcher import (INSTALL_HINT, FlinkJob, log_identity, missing_parts,
@@ -53,13 +54,13 @@ def _flink_live(runtime, config) -> None:
             st.caption(status.get("reason", ""))
     with c2:
         if state != "stopped":
-            if st.button("Stop Flink job", key="flink_stop"):
+            if presenter_button("Stop Flink job", key="flink_stop"):
                 with st.spinner("Cancelling the job (its last checkpoint is kept)…"):
                     job.stop()
                     runtime.stop_worker("flink_indexer")
                 _status_cached.clear()
                 st.rerun(scope="app")
-        elif st.button("Start Flink job", key="flink_start", type="primary"):
+        elif presenter_button("Start Flink job", key="flink_start", type="primary"):
             with st.spinner("Starting the Flink job…"):
                 def start() -> int:
                     info = runtime.ensure_broker()

@@ -8,7 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import lab_charts
+from dashboard.access import can_change
 from dashboard.formatting import sig_styler
+from dashboard.plain_text import md_plain
 from dashboard.view_models import HELP, fold_rows, fold_view, run_caption, unique
 from models import lab
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
@@ -41,12 +43,18 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
     split = SPLIT_METHODS.get(config.get("split"), str(config.get("split"))).split(" (")[0]
     st.caption(run_caption(summary, split, config.get("target"), run_id,
                            shuffled=config.get("split") == "random")
-               + " Best value per column highlighted; click a header to sort.")
+               + " Best value per quality column highlighted (not the timings); click a header "
+                 "to sort.")
     for w in unique(warnings, shown_above):
-        st.warning(w)
-    st.dataframe(lab_charts.styled_table(table), width="stretch", key="ml_results_table",
-                 column_config={"Skill vs persistence": st.column_config.NumberColumn(
-                     help=HELP["skill"])})
+        st.warning(md_plain(w))
+    # Two tables that each fit the page (one had to scroll sideways on a projector).
+    st.dataframe(lab_charts.styled_table(table, "verdict"), width="stretch",
+                 key="ml_results_table", column_config={
+                     "Skill vs persistence": st.column_config.NumberColumn(help=HELP["skill"])})
+    st.caption("Error figures on the test rows (tiny errors scaled: the factor is in the "
+               "header) and timings")
+    st.dataframe(lab_charts.styled_table(table, "errors"), width="stretch",
+                 key="ml_errors_table")
     for g in unique(guidance):
         st.info(g)
 
@@ -68,6 +76,8 @@ def folds_block(fold_table: pd.DataFrame, colors: dict[str, str], chart: bool = 
 
 
 def save_controls(store, result: lab.LabResult) -> None:
+    if not can_change():  # a presenter who left presenter mode keeps the result, not the saving
+        return
     st.subheader("Save a model version")
     refusal = champion_refusal(result.config.target)
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
@@ -92,9 +102,10 @@ def save_controls(store, result: lab.LabResult) -> None:
             version_id = lab.save_version(store, result, label, champion=champion and not refusal,
                                           scope=scope.strip() or GLOBAL_SCOPE)
         except (lab.LabError, ValueError) as exc:
-            st.error(str(exc))
+            st.error(md_plain(exc))
         else:
-            st.success(f"Saved {label} as {version_id}" + (" (champion)" if champion else "")
+            st.success(f"Saved {md_plain(label)} as {md_plain(version_id)}"
+                       + (" (champion)" if champion else "")
                        + ".")
 
 
@@ -122,15 +133,23 @@ def fresh_result_tabs(result: lab.LabResult, colors: dict[str, str]) -> None:
         closes = {lb: result.predicted_close(lb) for lb in shown} if as_price else None
         st.plotly_chart(lab_charts.predicted_vs_actual(
             result.predictions, shown, colors, sym, closes), key="ml_pred_chart")
+    best = result.best_label(False)
     with tabs["Residuals"]:
-        st.plotly_chart(lab_charts.residual_distribution(result.residuals(), colors),
+        residuals = result.residuals()
+        picked = st.multiselect("Models shown", list(residuals.columns), default=[
+            lb for lb in [best, "Persistence"] if lb in residuals.columns],
+            key="ml_resid_models", help="Two or three at a time stay readable.")
+        st.plotly_chart(lab_charts.residual_distribution(residuals[picked], colors),
                         key="ml_resid_chart")
     with tabs["Feature importance"]:
-        if result.importance.empty:
-            st.caption("No importances were computed.")
-        else:
-            which = st.selectbox("Model", list(result.importance["model"].unique()),
-                                 key="ml_imp_model")
+        baselines = set(result.table.index[result.table["kind"] == "baseline"])
+        ranked = [m for m in result.importance["model"].unique() if m not in baselines] \
+            if not result.importance.empty else []
+        if not ranked:
+            st.caption("No importances were computed (baselines use no features).")
+        else:  # the best model first; baselines use no features, so they are not offered
+            ranked.sort(key=lambda m: m != best)
+            which = st.selectbox("Model", ranked, key="ml_imp_model")
             st.plotly_chart(lab_charts.importance_bars(result.importance, which),
                             key="ml_imp_chart")
     if result.best_params:

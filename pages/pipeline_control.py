@@ -4,13 +4,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from dashboard.access import can_change, presenter_button, presenter_only
 from dashboard.charts import throughput
 from dashboard.flink_panel import flink_section
+from dashboard.plain_text import md_plain
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
-from dashboard.view_models import (HELP, latency_note, source_problem, throughput_ceiling,
-                                   worker_row, worker_status)
+from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
+                                   throughput_ceiling, worker_row, worker_status)
+from dashboard.view_models import data_rules_note
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -34,12 +37,12 @@ st.caption("source → producer → topic `finance-data` → indexer → store �
 b1, b2 = st.columns(2)
 with b1:
     st.subheader("Broker")
+    shown, owner = runtime.visible_broker()
     if config.kafka_bootstrap:
         st.write(f"Configured Kafka at `{config.kafka_bootstrap}` (KAFKA_BOOTSTRAP_SERVERS)")
-    elif runtime.broker_info:
-        owner = "started by this app" if runtime.owns_broker else "reused, started by another process"
-        st.write(f"Embedded Tansu at `{runtime.broker_info.bootstrap}` "
-                 f"(pid {runtime.broker_info.pid}, {owner}; memory only)")
+    elif shown:
+        st.write(f"Embedded Tansu at `{shown.bootstrap}` (pid {shown.pid}, {owner}; memory "
+                 "only)")
     else:
         st.write("Embedded Tansu broker — not started yet (it starts with the first worker).")
 with b2:
@@ -51,7 +54,10 @@ with b2:
 st.subheader("Workers")
 show_notices("pipeline")
 
-with st.expander("Producer source", expanded=not runtime.is_running("producer")):
+producing_elsewhere = runtime.attached_worker("producer") is not None
+start_producer = None
+for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
+        "Producer source", expanded=not (runtime.is_running("producer") or producing_elsewhere))):
     session_keys = st.session_state.setdefault("api_keys", {})
     choices = available_sources(config, session_keys)
     labels = {c.key: c.label + ("" if c.enabled else " — needs a key") for c in choices}
@@ -66,7 +72,8 @@ with st.expander("Producer source", expanded=not runtime.is_running("producer"))
                 runtime.start_indexer()  # imported bars reach the store through the indexer
                 return runtime.start_source(make_csv(), live=make_csv.live)
 
-            if st.button(f"Import {make_csv.summary.split(';')[1].strip()}", type="primary",
+            what = md_plain(make_csv.summary.split(';')[1].strip())  # symbols from the file
+            if st.button(f"Import {what}", type="primary",
                          key="pc_csv_import", disabled=runtime.is_running("producer"),
                          help="Stop the running producer first" if runtime.is_running("producer")
                          else "Sends the bars through the producer and indexer into the store."):
@@ -142,30 +149,49 @@ WORKERS = [
 def worker_panel() -> None:
     """Headers, buttons and figures refresh together, in every tab, every 2 s."""
     local = runtime.local_stats()
+    attached = runtime.attached_stats()
     cols = st.columns(len(WORKERS))
     for col, (name, label, start) in zip(cols, WORKERS):
         with col:
             running = runtime.is_running(name)
+            remote = None if running else runtime.attached_worker(name, attached)
+            if remote is not None:  # runs in another process: say where, offer to ask it to stop
+                remote_worker(label, remote)
+                continue
             worker_header(label, local.get(name), running)
             problem = (source_problem(producer_source_stats(),
                                       worker_status(local.get(name), running)[0])
                        if name == "producer" and running else None)
             if problem:  # some polls failed, yet it is not stalled: say so under the header
                 produced = (local["producer"].get("counters") or {}).get("produced")
-                (st.caption if produced else st.warning)(problem)
+                (st.caption if produced else st.warning)(md_plain(problem))
             if running:
-                if st.button(f"Stop {label.lower()}", key=f"stop_{name}"):
+                if presenter_button(f"Stop {label.lower()}", key=f"stop_{name}"):
                     with st.spinner(f"Stopping the {label.lower()}…"):
                         runtime.stop_worker(name)
                     st.rerun()
             elif start is None:
                 st.caption("Choose a file in Producer source above to import it."
-                           if name == "producer" else "")
-            elif st.button(f"Start {label.lower()}", key=f"start_{name}", type="primary"):
+                           if name == "producer" and can_change() else "")
+            elif presenter_button(f"Start {label.lower()}", key=f"start_{name}",
+                                  type="primary"):
                 with st.spinner(f"Starting the {label.lower()}…"):
                     guarded(start, label.lower(), "pipeline")
                 st.rerun(scope="app")
-    live_figures(local)
+    live_figures(local, attached)
+
+
+def remote_worker(label: str, snap: dict) -> None:
+    """A worker of another process: its state, where it runs, and a Stop that asks it to."""
+    worker_header(label, snap, True)
+    st.caption(f"Runs in process {snap.get('pid')} on {md_plain(snap.get('host') or 'this host')} "
+               f"(`python -m pipeline`), not in this app.")
+    if runtime.stop_requested(snap):
+        st.caption("Stop requested: it stops within a few seconds.")
+    elif presenter_button(f"Stop {label.lower()}", key=f"stop_remote_{snap.get('kind')}",
+                          help="Asks that process to stop (as Ctrl-C in its terminal would)."):
+        runtime.request_stop(snap)
+        st.rerun()
 
 
 def producer_source_stats() -> dict:
@@ -176,8 +202,7 @@ def producer_source_stats() -> dict:
     return source.stats() if source is not None else {}
 
 
-def live_figures(local: dict) -> None:
-    attached = runtime.attached_stats()
+def live_figures(local: dict, attached: list[dict]) -> None:
     rows = [worker_row(name, snap, "thread", runtime.is_running(name))
             for name, snap in local.items()]
     rows += [worker_row(snap.get("kind", "?"), snap, f"process {snap.get('pid')}")
@@ -206,6 +231,10 @@ def live_figures(local: dict) -> None:
         l1.metric("p50", f"{latency.get('p50', 0):.0f} ms", help=latency_note(latency))
         l2.metric("p95", f"{latency.get('p95', 0):.0f} ms")
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
+    if catch_up := ((local.get("scorer") or {}).get("counters") or {}).get("catch_up"):
+        st.caption(catch_up_note(catch_up))
+    if rules := data_rules_note((local.get("indexer") or {}).get("counters")):
+        st.caption(rules)
     for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
         rejects = (local.get(name) or {}).get("recent_rejects") or []
         if rejects:
@@ -217,7 +246,8 @@ worker_panel()
 
 # ---- news ----------------------------------------------------------------------------------------
 st.subheader("News")
-with st.expander("News sources", expanded=st.session_state.get(NEWS_PANEL_OPEN, False)):
+for _ in presenter_only("starting news feeds and imports", lambda: st.expander(
+        "News sources", expanded=st.session_state.get(NEWS_PANEL_OPEN, False))):
     av_tab, csv_tab = st.tabs(["Alpha Vantage news", "Headline CSV"])
     with av_tab:
         alphavantage_news_panel(runtime, config, st.session_state.setdefault("api_keys", {}))

@@ -4,14 +4,18 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from dashboard.access import presenter_only
+from dashboard.arena_widgets import arena_section
 from dashboard.formatting import fmt_num, fmt_ts
+from dashboard.plain_text import md_plain
 from dashboard.prediction_charts import (
     events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
     rolling_errors, versions_table,
 )
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.view_models import HELP, latency_note, live_kpis, scorer_snapshot
+from dashboard.view_models import (HELP, catch_up_note, latency_note, live_kpis,
+                                   scorer_snapshot)
 from dashboard.widgets import push_notice, show_notices, wait_for_data
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.live_news import extra_features_note
@@ -34,18 +38,24 @@ def _scorer() -> dict | None:
         return None
 
 
-snap = _scorer()
-if snap:
+@st.fragment(run_every=2.0)
+def scorer_panel() -> None:
+    """The scorer's top figures, refreshed every 2 s like the charts below."""
+    snap = _scorer()
+    if not snap:
+        st.caption("No live scorer is running in this app or attached by heartbeat; start it "
+                   "on the Pipeline page or with `python -m pipeline score`.")
+        return
     g, c = snap.get("gauges", {}), snap.get("counters", {})
     state = snap.get("state")
-    st.markdown(f"**Scorer** ({state}): {g.get('status', '—')}")
+    st.markdown(f"**Scorer** ({state}): {md_plain(g.get('status', '—'))}")
     problem = snap.get("last_error") or ""
     if "not usable" in problem:
         keeps = ("It keeps predicting with the version named above." if g.get("champions")
                  else "It has no model to predict with until a usable version is promoted.")
-        st.warning(f"The scorer rejected a champion: {problem}. {keeps}")
+        st.warning(f"The scorer rejected a champion: {md_plain(problem)}. {keeps}")
     elif state in ("failed", "stalled"):
-        st.warning(f"The scorer {state}: {problem or 'no reason recorded'}")
+        st.warning(f"The scorer {state}: {md_plain(problem or 'no reason recorded')}")
     if note := extra_features_note(g.get("extra_features")):
         st.caption(note)
     lat = g.get("latency_ms") or {}
@@ -57,12 +67,16 @@ if snap:
     k[3].metric("Latency p99", f"{lat['p99']:.0f} ms" if lat else "—")
     # Two counts, not "n (of which promoted)": the first default model is a promotion
     # without a retrain, so "0 (1)" read as a contradiction.
-    k[4].metric("Retrains · promotions", f"{c.get('retrains', 0)} · {c.get('promotions', 0)}",
+    auto, hand = c.get("promotions", 0), c.get("hand_promotions", 0)
+    k[4].metric("Retrains · promotions", f"{c.get('retrains', 0)} · {auto + hand}",
                 help="Retrains: scheduled or drift retrainings by this scorer since it started. "
-                     "Promotions: versions it made champion, its first default model included.")
-else:
-    st.caption("No live scorer is running in this app or attached by heartbeat; start it on "
-               "the Pipeline page or with `python -m pipeline score`.")
+                     f"Promotions: {auto} by the scorer (its first default model included) "
+                     f"and {hand} by hand (Predictions page, Model lab, CLI) while it ran.")
+    if catch_up := c.get("catch_up"):
+        st.caption(catch_up_note(catch_up))
+
+
+scorer_panel()
 
 versions = store.list_model_versions()
 n_predictions = store.count_predictions()
@@ -90,8 +104,8 @@ auto = st.toggle("Refresh every 2 s", value=True, key="pr_auto")
 def live_panel() -> None:
     preds = store.query_predictions(symbol=symbol, interval=interval, limit=n_points)
     if preds.empty:
-        st.info(f"No predictions stored for {symbol} {interval} yet. They appear once the scorer "
-                "has a champion and this series' bars flow.")
+        st.info(f"No predictions stored for {md_plain(symbol)} {interval} yet. They appear "
+                "once the scorer has a champion and this series' bars flow.")
         return
     scored = score_frame(preds)
     done = scored[np.isfinite(scored["abs_error"])]
@@ -108,17 +122,19 @@ def live_panel() -> None:
                     width="stretch", key="pr_chart")
     nxt = scored.iloc[-1]
     st.caption(f"Latest: close predicted for {fmt_ts(nxt['ts'])} = "
-               f"**{fmt_num(nxt['predicted_close'], 4)}** by `{nxt['model_id']}` "
+               f"**{fmt_num(nxt['predicted_close'], 4)}** by {md_plain(nxt['model_id'])} "
                f"(from the close {fmt_num(nxt['base_close'], 4)} of {fmt_ts(nxt['base_ts'])}).")
     if len(done):
         st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
                         width="stretch", key="pr_roll")
-        st.caption("Live error per model version on this series")
+        st.caption(f"Live error per model version on {md_plain(symbol)} {interval}, over the "
+                   f"{len(scored):,} predictions shown")
         st.dataframe(plain(live_errors_table(live_summary(scored))), hide_index=True,
                      width="stretch")
 
 
 live_panel()
+arena_section(store, _scorer, auto)  # shadow models: dashboard/arena_widgets.py
 
 # ---- model versions --------------------------------------------------------------------------
 st.subheader("Model versions")
@@ -126,13 +142,17 @@ if not versions:
     st.info("No model version saved yet.")
 else:
     live = live_summary(score_frame(store.query_predictions(interval=interval, limit=20_000)))
-    table = versions_table(versions, live)
+    # Named for their scope: all symbols here, one symbol in the live table above.
+    table = versions_table(versions, live).rename(columns={
+        "live scored": "live scored (all symbols)", "live MAPE %": "live MAPE % (all symbols)",
+        "live dir. acc.": "live dir. acc. (all symbols)"})
     st.dataframe(highlight_champion(table), hide_index=True, width="stretch")
     st.caption("Highlighted: champion(s). Holdout figures were measured when the version was "
                "trained; live figures come from its stored, scored predictions "
                f"(latest 20,000 {interval} predictions, all symbols).")
 
-    with st.form("pr_manage"):
+    do_promote = do_rollback = False
+    for _ in presenter_only("promoting and rolling back", lambda: st.form("pr_manage")):
         st.markdown("**Promote or roll back by hand**")
         f1, f2 = st.columns([2, 1])
         labels = {v["version_id"]: f"{v['version_id']} · {v.get('name')} · {v.get('status')}"

@@ -12,6 +12,7 @@
     python -m pipeline news-index             # consume finance-news into the store
     python -m pipeline fundamentals --symbols IBM   # OVERVIEW snapshots to finance-fundamentals
     python -m pipeline fundamentals-index     # consume finance-fundamentals into the store
+    python -m pipeline serve                  # the dashboard: 127.0.0.1, or KAPPALAB_NETWORK=1
 
 The dashboard pointed at the same configuration (env / .streamlit/secrets.toml / data dir)
 shows the data and the heartbeats of these processes.
@@ -34,6 +35,7 @@ from pipeline.cli_support import (
 from pipeline.config import Config, load_config
 from pipeline.fundamentals import FUNDAMENTALS_TOPIC
 from pipeline.news import NEWS_TOPIC
+from pipeline.serve import add_serve_parser
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show broker, store and running workers")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+    add_serve_parser(sub)
 
     from pipeline.flink.cli import add_flink_parser
 
@@ -200,14 +203,25 @@ def cmd_broker(args, config: Config) -> int:
     if config.kafka_bootstrap:
         raise CliError("KAFKA_BOOTSTRAP_SERVERS is set: this configuration uses that Kafka, "
                        "not the embedded broker; unset it to run one.")
+    recorded = EmbeddedBroker.read_state(config.broker_state_file)
+    if recorded and pid_alive(recorded.pid):
+        raise CliError(f"A broker for {config.data_dir} already runs at {recorded.bootstrap} "
+                       f"(pid {recorded.pid}); the other commands use it, so stop it first "
+                       "(Ctrl-C in its terminal) if you want a new one.")
     stop = wait_for_signal()
     broker = EmbeddedBroker(config.broker_state_file, port=args.port)
     info = broker.start(reuse=False)
     print(f"embedded broker ready at {info.bootstrap} (pid {info.pid}); "
           f"recorded in {config.broker_state_file}; Ctrl-C to stop", flush=True)
+    started = time.monotonic()
     try:
         while not stop.wait(1.0):
             if broker.process and broker.process.poll() is not None:
+                if time.monotonic() - started < 30:  # a crash loop, not a one-off: give up
+                    raise CliError(f"the broker exited with code {broker.process.returncode} "
+                                   f"within 30 s of starting; see "
+                                   f"{config.broker_state_file.with_suffix('.log')}", status=1)
+                started = time.monotonic()
                 # Same port, so the workers reconnect by themselves; topics start empty.
                 print(f"the broker exited with code {broker.process.returncode}; starting it "
                       f"again on {info.bootstrap} (topics start empty: producers resume from "

@@ -39,16 +39,20 @@ import numpy as np
 import pandas as pd
 
 from models.adaptation import RetrainPolicy, default_features
+from models.arena import Arena
 from models.champions import ChampionBook
 from models.live_fundamentals import LiveFundamentals
 from models.live_news import ExtraFeatures, LiveSentiment
-from models.live_series import SeriesKey, SeriesStates, SeriesWork
+from models.live_series import (
+    SeriesKey, SeriesStates, SeriesWork, rederive_pending, resettle_stored,
+)
 from models.progressive import LiveScoreboard, PlainPrediction
-from models.registry import LoadedModel
+from models.registry import LoadedModel, promoted_by_hand
 from models.retrain_schedule import RetrainScheduler
+from pipeline.bar_rules import SeriesClock, stored_last
 from pipeline.schema import (
     BARS_TOPIC, PREDICTION_FIELDS, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms,
-    parse_bar, prediction_values,
+    key_problem, parse_bar, prediction_values,
 )
 from pipeline.fundamentals import FUNDAMENTALS_TOPIC
 from pipeline.news import NEWS_TOPIC
@@ -105,9 +109,13 @@ class Scorer(Worker):
     # the 50-symbol p99 from 37 to 158 ms.
     FETCH_WAIT_MS = 10
     LIVE_ERROR_EVERY_S = 5.0  # the live_error gauge (its rolling windows change slowly)
-    counter_names = ("consumed", "predictions", "scored", "invalid", "replayed",
+    #: A (re)started scorer is catching up until it handles a bar produced at most this long
+    #: ago; what it predicts before is "catch-up": counted apart (``catch_up``), left out of
+    #: the latency figures and of the retrain schedule's bar count.
+    CAUGHT_UP_MS = 3000
+    counter_names = ("consumed", "predictions", "catch_up", "scored", "invalid", "replayed",
                      "already_predicted", "before_training_end", "no_model", "warming_up",
-                     "retrains", "promotions", "store_retries", "commit_failures",
+                     "retrains", "promotions", "hand_promotions", "store_retries", "commit_failures",
                      "publish_errors")
     rate_counter = "consumed"
 
@@ -138,12 +146,18 @@ class Scorer(Worker):
                                           worker_id=self.worker_id, isolation=retrain_in)
         self.series = SeriesStates(store, default_features(), store_catchup_s,
                                    settle=self._settle_stored, on_error=self.error)
+        self.clock = SeriesClock(stored_last(store))  # the time rule (pipeline/bar_rules.py)
         self.extras = ExtraFeatures(
             ([LiveSentiment(store, news_topic)] if news_topic else [])
             + ([LiveFundamentals(store, fundamentals_topic)] if fundamentals_topic else []))
         self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
+        self.arena = Arena(store, error_window, model_refresh_s)  # shadow models: models/arena.py
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._live_since: dict[str, int] = {}  # version_id -> when this scorer loaded it
+        self._models_loaded_once = False  # champions loaded later are promotions seen live
+        self._caught_up = False  # reached the live end of the topic since this run started
+        self._stale_before: int | None = None  # while catching up: older bars are catch-up
+        self._catchup: set[str] = set()  # doc ids of the outbox's catch-up predictions
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
         self._new: list[Prediction] = []  # the outbox's new predictions (not settlements)
@@ -232,6 +246,8 @@ class Scorer(Worker):
     def _housekeeping(self) -> None:
         self._collect_outcomes()
         self._refresh_models()
+        if self.arena.refresh():
+            self._resize_features()
         status = self.scheduler.maybe_start(self.champions.models, self.champions.has_global,
                                             self._main_interval, self._last_bar_ts)
         if status:
@@ -286,6 +302,7 @@ class Scorer(Worker):
     # ---- one poll --------------------------------------------------------------------------
     def _handle(self, batch: dict) -> None:
         by_series: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}
+        parsed: list[tuple[Bar, int | None]] = []
         n = 0
         extra = [tp for tp in batch if tp.topic != self.topic]
         for tp in extra:  # the poll's news before its bars (models/live_news.py: ordering)
@@ -299,12 +316,28 @@ class Scorer(Worker):
                     bar = parse_bar(msg.value) if msg.value is not None else None
                 except InvalidBar:
                     bar = None
-                if bar is None:  # the indexer sends it to the DLQ; here it is just skipped
+                if bar is None or key_problem(msg.key, bar):  # the indexer dead-letters it
                     self.count("invalid")
                     continue
                 produced = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
+                parsed.append((bar, produced))
+        screen = self.clock.screen([bar for bar, _ in parsed])  # pipeline/bar_rules.py
+        self.clock.commit(screen)
+        self.count("suspect", len(screen.suspects))
+        for i, (bar, produced) in enumerate(parsed):
+            if i not in screen.suspects:
                 by_series.setdefault((bar.symbol, bar.interval), []).append((bar, produced))
         self.count("consumed", n)
+        if not self._caught_up:
+            # Each bar of this poll is judged by its age; the first fresh one ends catch-up.
+            self._stale_before = now_ms() - self.CAUGHT_UP_MS
+            newest = max((p for items in by_series.values() for _, p in items if p),
+                         default=None)
+            if newest is not None and newest >= self._stale_before:
+                self._caught_up = True
+                self.gauge("caught_up_ms", now_ms())
+        else:
+            self._stale_before = None
         self._process(by_series)
 
     def _process(self, by_series: dict[SeriesKey, list[tuple[Bar, int | None]]]) -> None:
@@ -340,33 +373,51 @@ class Scorer(Worker):
                 by_model.setdefault(w.model.version_id, []).append((w, i))
         for group in by_model.values():
             self._predict(group)
+        if self.arena.active:  # enrolled models, scored in shadow on the same bars
+            self.arena.observe(work, feature_rows, self.series.features)
         for w in work:
             self._settle_and_book(w, tally)
+            if w.revisions:
+                self._revise(w, tally)
         for name, n in tally.items():
             self.count(name, n)
 
     def _fresh_bars(self, key: SeriesKey,
                     items: list[tuple[Bar, int | None]]) -> "SeriesWork | None":
-        """The series' bars not seen before (a replay or an out-of-order bar is skipped)."""
+        """The series' bars not seen before; a bar at or before the last one seen (a replay,
+        a correction, a late bar) waits in ``revisions`` for :meth:`_revise`."""
         state = self.series.get(key, first_ts=items[0][0].ts)
         w = SeriesWork(state, self.champions.model_for(*key), key)
-        last, replayed = state.last_ts, 0
+        last = state.last_ts
         extras = self.extras.active
         for bar, produced in items:
             if last is not None and bar.ts <= last:
-                replayed += 1  # already seen (a replay) or out of order
+                w.revisions.append(bar)  # after this poll's new bars: last write wins
                 continue
             w.fresh.append((bar, produced))
             if extras:  # the bar's news features (models/live_news.py), in bar order
                 w.extras.append(self.extras.update(bar))
             last = bar.ts
-        if replayed:
-            self.count("replayed", replayed)
         if not w.fresh:
-            return None
+            return w if w.revisions else None
         self._intervals[key[1]] += len(w.fresh)
         self._last_bar_ts = max(self._last_bar_ts or 0, w.fresh[-1][0].ts)
         return w
+
+    def _revise(self, w: "SeriesWork", tally: Counter) -> None:
+        """Last write wins (docs/STREAM_ROBUSTNESS.md): rebuild the series' features with the
+        corrected and late bars, predict its waiting predictions again, re-score the stored
+        ones whose bar changed (:meth:`models.live_series.SeriesStates.revise`)."""
+        rev = self.series.revise(w.state, w.revisions)
+        tally.update({k: n for k, n in rev.counts.items() if n})
+        if w.model is not None and not self.extras.active:
+            cols = self.series.features.columns(w.model.features)
+            for p in rederive_pending(w.state, rev, w.model, lambda row: row[cols]):
+                self._queue(p)
+                tally["rederived"] += 1
+        for p in resettle_stored(self.store, rev, self._outbox.values()):
+            self._queue(p)
+            tally["rescored"] += 1
 
     def _rows_to_predict(self, w: "SeriesWork", rows: np.ndarray, tally: Counter) -> None:
         """Which of the series' new bars get a prediction, and their model's feature rows
@@ -407,7 +458,8 @@ class Scorer(Worker):
         """Progressive validation, in bar order: score what each bar settles, then predict."""
         model, book = w.model, w.state.book
         settle, queue_ = self.scoreboard.settle, self._queue
-        n_new = 0
+        n_new = n_catchup = 0
+        stale_before = self._stale_before
         for i, (bar, produced) in enumerate(w.fresh):
             if book.pending:
                 for p in book.due(bar):
@@ -426,8 +478,13 @@ class Scorer(Worker):
             book.add(p, h)
             queue_(p, new=True)
             n_new += 1
-        if n_new:
-            self.scheduler.predicted(model.version_id, n_new)
+            if stale_before is not None and (produced or 0) < stale_before:
+                self._catchup.add(p.doc_id)  # a backlog bar: not live
+                n_catchup += 1
+        if n_new > n_catchup:  # a backlog burst is not "new bars since the decision"
+            self.scheduler.predicted(model.version_id, n_new - n_catchup)
+        if n_catchup:
+            self.count("catch_up", n_catchup)
 
     def _queue(self, p: Prediction, new: bool = False) -> None:
         self._outbox[p.doc_id] = p
@@ -452,9 +509,12 @@ class Scorer(Worker):
         # The gauge describes live scoring: bars produced before their model was ready (the
         # warm-up history, bars held while the first model trained) are in the store with
         # their latency, but left out of these percentiles.
-        live_since = self._live_since
+        # Catch-up predictions (a backlog after a restart) are counted apart, not here.
+        live_since, catchup = self._live_since, self._catchup
         self._latency.extend(acked - p.produced_ms for p in self._new
-                             if p.produced_ms and p.produced_ms >= live_since.get(p.model_id, 0))
+                             if p.produced_ms and p.produced_ms >= live_since.get(p.model_id, 0)
+                             and p.doc_id not in catchup)
+        catchup.clear()
         self.count("predictions", n_new)
         self.gauge("last_batch", {"written": len(preds), "new": n_new,
                                   "scored": len(preds) - n_new, "store_ms": acked - t0})
@@ -477,10 +537,13 @@ class Scorer(Worker):
         for message in changes.errors:
             self.error(message)
         for model in changes.loaded:
+            if self._models_loaded_once and promoted_by_hand(model.meta):
+                self.count("hand_promotions")  # promoted by a person while this scorer ran
             self._live_since.setdefault(model.version_id, now_ms())
             self.scoreboard.watch(model.version_id,
                                   (model.meta.get("metrics") or {}).get("mape_pct"))
             self.scheduler.new_champion(model.version_id)
+        self._models_loaded_once = True
         if changes:
             self._resize_features()
             self._set_status()
@@ -491,6 +554,7 @@ class Scorer(Worker):
         names = list(default_features())
         for m in self.champions.models.values():
             names += [f for f in m.features if f not in names]
+        names += [f for f in self.arena.features() if f not in names]
         self.series.use_features(self.extras.split(names))
         self.extras.use(names)
 
@@ -543,6 +607,7 @@ class Scorer(Worker):
             # Every symbol's rolling errors: ~1 ms each, so not every second at 500 symbols.
             self._last_error_gauge = now
             self.gauge("live_error", self.scoreboard.gauges())
+            self.gauge("arena", self.arena.leaderboard())
         self.gauge("champions", {scope: {"version_id": m.version_id, "name": m.meta.get("name"),
                                          "target": m.target, "model_key": m.meta.get("model_key")}
                                  for scope, m in self.champions.models.items()})
