@@ -91,18 +91,20 @@ def test_the_flink_indexer_skips_tombstones_and_stores_candles(broker, sqlite_st
     bar = Bar("ACME", "5m", 1_735_725_600_000, 10.0, 12.0, 9.0, 11.0, 500.0, "flink")
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
     producer.send(topic, key=bar.doc_id.encode(), value=None)  # a retraction's tombstone
-    producer.send(topic, key=bar.doc_id.encode(), value=bar.to_json())
+    producer.send(topic, key=bar.doc_id.encode(), value=bar.to_json())  # keyed by its id
+    producer.send(topic, key=b"GLOBX|5m|1735725600000", value=bar.to_json())  # someone else's
     producer.flush()
     producer.close()
     worker = FlinkIndexer(sqlite_store, broker.bootstrap, topic=topic, dlq_topic=dlq,
                           group_id=f"g-{tag}")
     wt = WorkerThread(worker).start()
     deadline = time.monotonic() + 30
-    while worker.stats()["counters"]["consumed"] < 2 and time.monotonic() < deadline:
+    while worker.stats()["counters"]["consumed"] < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert wt.stop()
     counters = worker.stats()["counters"]
-    assert counters["consumed"] == 2 and counters["stored"] == 1 and counters["rejected"] == 0
+    assert counters["consumed"] == 3 and counters["stored"] == 1 and counters["rejected"] == 1
+    assert worker.recent_rejects[0]["reason"].startswith("KeyMismatch")
     stored = sqlite_store.query_bars("ACME", "5m")
     assert stored["close"].tolist() == [11.0] and stored["source"].tolist() == ["flink"]
 
