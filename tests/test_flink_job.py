@@ -10,7 +10,6 @@ installs both, so CI runs them.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 

@@ -4,7 +4,6 @@ Pipeline page section. The job itself runs in tests/test_flink_job.py (slow)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
