@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import ts_to_datetime
+from dashboard.plain_text import plain_figure
 from dashboard.theme import DOWN, UP, current_theme, palette, readable
 from models.features import compute_features, max_lookback
 
@@ -81,7 +82,7 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
     layout["title"]["text"] = title
     if x_range is not None:
         layout["xaxis"]["range"] = layout["xaxis2"]["range"] = list(_times(pd.Series(x_range)))
-    return go.Figure(dict(data=data, layout=layout), _validate=False)
+    return plain_figure(go.Figure(dict(data=data, layout=layout), _validate=False))
 
 
 @lru_cache(maxsize=4)
@@ -122,7 +123,7 @@ def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None =
         fig.add_annotation(text="axis cut: the warm-up burst goes higher", xref="paper",
                            yref="paper", x=0, y=1, showarrow=False, xanchor="left",
                            yanchor="top", font=dict(size=12, color=palette().muted))
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def ma_feature_names(ma_windows, ma_kind: str) -> list[str]:

@@ -8,8 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import lab_charts
+from dashboard.access import can_change
 from dashboard.formatting import sig_styler
-from dashboard.view_models import HELP, fold_rows, fold_view, run_caption, unique
+from dashboard.plain_text import md_plain
+from dashboard.view_models import (HELP, fold_readings, fold_rows, fold_view, run_caption,
+                                   unique)
 from models import lab
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
 from models.registry import GLOBAL_SCOPE, champion_refusal
@@ -44,10 +47,15 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
                + " Best value per quality column highlighted (not the timings); click a header "
                  "to sort.")
     for w in unique(warnings, shown_above):
-        st.warning(w)
-    st.dataframe(lab_charts.styled_table(table), width="stretch", key="ml_results_table",
-                 column_config={"Skill vs persistence": st.column_config.NumberColumn(
-                     help=HELP["skill"])})
+        st.warning(md_plain(w))
+    # Two tables that each fit the page (one had to scroll sideways on a projector).
+    st.dataframe(lab_charts.styled_table(table, "verdict"), width="stretch",
+                 key="ml_results_table", column_config={
+                     "Skill vs persistence": st.column_config.NumberColumn(help=HELP["skill"])})
+    st.caption("Error figures on the test rows (tiny errors scaled: the factor is in the "
+               "header) and timings")
+    st.dataframe(lab_charts.styled_table(table, "errors"), width="stretch",
+                 key="ml_errors_table")
     for g in unique(guidance):
         st.info(g)
 
@@ -61,6 +69,10 @@ def folds_block(fold_table: pd.DataFrame, colors: dict[str, str], chart: bool = 
     st.markdown("**Skill vs persistence per fold** — an edge that is real shows up in most "
                 "folds, not only on average.")
     st.dataframe(sig_styler(folds), width="stretch", key="ml_fold_table")
+    readings = fold_readings(fold_table)
+    if not readings.empty:
+        st.markdown("**Against persistence, per fold** (Diebold–Mariano, Holm within the fold)")
+        st.dataframe(readings, width="stretch", key="ml_fold_readings")
     rows = fold_rows(fold_table)
     st.caption("Test rows per fold: " + ", ".join(f"fold {int(f) + 1}: {int(n):,}"
                                                   for f, n in rows.items()) + ".")
@@ -69,6 +81,8 @@ def folds_block(fold_table: pd.DataFrame, colors: dict[str, str], chart: bool = 
 
 
 def save_controls(store, result: lab.LabResult) -> None:
+    if not can_change():  # a presenter who left presenter mode keeps the result, not the saving
+        return
     st.subheader("Save a model version")
     refusal = champion_refusal(result.config.target)
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
@@ -93,9 +107,10 @@ def save_controls(store, result: lab.LabResult) -> None:
             version_id = lab.save_version(store, result, label, champion=champion and not refusal,
                                           scope=scope.strip() or GLOBAL_SCOPE)
         except (lab.LabError, ValueError) as exc:
-            st.error(str(exc))
+            st.error(md_plain(exc))
         else:
-            st.success(f"Saved {label} as {version_id}" + (" (champion)" if champion else "")
+            st.success(f"Saved {md_plain(label)} as {md_plain(version_id)}"
+                       + (" (champion)" if champion else "")
                        + ".")
 
 

@@ -12,6 +12,7 @@ from models.registry import GLOBAL_SCOPE, champion_refusal, promote, save_model_
 from models.targets import effective_horizon
 
 from models.lab_types import LabError, LabResult
+from pipeline.csv_export import csv_bytes
 
 # ---------------------------------------------------------------------------------------------
 # Runs kept in the store, and model versions
@@ -59,9 +60,13 @@ def list_runs(store, limit: int = 200) -> pd.DataFrame:
             "best_skill": (float(table.loc[best, "skill"])
                            if best in table.index and pd.notna(table.loc[best, "skill"])
                            else np.nan),
+            # the wording rule (models/significance.py); None for runs recorded before it
+            "best_reading": (table.loc[best, "reading"] if best in table.index
+                             and "reading" in table.columns
+                             and isinstance(table.loc[best, "reading"], str) else None),
         })
     cols = ["run_id", "created", "symbols", "interval", "target", "horizon", "split", "n_test",
-            "models", "best_model", "best_skill"]
+            "models", "best_model", "best_skill", "best_reading"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -90,7 +95,7 @@ def delete_run(store, run_id: str) -> bool:
 
 
 def table_to_csv(table: pd.DataFrame) -> bytes:
-    return table.to_csv(index=table.index.name is not None).encode("utf-8")
+    return csv_bytes(table, index=table.index.name is not None)
 
 
 def save_version(store, result: LabResult, label: str | None = None, champion: bool = False,

@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.plain_text import md_plain
 from dashboard.shared_views import LIVE_REFRESH_S, shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
@@ -96,7 +97,7 @@ def live_panel() -> None:
     view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred,
             show_news)
     # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes.
-    marker = (feed.last_ts(symbol, interval),
+    marker = (*feed.marker(symbol, interval),  # its newest ts and revision (corrections)
               latest_prediction_ts(symbol, interval) if show_pred else None)
     built = []
     # The figure's colours follow the browser's theme: one build per theme.
@@ -105,7 +106,7 @@ def live_panel() -> None:
     if built:
         st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
     if drawn is None:
-        st.info(f"No {interval} bars stored for {symbol} yet.")
+        st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
         return
     st.session_state["lm_drawn"] = drawn
     _show(drawn)
@@ -131,7 +132,7 @@ def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
          f"{fmt_sig(change, 3)} ({fmt_pct_change(change / prev['close'])})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
         ("Bars stored", f"{stored_count(symbol, interval):,}", None,
-         f"{interval} bars of {symbol} in the store (all series: the Pipeline page)."),
+         f"{interval} bars of {md_plain(symbol)} in the store (all series: the Pipeline page)."),
         ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
             "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
@@ -163,7 +164,7 @@ def _show(drawn: dict) -> None:
 def prediction_caption(nxt, bucket: int, step: int, size: str, interval: str) -> str:
     """The latest prediction, named for the candle shown: a 5m chart gets the predicted
     close of a 5m candle (its last 1m bar), not "the next 1-minute close"."""
-    value, model = fmt_sig(nxt["predicted_close"], 6), nxt["model_id"]
+    value, model = fmt_sig(nxt["predicted_close"], 6), md_plain(nxt["model_id"])
     if bucket == step:
         return (f"Next close predicted for {fmt_ts(nxt['target_ts'])}: **{value}** "
                 f"(model {model}).")

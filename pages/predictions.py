@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from dashboard.access import presenter_only
 from dashboard.arena_widgets import arena_section
 from dashboard.formatting import fmt_num, fmt_ts
+from dashboard.plain_text import md_plain
 from dashboard.prediction_charts import (
     events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
     rolling_errors, versions_table,
@@ -48,14 +50,14 @@ def scorer_panel() -> None:
         return
     g, c = snap.get("gauges", {}), snap.get("counters", {})
     state = snap.get("state")
-    st.markdown(f"**Scorer** ({state}): {g.get('status', '—')}")
+    st.markdown(f"**Scorer** ({state}): {md_plain(g.get('status', '—'))}")
     problem = snap.get("last_error") or ""
     if "not usable" in problem:
         keeps = ("It keeps predicting with the version named above." if g.get("champions")
                  else "It has no model to predict with until a usable version is promoted.")
-        st.warning(f"The scorer rejected a champion: {problem}. {keeps}")
+        st.warning(f"The scorer rejected a champion: {md_plain(problem)}. {keeps}")
     elif state in ("failed", "stalled"):
-        st.warning(f"The scorer {state}: {problem or 'no reason recorded'}")
+        st.warning(f"The scorer {state}: {md_plain(problem or 'no reason recorded')}")
     if note := extra_features_note(g.get("extra_features")):
         st.caption(note)
     lat = g.get("latency_ms") or {}
@@ -114,8 +116,8 @@ def live_panel() -> None:
     view = ("predictions", store.describe(), current_theme(), symbol, interval, n_points, window)
     built = shared_views().get(view, version, build_panel)
     if built is None:
-        st.info(f"No predictions stored for {symbol} {interval} yet. They appear once the scorer "
-                "has a champion and this series' bars flow.")
+        st.info(f"No predictions stored for {md_plain(symbol)} {interval} yet. They appear "
+                "once the scorer has a champion and this series' bars flow.")
         return
     for col, kpi in zip(st.columns(5), built["kpis"]):
         col.metric(kpi.label, kpi.value, help=kpi.help)
@@ -147,15 +149,15 @@ def build_panel() -> dict | None:
         "chart": predicted_vs_actual(scored, bars, events,
                                      title=f"{symbol} · predicted vs actual close"),
         "latest_note": f"Latest: close predicted for {fmt_ts(nxt['ts'])} = "
-                       f"**{fmt_num(nxt['predicted_close'], 4)}** by `{nxt['model_id']}` "
+                       f"**{fmt_num(nxt['predicted_close'], 4)}** by {md_plain(nxt['model_id'])} "
                        f"(from the close {fmt_num(nxt['base_close'], 4)} of "
                        f"{fmt_ts(nxt['base_ts'])}).",
         "rolling": None, "table": None,
     }
     if len(done):
         built["rolling"] = rolling_errors(rolling_live_errors(scored, window), events, window)
-        built["rolling_note"] = (f"Live error per model version on {symbol} {interval}, over "
-                                 f"the {len(scored):,} predictions shown")
+        built["rolling_note"] = (f"Live error per model version on {md_plain(symbol)} "
+                                 f"{interval}, over the {len(scored):,} predictions shown")
         built["table"] = live_errors_table(live_summary(scored))
     return built
 
@@ -178,7 +180,8 @@ else:
                "trained; live figures come from its stored, scored predictions "
                f"(latest 20,000 {interval} predictions, all symbols).")
 
-    with st.form("pr_manage"):
+    do_promote = do_rollback = False
+    for _ in presenter_only("promoting and rolling back", lambda: st.form("pr_manage")):
         st.markdown("**Promote or roll back by hand**")
         f1, f2 = st.columns([2, 1])
         labels = {v["version_id"]: f"{v['version_id']} · {v.get('name')} · {v.get('status')}"

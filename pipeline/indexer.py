@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from pipeline.backoff import Backoff
+from pipeline.bar_rules import BarRules
 from pipeline.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
 from pipeline.store.outage import is_store_outage
@@ -95,6 +96,9 @@ class Indexer(Worker):
     #: stream changes (pipeline/news_stream.py). ``parse_message`` raises InvalidBar (or a
     #: subclass, whose class name starts the DLQ reason) for a message at fault.
     parse_message = staticmethod(parse_bar)
+    #: A record with no value is skipped instead of dead-lettered (an upsert stream's
+    #: tombstone, pipeline/flink/stream.py).
+    skip_tombstones = False
     counter_names = ("consumed", "stored", "rejected", "store_retries", "commit_failures")
     rate_counter = "consumed"
 
@@ -124,6 +128,8 @@ class Indexer(Worker):
         self._last_orphan_check = 0.0
         #: bounded reads: records read before the producer saw their ack, per partition
         self._waiting: dict[Any, list] = {}
+        #: key, time and correction rules of bars (pipeline/bar_rules.py); not for other streams
+        self.rules = BarRules(store) if self.parse_message is parse_bar else None
 
     def describe(self) -> str:
         how = f"group {self.group_id}" if self.group_id else "assigned ranges"
@@ -221,6 +227,8 @@ class Indexer(Worker):
                     continue  # dead-lettered by an earlier attempt of this batch
                 value = msg.value
                 if value is None:
+                    if self.skip_tombstones:
+                        continue
                     rejects.append(Reject(msg, "InvalidBar: message has no value"))
                     continue
                 try:
@@ -229,10 +237,17 @@ class Indexer(Worker):
                     rejects.append(Reject(msg, f"{type(exc).__name__}: {exc.reason}"))
                 except Exception as exc:  # parse_bar is total; this is a bug, not a stall
                     rejects.append(Reject(msg, f"{describe_failure(exc)} while parsing"))
+        if self.rules is not None and items:
+            items, refused = self._ruled(self.rules.screen, items)
+            rejects += [Reject(msg, reason) for msg, reason in refused]
         t0 = time.perf_counter()
         stored, store_rejects = self._write(items)
         rejects += store_rejects
         dlq.send(rejects)
+        if self.rules is not None:
+            for name, k in self.rules.stored().items():
+                self.count(name, k)
+            self._ruled(self.rules.record)
         elapsed = time.perf_counter() - t0
         self.count("consumed", n)
         self.count("stored", stored)
@@ -250,6 +265,16 @@ class Indexer(Worker):
                                   "store_ms": round(elapsed * 1000, 1)})
         log.debug("indexed batch: %d consumed, %d stored, %d rejected in %.1f ms",
                   n, stored, len(rejects), elapsed * 1000)
+
+    @staticmethod
+    def _ruled(step, *args):
+        """A step of the bar rules, which read and write the store: its outage is one."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            if is_store_outage(exc):
+                raise StoreOutage(f"the store is unavailable ({describe_failure(exc)})") from exc
+            raise
 
     def _write(self, items: list[tuple[Any, Bar]]) -> tuple[int, list[Reject]]:
         """Upsert; on a failure that is not an outage, bisect to find the bars at fault."""

@@ -111,6 +111,12 @@ def test_walk_forward_shows_the_per_fold_table_and_honest_counts(filled):
     folds = next(d.value for d in at.dataframe if "fold 1" in d.value.columns)
     assert [c for c in folds.columns if c.startswith("fold ")] == [f"fold {i}" for i in range(1, 5)]
     assert "Linear regression" in folds.index and "folds beating persistence" in folds.columns
+    readings = next(d.value for d in at.dataframe  # the wording rule per fold
+                    if "fold 1" in d.value.columns and "mean" not in d.value.columns)
+    assert list(readings.columns) == [f"fold {i}" for i in range(1, 5)]
+    assert all(" persistence (p " in t for t in readings.loc["Linear regression"])
+    wins = sum(t.startswith("beats persistence") for t in readings.loc["Linear regression"])
+    assert folds.loc["Linear regression", "folds beating persistence"] == f"{wins}/4"
     caption = next(c.value for c in at.caption if c.value.startswith("Run "))
     assert "4 folds test" in caption and "rows for fold 1 up to" in caption
 
@@ -195,5 +201,9 @@ def test_results_table_scales_tiny_errors_and_ranks_only_quality_columns():
              if any(prop == "background-color" for prop, _ in css)}
     # MSE and skill of Ridge; not Fit s / Predict s of a baseline
     assert cells == {("Ridge", "MSE (×10⁻⁷)"), ("Ridge", "Skill vs persistence")}
+    # On the page: the verdict table and the error table, each narrow enough to fit.
+    verdict, errors = styled_table(table, "verdict").data, styled_table(table, "errors").data
+    assert list(verdict.columns) == ["kind", "Skill vs persistence"]
+    assert "MSE (×10⁻⁷)" in errors.columns and "Skill vs persistence" not in errors.columns
     colors = model_colors(table)
     assert len(set(colors.values())) == 3  # two baselines, two different colours
