@@ -28,7 +28,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from dashboard.access import presenter_sidebar, stop_if_refused
+from dashboard.access import presenter_sidebar, startup_refusal, stop_if_refused
 from dashboard.plain_text import md_plain
 from dashboard.runtime import autostart, autostart_enabled, get_runtime
 from dashboard.state import get_config, store_or_stop
@@ -61,7 +61,9 @@ def app_pages() -> list[st.Page]:
 def run_app() -> None:
     """The body of app.py: bootstrap, sidebar, then the selected page."""
     st.set_page_config(page_title="KappaLab", page_icon=str(FAVICON), layout="wide")
-    stop_if_refused()  # network mode without a presenter password: one sentence, nothing starts
+    if startup_refusal():  # network mode without a presenter password: one sentence, nothing
+        st.navigation(app_pages(), position="hidden")  # starts, no legacy page list either
+        stop_if_refused()
     store_or_stop()
     runtime = get_runtime()
     # The first load waits for the broker and the workers (seconds): say so, not a blank page.

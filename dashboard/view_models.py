@@ -44,6 +44,22 @@ def catch_up_note(n: int) -> str:
             "the latency figures and not in the retrain schedule's bar count.")
 
 
+def data_rules_note(counters: dict | None) -> str | None:
+    """The indexer's data-rule figures in one line (docs/STREAM_ROBUSTNESS.md, "Data
+    rules"); None while there is nothing to say."""
+    c = counters or {}
+    parts = [f"{n:,} {what}" for key, what in (
+        ("corrected", "corrected bar(s) (the last write wins)"),
+        ("late", "late bar(s) filled in"),
+        ("replayed", "bar(s) read again unchanged"),
+        ("unkeyed", "bar(s) without a Kafka key (kept)"))
+        if (n := int(c.get(key) or 0))]
+    if not parts:
+        return None
+    return ("Data rules: " + ", ".join(parts) + ". Misaligned, mis-keyed and far-future bars "
+            "are in the rejects below, with the reason.")
+
+
 def source_problem(source_stats: dict | None, worker_state: str | None = None) -> str | None:
     """A running producer's failed source polls, from the source's own figures (how many,
     the last reason): a source that fails now and then still delivers, and the producer stays
@@ -197,6 +213,23 @@ def fold_view(fold_table: pd.DataFrame) -> pd.DataFrame:
             f"{int(wins.get(m, 0))}/{int(r.notna().sum())}" for m, r in per_fold.iterrows()]
     order = list(dict.fromkeys(df["model"]))
     return wide.reindex(order)
+
+
+def fold_readings(fold_table: pd.DataFrame) -> pd.DataFrame:
+    """The wording rule per model (rows) and fold (columns), with the Holm p-value: "beats
+    persistence (p 0.003)"; empty for runs recorded before significance was computed."""
+    if fold_table is None or len(fold_table) == 0 or "reading" not in fold_table:
+        return pd.DataFrame()
+    df = pd.DataFrame(fold_table)
+    df = df[df["reading"].notna()]
+    if df.empty:
+        return pd.DataFrame()
+    text = [f"{r} (p {fmt_num(p, 2) if p >= 0.01 else '< 0.01'})"
+            for r, p in zip(df["reading"], pd.to_numeric(df["p_holm"], errors="coerce"))]
+    wide = df.assign(text=text).pivot_table(index="model", columns="fold", values="text",
+                                            aggfunc="first", sort=False)
+    wide.columns = [f"fold {int(c) + 1}" for c in wide.columns]
+    return wide.reindex(list(dict.fromkeys(df["model"])))
 
 
 def fold_rows(fold_table: pd.DataFrame) -> pd.DataFrame:

@@ -6,12 +6,14 @@ import streamlit as st
 
 from dashboard.access import can_change, presenter_button, presenter_only
 from dashboard.charts import throughput
+from dashboard.flink_panel import flink_section
 from dashboard.plain_text import md_plain
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
                                    throughput_ceiling, worker_row, worker_status)
+from dashboard.view_models import data_rules_note
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -231,6 +233,8 @@ def live_figures(local: dict, attached: list[dict]) -> None:
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
     if catch_up := ((local.get("scorer") or {}).get("counters") or {}).get("catch_up"):
         st.caption(catch_up_note(catch_up))
+    if rules := data_rules_note((local.get("indexer") or {}).get("counters")):
+        st.caption(rules)
     for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
         rejects = (local.get(name) or {}).get("recent_rejects") or []
         if rejects:
@@ -258,3 +262,6 @@ def news_panel() -> None:
 
 
 news_panel()
+
+# ---- stream engine -------------------------------------------------------------------------------
+flink_section(runtime, config)

@@ -21,6 +21,7 @@ rules need more, and the indexer and the scorer apply them alike (docs/STREAM_RO
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
@@ -61,14 +62,23 @@ class SeriesClock:
     batch is stored (a batch retried after an outage is then judged again, alike).
     """
 
+    #: How long a series' last bar is trusted from memory before it is read from the store
+    #: again: another indexer of the group may have stored the series meanwhile (after a
+    #: rebalance moved its partition away and back).
+    REFRESH_S = 30.0
+
     def __init__(self, last_stored: Callable[[list[SeriesKey]], dict[SeriesKey, int]],
                  now: Callable[[], int] = now_ms):
         self.last_stored = last_stored
         self.now = now
         self._last: dict[SeriesKey, int] = {}
+        self._seeded = time.monotonic()
 
     def screen(self, bars: Sequence[Bar]) -> Screen:
         now = self.now()
+        if time.monotonic() - self._seeded > self.REFRESH_S:
+            self._last.clear()
+            self._seeded = time.monotonic()
         wall_limit = now + MAX_AHEAD_MS
         committed, cur = self._last, {}
         out = Screen(latest=cur)
@@ -120,6 +130,27 @@ def ahead_reason(bar: Bar, last: int, now: int) -> str:
     return (f"ts {bar.ts} ({iso(bar.ts)}) lies {days:,.1f} days after the later of now "
             f"({iso(now)}) and {after}; a {bar.interval} bar may start at most "
             f"{MAX_AHEAD_MS // 3_600_000} h plus one interval after it")
+
+
+def last_in_chain(store, symbol: str, interval: str, now: int | None = None
+                  ) -> tuple[int, float] | None:
+    """The series' last stored bar that the time rule accepts, as ``(ts, close)``: bars
+    ahead of the wall clock count while each lies within the rule of the one before (a
+    simulator ahead of the wall clock); a stray bar far ahead (stored before the rule, or
+    around the indexer) ends the chain, and what follows it is not the series' clock."""
+    now = now_ms() if now is None else now
+    edge = now + MAX_AHEAD_MS
+    before = store.query_bars(symbol, interval, end_ms=edge + 1, limit=1)
+    ahead = store.query_bars(symbol, interval, start_ms=edge + 1)
+    point = ((int(before["ts"].iloc[-1]), float(before["close"].iloc[-1]))
+             if len(before) else None)
+    base = max(now, point[0]) if point else now
+    step = MAX_AHEAD_MS + INTERVALS[interval]
+    for ts, close in zip(ahead["ts"].tolist(), ahead["close"].tolist()):
+        if ts - base > step:
+            break
+        point, base = (int(ts), float(close)), ts
+    return point
 
 
 def stored_last(store) -> Callable[[list[SeriesKey]], dict[SeriesKey, int]]:

@@ -12,11 +12,9 @@ italic made from it, and the text itself visible. Screenshots: /work/shots/19/.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,8 @@ import pytest
 from pipeline.news import NewsItem
 from pipeline.schema import Bar
 from pipeline.store.sqlite import SqliteStore
-from tests.test_browser_e2e import CHROMIUM, browser, free_port  # noqa: F401 (fixture)
+from tests.test_browser_e2e import (  # noqa: F401 (browser: the fixture)
+    browser, free_port, stop_server, wait_for_port)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = Path(os.environ.get("KAPPALAB_SHOTS", "/work/shots/19"))
@@ -52,35 +51,32 @@ def fill(data_dir: Path) -> None:
     store.close()
 
 
-@pytest.fixture
-def readme_server(tmp_path):
-    """`streamlit run app.py` from the project folder, with only a port and a data dir."""
-    fill(tmp_path)
+def start_streamlit(data_dir: Path, cwd: Path, *flags: str, **extra_env: str):
+    """`streamlit run app.py` with only a port, a data dir and ``flags`` (no address unless
+    given: the project's .streamlit/config.toml decides; Streamlit reads the one beside the
+    script too, so the working folder does not matter)."""
     port = free_port()
-    env = dict(os.environ, KAPPALAB_DATA_DIR=str(tmp_path), PYTHONPATH=str(ROOT),
+    env = dict(os.environ, KAPPALAB_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT),
                KAPPALAB_AUTOSTART="0")
     for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL", "KAPPALAB_NETWORK",
-                "STREAMLIT_SERVER_ADDRESS"):
+                "KAPPALAB_PRESENTER_PASSWORD", "STREAMLIT_SERVER_ADDRESS"):
         env.pop(var, None)
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py",
-                             "--server.port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.2)
+    env.update(extra_env)
+    log = open(data_dir / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                             "--server.port", str(port), *flags],
+                            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port)
+    return port, proc, log
+
+
+@pytest.fixture
+def readme_server(tmp_path):
+    """The README's command: from the project folder."""
+    fill(tmp_path)
+    port, proc, log = start_streamlit(tmp_path, ROOT)
     yield port, tmp_path
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    log.close()
+    stop_server(proc, log)
 
 
 def listening(port: int) -> list[str]:
@@ -180,3 +176,64 @@ def test_readme_command_listens_on_loopback_and_shows_data_as_text(readme_server
     page.screenshot(path=str(SHOTS / "headline_preview_markup_as_text.png"), full_page=True)
     no_data_elements(page, "headline preview")
     page.close()
+
+
+def test_server_beyond_loopback_without_password_refuses(tmp_path, browser):
+    """Opened by hand (`--server.address 0.0.0.0`, without KAPPALAB_NETWORK): the app sees the
+    address, counts it as network mode, and without a presenter password shows one sentence
+    and starts nothing. Run from another folder, the default still binds loopback."""
+    from pipeline.config import NETWORK_WITHOUT_PASSWORD
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    port, proc, log = start_streamlit(tmp_path, elsewhere)
+    try:
+        assert set(listening(port)) == {"0100007F"}  # the config beside app.py applies
+    finally:
+        stop_server(proc, log)
+    port, proc, log = start_streamlit(tmp_path, elsewhere, "--server.address", "0.0.0.0")
+    try:
+        assert set(listening(port)) == {"00000000"}
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=60_000)
+        page.wait_for_selector('[data-testid="stAlertContentError"]', timeout=60_000)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "network_without_password_refuses.png"))
+        errors = page.locator('[data-testid="stAlertContentError"]')
+        assert errors.count() == 1
+        assert errors.inner_text().strip() == NETWORK_WITHOUT_PASSWORD
+        assert page.locator("h1").count() == 0  # no page drawn
+        assert not (tmp_path / "kappalab.sqlite").exists()  # nothing opened or started
+        page.close()
+    finally:
+        stop_server(proc, log)
+
+
+def test_classroom_viewer_reads_and_presenter_password_unlocks(tmp_path, browser):
+    """KAPPALAB_NETWORK=1 with a password: a viewer's Pipeline page has no Start button, no
+    upload and says it is read-only; the password typed in the sidebar unlocks them, and the
+    password appears nowhere on the page."""
+    fill(tmp_path)
+    password = "classroom-pw-7f3a"
+    port, proc, log = start_streamlit(tmp_path, ROOT, KAPPALAB_NETWORK="1",
+                                      KAPPALAB_PRESENTER_PASSWORD=password)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/pipeline_control", wait_until="domcontentloaded",
+                  timeout=60_000)
+        page.wait_for_selector("text=Workers", timeout=60_000)
+        page.wait_for_selector("text=Read-only view", timeout=30_000)
+        assert page.get_by_role("button", name="Start producer").count() == 0
+        assert page.locator('[data-testid="stFileUploader"]').count() == 0
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "classroom_viewer_pipeline.png"))
+        page.get_by_label("Presenter password").fill(password)
+        page.get_by_role("button", name="Enter as presenter").click()
+        page.wait_for_selector("text=Start producer", timeout=30_000)
+        assert page.get_by_text("Presenter", exact=False).count() >= 1
+        assert password not in page.content()
+        page.screenshot(path=str(SHOTS / "classroom_presenter_pipeline.png"))
+        page.close()
+    finally:
+        stop_server(proc, log)
+    assert password not in (tmp_path / "streamlit.log").read_text()

@@ -177,3 +177,12 @@ def test_newest_older_and_late_bars_follow_last_write_wins_everywhere(broker, to
         "scorer": {k: sc.get(k, 0) for k in ("corrected", "late", "rederived", "rescored")},
         "revisions": revision(store, "ACME", "1m")["seq"], **figures})
     store.close()
+
+
+def test_the_pipeline_page_says_the_data_rule_figures():
+    from dashboard.view_models import data_rules_note
+
+    assert data_rules_note({"stored": 5}) is None and data_rules_note(None) is None
+    note = data_rules_note({"corrected": 2, "late": 1, "unkeyed": 1234})
+    assert note.startswith("Data rules: 2 corrected bar(s) (the last write wins), 1 late bar(s)")
+    assert "1,234 bar(s) without a Kafka key" in note and "read again" not in note

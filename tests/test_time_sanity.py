@@ -106,6 +106,24 @@ def test_series_clock_refuses_far_ahead_and_follows_a_simulator_ahead_of_now():
     assert not again.suspects and again.revised == [0, 1]
 
 
+def test_simulator_resumes_after_the_last_real_bar_of_a_store_poisoned_before_the_rule(
+        sqlite_store):
+    """A store written before the rule (or around the indexer) holds a 2099 bar and four
+    bars a simulator resumed after it; a simulated series runs two days ahead of the wall
+    clock. The resume skips the first and follows the second."""
+    store = sqlite_store
+    now = int(time.time() * 1000) // STEP * STEP
+    real = [_bar("ACME", now - k * STEP, 100.0 + k) for k in range(10, 0, -1)]
+    poison = [_bar("ACME", 4_070_908_800_000 + k * STEP) for k in range(5)]
+    ahead = [_bar("FAST", now + k * STEP, 50.0) for k in range(2 * 1440)]
+    store.upsert_bars(real + poison + ahead)
+    points = resume_points(store, ["ACME", "FAST"], "1m")
+    assert points["ACME"] == (real[-1].ts, real[-1].close)
+    assert points["FAST"] == (ahead[-1].ts, 50.0)
+    first = next(iter(MarketSimulator(symbols=("ACME",), resume=points).bars(threading.Event())))
+    assert first.ts == real[-1].ts + STEP
+
+
 # ---- end to end ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_far_future_misaligned_and_mismatched_bars_are_dead_lettered_and_block_nothing(
