@@ -20,7 +20,9 @@ start the demo, waits for the warm-up to be stored, then:
   store's newest bar of the same series (``behind_bars``: in 1m bars; the demo stores one a
   second);
 - ``cpu_per_viewer_pct``: (server CPU with N viewers - idle) / N; ``cpu_ms_per_refresh``:
-  that extra CPU over the refreshes the N pages asked for (N × window / refresh period).
+  that extra CPU over the refreshes the N pages asked for in the window (the websocket frames
+  they sent, counted by Playwright: a starved browser asks less often than the page's period,
+  ``refreshes_per_viewer_s`` says how often it did).
 
 Prints ONE JSON line with the load before and after.
 """
@@ -68,6 +70,11 @@ def wait_warm(server: AppServer, timeout_s: float = 120) -> float:
 def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: float,
                 refresh_s: float, browser) -> dict:
     out: dict = {"variant": name, "mode": mode, "app": str(app_dir), "steps": []}
+    frames = [0]  # websocket frames the pages sent: their rerun requests
+
+    def count_frame(_payload) -> None:
+        frames[0] += 1
+
     with tempfile.TemporaryDirectory(prefix=f"kappalab-class-{name}-") as tmp:
         server = AppServer(Path(tmp), mode, app_dir)
         pages = []
@@ -82,6 +89,7 @@ def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: 
                 opened = []
                 while len(pages) < n:
                     page = context.new_page()
+                    page.on("websocket", lambda ws: ws.on("framesent", count_frame))
                     t0 = time.monotonic()
                     page.goto(server.url, wait_until="commit", timeout=120_000)
                     page.wait_for_selector(CHART, timeout=180_000)
@@ -89,7 +97,9 @@ def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: 
                     pages.append(page)
                 probe = round(session_first_render(server.port), 2)
                 time.sleep(5)
+                sent0 = frames[0]
                 cpu = cpu_window(server, window)
+                refreshes = frames[0] - sent0  # the pages' rerun requests in the window
                 behind = []
                 store_last = store_figures(server.data_dir)[1]
                 for page in pages:
@@ -97,11 +107,13 @@ def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: 
                     if shown is not None and store_last is not None:
                         behind.append(max(0, (store_last - shown) // MIN))
                 extra = max(0.0, cpu["server_pct"] - out["idle"]["server_pct"])
-                refreshes = n * window / refresh_s
                 out["steps"].append({
                     "viewers": n, "cpu": cpu,
                     "cpu_per_viewer_pct": round(extra / n, 2),
-                    "cpu_ms_per_refresh": round(extra / 100 * window * 1000 / refreshes, 2),
+                    "cpu_ms_per_refresh": (round(extra / 100 * window * 1000 / refreshes, 2)
+                                           if refreshes else None),
+                    "refreshes_per_viewer_s": round(refreshes / n / window, 2),
+                    "refreshes_asked_per_viewer_s": round(1 / refresh_s, 2),
                     "browser_chart_s": opened,
                     "browser_chart_s_max": max(opened) if opened else None,
                     "server_chart_s": probe,

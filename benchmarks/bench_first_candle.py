@@ -14,8 +14,10 @@ Times are seconds from the moment `streamlit run` is launched:
   the whole warm-up (1,500 bars per default symbol) more than it held at the launch;
 - ``chart_drawn``: the page's candlestick chart is drawn (Plotly's cartesian layer exists).
 
-Modes: ``process`` (the default: the pipeline in one child process) and ``threads`` (the
-pipeline as threads of the server, as before). Prints ONE JSON line with the load.
+Modes: ``process`` (the default: the pipeline in one child process), ``threads`` (the
+pipeline as threads of the server) and ``baseline`` (the app in ``--baseline-app``, e.g. an
+export of the code before a change, in threads mode), measured in one run. Prints ONE JSON
+line with the load.
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.app_server import CHART, AppServer, launch_chromium, loadavg, store_figures  # noqa: E402
+from benchmarks.app_server import (  # noqa: E402
+    CHART, ROOT, AppServer, launch_chromium, loadavg, store_figures,
+)
 from pipeline.runtime import DEFAULT_DEMO  # noqa: E402
 
 WARMUP_BARS = DEFAULT_DEMO.warmup_bars * len(DEFAULT_DEMO.symbols)
@@ -57,8 +61,8 @@ def watch_store(server: AppServer, marks: dict, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
-def one_start(data_dir: Path, mode: str, browser) -> dict:
-    server = AppServer(data_dir, mode)
+def one_start(data_dir: Path, mode: str, browser, app_dir: Path = ROOT) -> dict:
+    server = AppServer(data_dir, mode, app_dir)
     marks: dict = {}
     stop = threading.Event()
     watcher = threading.Thread(target=watch_store, args=(server, marks, stop), daemon=True)
@@ -84,7 +88,11 @@ def one_start(data_dir: Path, mode: str, browser) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", default="process,threads")
+    ap.add_argument("--modes", default="process,threads",
+                    help="pipeline modes of this checkout, and/or 'baseline'")
+    ap.add_argument("--baseline-app", type=Path, default=None,
+                    help="the app directory of the 'baseline' mode (run in threads mode), e.g. "
+                         "an export of the code before a change")
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -95,9 +103,13 @@ def main() -> None:
         browser = launch_chromium(p)
         for _ in range(args.runs):
             for mode in args.modes.split(","):
+                run_mode, app = ("threads", args.baseline_app) if mode == "baseline" \
+                    else (mode, ROOT)
+                if app is None:
+                    raise SystemExit("--baseline-app is needed for the baseline mode")
                 with tempfile.TemporaryDirectory(prefix="kappalab-first-") as tmp:
-                    empty = one_start(Path(tmp), mode, browser)
-                    restart = one_start(Path(tmp), mode, browser)
+                    empty = one_start(Path(tmp), run_mode, browser, app)
+                    restart = one_start(Path(tmp), run_mode, browser, app)
                 results.setdefault(mode, []).append({"empty": empty, "restart": restart})
         browser.close()
     summary = {mode: {kind: min(r[kind]["chart_drawn"] or 1e9 for r in runs)
