@@ -205,3 +205,100 @@ def session_first_render(port: int, until: str = "plotly_chart", timeout_s: floa
                     and fwd.delta.new_element.WhichOneof("type") == until):
                 return time.monotonic() - t0
     raise TimeoutError(f"no {until} within {timeout_s} s")
+
+
+class ProtocolViewer:
+    """A viewer without a browser: one Streamlit session over the websocket, doing what the
+    page's JavaScript does for the server (the first run, then the fragment's auto-reruns at
+    the period the server asks for, with the hashes of the elements it already holds), and
+    noting what it receives: the first chart's time, the newest candle of the latest chart.
+    Runs in its own thread."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.port = port
+        self.first_chart_s: float | None = None
+        self.last_candle_ts: int | None = None
+        self.reruns = 0
+        self.refs = 0  # elements the server sent as a hash reference (already held)
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "ProtocolViewer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        try:
+            self._session()
+        except Exception as exc:  # noted, reported by the benchmark
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _session(self) -> None:
+        import json
+
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+        from websockets.sync.client import connect
+
+        held: set[str] = set()
+        period, fragment, page_hash = None, None, ""
+        with connect(f"ws://127.0.0.1:{self.port}/_stcore/stream", subprotocols=["streamlit"],
+                     max_size=None, open_timeout=30) as ws:
+            msg = BackMsg()
+            msg.rerun_script.query_string = ""
+            t0 = time.monotonic()
+            ws.send(msg.SerializeToString())
+            next_rerun = None
+            while not self._stop.is_set():
+                if next_rerun is not None and time.monotonic() >= next_rerun:
+                    msg = BackMsg()
+                    msg.rerun_script.fragment_id = fragment
+                    msg.rerun_script.is_auto_rerun = True
+                    msg.rerun_script.page_script_hash = page_hash
+                    msg.rerun_script.cached_message_hashes.extend(held)
+                    ws.send(msg.SerializeToString())
+                    self.reruns += 1
+                    next_rerun += period
+                try:
+                    raw = ws.recv(timeout=0.05)
+                except TimeoutError:
+                    continue
+                fwd = ForwardMsg()
+                fwd.ParseFromString(raw)
+                kind = fwd.WhichOneof("type")
+                if fwd.metadata.cacheable and fwd.hash:
+                    held.add(fwd.hash)
+                if kind == "ref_hash":
+                    self.refs += 1
+                elif kind == "new_session":
+                    page_hash = fwd.new_session.page_script_hash
+                elif kind == "auto_rerun" and fwd.auto_rerun.fragment_id:
+                    if fragment is None:
+                        period, fragment = fwd.auto_rerun.interval, fwd.auto_rerun.fragment_id
+                        next_rerun = time.monotonic() + period
+                elif (kind == "delta" and fwd.delta.HasField("new_element")
+                      and fwd.delta.new_element.WhichOneof("type") == "plotly_chart"):
+                    if self.first_chart_s is None:
+                        self.first_chart_s = time.monotonic() - t0
+                    spec = json.loads(fwd.delta.new_element.plotly_chart.spec)
+                    price = next((t for t in spec.get("data", [])
+                                  if t.get("type") == "candlestick"), None)
+                    if price and price.get("x"):
+                        self.last_candle_ts = iso_ms(price["x"][-1])
+
+
+def iso_ms(value: str) -> int:
+    """Epoch ms of a Plotly date string (UTC wall time, with or without an offset)."""
+    import pandas as pd
+
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.timestamp() * 1000)

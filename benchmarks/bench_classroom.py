@@ -24,6 +24,13 @@ start the demo, waits for the warm-up to be stored, then:
   they sent, counted by Playwright: a starved browser asks less often than the page's period,
   ``refreshes_per_viewer_s`` says how often it did).
 
+With ``--clients protocol`` the viewers are protocol sessions instead of browsers
+(``ProtocolViewer``: the first run, then the fragment's auto-reruns at the page's period, with
+the hashes of the elements already held, as the page's JavaScript does): the server's own cost
+for N sessions without N Chromium renderers competing for the same two cores; time to chart
+is then the server's (first run request → chart element received), and ``behind_bars`` the
+newest candle each session received against the store.
+
 Prints ONE JSON line with the load before and after.
 """
 from __future__ import annotations
@@ -40,8 +47,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.app_server import (  # noqa: E402
-    CHART, ROOT, AppServer, chart_last_ts, launch_chromium, loadavg, session_first_render,
-    store_figures,
+    CHART, ROOT, AppServer, ProtocolViewer, chart_last_ts, launch_chromium, loadavg,
+    session_first_render, store_figures,
 )
 from pipeline.runtime import DEFAULT_DEMO  # noqa: E402
 
@@ -133,6 +140,60 @@ def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: 
     return out
 
 
+def run_variant_protocol(name: str, mode: str, app_dir: Path, counts: list[int],
+                         window: float) -> dict:
+    """The same steps with protocol viewers (benchmarks/app_server.py ``ProtocolViewer``): the
+    server's work for N sessions without N browsers competing with it for the cores."""
+    out: dict = {"variant": name, "mode": mode, "app": str(app_dir), "clients": "protocol",
+                 "steps": []}
+    with tempfile.TemporaryDirectory(prefix=f"kappalab-class-{name}-") as tmp:
+        server = AppServer(Path(tmp), mode, app_dir)
+        viewers: list[ProtocolViewer] = []
+        try:
+            server.wait_port()
+            session_first_render(server.port, until="script_finished")  # autostart the demo
+            out["warm_s"] = wait_warm(server)
+            time.sleep(5)
+            out["idle"] = cpu_window(server, window)
+            for n in counts:
+                new = [ProtocolViewer(server.port).start() for _ in range(n - len(viewers))]
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline and any(
+                        v.first_chart_s is None and v.error is None for v in new):
+                    time.sleep(0.1)
+                viewers += new
+                time.sleep(3)
+                reruns0 = sum(v.reruns for v in viewers)
+                cpu = cpu_window(server, window)
+                refreshes = sum(v.reruns for v in viewers) - reruns0
+                store_last = store_figures(server.data_dir)[1]
+                behind = [max(0, (store_last - v.last_candle_ts) // MIN) for v in viewers
+                          if v.last_candle_ts is not None and store_last is not None]
+                extra = max(0.0, cpu["server_pct"] - out["idle"]["server_pct"])
+                charts = [round(v.first_chart_s, 2) for v in new if v.first_chart_s is not None]
+                out["steps"].append({
+                    "viewers": n, "cpu": cpu,
+                    "cpu_per_viewer_pct": round(extra / n, 2),
+                    "cpu_ms_per_refresh": (round(extra / 100 * window * 1000 / refreshes, 2)
+                                           if refreshes else None),
+                    "refreshes_per_viewer_s": round(refreshes / n / window, 2),
+                    "server_chart_s_new": charts,
+                    "server_chart_s_max": max(charts) if charts else None,
+                    "behind_bars_max": max(behind) if behind else None,
+                    "behind_bars_median": statistics.median(behind) if behind else None,
+                    "sent_as_reference": sum(v.refs for v in viewers),
+                    "errors": [v.error for v in viewers if v.error],
+                    "loadavg_1m": loadavg(),
+                })
+                print(json.dumps({"progress": name, **out["steps"][-1]}), file=sys.stderr,
+                      flush=True)
+        finally:
+            for v in viewers:
+                v.stop()
+            server.stop()
+    return out
+
+
 def shoot(pages, folder: Path, name: str) -> None:
     """Screenshots of every open page (``KAPPALAB_CLASSROOM_SHOTS``: the folder)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,6 +212,9 @@ def main() -> None:
                     help="the app directory of the 'baseline' variant (threads, as it was)")
     ap.add_argument("--baseline-refresh", type=float, default=2.0,
                     help="the baseline Live page's refresh period (s)")
+    ap.add_argument("--clients", choices=("chromium", "protocol"), default="chromium",
+                    help="viewers as headless Chromium pages, or as protocol sessions (no "
+                         "browser: the server's own cost, without browsers taking the cores)")
     args = ap.parse_args()
     counts = [int(v) for v in args.viewers.split(",")]
     from playwright.sync_api import sync_playwright
@@ -159,6 +223,15 @@ def main() -> None:
 
     load_before = loadavg()
     results = []
+    if args.clients == "protocol":
+        for variant in args.variants.split(","):
+            mode, app = ("threads", args.baseline_app) if variant == "baseline" \
+                else (variant, ROOT)
+            results.append(run_variant_protocol(variant, mode, app, counts, args.window))
+        print(json.dumps({"bench": "classroom", "clients": "protocol", "window_s": args.window,
+                          "results": results, "cpus": os.cpu_count(),
+                          "loadavg_1m_before": load_before, "loadavg_1m": loadavg()}))
+        return
     with sync_playwright() as p:
         browser = launch_chromium(p)
         for variant in args.variants.split(","):
