@@ -1,0 +1,98 @@
+"""The one place the pipeline's Kafka consumers are built, and how far their logs reach.
+
+Every consumer of the pipeline (indexer, news and fundamentals indexers, scorer, the worker
+heartbeat reader) is built by :func:`make_consumer`, so they share the same rules:
+
+* ``isolation_level="read_committed"``: records of an open transaction are not read before it
+  ends, and a broker that lists aborted transactions in its fetch responses (Apache Kafka)
+  has their records skipped by the client. (The embedded broker, Tansu, holds back open
+  transactions but lists no aborted ones; see docs/STREAM_ROBUSTNESS.md.)
+* short group timeouts, no auto-commit, ``earliest`` reset, no topic auto-creation.
+
+:func:`log_end_offsets` is the log end a consumer can trust: the high watermark of its last
+fetch response (the embedded broker's ListOffsets answers the *start* of the last record
+batch, not the end).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+#: Consumers read committed data only (see the module docstring).
+ISOLATION_LEVEL = "read_committed"
+
+
+def make_consumer(bootstrap: str, topics: str | Iterable[str] | None, group_id: str | None,
+                  client_kwargs: dict | None = None, max_poll_records: int = 5000,
+                  client_id: str = "kappalab", **overrides: Any):
+    """A kafka-python consumer with the pipeline's settings; ``overrides`` win."""
+    from kafka import KafkaConsumer
+
+    if topics is None:
+        topics = ()
+    elif isinstance(topics, str):
+        topics = (topics,)
+    settings: dict[str, Any] = dict(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=ISOLATION_LEVEL,
+        # A consumer never creates the topic it reads: one deleted under it stays missing
+        # (and is said) until someone creates it, with the partitions they choose.
+        allow_auto_create_topics=False,
+        # Short intervals: the group join on the embedded broker otherwise waits for minutes.
+        max_poll_interval_ms=10_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        max_poll_records=max_poll_records,
+        fetch_max_wait_ms=200,
+        max_partition_fetch_bytes=8 * 1024 * 1024,  # a whole batch per fetch round trip
+    )
+    settings.update(overrides)
+    settings.update(client_kwargs or {})
+    return KafkaConsumer(*topics, **settings)
+
+
+def log_end_offsets(consumer, partitions: Iterable) -> dict:
+    """The end of each partition's log as far as this consumer can tell: the high watermark
+    of its last fetch response, or the position it has read to if that is further. Only a
+    partition not fetched yet asks ListOffsets (``end_offsets``), which on the embedded broker
+    answers the start of the last batch, not the end, and creates a deleted topic again."""
+    partitions = list(partitions)
+    out, unknown = {}, []
+    for tp in partitions:
+        try:
+            known = [consumer.highwater(tp), consumer.position(tp)]
+        except Exception:  # not assigned any more
+            known = [None]
+        if known[0] is None:
+            unknown.append(tp)
+        out[tp] = max((k for k in known if k is not None), default=0)
+    if unknown:
+        for tp, end in consumer.end_offsets(unknown).items():
+            out[tp] = max(out[tp], end or 0)
+    return out
+
+
+def consumer_lag(consumer, partitions: Iterable) -> int:
+    """Records behind the log end over ``partitions`` (see :func:`log_end_offsets`)."""
+    partitions = list(partitions)
+    ends = log_end_offsets(consumer, partitions)
+    return sum(max(0, ends[tp] - consumer.position(tp)) for tp in partitions)
+
+
+def reset_fetch_buffer(consumer) -> bool:
+    """Drop the records the client parsed but could not hand out.
+
+    kafka-python keeps a partition's parsed fetch after its record iterator raised (e.g.
+    ``UnsupportedCodecError`` for a batch whose codec is not installed); the next ``poll``
+    then loops over that exhausted iterator forever, holding the worker's thread. Dropping
+    it makes the next poll fetch again (and raise again), so the worker can say ``stalled``.
+    Returns False when the client has no such buffer (another version): the caller then
+    builds a new consumer."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_next_partition_records"):
+        return False
+    fetcher._next_partition_records = None
+    return True
