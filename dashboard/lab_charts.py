@@ -5,16 +5,19 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.formatting import display_frame, fmt_sig
-from dashboard.theme import BASELINE_COLOR, MODEL_COLORS, palette
+from dashboard.formatting import MISSING, display_frame, fmt_sig
+from dashboard.theme import BASELINE_COLORS, MODEL_COLORS, palette, readable
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
 
 
 def model_colors(table: pd.DataFrame) -> dict[str, str]:
-    colors, i = {}, 0
+    """One colour per model: models from the colour-blind-safe set, baselines from neutral
+    tones, all different from each other (two greys side by side could not be told apart)."""
+    colors, i, b = {}, 0, 0
     for label, kind in table["kind"].items():
         if kind == "baseline":
-            colors[label] = BASELINE_COLOR
+            colors[label] = BASELINE_COLORS[b % len(BASELINE_COLORS)]
+            b += 1
         else:
             colors[label] = MODEL_COLORS[i % len(MODEL_COLORS)]
             i += 1
@@ -34,6 +37,7 @@ def metric_bars(table: pd.DataFrame, metric: str = "skill") -> go.Figure:
     fig.update_layout(title=f"{METRIC_LABELS.get(metric, metric)} by model{hint}",
                       yaxis_title=METRIC_LABELS.get(metric, metric), height=380,
                       margin=dict(l=40, r=20, t=50, b=40), showlegend=False)
+    readable(fig, legend=False)
     if metric == "skill":
         fig.add_hline(y=0, line_dash="dot", line_color="grey")
         # A poor baseline (the moving average's skill is often far below 0) would flatten the
@@ -82,8 +86,8 @@ def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: di
     fig.update_layout(title=("Predicted vs actual close" if price else "Predicted vs actual target")
                       + (f" — {symbol}" if symbol else ""), height=420,
                       margin=dict(l=40, r=20, t=50, b=40), hovermode="x unified",
-                      legend=dict(orientation="h", y=-0.15), xaxis_type="date")
-    return fig
+                      xaxis_type="date")
+    return readable(fig)
 
 
 def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
@@ -98,9 +102,8 @@ def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
         fig.add_trace(go.Bar(x=centers, y=c, width=width, name=label, opacity=0.55,
                              marker_color=colors.get(label)))
     fig.update_layout(barmode="overlay", bargap=0, title="Residuals (actual − predicted)",
-                      height=380, margin=dict(l=40, r=20, t=50, b=40),
-                      legend=dict(orientation="h", y=-0.15))
-    return fig
+                      height=380, margin=dict(l=40, r=20, t=50, b=40))
+    return readable(fig)
 
 
 def residual_histogram(residuals: pd.DataFrame, bins: int = 80
@@ -131,7 +134,7 @@ def importance_bars(importance: pd.DataFrame, model: str, top: int = 25) -> go.F
     fig.update_layout(title=f"Permutation importance — {model}",
                       xaxis_title="increase in test MSE when shuffled",
                       height=max(260, 24 * len(df) + 100), margin=dict(l=40, r=20, t=50, b=40))
-    return fig
+    return readable(fig, legend=False)
 
 
 def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
@@ -140,27 +143,66 @@ def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
     for run in compare.columns:
         fig.add_trace(go.Bar(x=list(compare.index), y=compare[run], name=run))
     fig.update_layout(barmode="group", title=f"{metric_label} across runs", height=380,
-                      margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
-    return fig
+                      margin=dict(l=40, r=20, t=50, b=40))
+    return readable(fig)
+
+
+def significance_text(table: pd.DataFrame) -> dict[str, list[str]]:
+    """The significance columns as text: the skill's 95% interval, the Holm-corrected p-value
+    and the reading in plain words (— for persistence itself)."""
+    def num(c):
+        return pd.to_numeric(table.get(c), errors="coerce")
+
+    lo, hi, p = num("skill_lo"), num("skill_hi"), num("p_holm")
+    interval = [MISSING if not (np.isfinite(a) and np.isfinite(b)) else
+                f"{fmt_sig(a, 3)} to {fmt_sig(b, 3)}" for a, b in zip(lo, hi)]
+    pv = [MISSING if not np.isfinite(v) else "< 0.0001" if v < 1e-4 else fmt_sig(v, 2)
+          for v in p]
+    reading = [r if isinstance(r, str) and r else MISSING for r in table["reading"]]
+    return {"Skill 95% interval": interval, "p (DM, Holm)": pv, "Reading": reading}
+
+
+#: Columns where "best" says nothing about the models' quality: no highlight there.
+NOT_RANKED = ("fit_time_s", "predict_time_s")
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def scaled_units(values: pd.Series) -> tuple[pd.Series, str]:
+    """Tiny errors (MSE 0.0000001643) in readable units: scaled so the largest is between 1
+    and 10, with the factor for the header (``×10⁻⁷``); unchanged ("") when already readable."""
+    finite = values[np.isfinite(values)].abs()
+    top = float(finite.max()) if len(finite) else 0.0
+    if not 0 < top < 1e-2:
+        return values, ""
+    exp = int(np.floor(np.log10(top)))
+    return values / 10.0 ** exp, f" (×10{str(exp).translate(_SUPERSCRIPT)})"
 
 
 def styled_table(table: pd.DataFrame):
-    """Results table for display: metrics only (readable headers), numbers written out with
-    significant figures, best per column highlighted."""
+    """Results table for display: metrics (readable headers; tiny errors scaled, the factor
+    in the header), numbers with significant figures, the best per quality column
+    highlighted (not timings); then the significance columns."""
     cols = [c for c in METRIC_COLUMNS if c in table.columns]
     num = table[cols].apply(pd.to_numeric, errors="coerce")
+    labels = {}
+    for c in cols:
+        num[c], unit = scaled_units(num[c])
+        labels[c] = METRIC_LABELS[c] + unit
     shown = display_frame(table[["kind", *cols]].assign(**{c: num[c] for c in cols}))
-    shown = shown.rename(columns=METRIC_LABELS)
+    shown = shown.rename(columns=labels)
+    if "reading" in table.columns:  # significance vs persistence (models/significance.py)
+        for name, text in significance_text(table).items():
+            shown[name] = text
     best = "background-color: #c8f7c5; color: #0b3d0b; font-weight: bold"
     styler = shown.style
     for c in cols:
         values = num[c]
-        if values.notna().sum() < 2:
+        if values.notna().sum() < 2 or c in NOT_RANKED:
             continue
         winner = values.idxmax() if METRIC_COLUMNS[c] else values.idxmin()
         hits = values == values[winner]
         styler = styler.apply(lambda s, h=hits: [best if h.get(i, False) else "" for i in s.index],
-                              subset=[METRIC_LABELS[c]])
+                              subset=[labels[c]])
     return styler
 
 
@@ -182,6 +224,5 @@ def fold_skill_chart(folds: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                            yref="paper", x=0, y=0, showarrow=False, xanchor="left",
                            yanchor="bottom", font=dict(size=11, color="grey"))
     fig.update_layout(title="Skill vs persistence per fold (above 0 beats 'no change')",
-                      yaxis_title="skill", height=380, margin=dict(l=40, r=20, t=50, b=40),
-                      legend=dict(orientation="h", y=-0.2))
-    return fig
+                      yaxis_title="skill", height=380, margin=dict(l=40, r=20, t=50, b=40))
+    return readable(fig)

@@ -41,7 +41,8 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
     split = SPLIT_METHODS.get(config.get("split"), str(config.get("split"))).split(" (")[0]
     st.caption(run_caption(summary, split, config.get("target"), run_id,
                            shuffled=config.get("split") == "random")
-               + " Best value per column highlighted; click a header to sort.")
+               + " Best value per quality column highlighted (not the timings); click a header "
+                 "to sort.")
     for w in unique(warnings, shown_above):
         st.warning(w)
     st.dataframe(lab_charts.styled_table(table), width="stretch", key="ml_results_table",
@@ -122,15 +123,23 @@ def fresh_result_tabs(result: lab.LabResult, colors: dict[str, str]) -> None:
         closes = {lb: result.predicted_close(lb) for lb in shown} if as_price else None
         st.plotly_chart(lab_charts.predicted_vs_actual(
             result.predictions, shown, colors, sym, closes), key="ml_pred_chart")
+    best = result.best_label(False)
     with tabs["Residuals"]:
-        st.plotly_chart(lab_charts.residual_distribution(result.residuals(), colors),
+        residuals = result.residuals()
+        picked = st.multiselect("Models shown", list(residuals.columns), default=[
+            lb for lb in [best, "Persistence"] if lb in residuals.columns],
+            key="ml_resid_models", help="Two or three at a time stay readable.")
+        st.plotly_chart(lab_charts.residual_distribution(residuals[picked], colors),
                         key="ml_resid_chart")
     with tabs["Feature importance"]:
-        if result.importance.empty:
-            st.caption("No importances were computed.")
-        else:
-            which = st.selectbox("Model", list(result.importance["model"].unique()),
-                                 key="ml_imp_model")
+        baselines = set(result.table.index[result.table["kind"] == "baseline"])
+        ranked = [m for m in result.importance["model"].unique() if m not in baselines] \
+            if not result.importance.empty else []
+        if not ranked:
+            st.caption("No importances were computed (baselines use no features).")
+        else:  # the best model first; baselines use no features, so they are not offered
+            ranked.sort(key=lambda m: m != best)
+            which = st.selectbox("Model", ranked, key="ml_imp_model")
             st.plotly_chart(lab_charts.importance_bars(result.importance, which),
                             key="ml_imp_chart")
     if result.best_params:

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import fmt_sig, fmt_ts, sig_styler, ts_to_datetime
-from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette
+from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette, readable
 CHAMPION_BG = "background-color: rgba(46, 125, 50, 0.18); font-weight: 600"
 
 
@@ -42,10 +42,10 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
             hovertemplate="%{x}<br>predicted %{y:.4f}<br>base close %{customdata[0]:.4f}"
                           "<br>abs error %{customdata[1]:.4f}<extra>%{fullData.name}</extra>"))
     _mark_events(fig, events or [], scored)
-    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.12), yaxis_title="close",
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440,
+                      margin=dict(l=10, r=10, t=40, b=10), yaxis_title="close",
                       uirevision="pred")
-    return fig
+    return readable(fig)
 
 
 def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = None,
@@ -68,8 +68,10 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     _mark_events(fig, events or [], rolling, annotate=False)
     fig.update_yaxes(title_text="MAE", row=1, col=1)
     fig.update_yaxes(title_text="hit rate", range=[0, 1], row=2, col=1)
-    fig.update_layout(height=440, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.14), uirevision="roll")
+    fig.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10), uirevision="roll")
+    readable(fig)
+    # Above the first subplot's title, not on it.
+    fig.update_layout(legend=dict(y=1.09), margin=dict(t=70))
     return fig
 
 
@@ -196,3 +198,37 @@ def event_bar_ts(event: dict[str, Any], frame: pd.DataFrame | None = None) -> in
     stored = frame["stored_ms"].astype("float64")
     i = int(np.nanargmin(np.abs(stored.to_numpy() - float(created))))
     return int(frame["ts"].iloc[i])
+
+
+def arena_table(board: list[dict[str, Any]]) -> pd.DataFrame:
+    """The live arena's leaderboard (the scorer's ``arena`` gauge, :mod:`models.arena`) as
+    text: one row per entry, champion first, then by live skill."""
+    cols = ["Model", "Role", "Version", "Live skill vs persistence", "Skill 95% interval",
+            "p (DM, Holm)", "Reading", "Bars scored", "In window", "MAE (close)",
+            "Direction right", "Waiting"]
+    rows = []
+    scored = [r for r in board if r.get("kind") != "error"]
+    scored.sort(key=lambda r: (r.get("kind") != "champion",
+                               -(r["skill"] if r.get("skill") is not None else -np.inf)))
+    for r in scored:
+        lo, hi, p = r.get("skill_lo"), r.get("skill_hi"), r.get("p_holm")
+        da = r.get("directional_accuracy")
+        rows.append({
+            "Model": r.get("name"), "Role": r.get("kind"), "Version": r.get("version_id") or "—",
+            "Live skill vs persistence": fmt_sig(r.get("skill"), 3),
+            "Skill 95% interval": (f"{fmt_sig(lo, 3)} to {fmt_sig(hi, 3)}"
+                                   if lo is not None and hi is not None else "—"),
+            "p (DM, Holm)": "—" if p is None else "< 0.0001" if p < 1e-4 else fmt_sig(p, 2),
+            "Reading": r.get("reading") or "—",
+            "Bars scored": f"{int(r.get('scored') or 0):,}",
+            "In window": f"{int(r.get('window_n') or 0):,} of {int(r.get('window') or 0):,}",
+            "MAE (close)": fmt_sig(r.get("mae"), 4),
+            "Direction right": ("—" if da is None else
+                                f"{da:.1%} of {int(r.get('moves') or 0):,} moves"),
+            "Waiting": f"{int(r.get('pending') or 0):,}",
+        })
+    for r in board:
+        if r.get("kind") == "error":
+            rows.append({**{c: "—" for c in cols}, "Model": r.get("name"), "Role": "not scored",
+                         "Reading": r.get("status")})
+    return pd.DataFrame(rows, columns=cols)

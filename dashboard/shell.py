@@ -71,9 +71,10 @@ def run_app() -> None:
     with st.sidebar:
         config = get_config()
         st.caption(f"**Store:** {runtime.store.describe()}")
-        info = runtime.broker_info
+        info, owner = runtime.visible_broker()
         if info:
-            broker = info.describe()
+            broker = info.describe() + (f" ({owner})" if owner.startswith("started by an")
+                                        else "")
         elif config.kafka_bootstrap:
             broker = f"Kafka at {config.kafka_bootstrap}"
         else:

@@ -15,6 +15,8 @@ MA_FALLBACK = ["#f2a900", "#29b6f6", "#e040fb", "#ff7043", "#9ccc65", "#ab47bc"]
 #: Models: the Okabe-Ito colour-blind-safe set (minus black), fine on both backgrounds.
 MODEL_COLORS = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442"]
 BASELINE_COLOR = "#9aa0a6"
+#: Baselines: neutral tones that still differ from each other (persistence first).
+BASELINE_COLORS = ["#9aa0a6", "#8d6e63", "#607d8b", "#bcaaa4"]
 PROMOTED_COLOR, KEPT_COLOR = "#43a047", "#9e9e9e"
 
 
@@ -47,3 +49,28 @@ def current_theme() -> str:
 
 def palette(theme: str | None = None) -> Palette:
     return LIGHT if (theme or current_theme()) == "light" else DARK
+
+
+#: Sizes for a projected chart: ticks and legend readable from the back of a classroom.
+TICK_FONT_SIZE = 13
+LEGEND_FONT_SIZE = 13
+
+
+def readable(fig, legend: bool = True):
+    """Projector-readable axes and legend for ``fig`` (returned): larger ticks in the text
+    colour (not light grey), axis labels sized to fit (automargin), and the legend on a row
+    of its own above the plot, right-aligned, clear of the x axis' date line and of the
+    title on the left."""
+    pal = palette()
+    font = dict(size=TICK_FONT_SIZE, color=pal.text)
+    fig.update_xaxes(tickfont=font, title_font=font, automargin=True)
+    fig.update_yaxes(tickfont=font, title_font=font, automargin=True)
+    if legend:
+        fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.01,
+                                      xanchor="right", x=1, title_text="",
+                                      font=dict(size=LEGEND_FONT_SIZE, color=pal.text)))
+        top = fig.layout.margin.t if fig.layout.margin.t is not None else 40
+        if fig.layout.title.text:  # the title's line, then the legend's row
+            fig.update_layout(margin=dict(t=max(top, 72)),
+                              title=dict(y=0.985, yanchor="top"))
+    return fig

@@ -2,6 +2,7 @@
 captions, per-fold tables, warnings without repeats. Pure functions, tested directly."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dashboard.formatting import MISSING, fmt_duration, fmt_num, fmt_ts
+from models.significance import BEATS
 
 WARNING_STATES = ("failed", "stalled")
 
@@ -32,7 +34,15 @@ def latency_note(latency: dict) -> str:
     over = f"the latest {n:,} live predictions" if n else "the latest live predictions"
     return (f"Bar produced to Kafka → prediction stored, over {over}. Bars produced before "
             "their model was ready (the warm-up history, bars that waited while the first "
-            "model trained) are stored with their latency but not counted here.")
+            "model trained) and catch-up predictions (a backlog after a restart) are stored "
+            "with their latency but not counted here.")
+
+
+def catch_up_note(n: int) -> str:
+    """What the scorer's catch-up count means (pipeline/scorer.py, ``CAUGHT_UP_MS``)."""
+    return (f"Catch-up: {n:,} predictions of bars that waited in Kafka while the scorer was "
+            "stopped or starting (a backlog worked through at once); counted apart, not in "
+            "the latency figures and not in the retrain schedule's bar count.")
 
 
 def source_problem(source_stats: dict | None, worker_state: str | None = None) -> str | None:
@@ -65,22 +75,41 @@ def worker_status(snap: dict | None, running: bool) -> tuple[str, str]:
     return state, ""
 
 
+def _count(snap: dict, *names: str) -> str | None:
+    """A counter of this run, with the total over the worker's runs when it was restarted:
+    ``64 (total 1,230)``."""
+    c, totals = snap.get("counters", {}), snap.get("totals") or {}
+    name = next((n for n in names if n in c), None)
+    if name is None:
+        return None
+    run, total = int(c[name]), int(totals.get(name, c[name]))
+    return f"{run:,}" if total == run else f"{run:,} (total {total:,})"
+
+
+def uptime_or_stopped(snap: dict, state: str) -> str:
+    """A running worker's uptime; a stopped one's stop time (``stopped 10:42:07 UTC``)."""
+    if state in ("running", "stalled") or not snap.get("stopped_s"):
+        return fmt_duration(snap.get("uptime_s"))
+    at = pd.Timestamp(float(snap["stopped_s"]), unit="s", tz="UTC")
+    return f"{state} {at:%H:%M:%S} UTC"
+
+
 def worker_row(name: str, snap: dict, where: str, running: bool = True) -> dict[str, Any]:
-    c, g = snap.get("counters", {}), snap.get("gauges", {})
+    g = snap.get("gauges", {})
     state, _ = worker_status(snap, running)
     row = {
         "worker": name,
         "where": where,
         "state": state,
-        "produced": c.get("produced"),
-        "consumed": c.get("consumed"),
-        "stored": c.get("stored", c.get("predictions")),
-        "rejected (DLQ)": c.get("rejected"),
+        "produced": _count(snap, "produced"),
+        "consumed": _count(snap, "consumed"),
+        "stored": _count(snap, "stored", "predictions"),
+        "rejected (DLQ)": _count(snap, "rejected"),
         # A stopped worker's last snapshot keeps its last rate; it moves nothing now.
         "rate/s": (fmt_num(g.get("rate_per_s", 0), 1) if state in ("running", "stalled")
                    else MISSING),
         "lag": g.get("lag"),
-        "uptime": fmt_duration(snap.get("uptime_s")),
+        "uptime": uptime_or_stopped(snap, state),
         "last bar": fmt_ts(g.get("last_bar_ts")) if g.get("last_bar_ts") else MISSING,
         "last error": snap.get("last_error") or "",
     }
@@ -148,7 +177,9 @@ def run_caption(summary: dict[str, Any], split_label: str, target: str, run_id: 
 
 
 def fold_view(fold_table: pd.DataFrame) -> pd.DataFrame:
-    """Skill per model (rows) and fold (columns), plus mean and spread across folds."""
+    """Skill per model (rows) and fold (columns), plus mean and spread across folds, the folds
+    with a positive skill, and (runs with significance) the folds where the model beats
+    persistence significantly (the wording rule of :mod:`models.significance`)."""
     if fold_table is None or len(fold_table) == 0:
         return pd.DataFrame()
     df = pd.DataFrame(fold_table)
@@ -157,9 +188,14 @@ def fold_view(fold_table: pd.DataFrame) -> pd.DataFrame:
     wide.columns = [f"fold {int(c) + 1}" for c in wide.columns]
     wide["mean"] = wide.mean(axis=1)
     wide["std"] = wide.drop(columns="mean").std(axis=1)
-    wide["folds beating persistence"] = [
-        f"{int((r > 0).sum())}/{int(r.notna().sum())}"
-        for _, r in wide.drop(columns=["mean", "std"]).iterrows()]
+    per_fold = wide.drop(columns=["mean", "std"])
+    wide["folds with skill > 0"] = [f"{int((r > 0).sum())}/{int(r.notna().sum())}"
+                                    for _, r in per_fold.iterrows()]
+    if "reading" in df.columns:  # significant wins only (models/significance.py)
+        wins = (df.assign(win=df["reading"] == BEATS)
+                .groupby("model", sort=False)["win"].sum())
+        wide["folds beating persistence"] = [
+            f"{int(wins.get(m, 0))}/{int(r.notna().sum())}" for m, r in per_fold.iterrows()]
     order = list(dict.fromkeys(df["model"]))
     return wide.reindex(order)
 
@@ -193,6 +229,19 @@ def latest_predictions(store, symbol: str, interval: str, start_ms: int) -> pd.D
             except ValueError:  # a target this version of the code does not know
                 return None
     return preds
+
+
+def per_candle_predictions(preds: pd.DataFrame | None, bucket_ms: int) -> pd.DataFrame | None:
+    """The last prediction per candle of ``bucket_ms``: the predicted close of the candle's
+    last bar, which is the candle's close. ``ts`` becomes the candle's start (the x of its
+    candle), ``target_ts`` keeps the predicted bar's time, ``n`` how many were in it."""
+    if preds is None or preds.empty:
+        return preds
+    candle = (preds["ts"] // bucket_ms) * bucket_ms
+    out = preds.assign(target_ts=preds["ts"], ts=candle)
+    counts = out.groupby("ts").size()
+    out = out.sort_values("target_ts").groupby("ts", as_index=False).tail(1)
+    return out.assign(n=out["ts"].map(counts).to_numpy()).sort_values("ts")
 
 
 def scorer_snapshot(runtime) -> dict | None:
@@ -237,9 +286,9 @@ def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
 
 def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
                  limit: int = 500) -> pd.DataFrame | None:
-    """News items of ``symbol`` within the shown candles, each placed just above the high of
-    the candle it was published in (columns ts, y, title, sentiment_score, relevance, source);
-    None when the store has none there (or predates news support)."""
+    """One marker per candle with news, just above its high: columns ts (the candle's start),
+    y, count, sentiment_score (mean), hover (up to three titles, HTML-escaped: text from data
+    is never markup); None when the store has no news there (or predates news support)."""
     if candles.empty or not hasattr(store, "query_news"):
         return None
     start = int(candles["ts"].iloc[0])
@@ -247,8 +296,16 @@ def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
     news = store.query_news(symbol, start, end, limit=limit)
     if news.empty:
         return None
-    bucket = (news["ts"] // bucket_ms) * bucket_ms
+    news = news.assign(candle=(news["ts"] // bucket_ms) * bucket_ms)
     highs = candles.set_index("ts")["high"]
     span = float(candles["high"].max() - candles["low"].min()) or 1.0
-    news = news.assign(y=bucket.map(highs).to_numpy() + 0.03 * span)
-    return news.dropna(subset=["y"])
+    rows = []
+    for candle, items in news.groupby("candle", sort=True):
+        if candle not in highs.index:
+            continue
+        titles = [html.escape(str(t)) for t in items["title"].head(3)]
+        more = len(items) - len(titles)
+        rows.append({"ts": int(candle), "y": float(highs[candle]) + 0.03 * span,
+                     "count": len(items), "sentiment_score": float(items["sentiment_score"].mean()),
+                     "hover": "<br>".join(titles) + (f"<br>… and {more} more" if more > 0 else "")})
+    return pd.DataFrame(rows) if rows else None

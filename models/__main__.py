@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="simulate N bars per symbol in memory instead of reading the store")
     src.add_argument("--seed", type=int, default=0, help="seed for simulation, splits and models")
     src.add_argument("--phi", type=float, help="simulated AR(1) signal in returns (0 = random walk)")
+    src.add_argument("--seeds", type=int, default=1, metavar="K",
+                     help="with --simulate: repeat the comparison on K simulated paths (seeds "
+                          "SEED..SEED+K-1) and show the spread, so a one-off win shows as one")
     src.add_argument("--max-rows", type=int, default=500_000, help="hard bound on bars loaded")
     m = c.add_argument_group("experiment")
     m.add_argument("--features", default=DEFAULT_GROUP,
@@ -115,6 +118,8 @@ def _compare(args) -> int:
     else:
         config.interval = args.interval or "1m"
     _check(args, config)
+    if args.seeds > 1:
+        return _compare_seeds(args, config)
     if args.simulate is not None:
         data = _simulate(args, config)
     progress = None if args.quiet else _print_progress
@@ -139,6 +144,8 @@ def _compare(args) -> int:
 def _check(args, config) -> None:
     if args.simulate is not None and args.simulate < 1:
         raise UsageError("--simulate needs a positive number of bars")
+    if args.seeds < 1 or (args.seeds > 1 and args.simulate is None):
+        raise UsageError("--seeds K needs K >= 1, and --simulate N when K > 1")
     if args.phi is not None and args.simulate is None:
         raise UsageError("--phi only applies with --simulate N")
     if args.phi is not None and not -1 < args.phi < 1:
@@ -198,6 +205,42 @@ def _simulate(args, config) -> pd.DataFrame:
     return pd.DataFrame([b.to_dict() for b in sim.bars(threading.Event())])
 
 
+def _compare_seeds(args, config) -> int:
+    """The comparison on ``--seeds`` simulated paths: per-seed readings and the spread."""
+    from models.lab import LabError
+    from models.seeds import run_seeds, seed_spread, simulated_bars
+
+    def bars(seed: int) -> pd.DataFrame:
+        return simulated_bars(seed, args.simulate, config.interval, args.phi, config.symbols)
+
+    try:
+        per_seed = run_seeds(bars, config, args.seeds,
+                             progress=None if args.quiet else _print_progress)
+    except (LabError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    spread = seed_spread(per_seed)
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), "simulate": args.simulate,
+                          "phi": args.phi, "seeds": list(range(args.seed,
+                                                                args.seed + args.seeds)),
+                          "per_seed": [json_safe(r) for r in per_seed.to_dict("records")],
+                          "spread": [json_safe(r) for r in
+                                     spread.reset_index().to_dict("records")]},
+                         allow_nan=False, default=str))
+        return 0
+    with pd.option_context("display.width", 250, "display.max_columns", 20,
+                           "display.max_colwidth", 80, "display.float_format", "{:.4g}".format):
+        print(f"{args.seeds} simulated paths of {args.simulate:,} {config.interval} bars "
+              f"(seeds {args.seed}..{args.seed + args.seeds - 1}, phi "
+              f"{args.phi if args.phi is not None else 'default'}) | target {config.target} | "
+              f"split {config.split}")
+        print(spread.to_string())
+        print("per seed:")
+        print(per_seed.pivot_table(index="model", columns="seed", values="skill",
+                                   sort=False).to_string())
+    return 0
+
+
 def _stored_interval(store, symbols: list[str]) -> str:
     """The interval stored for all of ``symbols`` when there is exactly one; else 1m, or the
     choice the user has to make spelled out."""
@@ -236,10 +279,16 @@ def _print_result(result) -> None:
     print(f"{', '.join(s['symbols'])} {s['interval']} | target {result.config.target} | "
           f"split {result.config.split} | train {s['n_train']:,} rows, test {s['n_test']:,} rows"
           f" | {len(s['features'])} features")
-    table = result.table[list(METRIC_COLUMNS)].copy()
-    with pd.option_context("display.width", 200, "display.max_columns", 20,
+    from models.significance import SIGNIFICANCE_COLUMNS
+
+    cols = [c for c in [*METRIC_COLUMNS, *SIGNIFICANCE_COLUMNS] if c in result.table.columns]
+    table = result.table[cols].copy()
+    with pd.option_context("display.width", 250, "display.max_columns", 30,
                            "display.float_format", "{:.6g}".format):
         print(table.to_string())
+        if result.config.split == "walk_forward" and len(result.fold_table):
+            print("per fold (walk-forward):")
+            print(result.fold_table.to_string(index=False))
     errors = result.table["error"].dropna()
     for e in errors:
         print(f"! {e}")
@@ -256,8 +305,10 @@ def _print_result(result) -> None:
 
 def _result_json(result) -> dict:
     table = [json_safe(row) for row in result.table.reset_index().to_dict("records")]
+    folds = [json_safe(row) for row in result.fold_table.to_dict("records")]
     return {"run_id": result.run_id, "config": result.config.to_dict(),
             "summary": result.summary, "best_model": result.best_label(), "table": table,
+            "fold_table": folds,
             "best_params": result.best_params, "guidance": result.guidance,
             "warnings": result.warnings}
 

@@ -42,7 +42,8 @@ from models.features import (
     DEFAULT_FEATURES, FEATURE_GROUPS, compute_features, is_price_level, max_lookback,
 )
 from models.fundamentals import is_fundamentals_feature, load_fundamentals
-from models.registry import GLOBAL_SCOPE, LoadedModel, promote, save_model_version
+from models.registry import (GLOBAL_SCOPE, LoadedModel, promote, promoted_by_hand,
+                             save_model_version)
 from models.sentiment import is_sentiment_feature, load_news
 from models.targets import effective_horizon, make_target, to_close
 from pipeline.jsonsafe import json_safe
@@ -211,11 +212,18 @@ def retrain(store: Store, champion: LoadedModel, trigger: str, reason: str,
     ch_err, champ_err = ch_metrics.get(DECISION_METRIC), champ_metrics.get(DECISION_METRIC)
     better = (_finite(ch_err) and (not _finite(champ_err)
                                    or ch_err <= champ_err * (1.0 - policy.min_improvement)))
+    # A champion a person chose stays unless the challenger also beats persistence.
+    by_hand = promoted_by_hand(meta)
+    pers_err = pers.get(DECISION_METRIC)
+    kept_for_persistence = bool(better and by_hand and not (_finite(pers_err)
+                                                            and ch_err < pers_err))
+    better = better and not kept_for_persistence
     figures = {
         **_data_figures(train, holdout),
         "decision_metric": DECISION_METRIC,
         "challenger_error": ch_err, "champion_error": champ_err,
         "persistence_error": pers.get(DECISION_METRIC),
+        "champion_promoted_by_hand": by_hand,
         "improvement": (1.0 - ch_err / champ_err) if _finite(ch_err) and _finite(champ_err)
         and champ_err > 0 else None,
         "min_improvement": policy.min_improvement,
@@ -225,6 +233,9 @@ def retrain(store: Store, champion: LoadedModel, trigger: str, reason: str,
     }
     verdict = (f"challenger {DECISION_METRIC} {_fmt(ch_err)} vs champion {_fmt(champ_err)}: "
                + ("promoted" if better else "champion kept"))
+    if kept_for_persistence:
+        verdict += (f" (promoted by hand, and the challenger does not beat persistence "
+                    f"{_fmt(pers_err)})")
     challenger_id = None
     if better or policy.keep_rejected:
         challenger_id = save_model_version(store, challenger_est, _version_meta(

@@ -73,9 +73,13 @@ FEATURE_GROUPS: dict[str, list[str]] = {
 #: Groups computed from another stream than the bars (joined as of each bar's end).
 STREAM_GROUPS = ("sentiment", "fundamentals")
 
+#: Scale-free features only. Price levels (``close``, raw moving averages, lags of the close:
+#: :func:`is_price_level`) are opt-in: they are non-stationary, so a model fitted on one price
+#: range extrapolates on the next (one walk-forward fold read skill -2.1 from ``close`` alone).
+#: Calendar features are opt-in too (group ``calendar``), and left out where they do not vary.
 DEFAULT_FEATURES: list[str] = [
-    "close", "ret_1", "ret_5", "ret_20", "ret_lag_1", "close_to_sma_20", "rsi_14",
-    "bb_width_20", "volatility_20", "hl_range", "vol_z_20", "minute_sin", "minute_cos",
+    "ret_1", "ret_5", "ret_20", "ret_lag_1", "close_to_sma_20", "rsi_14",
+    "bb_width_20", "volatility_20", "hl_range", "vol_z_20",
 ]
 
 #: Pseudo-group accepted by :func:`expand_features`.
@@ -178,6 +182,21 @@ def all_features() -> list[str]:
 
 def is_price_level(name: str) -> bool:
     return PRICE_LEVEL_FEATURES.match(name) is not None
+
+
+#: Said wherever price-level features are chosen (the lab's warnings, the page).
+LEVEL_FEATURES_NOTE = (
+    "{names}: price levels, opt-in. They are non-stationary: a model fitted on one price "
+    "range meets another in the test period (linear models extrapolate, trees go flat), so "
+    "one fold can lose badly from them alone. Scale-free features (returns, close_to_sma_*) "
+    "carry the same information without the level."
+)
+
+
+def level_features_note(features) -> str | None:
+    """:data:`LEVEL_FEATURES_NOTE` for the price-level features among ``features``, or None."""
+    levels = [f for f in features if is_price_level(f)]
+    return LEVEL_FEATURES_NOTE.format(names=", ".join(levels)) if levels else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from models import metrics as M
-from models.features import compute_features, expand_features
+from models import significance as S
+from models.features import compute_features, expand_features, level_features_note
 from models.lab_fitting import (  # noqa: F401 (fit_in_chunks re-exported)
     _device_of, _drop_constant, _entries, _fit_predict, _fold_table, _importance, _score_table,
     fit_in_chunks,
@@ -71,6 +72,8 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
         features = expand_features(config.features)
         if not features:
             raise LabError("Choose at least one feature.")
+        if note := level_features_note(features):
+            warnings.append(note)
     entries = _entries(config)
 
     report(0.0, "Loading bars")
@@ -194,8 +197,8 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
         rows_out.append({"model": entry.label, "key": entry.spec.key, "kind": entry.spec.kind,
                          "fit_time_s": fit_s, "predict_time_s": predict_s, "error": error})
 
-    table = _score_table(rows_out, predictions, config.target)
-    fold_table = _fold_table(fold_rows)
+    table = _score_table(rows_out, predictions, config.target, horizon, config.seed)
+    fold_table = _fold_table(fold_rows, predictions, horizon, config.seed)
     importance = (pd.concat(importances, ignore_index=True) if importances
                   else pd.DataFrame(columns=["model", "feature", "importance", "std"]))
     train_ts = np.unique(np.concatenate([ts[s.train] for s in splits]))
@@ -218,6 +221,10 @@ def run_comparison(data, config: LabConfig, progress: ProgressCallback | None = 
         "test_end_ms": int(predictions["ts"].max()),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "devices": devices,
+        "significance": {"comparisons": int(table.attrs.get("comparisons", 0)),
+                         "level": float(table.attrs.get("level", S.LEVEL)),
+                         "test": "Diebold-Mariano, Newey-West HAC, HLN, Holm",
+                         "interval": "95% paired moving-block bootstrap of skill"},
     }
     result = LabResult(config, table, predictions, importance, fold_table, best_params, fitted,
                        [], warnings, summary)
@@ -283,13 +290,16 @@ GUIDE_TREES = (
     "drift out of that range; predict next_return instead, or use price-relative features."
 )
 GUIDE_NO_SKILL = (
-    "No model beats persistence on these test bars: the best forecast here is \"no change\". "
-    "That is what a random walk looks like; a model that seems to beat it on one split only "
-    "is usually fitting noise."
+    "No evidence any model beats persistence on these test bars (best skill {skill:+.3g}, "
+    "interval {lo:+.3g} to {hi:+.3g}): the best forecast here is \"no change\". That is what "
+    "a random walk looks like; a model that seems to beat it on one split only is usually "
+    "fitting noise."
 )
-GUIDE_SMALL_SKILL = (
-    "The best skill vs persistence is small ({skill:.2g}); check it is stable across "
-    "walk-forward folds before trusting it."
+GUIDE_BEATS = "{models} beat{s} persistence at {level:.0%} after Holm's correction."
+GUIDE_WORSE = "{models} {are} worse than persistence at {level:.0%} after Holm's correction."
+GUIDE_FOLDS = (
+    "Walk-forward folds: {model} beats persistence in {wins} of {n} folds on its own; the "
+    "pooled test above is the one to read, the folds show whether the edge is stable."
 )
 GUIDE_DIRECTION = (
     "Directional accuracy near 50% is a coin flip; with {n:,} test bars, anything within "
@@ -321,16 +331,44 @@ def guidance(result: LabResult, y: np.ndarray, splits: list[Split]) -> list[str]
         share = float(np.mean((actual < lo) | (actual > hi)))
         if share > 0.01:
             notes.append(GUIDE_TREES.format(models=", ".join(trees), share=share, lo=lo, hi=hi))
-    ranked = table[table["key"] != "persistence"]["skill"].dropna()
-    if len(ranked) and spec.is_forecast:
-        best = float(ranked.max())
-        if best <= 0:
-            notes.append(GUIDE_NO_SKILL)
-        elif best < 0.01:
-            notes.append(GUIDE_SMALL_SKILL.format(skill=best))
+    if spec.is_forecast and "reading" in table.columns:
+        notes += _significance_notes(result)
     da = table["directional_accuracy"].dropna()
     n = int(result.summary.get("n_test", len(result.predictions)))
     band = 2.0 * 0.5 / np.sqrt(max(n, 1))  # ~95% band of a fair coin's hit rate
     if len(da) and spec.is_forecast and float(da.max()) < 0.5 + band:
         notes.append(GUIDE_DIRECTION.format(n=n, band=band))
+    return notes
+
+
+def _significance_notes(result: LabResult) -> list[str]:
+    """The wording rule's sentences: who beats persistence (or is worse), and how it was
+    decided; per-fold wins for walk-forward."""
+    table = result.table
+    level = float(table.attrs.get("level", S.LEVEL))
+    compared = table[table["reading"].notna() & (table["key"] != "persistence")]
+    if compared.empty:
+        return []
+    notes = []
+    beats = [str(m) for m in compared.index[compared["reading"] == S.BEATS]]
+    worse = [str(m) for m in compared.index[compared["reading"] == S.WORSE]]
+    if beats:
+        notes.append(GUIDE_BEATS.format(models=", ".join(beats), s="s" if len(beats) == 1
+                                        else "", level=level))
+    else:
+        best = compared["skill"].astype(float).idxmax() if compared["skill"].notna().any() \
+            else compared.index[0]
+        notes.append(GUIDE_NO_SKILL.format(skill=float(compared.loc[best, "skill"]),
+                                           lo=float(compared.loc[best, "skill_lo"]),
+                                           hi=float(compared.loc[best, "skill_hi"])))
+    if worse:
+        notes.append(GUIDE_WORSE.format(models=", ".join(worse),
+                                        are="is" if len(worse) == 1 else "are", level=level))
+    folds = result.fold_table
+    if result.config.split == "walk_forward" and "reading" in folds.columns and beats:
+        for m in beats:
+            part = folds[folds["model"] == m]
+            notes.append(GUIDE_FOLDS.format(model=m, wins=int((part["reading"] == S.BEATS).sum()),
+                                            n=len(part)))
+    notes.append(S.method_note(int(table.attrs.get("comparisons", len(compared))), level))
     return notes

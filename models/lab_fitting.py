@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from models import metrics as M
+from models import significance as S
 from models.features import expand_features
 from models.splits import Split, walk_forward_splits
 from models.targets import (SAME_BAR_FEATURES, get_target, to_close)
@@ -73,7 +74,7 @@ def _fit_predict(entry: _Entry, X: pd.DataFrame, y: np.ndarray, ts: np.ndarray, 
 
 def _device_of(est) -> str | None:
     model = est.steps[-1][1] if hasattr(est, "steps") else est
-    if type(model).__name__ != "XGBRegressor":
+    if not type(model).__name__.endswith("XGBRegressor"):
         return None
     return str(model.get_params().get("device") or "cpu")
 
@@ -104,7 +105,7 @@ def fit_in_chunks(est, X, y, tick=None) -> None:
         finally:
             model.set_params(warm_start=False, **{size_param: total})
         return
-    if name == "XGBRegressor":
+    if name.endswith("XGBRegressor"):
         from xgboost.callback import TrainingCallback
 
         total = int(model.get_params()["n_estimators"] or 100)
@@ -159,7 +160,8 @@ def _importance(fm: FittedModel, X: pd.DataFrame, y: np.ndarray, s: Split, confi
                          "importance": r.importances_mean, "std": r.importances_std})
 
 
-def _score_table(rows: list[dict], predictions: pd.DataFrame, target: str) -> pd.DataFrame:
+def _score_table(rows: list[dict], predictions: pd.DataFrame, target: str, horizon: int = 1,
+                 seed: int = 0) -> pd.DataFrame:
     actual = predictions["actual"].to_numpy()
     base = predictions["base_close"].to_numpy()
     actual_close = predictions["actual_close"].to_numpy()
@@ -180,8 +182,27 @@ def _score_table(rows: list[dict], predictions: pd.DataFrame, target: str) -> pd
         row["n_test"] = int(len(predictions))
         row["error"] = r["error"]
         out.append(row)
-    cols = ["model", "key", "kind", *M.METRIC_COLUMNS, "n_test", "error"]
-    return pd.DataFrame(out, columns=cols).set_index("model")
+    sig = _significance(rows, predictions, persistence, horizon, seed)
+    for row in out:
+        row.update(sig["rows"].get(row["model"], {}))
+    cols = ["model", "key", "kind", *M.METRIC_COLUMNS, *S.SIGNIFICANCE_COLUMNS, "n_test", "error"]
+    table = pd.DataFrame(out, columns=cols).set_index("model")
+    table.attrs["comparisons"] = sig["comparisons"]
+    table.attrs["level"] = sig["level"]
+    return table
+
+
+def _significance(rows: list[dict], predictions: pd.DataFrame, persistence: str | None,
+                  horizon: int, seed: int) -> dict:
+    """DM test and skill interval of every scored entry against persistence on these rows
+    (one loss differential per bar time), Holm-corrected over the comparisons."""
+    labels = [r["model"] for r in rows if r["model"] in predictions]
+    if persistence not in predictions or len(predictions) < 3:
+        return {"rows": {}, "comparisons": 0, "level": S.LEVEL}
+    preds = {lb: predictions[lb].to_numpy() for lb in labels}
+    return S.significance_columns(predictions["actual"].to_numpy(), preds, persistence,
+                                  groups=predictions["ts"].to_numpy(), horizon=horizon,
+                                  seed=seed)
 
 
 def _drop_constant(feats: pd.DataFrame, features: list[str], rows_ok: np.ndarray,
@@ -197,8 +218,22 @@ def _drop_constant(feats: pd.DataFrame, features: list[str], rows_ok: np.ndarray
     return [f for f in features if f not in constant], constant
 
 
-def _fold_table(fold_rows: list[dict]) -> pd.DataFrame:
+def _fold_table(fold_rows: list[dict], predictions: pd.DataFrame | None = None,
+                horizon: int = 1, seed: int = 0) -> pd.DataFrame:
+    """Per fold: test rows, MSE, skill, and the same significance columns as the table
+    (Holm over the comparisons within the fold)."""
     df = pd.DataFrame(fold_rows, columns=["model", "key", "fold", "n_test", "mse"])
     persistence = df[df["key"] == "persistence"].set_index("fold")["mse"]
     df["skill"] = [M.skill(m, persistence.get(f, np.nan)) for m, f in zip(df["mse"], df["fold"])]
+    for c in S.SIGNIFICANCE_COLUMNS:
+        df[c] = np.nan if c != "reading" else None
+    pers = df.loc[df["key"] == "persistence", "model"]
+    if predictions is not None and len(pers) and len(df):
+        rows = [{"model": m} for m in dict.fromkeys(df["model"])]
+        for fold, part in predictions.groupby("fold", sort=True):
+            sig = _significance(rows, part, pers.iloc[0], horizon, seed)
+            for label, vals in sig["rows"].items():
+                at = (df["model"] == label) & (df["fold"] == fold)
+                for c in S.SIGNIFICANCE_COLUMNS:
+                    df.loc[at, c] = vals.get(c)
     return df.drop(columns=["key"])

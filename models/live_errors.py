@@ -56,7 +56,9 @@ def calls_a_move(target: str, predicted: float, base_close: float) -> bool:
 
 
 class LiveErrors:
-    """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy.
+    """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy, all over
+    one window: the last ``window`` scored predictions (directional accuracy: the share right
+    among those of them where the price moved; ``moves`` says how many).
 
     The window's sums are kept up to date as errors come and go, so :meth:`summary` is O(1):
     the scorer's ``live_error`` gauge summarises every symbol (500 of them) in one poll. To
@@ -68,11 +70,11 @@ class LiveErrors:
         self.window = window
         self._abs: deque[float] = deque(maxlen=window)
         self._pct: deque[float] = deque(maxlen=window)
-        self._hits: deque[bool] = deque(maxlen=window)
+        self._hits: deque[bool | None] = deque(maxlen=window)  # aligned with _abs
         self._calls: deque[bool] = deque(maxlen=window)  # the prediction called a move
         self.total = 0
         self._s_abs = self._s_sq = self._s_pct = 0.0
-        self._n_pct = self._s_hits = self._s_calls = 0
+        self._n_pct = self._s_hits = self._s_calls = self._n_moves = 0
         self._since_exact = 0
 
     def add(self, abs_err: float, pct_err: float, hit: bool | None,
@@ -89,6 +91,10 @@ class LiveErrors:
             if math.isfinite(old_pct):
                 self._s_pct -= old_pct
                 self._n_pct -= 1
+            old_hit = self._hits[0]
+            if old_hit is not None:
+                self._s_hits -= old_hit
+                self._n_moves -= 1
         self._abs.append(abs_err)
         self._pct.append(pct_err)
         self._calls.append(called)
@@ -98,11 +104,10 @@ class LiveErrors:
         if math.isfinite(pct_err):
             self._s_pct += pct_err
             self._n_pct += 1
+        self._hits.append(hit)
         if hit is not None:
-            if len(self._hits) == self.window:
-                self._s_hits -= self._hits[0]
-            self._hits.append(hit)
             self._s_hits += hit
+            self._n_moves += 1
         self.total += 1
         self._since_exact += 1
         if self._since_exact >= self.window or not math.isfinite(self._s_abs + self._s_sq):
@@ -114,7 +119,8 @@ class LiveErrors:
         self._s_sq = math.fsum(a * a for a in self._abs)
         pct = [v for v in self._pct if math.isfinite(v)]
         self._s_pct, self._n_pct = math.fsum(pct), len(pct)
-        self._s_hits = sum(self._hits)
+        self._s_hits = sum(h for h in self._hits if h is not None)
+        self._n_moves = sum(h is not None for h in self._hits)
         self._s_calls = sum(self._calls)
 
     @property
@@ -133,9 +139,9 @@ class LiveErrors:
             "mae": _finite_or_none(self._s_abs / n),
             "rmse": _finite_or_none(math.sqrt(max(self._s_sq, 0.0) / n)),
             "mape_pct": _finite_or_none(self.mape_pct),
-            "directional_accuracy": (self._s_hits / len(self._hits)
-                                     if self._hits and self._s_calls else None),
-            "n": n, "scored": self.total,
+            "directional_accuracy": (self._s_hits / self._n_moves
+                                     if self._n_moves and self._s_calls else None),
+            "n": n, "scored": self.total, "window": self.window, "moves": self._n_moves,
         }
 
 

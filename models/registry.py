@@ -180,6 +180,13 @@ def promote(store: Store, version_id: str, scope: str = GLOBAL_SCOPE,
     return _promote(store, version_id, scope, reason, record_previous=True)
 
 
+def promoted_by_hand(meta: dict[str, Any]) -> bool:
+    """True when a person made this version champion (Predictions page, Model lab, the CLI,
+    a rollback), not the scorer's bootstrap or one of its retrains."""
+    reason = str(meta.get("promotion_reason") or "")
+    return bool(reason) and not (reason.startswith("bootstrap") or " retrain: " in reason)
+
+
 def rollback(store: Store, scope: str = GLOBAL_SCOPE,
              reason: str = "rollback") -> dict[str, Any]:
     """Bring back the champion that preceded the current one in ``scope``.

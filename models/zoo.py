@@ -206,13 +206,16 @@ def __getattr__(name):  # unpickling a forest before any was built in this proce
 
 
 def _hist_gradient_boosting(p, seed, n_jobs):
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    from models.boosting import TailStoppedGradientBoosting
 
-    # early_stopping off: its internal validation split would be a random (leaky) one.
-    return HistGradientBoostingRegressor(
+    # Rounds chosen on the training window's time-ordered tail (models/boosting.py): sklearn's
+    # own early stopping would validate on a random (leaky) split.
+    return TailStoppedGradientBoosting(
         max_iter=int(p["max_iter"]), learning_rate=float(p["learning_rate"]),
-        max_leaf_nodes=int(p["max_leaf_nodes"]), min_samples_leaf=int(p["min_samples_leaf"]),
-        l2_regularization=float(p["l2_regularization"]), early_stopping=False,
+        max_leaf_nodes=int(p["max_leaf_nodes"]), max_depth=_none_if_zero(p.get("max_depth", 0)),
+        min_samples_leaf=int(p["min_samples_leaf"]),
+        l2_regularization=float(p["l2_regularization"]),
+        tail_fraction=float(p.get("tail_fraction", 0.2)), patience=int(p.get("patience", 20)),
         random_state=seed)
 
 
@@ -240,9 +243,10 @@ def xgboost_device(choice: str) -> str:
 
 
 def _xgboost(p, seed, n_jobs):
-    from xgboost import XGBRegressor
+    from models.boosting import TailStoppedXGBRegressor
 
-    return XGBRegressor(
+    return TailStoppedXGBRegressor(
+        tail_fraction=float(p.get("tail_fraction", 0.2)), patience=int(p.get("patience", 30)),
         device=xgboost_device(str(p.get("device") or "auto")),
         n_estimators=int(p["n_estimators"]), learning_rate=float(p["learning_rate"]),
         max_depth=int(p["max_depth"]), subsample=float(p["subsample"]),
@@ -301,24 +305,29 @@ register(ModelSpec(
 
 register(ModelSpec(
     "hist_gradient_boosting", "Gradient boosting", "model", _hist_gradient_boosting,
-    defaults={"max_iter": 200, "learning_rate": 0.05, "max_leaf_nodes": 31,
-              "min_samples_leaf": 20, "l2_regularization": 0.0},
+    # Suited to noisy returns: shallow trees, a small learning rate, and the number of rounds
+    # chosen on the latest 20 % of the training window (models/boosting.py).
+    defaults={"max_iter": 300, "learning_rate": 0.03, "max_depth": 3, "max_leaf_nodes": 8,
+              "min_samples_leaf": 50, "l2_regularization": 1.0, "tail_fraction": 0.2,
+              "patience": 20},
     widgets=(
         ParamWidget("max_iter", "Boosting rounds", "int", 10, 1000, 10),
         ParamWidget("learning_rate", "Learning rate", "float", 0.005, 1.0, 0.005),
+        ParamWidget("max_depth", "Max depth (0 = unlimited)", "int", 0, 20, 1),
         ParamWidget("max_leaf_nodes", "Leaves per tree", "int", 2, 255, 1),
         ParamWidget("min_samples_leaf", "Min samples per leaf", "int", 1, 500, 1),
     ),
     search_space={"max_iter": [50, 100, 200, 400], "learning_rate": [0.01, 0.02, 0.05, 0.1, 0.2],
                   "max_leaf_nodes": [7, 15, 31, 63], "min_samples_leaf": [10, 20, 50, 100, 200],
                   "l2_regularization": [0.0, 0.01, 0.1, 1.0, 10.0]},
-    description="scikit-learn's histogram gradient boosting.", extrapolates=False))
+    description="scikit-learn's histogram gradient boosting; rounds chosen on the latest 20% "
+                "of the training window, then refitted on all of it.", extrapolates=False))
 
 register(ModelSpec(
     "xgboost", "XGBoost", "model", _xgboost,
-    defaults={"n_estimators": 300, "learning_rate": 0.05, "max_depth": 5, "subsample": 0.8,
-              "colsample_bytree": 0.8, "min_child_weight": 1.0, "reg_lambda": 1.0,
-              "device": "auto"},
+    defaults={"n_estimators": 300, "learning_rate": 0.03, "max_depth": 3, "subsample": 0.8,
+              "colsample_bytree": 0.8, "min_child_weight": 20.0, "reg_lambda": 5.0,
+              "device": "auto", "tail_fraction": 0.2, "patience": 30},
     widgets=(
         ParamWidget("n_estimators", "Boosting rounds", "int", 10, 2000, 10),
         ParamWidget("device", "Device", "choice", options=("auto", "cpu", "cuda"),
@@ -332,7 +341,8 @@ register(ModelSpec(
                   "max_depth": [2, 3, 4, 5, 6, 8], "subsample": [0.5, 0.7, 0.8, 1.0],
                   "colsample_bytree": [0.5, 0.7, 0.8, 1.0], "min_child_weight": [1, 3, 10, 30],
                   "reg_lambda": [0.1, 1.0, 3.0, 10.0]},
-    description="XGBoost gradient-boosted trees (hist method).", extrapolates=False))
+    description="XGBoost gradient-boosted trees (hist method); rounds chosen on the latest "
+                "20% of the training window, then refitted on all of it.", extrapolates=False))
 
 BASELINE_KEYS = [k for k, s in MODEL_SPECS.items() if s.kind == "baseline"]
 MODEL_KEYS = [k for k, s in MODEL_SPECS.items() if s.kind == "model"]

@@ -8,7 +8,7 @@ from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.view_models import latest_predictions, news_markers
+from dashboard.view_models import latest_predictions, news_markers, per_candle_predictions
 from pipeline.schema import INTERVALS
 
 enter_page()
@@ -117,20 +117,19 @@ def live_panel() -> None:
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
     ]}
     preds = None
-    if show_pred:
-        preds = latest_predictions(store, symbol, interval, start_ms=int(candles["ts"].iloc[0]))
+    if show_pred:  # the last prediction per candle: the predicted close of each candle
+        preds = per_candle_predictions(latest_predictions(
+            store, symbol, interval, start_ms=int(candles["ts"].iloc[0])), bucket)
     news = news_markers(store, symbol, candles, bucket) if show_news else None
     fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {size} candles",
-                      news=news)
+                      news=news, period_ms=bucket)
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     if len(candles) > shown > 0:
         fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-shown]),
                                 ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
     drawn["figure"] = fig
     if preds is not None and len(preds):
-        nxt = preds.iloc[-1]
-        drawn["caption"] = (f"Next close predicted for {fmt_ts(nxt['ts'])}: "
-                            f"**{fmt_sig(nxt['predicted_close'], 6)}** (model {nxt['model_id']}).")
+        drawn["caption"] = prediction_caption(preds.iloc[-1], bucket, step, size, interval)
     st.session_state["lm_drawn"] = drawn
     st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
     _show(drawn)
@@ -142,6 +141,20 @@ def _show(drawn: dict) -> None:
     st.plotly_chart(drawn["figure"], width="stretch", key="lm_chart")
     if drawn["caption"]:
         st.caption(drawn["caption"])
+
+
+def prediction_caption(nxt, bucket: int, step: int, size: str, interval: str) -> str:
+    """The latest prediction, named for the candle shown: a 5m chart gets the predicted
+    close of a 5m candle (its last 1m bar), not "the next 1-minute close"."""
+    value, model = fmt_sig(nxt["predicted_close"], 6), nxt["model_id"]
+    if bucket == step:
+        return (f"Next close predicted for {fmt_ts(nxt['target_ts'])}: **{value}** "
+                f"(model {model}).")
+    day = bucket >= INTERVALS["1d"]
+    start = ts_to_datetime(nxt["ts"]).strftime("%Y-%m-%d" if day else "%Y-%m-%d %H:%M UTC")
+    return (f"Predicted close of the {size} candle of {start}: **{value}** — the latest "
+            f"{interval} prediction in it, for the bar of {fmt_ts(nxt['target_ts'])} (model "
+            f"{model}). Each diamond is the last prediction of its candle.")
 
 
 def _fmt_bucket(ms: int) -> str:

@@ -19,7 +19,9 @@ from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.widgets import confirm_button, stored_date_range, wait_for_data
 from models import lab
-from models.features import DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features
+from dashboard.lab_seeds import seeds_block
+from models.features import (DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features,
+                             level_features_note)
 from models.fundamentals import is_fundamentals_feature, load_fundamentals
 from models.sentiment import is_sentiment_feature, load_news
 from models.features import max_lookback
@@ -115,6 +117,8 @@ if features:
         c1.caption(f"Fundamentals features take the latest snapshot fetched before each bar's "
                    f"close; bars before a symbol's first snapshot have none and are left out. "
                    f"{n_snaps:,} snapshots stored for these symbols.")
+    if level_note := level_features_note(features):
+        c1.caption(level_note)
     constant_here = [f for f in features if f.startswith("minute_") and interval == "1d"]
     if constant_here:
         c1.caption(f"On {interval} bars {', '.join(constant_here)} never change: the run leaves "
@@ -216,6 +220,8 @@ else:
         if run:
             st.subheader("Results")
             stored_run_block(run, shown_above)
+
+seeds_block(config)  # the same comparison on simulated paths: dashboard/lab_seeds.py
 
 # ---- previous runs ------------------------------------------------------------------------
 st.subheader("Previous runs")

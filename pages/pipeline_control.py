@@ -8,8 +8,8 @@ from dashboard.charts import throughput
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
-from dashboard.view_models import (HELP, latency_note, source_problem, throughput_ceiling,
-                                   worker_row, worker_status)
+from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
+                                   throughput_ceiling, worker_row, worker_status)
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -33,12 +33,12 @@ st.caption("source → producer → topic `finance-data` → indexer → store �
 b1, b2 = st.columns(2)
 with b1:
     st.subheader("Broker")
+    shown, owner = runtime.visible_broker()
     if config.kafka_bootstrap:
         st.write(f"Configured Kafka at `{config.kafka_bootstrap}` (KAFKA_BOOTSTRAP_SERVERS)")
-    elif runtime.broker_info:
-        owner = "started by this app" if runtime.owns_broker else "reused, started by another process"
-        st.write(f"Embedded Tansu at `{runtime.broker_info.bootstrap}` "
-                 f"(pid {runtime.broker_info.pid}, {owner}; memory only)")
+    elif shown:
+        st.write(f"Embedded Tansu at `{shown.bootstrap}` (pid {shown.pid}, {owner}; memory "
+                 "only)")
     else:
         st.write("Embedded Tansu broker — not started yet (it starts with the first worker).")
 with b2:
@@ -50,7 +50,9 @@ with b2:
 st.subheader("Workers")
 show_notices("pipeline")
 
-with st.expander("Producer source", expanded=not runtime.is_running("producer")):
+producing_elsewhere = runtime.attached_worker("producer") is not None
+with st.expander("Producer source", expanded=not (runtime.is_running("producer")
+                                                  or producing_elsewhere)):
     session_keys = st.session_state.setdefault("api_keys", {})
     choices = available_sources(config, session_keys)
     labels = {c.key: c.label + ("" if c.enabled else " — needs a key") for c in choices}
@@ -141,10 +143,15 @@ WORKERS = [
 def worker_panel() -> None:
     """Headers, buttons and figures refresh together, in every tab, every 2 s."""
     local = runtime.local_stats()
+    attached = runtime.attached_stats()
     cols = st.columns(len(WORKERS))
     for col, (name, label, start) in zip(cols, WORKERS):
         with col:
             running = runtime.is_running(name)
+            remote = None if running else runtime.attached_worker(name, attached)
+            if remote is not None:  # runs in another process: say where, offer to ask it to stop
+                remote_worker(label, remote)
+                continue
             worker_header(label, local.get(name), running)
             problem = (source_problem(producer_source_stats(),
                                       worker_status(local.get(name), running)[0])
@@ -164,7 +171,20 @@ def worker_panel() -> None:
                 with st.spinner(f"Starting the {label.lower()}…"):
                     guarded(start, label.lower(), "pipeline")
                 st.rerun(scope="app")
-    live_figures(local)
+    live_figures(local, attached)
+
+
+def remote_worker(label: str, snap: dict) -> None:
+    """A worker of another process: its state, where it runs, and a Stop that asks it to."""
+    worker_header(label, snap, True)
+    st.caption(f"Runs in process {snap.get('pid')} on {snap.get('host') or 'this host'} "
+               f"(`python -m pipeline`), not in this app.")
+    if runtime.stop_requested(snap):
+        st.caption("Stop requested: it stops within a few seconds.")
+    elif st.button(f"Stop {label.lower()}", key=f"stop_remote_{snap.get('kind')}",
+                   help="Asks that process to stop (as Ctrl-C in its terminal would)."):
+        runtime.request_stop(snap)
+        st.rerun()
 
 
 def producer_source_stats() -> dict:
@@ -175,8 +195,7 @@ def producer_source_stats() -> dict:
     return source.stats() if source is not None else {}
 
 
-def live_figures(local: dict) -> None:
-    attached = runtime.attached_stats()
+def live_figures(local: dict, attached: list[dict]) -> None:
     rows = [worker_row(name, snap, "thread", runtime.is_running(name))
             for name, snap in local.items()]
     rows += [worker_row(snap.get("kind", "?"), snap, f"process {snap.get('pid')}")
@@ -205,6 +224,8 @@ def live_figures(local: dict) -> None:
         l1.metric("p50", f"{latency.get('p50', 0):.0f} ms", help=latency_note(latency))
         l2.metric("p95", f"{latency.get('p95', 0):.0f} ms")
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
+    if catch_up := ((local.get("scorer") or {}).get("counters") or {}).get("catch_up"):
+        st.caption(catch_up_note(catch_up))
     for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
         rejects = (local.get(name) or {}).get("recent_rejects") or []
         if rejects:

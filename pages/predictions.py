@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from dashboard.arena_widgets import arena_section
 from dashboard.formatting import fmt_num, fmt_ts
 from dashboard.prediction_charts import (
     events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
@@ -11,7 +12,8 @@ from dashboard.prediction_charts import (
 )
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
-from dashboard.view_models import HELP, latency_note, live_kpis, scorer_snapshot
+from dashboard.view_models import (HELP, catch_up_note, latency_note, live_kpis,
+                                   scorer_snapshot)
 from dashboard.widgets import push_notice, show_notices, wait_for_data
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.live_news import extra_features_note
@@ -34,8 +36,14 @@ def _scorer() -> dict | None:
         return None
 
 
-snap = _scorer()
-if snap:
+@st.fragment(run_every=2.0)
+def scorer_panel() -> None:
+    """The scorer's top figures, refreshed every 2 s like the charts below."""
+    snap = _scorer()
+    if not snap:
+        st.caption("No live scorer is running in this app or attached by heartbeat; start it "
+                   "on the Pipeline page or with `python -m pipeline score`.")
+        return
     g, c = snap.get("gauges", {}), snap.get("counters", {})
     state = snap.get("state")
     st.markdown(f"**Scorer** ({state}): {g.get('status', '—')}")
@@ -57,12 +65,16 @@ if snap:
     k[3].metric("Latency p99", f"{lat['p99']:.0f} ms" if lat else "—")
     # Two counts, not "n (of which promoted)": the first default model is a promotion
     # without a retrain, so "0 (1)" read as a contradiction.
-    k[4].metric("Retrains · promotions", f"{c.get('retrains', 0)} · {c.get('promotions', 0)}",
+    auto, hand = c.get("promotions", 0), c.get("hand_promotions", 0)
+    k[4].metric("Retrains · promotions", f"{c.get('retrains', 0)} · {auto + hand}",
                 help="Retrains: scheduled or drift retrainings by this scorer since it started. "
-                     "Promotions: versions it made champion, its first default model included.")
-else:
-    st.caption("No live scorer is running in this app or attached by heartbeat; start it on "
-               "the Pipeline page or with `python -m pipeline score`.")
+                     f"Promotions: {auto} by the scorer (its first default model included) "
+                     f"and {hand} by hand (Predictions page, Model lab, CLI) while it ran.")
+    if catch_up := c.get("catch_up"):
+        st.caption(catch_up_note(catch_up))
+
+
+scorer_panel()
 
 versions = store.list_model_versions()
 n_predictions = store.count_predictions()
@@ -113,12 +125,14 @@ def live_panel() -> None:
     if len(done):
         st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
                         width="stretch", key="pr_roll")
-        st.caption("Live error per model version on this series")
+        st.caption(f"Live error per model version on {symbol} {interval}, over the "
+                   f"{len(scored):,} predictions shown")
         st.dataframe(plain(live_errors_table(live_summary(scored))), hide_index=True,
                      width="stretch")
 
 
 live_panel()
+arena_section(store, _scorer, auto)  # shadow models: dashboard/arena_widgets.py
 
 # ---- model versions --------------------------------------------------------------------------
 st.subheader("Model versions")
@@ -126,7 +140,10 @@ if not versions:
     st.info("No model version saved yet.")
 else:
     live = live_summary(score_frame(store.query_predictions(interval=interval, limit=20_000)))
-    table = versions_table(versions, live)
+    # Named for their scope: all symbols here, one symbol in the live table above.
+    table = versions_table(versions, live).rename(columns={
+        "live scored": "live scored (all symbols)", "live MAPE %": "live MAPE % (all symbols)",
+        "live dir. acc.": "live dir. acc. (all symbols)"})
     st.dataframe(highlight_champion(table), hide_index=True, width="stretch")
     st.caption("Highlighted: champion(s). Holdout figures were measured when the version was "
                "trained; live figures come from its stored, scored predictions "

@@ -201,14 +201,25 @@ def cmd_broker(args, config: Config) -> int:
     if config.kafka_bootstrap:
         raise CliError("KAFKA_BOOTSTRAP_SERVERS is set: this configuration uses that Kafka, "
                        "not the embedded broker; unset it to run one.")
+    recorded = EmbeddedBroker.read_state(config.broker_state_file)
+    if recorded and pid_alive(recorded.pid):
+        raise CliError(f"A broker for {config.data_dir} already runs at {recorded.bootstrap} "
+                       f"(pid {recorded.pid}); the other commands use it, so stop it first "
+                       "(Ctrl-C in its terminal) if you want a new one.")
     stop = wait_for_signal()
     broker = EmbeddedBroker(config.broker_state_file, port=args.port)
     info = broker.start(reuse=False)
     print(f"embedded broker ready at {info.bootstrap} (pid {info.pid}); "
           f"recorded in {config.broker_state_file}; Ctrl-C to stop", flush=True)
+    started = time.monotonic()
     try:
         while not stop.wait(1.0):
             if broker.process and broker.process.poll() is not None:
+                if time.monotonic() - started < 30:  # a crash loop, not a one-off: give up
+                    raise CliError(f"the broker exited with code {broker.process.returncode} "
+                                   f"within 30 s of starting; see "
+                                   f"{config.broker_state_file.with_suffix('.log')}", status=1)
+                started = time.monotonic()
                 # Same port, so the workers reconnect by themselves; topics start empty.
                 print(f"the broker exited with code {broker.process.returncode}; starting it "
                       f"again on {info.bootstrap} (topics start empty: producers resume from "

@@ -187,6 +187,10 @@ class EmbeddedBroker:
                 self.info = existing
                 return existing
         binary = broker_binary()
+        if self.port and port_in_use(self.port):
+            raise BrokerUnavailable(
+                f"Port {self.port} on 127.0.0.1 is already in use by another program; choose "
+                "another port, or omit --port for a free one.")
         port = self.port or free_port()
         bootstrap = f"127.0.0.1:{port}"
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -219,8 +223,19 @@ class EmbeddedBroker:
                 f"on {bootstrap}; see {log_path}."
             )
         ensure_topics(bootstrap)
+        if self.process.poll() is not None:  # another program answered on that port, not ours
+            raise BrokerUnavailable(
+                f"The embedded broker exited with code {self.process.returncode} on start; "
+                f"see {log_path}.")
         self.info = BrokerInfo(bootstrap, self.process.pid, True, int(time.time() * 1000), os.getpid())
-        self.state_file.write_text(json.dumps(asdict(self.info)))
+        recorded = self.read_state(self.state_file)
+        if recorded and recorded.pid != self.info.pid and pid_alive(recorded.pid):
+            # Never overwrite the record of a live broker we do not own: it stays the one
+            # every other process of this data dir finds.
+            log.warning("left %s alone: it records the live broker %s", self.state_file,
+                        recorded.describe())
+        else:
+            self.state_file.write_text(json.dumps(asdict(self.info)))
         log.info("started embedded broker %s", self.info.describe())
         return self.info
 
@@ -251,6 +266,17 @@ class EmbeddedBroker:
             return BrokerInfo(**json.loads(Path(state_file).read_text()))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def port_in_use(port: int) -> bool:
+    """True when something listens on 127.0.0.1:``port`` (a bind with SO_REUSEADDR fails)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _port_open(port: int) -> bool:

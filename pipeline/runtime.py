@@ -58,6 +58,16 @@ def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, 
     return {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
 
 
+def warmup_needed(store: Store, spec: SimulatorSpec) -> int:
+    """Warm-up bars still to emit at once: none when the store already holds that much
+    history for every symbol (a restart resumes the live demo, it adds no simulated day nobody
+    saw), else what tops the shortest series up to ``spec.warmup_bars``."""
+    if spec.warmup_bars <= 0:
+        return 0
+    have = min(store.count_bars(s, spec.interval) for s in spec.symbols)
+    return max(0, spec.warmup_bars - have)
+
+
 class Runtime:
     def __init__(self, config: Config, store: Store | None = None):
         quiet_kafka_logs()
@@ -73,6 +83,7 @@ class Runtime:
         self.news_sources: dict[str, Any] = {}
         self._av_budget = None
         self.simulator_spec: SimulatorSpec | None = None
+        self._lags: dict[tuple[str, str], Any] = {}  # GroupLag of each stopped consumer group
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------
@@ -123,6 +134,22 @@ class Runtime:
     def owns_broker(self) -> bool:
         return bool(self._broker and self._broker.owned)
 
+    def visible_broker(self) -> tuple[BrokerInfo | None, str]:
+        """The broker this app uses or would attach to, and who started it: this runtime's,
+        else the embedded broker recorded in the data dir while its process lives (started by
+        ``python -m pipeline broker`` or another app). ``(None, "")`` when there is none."""
+        if self.broker_info is not None:
+            if not self.broker_info.embedded:
+                return self.broker_info, "configured"
+            return self.broker_info, ("started by this app" if self.owns_broker
+                                      else "started by another process")
+        if self.config.kafka_bootstrap:
+            return None, ""
+        recorded = EmbeddedBroker.read_state(self.config.broker_state_file)
+        if recorded and pid_alive(recorded.pid):
+            return recorded, "started by another process"
+        return None, ""
+
     # ---- workers -------------------------------------------------------------------------
     def start_worker(self, name: str, factory: Callable[[str], Worker]) -> WorkerThread:
         """Start ``name`` unless it is already running (reruns and tabs never double it)."""
@@ -131,7 +158,10 @@ class Runtime:
             if current and current.alive:
                 return current
             info = self.ensure_broker()
-            wt = WorkerThread(factory(info.bootstrap)).start()
+            worker = factory(info.bootstrap)
+            if current is not None:  # a restart: counters and throughput history go on
+                worker.carry_over(current.worker)
+            wt = WorkerThread(worker).start()
             self.workers[name] = wt
             return wt
 
@@ -174,7 +204,7 @@ class Runtime:
 
         def factory(bootstrap: str) -> Worker:
             source = simulator(resume_points(self.store, spec.symbols, spec.interval),
-                               spec.warmup_bars)
+                               warmup_needed(self.store, spec))
             # An endless feed can pick up where the store ends after a broker restart.
             resume = simulator if spec.bars is None else None
             return Producer(source, bootstrap, client_kwargs=self.config.kafka_client_kwargs(),
@@ -311,7 +341,25 @@ class Runtime:
         return bool(wt and wt.alive)
 
     def local_stats(self) -> dict[str, dict[str, Any]]:
-        return {name: wt.worker.stats() for name, wt in self.workers.items()}
+        """Every worker's snapshot; a stopped consumer's lag is measured from its group's
+        committed offsets, so it keeps growing while producers go on."""
+        stats = {name: wt.worker.stats() for name, wt in self.workers.items()}
+        for name, wt in self.workers.items():
+            if not wt.alive and getattr(wt.worker, "group_id", None):
+                stats[name]["gauges"]["lag"] = self._group_lag(wt.worker)
+        return stats
+
+    def _group_lag(self, worker: Worker) -> int | None:
+        from pipeline.lag import GroupLag
+
+        key = (worker.group_id, worker.topic)
+        with self._lock:
+            lags = self._lags
+            if key not in lags and self.broker_info is not None:
+                lags[key] = GroupLag(self.broker_info.bootstrap, worker.group_id, worker.topic,
+                                     self.config.kafka_client_kwargs())
+            meter = lags.get(key)
+        return meter.value() if meter is not None else None
 
     def attached_stats(self) -> list[dict[str, Any]]:
         """Fresh heartbeats of workers running in other processes (attach mode).
@@ -328,6 +376,26 @@ class Runtime:
             beats = self._topic_heartbeats()
         return [b for b in beats if b.get("worker_id") not in local_ids
                 and b.get("state") in ("running", "stalled")]
+
+    def attached_worker(self, kind: str,
+                        attached: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        """The freshest heartbeat of a ``kind`` worker running in another process, or None."""
+        beats = [b for b in (self.attached_stats() if attached is None else attached)
+                 if b.get("kind") == kind]
+        return max(beats, key=lambda b: b.get("created_ms") or 0) if beats else None
+
+    def request_stop(self, snap: dict[str, Any]) -> None:
+        """Ask a worker of another process to stop: a stop request doc it reads with its
+        next heartbeat (every 2 s), then it stops as on Ctrl-C."""
+        from pipeline.worker import STOP_REQUESTS
+
+        self.store.put_doc(STOP_REQUESTS, str(snap["worker_id"]),
+                           {"requested_ms": int(time.time() * 1000), "by": "by the dashboard"})
+
+    def stop_requested(self, snap: dict[str, Any]) -> bool:
+        from pipeline.worker import STOP_REQUESTS
+
+        return self.store.get_doc(STOP_REQUESTS, str(snap.get("worker_id"))) is not None
 
     def _topic_heartbeats(self, every_s: float = 10.0) -> list[dict[str, Any]]:
         from pipeline.worker import latest_heartbeats
@@ -354,5 +422,7 @@ class Runtime:
             self._closed = True
             for wt in list(self.workers.values()):
                 wt.stop(10)
+            for meter in self._lags.values():
+                meter.close_clients()
             if self._broker:
                 self._broker.stop()

@@ -39,12 +39,13 @@ import numpy as np
 import pandas as pd
 
 from models.adaptation import RetrainPolicy, default_features
+from models.arena import Arena
 from models.champions import ChampionBook
 from models.live_fundamentals import LiveFundamentals
 from models.live_news import ExtraFeatures, LiveSentiment
 from models.live_series import SeriesKey, SeriesStates, SeriesWork
 from models.progressive import LiveScoreboard, PlainPrediction
-from models.registry import LoadedModel
+from models.registry import LoadedModel, promoted_by_hand
 from models.retrain_schedule import RetrainScheduler
 from pipeline.schema import (
     BARS_TOPIC, PREDICTION_FIELDS, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms,
@@ -105,9 +106,13 @@ class Scorer(Worker):
     # the 50-symbol p99 from 37 to 158 ms.
     FETCH_WAIT_MS = 10
     LIVE_ERROR_EVERY_S = 5.0  # the live_error gauge (its rolling windows change slowly)
-    counter_names = ("consumed", "predictions", "scored", "invalid", "replayed",
+    #: A (re)started scorer is catching up until it handles a bar produced at most this long
+    #: ago; what it predicts before is "catch-up": counted apart (``catch_up``), left out of
+    #: the latency figures and of the retrain schedule's bar count.
+    CAUGHT_UP_MS = 3000
+    counter_names = ("consumed", "predictions", "catch_up", "scored", "invalid", "replayed",
                      "already_predicted", "before_training_end", "no_model", "warming_up",
-                     "retrains", "promotions", "store_retries", "commit_failures",
+                     "retrains", "promotions", "hand_promotions", "store_retries", "commit_failures",
                      "publish_errors")
     rate_counter = "consumed"
 
@@ -142,8 +147,12 @@ class Scorer(Worker):
             ([LiveSentiment(store, news_topic)] if news_topic else [])
             + ([LiveFundamentals(store, fundamentals_topic)] if fundamentals_topic else []))
         self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
+        self.arena = Arena(store, error_window, model_refresh_s)  # shadow models: models/arena.py
         self._latency: deque[float] = deque(maxlen=latency_window)
         self._live_since: dict[str, int] = {}  # version_id -> when this scorer loaded it
+        self._models_loaded_once = False  # champions loaded later are promotions seen live
+        self._caught_up = False  # reached the live end of the topic since this run started
+        self._catchup: set[str] = set()  # doc ids of the outbox's catch-up predictions
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
         self._new: list[Prediction] = []  # the outbox's new predictions (not settlements)
@@ -232,6 +241,8 @@ class Scorer(Worker):
     def _housekeeping(self) -> None:
         self._collect_outcomes()
         self._refresh_models()
+        if self.arena.refresh():
+            self._resize_features()
         status = self.scheduler.maybe_start(self.champions.models, self.champions.has_global,
                                             self._main_interval, self._last_bar_ts)
         if status:
@@ -301,6 +312,12 @@ class Scorer(Worker):
                 produced = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
                 by_series.setdefault((bar.symbol, bar.interval), []).append((bar, produced))
         self.count("consumed", n)
+        if not self._caught_up:
+            newest = max((p for items in by_series.values() for _, p in items if p),
+                         default=None)
+            if newest is not None and now_ms() - newest <= self.CAUGHT_UP_MS:
+                self._caught_up = True
+                self.gauge("caught_up_ms", now_ms())
         self._process(by_series)
 
     def _process(self, by_series: dict[SeriesKey, list[tuple[Bar, int | None]]]) -> None:
@@ -336,6 +353,8 @@ class Scorer(Worker):
                 by_model.setdefault(w.model.version_id, []).append((w, i))
         for group in by_model.values():
             self._predict(group)
+        if self.arena.active:  # enrolled models, scored in shadow on the same bars
+            self.arena.observe(work, feature_rows, self.series.features)
         for w in work:
             self._settle_and_book(w, tally)
         for name, n in tally.items():
@@ -422,8 +441,12 @@ class Scorer(Worker):
             book.add(p, h)
             queue_(p, new=True)
             n_new += 1
-        if n_new:
+            if not self._caught_up:
+                self._catchup.add(p.doc_id)
+        if n_new and self._caught_up:
             self.scheduler.predicted(model.version_id, n_new)
+        elif n_new:  # a backlog burst is not "new bars since the decision"
+            self.count("catch_up", n_new)
 
     def _queue(self, p: Prediction, new: bool = False) -> None:
         self._outbox[p.doc_id] = p
@@ -448,9 +471,12 @@ class Scorer(Worker):
         # The gauge describes live scoring: bars produced before their model was ready (the
         # warm-up history, bars held while the first model trained) are in the store with
         # their latency, but left out of these percentiles.
-        live_since = self._live_since
+        # Catch-up predictions (a backlog after a restart) are counted apart, not here.
+        live_since, catchup = self._live_since, self._catchup
         self._latency.extend(acked - p.produced_ms for p in self._new
-                             if p.produced_ms and p.produced_ms >= live_since.get(p.model_id, 0))
+                             if p.produced_ms and p.produced_ms >= live_since.get(p.model_id, 0)
+                             and p.doc_id not in catchup)
+        catchup.clear()
         self.count("predictions", n_new)
         self.gauge("last_batch", {"written": len(preds), "new": n_new,
                                   "scored": len(preds) - n_new, "store_ms": acked - t0})
@@ -473,10 +499,13 @@ class Scorer(Worker):
         for message in changes.errors:
             self.error(message)
         for model in changes.loaded:
+            if self._models_loaded_once and promoted_by_hand(model.meta):
+                self.count("hand_promotions")  # promoted by a person while this scorer ran
             self._live_since.setdefault(model.version_id, now_ms())
             self.scoreboard.watch(model.version_id,
                                   (model.meta.get("metrics") or {}).get("mape_pct"))
             self.scheduler.new_champion(model.version_id)
+        self._models_loaded_once = True
         if changes:
             self._resize_features()
             self._set_status()
@@ -487,6 +516,7 @@ class Scorer(Worker):
         names = list(default_features())
         for m in self.champions.models.values():
             names += [f for f in m.features if f not in names]
+        names += [f for f in self.arena.features() if f not in names]
         self.series.use_features(self.extras.split(names))
         self.extras.use(names)
 
@@ -539,6 +569,7 @@ class Scorer(Worker):
             # Every symbol's rolling errors: ~1 ms each, so not every second at 500 symbols.
             self._last_error_gauge = now
             self.gauge("live_error", self.scoreboard.gauges())
+            self.gauge("arena", self.arena.leaderboard())
         self.gauge("champions", {scope: {"version_id": m.version_id, "name": m.meta.get("name"),
                                          "target": m.target, "model_key": m.meta.get("model_key")}
                                  for scope, m in self.champions.models.items()})

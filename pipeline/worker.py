@@ -18,6 +18,10 @@ import uuid
 from collections import deque
 from typing import Any
 
+# A dashboard asks a worker of another process to stop with a doc in this collection (id =
+# worker id); the worker reads it with its heartbeat and stops as on Ctrl-C.
+from pipeline.store.base import STOP_REQUESTS
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
@@ -70,6 +74,22 @@ class Worker(abc.ABC):
         self._beater: _LatestOnly | None = None
         self._loop_seen = time.monotonic()
         self._loop_silent = False
+        self._stop_event: threading.Event | None = None
+        #: counters of this worker's earlier runs in this process (see :meth:`carry_over`)
+        self._before: dict[str, int] = {}
+        self.run_number = 1
+
+    def carry_over(self, previous: "Worker") -> None:
+        """Continue ``previous`` (the same worker, stopped, now started again): its throughput
+        history goes on in this one, and its counters add to this one's totals."""
+        with previous._lock:
+            history = list(previous._history)
+            before = {k: previous._before.get(k, 0) + v for k, v in previous._counters.items()}
+        with self._lock:
+            self._history.extend(history)
+            self._before = {k: before.get(k, 0) + self._before.get(k, 0)
+                            for k in set(before) | set(self._before)}
+            self.run_number = previous.run_number + 1
 
     # ---- to implement --------------------------------------------------------------------
     @abc.abstractmethod
@@ -158,6 +178,7 @@ class Worker(abc.ABC):
         if self.store is not None:
             try:
                 self.store.heartbeat(self.worker_id, snap)
+                self._obey_stop_request()
             except Exception as exc:  # a heartbeat must never take the worker down
                 log.debug("heartbeat failed: %s", exc)
         bootstrap = getattr(self, "bootstrap", None)
@@ -165,6 +186,17 @@ class Worker(abc.ABC):
             if self._beats is None:
                 self._beats = KafkaHeartbeats(bootstrap, getattr(self, "client_kwargs", None))
             self._beats.send(self.worker_id, snap)
+
+    def _obey_stop_request(self) -> None:
+        """Stop (as on Ctrl-C) when a dashboard asked this worker to, by a stop request doc."""
+        stop = self._stop_event
+        if stop is None or stop.is_set() or self.state not in ("running", "stalled"):
+            return
+        request = self.store.get_doc(STOP_REQUESTS, self.worker_id)
+        if request:
+            log.info("%s: stopping, as asked %s", self.kind, request.get("by", "by a dashboard"))
+            self.store.delete_doc(STOP_REQUESTS, self.worker_id)
+            stop.set()
 
     def track_lag(self, consumer, every_s: float = 2.0) -> None:
         """Gauge ``lag``: messages behind the log end over the assigned partitions.
@@ -198,7 +230,12 @@ class Worker(abc.ABC):
                 "started_s": self.started_at,
                 "uptime_s": (round((self.stopped_at or time.time()) - self.started_at, 1)
                              if self.started_at else 0.0),
+                "stopped_s": self.stopped_at,
                 "counters": dict(self._counters),
+                "run": self.run_number,
+                # this run plus the earlier runs of this process (a restart keeps counting)
+                "totals": {k: self._before.get(k, 0) + self._counters.get(k, 0)
+                           for k in set(self._before) | set(self._counters)},
                 "gauges": dict(self._gauges),
                 "last_error": self.last_error,
                 "last_error_ms": self.last_error_ms,
@@ -215,6 +252,7 @@ class Worker(abc.ABC):
         if self.loop_watchdog_s:
             threading.Thread(target=self._watch_loop, args=(watch_done,), daemon=True,
                              name=f"kappalab-{self.kind}-loopwatch").start()
+        self._stop_event = stop
         try:
             self.run(stop)
             self.state = "stopped" if stop.is_set() else "finished"
@@ -341,7 +379,10 @@ class KafkaHeartbeats:
 
                 self._producer = KafkaProducer(
                     bootstrap_servers=self.bootstrap, client_id="kappalab-heartbeat",
-                    acks=1, linger_ms=0, max_block_ms=1000, **self.client_kwargs)
+                    # acks=1 (a heartbeat, not a record): idempotence off, said so, so
+                    # kafka-python does not warn in every process that it turned it off
+                    acks=1, enable_idempotence=False, linger_ms=0, max_block_ms=1000,
+                    **self.client_kwargs)
             except Exception as exc:
                 log.debug("heartbeat producer unavailable: %s", exc)
                 return

@@ -200,8 +200,11 @@ def test_live_errors_running_sums_equal_the_window_recomputed():
                 assert s["mape_pct"] == pytest.approx(np.mean(finite), rel=1e-12)
             else:
                 assert s["mape_pct"] is None
-            if errs._hits:
-                assert s["directional_accuracy"] == pytest.approx(np.mean(errs._hits), rel=1e-12)
+            # One window for every figure: the moves among the same last 50 scored.
+            moves = [h for h in errs._hits if h is not None]
+            assert len(errs._hits) == len(window) and s["moves"] == len(moves)
+            if moves:
+                assert s["directional_accuracy"] == pytest.approx(np.mean(moves), rel=1e-12)
             else:
                 assert s["directional_accuracy"] is None
 
@@ -233,3 +236,30 @@ def test_a_model_that_never_calls_a_move_has_no_live_directional_accuracy():
     rolling = rolling_live_errors(scored, window=10)
     assert rolling[rolling["model_id"] == "persistence"]["directional_accuracy"].isna().all()
     assert rolling[rolling["model_id"] == "m"]["directional_accuracy"].notna().any()
+
+
+@pytest.mark.parametrize("reason, replaced", [("manual (Predictions page)", False),
+                                              ("bootstrap: enough bars", True)])
+def test_hand_promoted_champion_stays_unless_the_challenger_beats_persistence(
+        sqlite_store, reason, replaced):
+    """No signal in the returns (phi 0): a retrained challenger beats a biased champion but
+    not persistence. A champion a person promoted stays; the scorer's own one is replaced."""
+    fill(sqlite_store, 800, seed=1, phi=0.0)
+    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", default_features(),
+                              DEFAULT_TARGET, 1, 300)
+    bad = get_spec("linear").build({})
+    bad.fit(data[default_features()], data["y"] + 0.002)
+    vid = save_model_version(sqlite_store, bad, {
+        "name": "Linear regression (biased)", "model_key": "linear",
+        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
+        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
+    promote(sqlite_store, vid, reason=reason)
+    d = retrain(sqlite_store, load_model_version(sqlite_store, vid), "schedule",
+                "every 5,000 bars", RetrainPolicy(), interval="1m")
+    f = d.figures
+    assert f["challenger_error"] < f["champion_error"]  # it beats the biased champion...
+    assert f["challenger_error"] >= f["persistence_error"]  # ...not persistence
+    assert d.promoted is replaced
+    assert (get_champion(sqlite_store)["version_id"] == vid) is not replaced
+    if not replaced:
+        assert f["champion_promoted_by_hand"] and "does not beat persistence" in d.reason

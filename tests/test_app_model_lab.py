@@ -52,6 +52,12 @@ def test_run_shows_all_models_with_baselines_and_keeps_the_run(filled):
     assert list(table.index) == ["Persistence", "Moving average (5)", "Linear regression",
                                  "Random forest", "Gradient boosting", "XGBoost"]
     assert "Skill vs persistence" in table.columns
+    # Significance vs persistence, in plain words (models/significance.py)
+    assert {"Skill 95% interval", "p (DM, Holm)", "Reading"} <= set(table.columns)
+    assert table.loc["Persistence", "Reading"] == "—"
+    assert set(table["Reading"][2:]) <= {"beats persistence", "no evidence it beats persistence",
+                                         "worse than persistence"}
+    assert any("Holm-corrected over 5 comparisons" in i.value for i in at.info)
     assert any("R² near 0" in i.value for i in at.info)  # guidance shown
     runs = filled.list_runs()
     assert len(runs) == 1
@@ -152,3 +158,42 @@ def test_a_date_range_without_bars_says_what_to_change(data_dir):
     info = " ".join(i.value for i in at.info)
     assert "No 1m bars of ACME in this date range: widen the Date range" in info
     assert "no bars yet" not in info  # the store has bars, just not on that day
+
+
+def test_seeds_control_shows_the_spread_over_simulated_paths(filled):
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    at.multiselect(key="ml_models").set_value(["linear"])
+    at.number_input(key="ml_seeds_n").set_value(3)
+    at.number_input(key="ml_seeds_bars").set_value(600)
+    at.button(key="ml_seeds_run").click().run()
+    assert not at.exception and not at.error
+    spread = next(d.value for d in at.dataframe if "paths beating persistence" in d.value.columns)
+    assert list(spread.index) == ["Persistence", "Moving average (5)", "Linear regression"]
+    assert spread.loc["Linear regression", "paths"] == "3"
+    assert "on" in spread.loc["Linear regression", "reading"]  # "... on k of 3 paths"
+    assert any("3 paths of 600 bars" in m.value for m in at.markdown)
+
+
+def test_results_table_scales_tiny_errors_and_ranks_only_quality_columns():
+    """MSE 1.643e-7 vs 1.648e-7 reads 1.643 vs 1.648 under "MSE (×10⁻⁷)"; timings are never
+    highlighted (a baseline is always fastest: "best" says nothing there)."""
+    import pandas as pd
+
+    from dashboard.lab_charts import model_colors, styled_table
+
+    table = pd.DataFrame({"kind": ["baseline", "baseline", "model"],
+                          "mse": [1.648e-7, 1.9e-7, 1.643e-7], "skill": [0.0, -0.15, 0.003],
+                          "fit_time_s": [0.0001, 0.0002, 0.5],
+                          "predict_time_s": [0.0001, 0.0001, 0.01]},
+                         index=["Persistence", "Moving average", "Ridge"])
+    styler = styled_table(table)
+    shown = styler.data
+    assert "MSE (×10⁻⁷)" in shown.columns
+    assert list(shown["MSE (×10⁻⁷)"]) == ["1.648", "1.9", "1.643"]
+    styler._compute()  # the cells' styles (pandas keeps them in ctx)
+    cells = {(shown.index[r], shown.columns[c]) for (r, c), css in styler.ctx.items()
+             if any(prop == "background-color" for prop, _ in css)}
+    # MSE and skill of Ridge; not Fit s / Predict s of a baseline
+    assert cells == {("Ridge", "MSE (×10⁻⁷)"), ("Ridge", "Skill vs persistence")}
+    colors = model_colors(table)
+    assert len(set(colors.values())) == 3  # two baselines, two different colours

@@ -33,13 +33,17 @@ def test_news_markers_sit_above_their_candle_with_title_and_score(tmp_path):
         markers = news_markers(store, "ACME", candles, 300_000)
         assert markers is not None and len(markers) > 10
         assert (markers["ts"] >= candles["ts"].iloc[0]).all()
+        # One marker per candle, at the candle's start, with the count of its items.
+        assert markers["ts"].is_unique and set(markers["ts"]) <= set(candles["ts"])
+        news = store.query_news("ACME", int(candles["ts"].iloc[0]),
+                                int(candles["ts"].iloc[-1]) + 300_000)
+        assert markers["count"].sum() == len(news) > len(markers)
         bucket_high = candles.set_index("ts")["high"]
-        assert (markers["y"].to_numpy() > bucket_high.loc[(markers["ts"] // 300_000) * 300_000]
-                .to_numpy()).all()
-        fig = candlestick(candles, [], news=markers)
+        assert (markers["y"].to_numpy() > bucket_high.loc[markers["ts"]].to_numpy()).all()
+        fig = candlestick(candles, [], news=markers, period_ms=300_000)
         trace = next(t for t in fig.data if t.name == "news")
-        assert len(trace.x) == len(markers)
-        assert trace.customdata[0][0] == markers["title"].iloc[0]
+        assert len(trace.x) == len(markers) and trace.xperiodalignment == "middle"
+        assert trace.customdata[0][0] == markers["count"].iloc[0]
         assert "score" in trace.hovertemplate
         assert news_markers(store, "NOPE", candles, 300_000) is None
     finally:
@@ -90,3 +94,27 @@ def test_simulated_news_says_idle_while_the_simulator_is_stopped(data_dir):
             "Idle while the market simulator is stopped.")
     finally:
         rt.shutdown()
+
+
+def test_predictions_on_5m_candles_are_the_last_per_candle():
+    """Five 1m predictions per 5m candle become one: the last (the candle's close)."""
+    import pandas as pd
+
+    from dashboard.view_models import per_candle_predictions
+
+    t0 = 1_735_725_600_000  # 10:00 UTC, a 5m boundary
+    preds = pd.DataFrame({"ts": [t0 + i * 60_000 for i in range(1, 13)],
+                          "predicted_close": [100.0 + i for i in range(1, 13)],
+                          "model_id": "m1"})
+    per = per_candle_predictions(preds, 300_000)
+    assert list(per["ts"]) == [t0, t0 + 300_000, t0 + 600_000]
+    # 10:01-10:04 in the first candle, 10:05-10:09 in the second, 10:10-10:12 in the third
+    assert list(per["n"]) == [4, 5, 3]
+    assert list(per["predicted_close"]) == [104.0, 109.0, 112.0]
+    assert list(per["target_ts"]) == [t0 + 4 * 60_000, t0 + 9 * 60_000, t0 + 12 * 60_000]
+    fig = candlestick(pd.DataFrame({"ts": [t0, t0 + 300_000], "open": [1.0, 1.0],
+                                    "high": [2.0, 2.0], "low": [0.5, 0.5],
+                                    "close": [1.5, 1.5], "volume": [10, 10]}), [],
+                      predictions=per, period_ms=300_000)
+    trace = next(t for t in fig.data if t.name == "predicted close")
+    assert len(trace.x) == 3 and trace.xperiod == 300_000

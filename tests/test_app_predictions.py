@@ -203,3 +203,54 @@ def test_scorer_counts_read_as_two_counts(data_dir):
         store.close()
     kpi = next(m for m in at.metric if m.label == "Retrains · promotions")
     assert kpi.value == "0 · 1" and "first default model included" in kpi.help
+
+
+def test_arena_leaderboard_enrol_promote_and_remove(data_dir):
+    """The arena section: the leaderboard from a scorer's ``arena`` gauge (seen by its
+    heartbeat), enrolment, promotion and removal through the page's forms (real store)."""
+    from models import arena
+
+    filled = fill(data_dir)
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        challenger = next(v["version_id"] for v in store.list_model_versions()
+                          if v["version_id"] != filled["champion"])
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+        assert any("No model enrolled" in c.value for c in at.caption)
+        at.selectbox(key="pr_arena_pick").set_value(challenger)
+        at.button(key="pr_arena_add").click()
+        at = run(at)
+        assert [e["entry_id"] for e in arena.entries(store)] == [challenger]
+        board = [
+            {"entry_id": "champion", "name": "champion", "kind": "champion",
+             "version_id": filled["champion"], "scored": 250, "window": 200, "window_n": 200,
+             "pending": 2, "skill": 0.012, "skill_lo": -0.01, "skill_hi": 0.03,
+             "p_holm": 0.31, "reading": "no evidence it beats persistence", "mae": 0.05,
+             "directional_accuracy": 0.52, "moves": 190, "comparisons": 2},
+            {"entry_id": challenger, "name": "Linear", "kind": "shadow",
+             "version_id": challenger, "scored": 120, "window": 200, "window_n": 120,
+             "pending": 2, "skill": 0.08, "skill_lo": 0.03, "skill_hi": 0.12,
+             "p_holm": 0.004, "reading": "beats persistence", "mae": 0.04,
+             "directional_accuracy": 0.58, "moves": 115, "comparisons": 2}]
+        store.heartbeat("scorer-test-2", {"kind": "scorer", "state": "running", "pid": 1,
+                                          "counters": {}, "gauges": {"arena": board}})
+        at = run(AppTest.from_file(PAGE, default_timeout=60))
+        table = next(d.value for d in at.dataframe if "Live skill vs persistence" in d.value)
+        assert list(table["Role"]) == ["champion", "shadow"]
+        assert table["Reading"].tolist() == ["no evidence it beats persistence",
+                                             "beats persistence"]
+        assert table["In window"].tolist() == ["200 of 200", "120 of 200"]
+        assert table["Skill 95% interval"].iloc[1] == "0.03 to 0.12"
+        assert any("last 200 scored predictions" in c.value and "2 comparisons" in c.value
+                   for c in at.caption)
+
+        at.selectbox(key="pr_arena_up").set_value(challenger)
+        at.button(key="pr_arena_promote_btn").click()
+        at = run(at)
+        assert get_champion(store)["version_id"] == challenger
+        at.selectbox(key="pr_arena_gone").set_value(challenger)
+        at.button(key="pr_arena_del").click()
+        at = run(at)
+        assert arena.entries(store) == []
+    finally:
+        store.close()

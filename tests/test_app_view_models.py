@@ -88,7 +88,12 @@ def test_fold_view_has_one_column_per_fold_and_counts_wins():
             for f, s in enumerate(skills)]
     view = fold_view(pd.DataFrame(rows))
     assert list(view.index) == ["Persistence", "Linear"]
-    assert view.loc["Linear", "folds beating persistence"] == "2/3"
+    assert view.loc["Linear", "folds with skill > 0"] == "2/3"
+    assert "folds beating persistence" not in view.columns  # an old run: no test, no claim
+    readings = [None, None, None, "beats persistence", "worse than persistence",
+                "no evidence it beats persistence"]
+    view = fold_view(pd.DataFrame(rows).assign(reading=readings))
+    assert view.loc["Linear", "folds beating persistence"] == "1/3"  # significant ones only
     assert np.isclose(view.loc["Linear", "mean"], -0.05 / 3)
 
 
