@@ -75,6 +75,19 @@ def log_end_offsets(consumer, partitions: Iterable) -> dict:
     return out
 
 
+def probe_log_end(consumer, partitions: Iterable, wait_ms: int = 300) -> dict:
+    """The log end of ``partitions`` for a consumer that does not read them otherwise (lag
+    measured from outside a group): ``end_offsets``, then one fetch from there, whose
+    response carries the high watermark. Reassigns ``consumer`` to ``partitions``."""
+    partitions = list(partitions)
+    ends = consumer.end_offsets(partitions)
+    consumer.assign(partitions)
+    for tp in partitions:
+        consumer.seek(tp, ends[tp])
+    consumer.poll(timeout_ms=wait_ms)
+    return log_end_offsets(consumer, partitions)
+
+
 def consumer_lag(consumer, partitions: Iterable) -> int:
     """Records behind the log end over ``partitions`` (see :func:`log_end_offsets`)."""
     partitions = list(partitions)

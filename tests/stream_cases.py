@@ -449,9 +449,12 @@ def case_end_offsets(bootstrap: str, work: Path) -> dict:
     out = {"case": "end_offsets vs high watermark", "records": 10_000, "read": n,
            "end_offsets": end, "highwater": c.highwater(tp), "position": c.position(tp)}
     try:
-        from pipeline.kafka_clients import log_end_offsets
+        from pipeline.kafka_clients import log_end_offsets, make_consumer, probe_log_end
 
         out["log_end_offsets"] = log_end_offsets(c, [tp])[tp]
+        probe = make_consumer(bootstrap, None, None)
+        out["probe_log_end"] = probe_log_end(probe, [tp])[tp]
+        probe.close()
     except ImportError:
         pass
     c.close()

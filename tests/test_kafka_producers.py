@@ -90,6 +90,7 @@ def test_lag_uses_the_log_end_not_the_trailing_end_offsets(broker, tmp_path):
     log_end_offsets (used for every lag figure) answers the true end."""
     f = record(stream_cases.case_end_offsets(broker.bootstrap, tmp_path))
     assert f["read"] == 10_000 and f["log_end_offsets"] == 10_000, f
+    assert f["probe_log_end"] == 10_000, f  # from outside a group (pipeline/lag.py)
 
 
 @pytest.mark.slow
