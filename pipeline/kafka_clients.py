@@ -4,9 +4,9 @@ Every consumer of the pipeline (indexer, news and fundamentals indexers, scorer,
 heartbeat reader) is built by :func:`make_consumer`, so they share the same rules:
 
 * ``isolation_level="read_committed"``: records of an open transaction are not read before it
-  ends, and a broker that lists aborted transactions in its fetch responses (Apache Kafka)
-  has their records skipped by the client. (The embedded broker, Tansu, holds back open
-  transactions but lists no aborted ones; see docs/STREAM_ROBUSTNESS.md.)
+  ends, and aborted ones are skipped: listed by the broker (Apache Kafka), or found from the
+  ABORT markers in the fetched batches where the broker lists none (Tansu; see
+  :func:`list_aborted_transactions` and docs/STREAM_ROBUSTNESS.md).
 * short group timeouts, no auto-commit, ``earliest`` reset, no topic auto-creation.
 
 :func:`log_end_offsets` is the log end a consumer can trust: the high watermark of its last
@@ -51,7 +51,9 @@ def make_consumer(bootstrap: str, topics: str | Iterable[str] | None, group_id: 
     )
     settings.update(overrides)
     settings.update(client_kwargs or {})
-    return KafkaConsumer(*topics, **settings)
+    consumer = KafkaConsumer(*topics, **settings)
+    list_aborted_transactions(consumer)
+    return consumer
 
 
 def log_end_offsets(consumer, partitions: Iterable) -> dict:
@@ -109,3 +111,52 @@ def reset_fetch_buffer(consumer) -> bool:
         return False
     fetcher._next_partition_records = None
     return True
+
+
+def list_aborted_transactions(consumer) -> None:
+    """Make ``consumer`` skip aborted transactions on a broker that does not list them.
+
+    A ``read_committed`` fetch response names the aborted transactions in its range, and the
+    client skips their records. Tansu (the embedded broker) names none, so every client
+    returns aborted records. For such a response this reads the transaction markers in the
+    fetched batches themselves: a producer's transactional batches followed by its ABORT
+    marker in the same response are listed as aborted, and the client skips them as it would
+    for Apache Kafka. (Tansu hands out a transaction's records only once it has ended, so its
+    marker comes with them unless the response is cut by ``max_partition_fetch_bytes``.)
+    Only this consumer's fetcher is changed; a broker that lists them is left alone."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    base = getattr(type(fetcher), "PartitionRecords", None) if fetcher is not None else None
+    if base is None or getattr(fetcher, "_isolation_level", None) is None:
+        return
+    from kafka.protocol.consumer import IsolationLevel
+
+    if fetcher._isolation_level != IsolationLevel.READ_COMMITTED:
+        return
+
+    class PartitionRecords(base):
+        def __init__(self, fetch_offset, tp, records, **kw):
+            if not kw.get("aborted_transactions") and records is not None:
+                kw["aborted_transactions"] = _aborted_in(base, records)
+            super().__init__(fetch_offset, tp, records, **kw)
+
+    fetcher.PartitionRecords = PartitionRecords
+
+
+def _aborted_in(partition_records_class, records) -> list:
+    """The aborted transactions whose ABORT marker is among ``records`` (a MemoryRecords)."""
+    from kafka.protocol.old.fetch import AbortedTransaction
+    from kafka.record.memory_records import MemoryRecords
+
+    copy, first, out = MemoryRecords(records._buffer), {}, []
+    batch = copy.next_batch()
+    while batch is not None:
+        if batch.magic == 2 and batch.is_transactional:
+            pid = batch.producer_id
+            if batch.is_control_batch:
+                start = first.pop(pid, None)
+                if start is not None and partition_records_class._contains_abort_marker(None, batch):
+                    out.append(AbortedTransaction(pid, start))
+            else:
+                first.setdefault(pid, batch.base_offset)
+        batch = copy.next_batch()
+    return out

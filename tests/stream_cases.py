@@ -165,9 +165,9 @@ def case_codec_missing(bootstrap: str, work: Path) -> dict:
 
 
 def case_transactions(bootstrap: str, work: Path) -> dict:
-    """A transactional librdkafka producer commits 5 bars and aborts 5; then a tombstone, a
-    bar with a null key, a bar with arbitrary headers (control records come with the
-    transaction markers)."""
+    """A transactional librdkafka producer commits 5 bars and aborts 5 (while a second one
+    commits 3 in between); then a tombstone, a bar with a null key, a bar with arbitrary
+    headers (control records come with the transaction markers)."""
     from pipeline.store.sqlite import SqliteStore
 
     topic, dlq = new_topics(bootstrap)
@@ -181,6 +181,13 @@ def case_transactions(bootstrap: str, work: Path) -> dict:
     for i in range(5, 10):
         p.produce(topic, key=b"AAA", value=bar_value(i))
     p.flush(10)
+    # a second transactional producer commits while the first one's transaction is open
+    p2 = rdkafka(bootstrap, **{"transactional.id": f"tx2-{topic}"})
+    p2.init_transactions(20)
+    p2.begin_transaction()
+    for i in range(12, 15):
+        p2.produce(topic, key=b"AAA", value=bar_value(i))
+    p2.commit_transaction(20)
     p.abort_transaction(20)
     q = rdkafka(bootstrap)
     q.produce(topic, key=b"AAA", value=None)  # tombstone
@@ -193,8 +200,8 @@ def case_transactions(bootstrap: str, work: Path) -> dict:
     settle(w, timeout_s=40)
     wt.stop()
     dead = count_topic(bootstrap, dlq)
-    return figures("transactions, tombstone, null key, headers", w, store, 13,
-                   {0, 1, 2, 3, 4, 10, 11}, dead, aborted_stored=sum(
+    return figures("transactions, tombstone, null key, headers", w, store, 16,
+                   {0, 1, 2, 3, 4, 10, 11, 12, 13, 14}, dead, aborted_stored=sum(
                        1 for t in store.query_bars("AAA", "1m")["ts"]
                        if T0 + 60_000 * 5 <= int(t) < T0 + 60_000 * 10),
                    dlq_reasons=sorted({dict(m.headers).get("reason", b"").decode()[:60]
