@@ -3,6 +3,7 @@
     python benchmarks/bench_scorer_latency.py [--symbols 50,500] [--seconds 60] [--retrain-every 1000]
                                               [--retrain-in process|thread] [--processes]
                                               [--profile [--profile-out FILE]]
+                                              [--shadows 0,3]
 
 Everything real and in one process, as the dashboard runs it: the embedded broker (TCP on
 loopback; the broker itself is its own binary), the simulator producing ``--symbols`` symbols with one 1m bar per second each (after
@@ -17,7 +18,11 @@ and the indexer; its stats come from its heartbeats in the store. Latency is mea
 way in both modes, from the stored predictions.
 
 ``--symbols`` takes a comma-separated list: one fresh broker/store/pipeline per count, run one
-after the other. ``--profile`` runs cProfile in the scorer's thread and prints its top lines
+after the other. ``--shadows`` (comma-separated, default 0) enrols that many model versions in
+the live arena (:mod:`models.arena`: copies of the default champion, so each costs what the
+champion's own prediction costs) once the champion is live, and waits until every one of them
+has scored before measuring: one run per (symbol count, shadow count), so the shadows' cost
+shows as the latency difference between runs of the same invocation. ``--profile`` runs cProfile in the scorer's thread and prints its top lines
 (by own time, then cumulative) over the measured window to stderr; profile runs are slower,
 so take figures from runs without it.
 
@@ -35,7 +40,8 @@ Prints ONE JSON line: ``runs``, one entry per symbol count, each with
   window (Kafka record timestamp of the bar → the moment the prediction batch went to the store);
 - ``latency_acked_ms``: the scorer's own gauge, to the store's acknowledgement (last 2,000);
 - ``predictions_per_s`` over the window, ``bars_per_s_offered`` by the feed;
-- ``retrain_events``: retrain decisions recorded during the run (and how many promoted).
+- ``retrain_events``: retrain decisions recorded during the run (and how many promoted);
+- ``shadows`` and ``arena``: the shadow count and, per arena entry, predictions scored.
 """
 from __future__ import annotations
 
@@ -89,6 +95,8 @@ def main() -> int:
                          "this process, next to the indexer and the producer)")
     ap.add_argument("--retrain-in", choices=["process", "thread"], default="process",
                     help="where the scorer trains (default: a child process of its own)")
+    ap.add_argument("--shadows", default="0",
+                    help="shadow models scored beside the champion, e.g. 0,3 (one run each)")
     ap.add_argument("--scorer-child", nargs=2, metavar=("DB", "BOOTSTRAP"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -99,10 +107,11 @@ def main() -> int:
     quiet_kafka_logs()
     runs = []
     for n in [int(x) for x in str(args.symbols).split(",") if x.strip()]:
-        try:
-            runs.append(run_once(args, n))
-        except TimedOut as exc:  # report it and go on with the next count
-            runs.append({"symbols": n, "failed": str(exc)})
+        for k in [int(x) for x in str(args.shadows).split(",") if x.strip()]:
+            try:
+                runs.append(run_once(args, n, k))
+            except TimedOut as exc:  # report it and go on with the next count
+                runs.append({"symbols": n, "shadows": k, "failed": str(exc)})
     print(json.dumps({"bench": "scorer_latency", "runs": runs,
                       "scorer": "process" if args.processes else "thread",
                       "cpus": os.cpu_count(),
@@ -110,7 +119,7 @@ def main() -> int:
     return 0
 
 
-def run_once(args, n_symbols: int) -> dict:
+def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="kappalab-bench-scorer-"))
     store = SqliteStore(work / "kappalab.sqlite")
@@ -149,6 +158,11 @@ def run_once(args, n_symbols: int) -> dict:
         producer = WorkerThread(Producer(source, info.bootstrap, store=store, live=True)).start()
         workers.append(producer)
         _wait(lambda: get_champion(store) is not None, 300, "the default champion")
+        if shadows:
+            _enrol_shadows(store, shadows)
+            _wait(lambda: sum(bool(r.get("scored")) for r in
+                              scorer_stats()["gauges"].get("arena") or []) > shadows,
+                  120, f"the {shadows} shadow models to score")
         # Let the backlog (bars that arrived before the champion) drain, then measure.
         # (held for 6 s: the lag gauge is sampled every 2 s, and a process's reaches this one
         # through heartbeats, so one low reading can come in the middle of the backlog)
@@ -197,6 +211,8 @@ def run_once(args, n_symbols: int) -> dict:
         "retrain_every_bars": args.retrain_every,
         "retrain_in": args.retrain_in,
         "scorer_counters": {k: v for k, v in snap["counters"].items() if v},
+        "shadows": shadows,
+        "arena": {r.get("name"): r.get("scored") for r in snap["gauges"].get("arena") or []},
     }
     store.close()
     if args.keep:
@@ -204,6 +220,19 @@ def run_once(args, n_symbols: int) -> dict:
     else:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _enrol_shadows(store, k: int) -> None:
+    """``k`` copies of the champion saved as versions of their own and enrolled in the arena."""
+    from models import arena
+    from models.registry import load_model_version, save_model_version
+
+    champion = load_model_version(store, get_champion(store)["version_id"])
+    for i in range(k):
+        meta = {key: v for key, v in champion.meta.items()
+                if key not in ("version_id", "status", "created_ms", "content_hash")}
+        version = save_model_version(store, champion.model, {**meta, "name": f"shadow {i + 1}"})
+        arena.enrol(store, version, reason="benchmark")
 
 
 def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float) -> dict:

@@ -6,6 +6,7 @@ from typing import Callable
 
 import streamlit as st
 
+from dashboard.access import can_change, read_only_note
 from dashboard.formatting import display_frame
 from dashboard.prediction_charts import arena_table
 from dashboard.widgets import push_notice, show_notices
@@ -14,9 +15,10 @@ from models.registry import GLOBAL_SCOPE, champion_refusal, promote
 from models.significance import LEVEL
 
 WINDOW_NOTE = (
-    "Every figure covers each model's last {window:,} scored predictions (its window; "
-    "direction: the moves among them), since the scorer started: live skill = 1 − Σ e² / "
-    "Σ e²(persistence) on the implied close; interval: 95 % moving-block bootstrap; p: "
+    "Every figure covers each model's last {window:,} scored predictions (Window; Direction: "
+    "the share right among the moves in it), since the scorer started; Scored: all its scored "
+    "predictions; Waiting: predictions waiting for their bar. Live skill vs persistence = 1 − "
+    "Σ e² / Σ e²(persistence) on the implied close; interval: 95 % moving-block bootstrap; p: "
     "Diebold–Mariano, Holm-corrected over {m} comparison{s} with persistence, at {level:.0%}. "
     "Shadow models predict the same bars as the champion and never change its predictions."
 )
@@ -50,7 +52,10 @@ def arena_section(store, snapshot: Callable[[], dict | None], auto: bool = True)
                                       s="s" if m != 1 else "", level=LEVEL))
 
     board()
-    _controls(store, enrolled)
+    if can_change():
+        _controls(store, enrolled)
+    else:
+        read_only_note("enrolling, removing and promoting models")
     show_notices("arena")
 
 

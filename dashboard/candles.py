@@ -12,8 +12,12 @@ answers "the latest ``n`` candles of this series" by
    visible range (:meth:`~pipeline.store.base.Store.ohlc_latest`).
 
 Older history added later (a backfill reaching further back) moves the series' first ts and
-rebuilds the cached candles; candles are also rebuilt every ``rebuild_s`` seconds, which bounds
-how long a late correction in the middle of the shown range could go unseen.
+rebuilds the cached candles. A correction or a late bar (last write wins) does not move the
+newest ts: the indexer records the rewritten range as a revision of the series
+(:mod:`pipeline.store.revisions`), :meth:`CandleFeed.marker` includes its number, and
+:meth:`CandleFeed.latest` re-aggregates just the candles of the rewritten ranges. Candles are
+also rebuilt every ``rebuild_s`` seconds (a safety net, e.g. for bars written around the
+indexer).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline.store.base import Store
+from pipeline.store.revisions import changed_since, lost_track, revision
 
 WHOLE_HISTORY_CANDLES = 600
 
@@ -35,6 +40,7 @@ class _Entry:
     first_ts: int
     last_ts: int
     built: float
+    seq: int = 0  # the series' revision the candles include
 
 
 class CandleFeed:
@@ -48,15 +54,28 @@ class CandleFeed:
     def last_ts(self, symbol: str, interval: str) -> int | None:
         return self.store.last_bar_ts(symbol, interval)
 
+    def marker(self, symbol: str, interval: str) -> tuple[int | None, int]:
+        """What changes whenever the series' candles can: its newest ts and its revision."""
+        doc = revision(self.store, symbol, interval)
+        return self.last_ts(symbol, interval), int((doc or {}).get("seq", 0))
+
     def latest(self, symbol: str, interval: str, bucket_ms: int, n: int) -> pd.DataFrame:
         """The latest ``n`` candles (closed ones from the previous answer)."""
         last = self.last_ts(symbol, interval)
+        doc = revision(self.store, symbol, interval)
+        seq = int((doc or {}).get("seq", 0))
         key = (symbol, interval, int(bucket_ms))
         with self._lock:
             entry = self._cache.get(key)
             if last is None:
                 self._cache.pop(key, None)
                 return self.store.ohlc_latest(symbol, interval, bucket_ms, n)
+            if entry is not None and entry.seq != seq:
+                rewritten = changed_since(doc, entry.seq)
+                if lost_track(doc, entry.seq) or entry.seq > seq:
+                    entry = None  # too far behind (or the store was reset): rebuild
+                elif rewritten is not None:
+                    entry = self._revise(entry, symbol, interval, bucket_ms, *rewritten)
             if (entry is None or n > entry.n or time.time() - entry.built > self.rebuild_s):
                 entry = self._build(symbol, interval, bucket_ms, max(n, 1), last)
             elif entry.last_ts != last:
@@ -65,6 +84,7 @@ class CandleFeed:
                     entry = self._build(symbol, interval, bucket_ms, max(n, 1), last)
                 else:
                     entry = self._extend(entry, symbol, interval, bucket_ms, last)
+            entry.seq = seq
             self._cache[key] = entry
             return entry.frame.iloc[-n:].reset_index(drop=True) if n > 0 else entry.frame[:0]
 
@@ -82,6 +102,23 @@ class CandleFeed:
         span = self.store.bar_time_range(symbol, interval)
         return _Entry(frame, n, span[0] if span else last, last, time.time())
 
+    def _revise(self, entry: _Entry, symbol, interval, bucket_ms, lo: int, hi: int
+                ) -> _Entry | None:
+        """Re-aggregate the candles holding bars ``lo..hi`` (rewritten: corrected or late)."""
+        old = entry.frame
+        if old.empty:
+            return None
+        start, end = lo - lo % bucket_ms, hi - hi % bucket_ms + bucket_ms
+        if len(old) >= entry.n:  # the latest n: a candle before them stays out of view
+            start = max(start, int(old["ts"].iloc[0]))
+        if start >= end:
+            return entry
+        part = self.store.ohlc_buckets(symbol, interval, bucket_ms, start_ms=start, end_ms=end)
+        frame = pd.concat([old[old["ts"] < start], part, old[old["ts"] >= end]],
+                          ignore_index=True)
+        return _Entry(frame, entry.n, min(entry.first_ts, lo), entry.last_ts, entry.built,
+                      entry.seq)
+
     def _extend(self, entry: _Entry, symbol, interval, bucket_ms, last) -> _Entry:
         old = entry.frame
         if old.empty:
@@ -91,7 +128,7 @@ class CandleFeed:
         frame = pd.concat([old[old["ts"] < growing], tail], ignore_index=True)
         if len(frame) > self.keep:
             frame = frame.iloc[-self.keep:].reset_index(drop=True)
-        return _Entry(frame, entry.n, entry.first_ts, last, entry.built)
+        return _Entry(frame, entry.n, entry.first_ts, last, entry.built, entry.seq)
 
 
 def whole_history_bucket(first_ts: int, last_ts: int, step_ms: int, candles: int) -> int:

@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import ts_to_datetime
+from dashboard.plain_text import plain_figure
 from dashboard.theme import DOWN, UP, palette, readable
 from models.features import compute_features, max_lookback
 
@@ -67,12 +68,13 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
     fig.add_trace(go.Bar(x=x, y=candles["volume"], marker_color=colors, name="volume",
                          showlegend=False, **period), row=2, col=1)
     # Title on the left, legend on its own row under the plot: they never overlap.
-    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=580,
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=540,
                       margin=dict(l=10, r=10, t=40, b=10), xaxis_rangeslider_visible=False,
                       uirevision="live")  # keep the user's zoom across refreshes
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="volume", row=2, col=1)
-    return readable(fig)
+    # "ACME · 5m candles": short, the legend beside it
+    return plain_figure(readable(fig, title_row=False))
 
 
 def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None = None) -> go.Figure:
@@ -90,7 +92,7 @@ def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None =
         fig.add_annotation(text="axis cut: the warm-up burst goes higher", xref="paper",
                            yref="paper", x=0, y=1, showarrow=False, xanchor="left",
                            yanchor="top", font=dict(size=12, color=palette().muted))
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def ma_feature_names(ma_windows, ma_kind: str) -> list[str]:

@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.formatting import MISSING, display_frame, fmt_sig
+from dashboard.plain_text import plain_figure
 from dashboard.theme import BASELINE_COLORS, MODEL_COLORS, palette, readable
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
 
@@ -54,7 +55,7 @@ def metric_bars(table: pd.DataFrame, metric: str = "skill") -> go.Figure:
                                    xref="paper", yref="paper", x=0, y=0, showarrow=False,
                                    font=dict(size=11, color="grey"), yanchor="bottom",
                                    xanchor="left")
-    return fig
+    return plain_figure(fig)
 
 
 def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: dict[str, str],
@@ -87,7 +88,7 @@ def predicted_vs_actual(predictions: pd.DataFrame, labels: list[str], colors: di
                       + (f" — {symbol}" if symbol else ""), height=420,
                       margin=dict(l=40, r=20, t=50, b=40), hovermode="x unified",
                       xaxis_type="date")
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
@@ -103,7 +104,7 @@ def residual_distribution(residuals: pd.DataFrame, colors: dict[str, str],
                              marker_color=colors.get(label)))
     fig.update_layout(barmode="overlay", bargap=0, title="Residuals (actual − predicted)",
                       height=380, margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def residual_histogram(residuals: pd.DataFrame, bins: int = 80
@@ -134,7 +135,7 @@ def importance_bars(importance: pd.DataFrame, model: str, top: int = 25) -> go.F
     fig.update_layout(title=f"Permutation importance — {model}",
                       xaxis_title="increase in test MSE when shuffled",
                       height=max(260, 24 * len(df) + 100), margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig, legend=False)
+    return plain_figure(readable(fig, legend=False))
 
 
 def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
@@ -144,7 +145,7 @@ def runs_comparison(compare: pd.DataFrame, metric_label: str) -> go.Figure:
         fig.add_trace(go.Bar(x=list(compare.index), y=compare[run], name=run))
     fig.update_layout(barmode="group", title=f"{metric_label} across runs", height=380,
                       margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def significance_text(table: pd.DataFrame) -> dict[str, list[str]]:
@@ -178,19 +179,29 @@ def scaled_units(values: pd.Series) -> tuple[pd.Series, str]:
     return values / 10.0 ** exp, f" (×10{str(exp).translate(_SUPERSCRIPT)})"
 
 
-def styled_table(table: pd.DataFrame):
+#: The results in two tables that each fit a 1366-px-wide page: the verdict against
+#: persistence first, then the error figures and timings.
+VERDICT_COLUMNS = ("skill",)
+ERROR_COLUMNS = ("r2", "mse", "rmse", "mae", "mape_pct", "directional_accuracy",
+                 "fit_time_s", "predict_time_s")
+
+
+def styled_table(table: pd.DataFrame, part: str | None = None):
     """Results table for display: metrics (readable headers; tiny errors scaled, the factor
     in the header), numbers with significant figures, the best per quality column
-    highlighted (not timings); then the significance columns."""
-    cols = [c for c in METRIC_COLUMNS if c in table.columns]
+    highlighted (not timings); then the significance columns. ``part``: ``"verdict"`` (kind,
+    skill and the significance columns) or ``"errors"`` (the other metrics); None: all."""
+    wanted = {"verdict": VERDICT_COLUMNS, "errors": ERROR_COLUMNS}.get(part, METRIC_COLUMNS)
+    cols = [c for c in METRIC_COLUMNS if c in table.columns and c in wanted]
     num = table[cols].apply(pd.to_numeric, errors="coerce")
     labels = {}
     for c in cols:
         num[c], unit = scaled_units(num[c])
         labels[c] = METRIC_LABELS[c] + unit
-    shown = display_frame(table[["kind", *cols]].assign(**{c: num[c] for c in cols}))
+    lead = [] if part == "errors" else ["kind"]
+    shown = display_frame(table[[*lead, *cols]].assign(**{c: num[c] for c in cols}))
     shown = shown.rename(columns=labels)
-    if "reading" in table.columns:  # significance vs persistence (models/significance.py)
+    if "reading" in table.columns and part != "errors":  # vs persistence (models/significance.py)
         for name, text in significance_text(table).items():
             shown[name] = text
     best = "background-color: #c8f7c5; color: #0b3d0b; font-weight: bold"
@@ -225,4 +236,4 @@ def fold_skill_chart(folds: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                            yanchor="bottom", font=dict(size=11, color="grey"))
     fig.update_layout(title="Skill vs persistence per fold (above 0 beats 'no change')",
                       yaxis_title="skill", height=380, margin=dict(l=40, r=20, t=50, b=40))
-    return readable(fig)
+    return plain_figure(readable(fig))

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard.formatting import display_frame
+from dashboard.plain_text import md_plain, plain_figure
 from dashboard.theme import BASELINE_COLOR, MODEL_COLORS
 from models.lab_types import LabConfig, LabError
 from models.seeds import run_seeds, seed_spread, simulated_bars
@@ -33,7 +34,7 @@ def seed_chart(per_seed: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
     fig.update_layout(title="Skill vs persistence on each simulated path", yaxis_title="skill",
                       height=380, showlegend=False, margin=dict(l=40, r=20, t=50, b=40))
-    return fig
+    return plain_figure(fig)
 
 
 def seeds_block(config: LabConfig) -> None:
@@ -56,7 +57,7 @@ def seeds_block(config: LabConfig) -> None:
                 per_seed = run_seeds(lambda s: simulated_bars(s, bars, cfg.interval, phi), cfg,
                                      n, progress=lambda f, m: bar.progress(min(f, 1.0), m))
             except (LabError, ValueError) as exc:
-                st.error(str(exc))
+                st.error(md_plain(exc))
             else:
                 st.session_state[SEEDS_KEY] = {"per_seed": per_seed, "n": n, "bars": bars,
                                                "phi": phi, "first": cfg.seed}

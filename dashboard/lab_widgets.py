@@ -8,7 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import lab_charts
+from dashboard.access import can_change
 from dashboard.formatting import sig_styler
+from dashboard.plain_text import md_plain
 from dashboard.view_models import HELP, fold_rows, fold_view, run_caption, unique
 from models import lab
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
@@ -44,10 +46,15 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
                + " Best value per quality column highlighted (not the timings); click a header "
                  "to sort.")
     for w in unique(warnings, shown_above):
-        st.warning(w)
-    st.dataframe(lab_charts.styled_table(table), width="stretch", key="ml_results_table",
-                 column_config={"Skill vs persistence": st.column_config.NumberColumn(
-                     help=HELP["skill"])})
+        st.warning(md_plain(w))
+    # Two tables that each fit the page (one had to scroll sideways on a projector).
+    st.dataframe(lab_charts.styled_table(table, "verdict"), width="stretch",
+                 key="ml_results_table", column_config={
+                     "Skill vs persistence": st.column_config.NumberColumn(help=HELP["skill"])})
+    st.caption("Error figures on the test rows (tiny errors scaled: the factor is in the "
+               "header) and timings")
+    st.dataframe(lab_charts.styled_table(table, "errors"), width="stretch",
+                 key="ml_errors_table")
     for g in unique(guidance):
         st.info(g)
 
@@ -69,6 +76,8 @@ def folds_block(fold_table: pd.DataFrame, colors: dict[str, str], chart: bool = 
 
 
 def save_controls(store, result: lab.LabResult) -> None:
+    if not can_change():  # a presenter who left presenter mode keeps the result, not the saving
+        return
     st.subheader("Save a model version")
     refusal = champion_refusal(result.config.target)
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
@@ -93,9 +102,10 @@ def save_controls(store, result: lab.LabResult) -> None:
             version_id = lab.save_version(store, result, label, champion=champion and not refusal,
                                           scope=scope.strip() or GLOBAL_SCOPE)
         except (lab.LabError, ValueError) as exc:
-            st.error(str(exc))
+            st.error(md_plain(exc))
         else:
-            st.success(f"Saved {label} as {version_id}" + (" (champion)" if champion else "")
+            st.success(f"Saved {md_plain(label)} as {md_plain(version_id)}"
+                       + (" (champion)" if champion else "")
                        + ".")
 
 

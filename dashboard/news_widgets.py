@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard.access import presenter_button
 from dashboard.formatting import fmt_ts, with_time_column
+from dashboard.plain_text import md_plain
 from dashboard.widgets import TIME_ZONES, guarded, push_notice, saved_upload, worker_header
 from pipeline.runtime import NEWS_FEEDS
 from pipeline.sources.base import SourceError
@@ -157,12 +159,12 @@ def headline_csv_panel(runtime, data_dir: Path) -> None:
     try:
         preview = _headline_preview(str(path), path.stat().st_mtime, symbol, tz)
     except SourceError as exc:
-        st.error(str(exc))
+        st.error(md_plain(exc))
         return
     show_headline_preview(preview)
     if preview.items == 0:
-        st.error(f"No headline in {uploaded.name} could be read; fix the rows above and upload "
-                 "it again.")
+        st.error(f"No headline in {md_plain(uploaded.name)} could be read; fix the rows above "
+                 "and upload it again.")
         return
     busy = runtime.is_running("news_import")
     if st.button(f"Import {preview.items:,} headlines", key="pc_news_import", type="primary",
@@ -174,7 +176,7 @@ def headline_csv_panel(runtime, data_dir: Path) -> None:
 
 
 def show_headline_preview(p) -> None:
-    symbols = ", ".join(f"**{s}** ({n:,})" for s, n in list(p.symbols.items())[:8])
+    symbols = ", ".join(f"**{md_plain(s)}** ({n:,})" for s, n in list(p.symbols.items())[:8])
     more = f" and {len(p.symbols) - 8} more" if len(p.symbols) > 8 else ""
     if p.items:
         st.markdown(
@@ -183,7 +185,7 @@ def show_headline_preview(p) -> None:
             f"{p.score_min:+.2f} to {p.score_max:+.2f} (mean {p.score_mean:+.2f}).")
     if p.skipped:
         st.warning(f"{p.skipped:,} malformed row(s) will be skipped, e.g. "
-                   + "; ".join(p.skipped_samples[:3]) + ".")
+                   + md_plain("; ".join(p.skipped_samples[:3])) + ".")
     if p.sample:
         st.dataframe(with_time_column(pd.DataFrame(p.sample)), hide_index=True,
                      width="stretch", key="pc_news_preview")
@@ -206,12 +208,12 @@ def news_worker_row(runtime, local: dict, av_ready: bool = True) -> None:
             worker_header(label, local.get(name), running)
             if running:
                 what = STOP_LABELS.get(name, label.lower())
-                if st.button(f"Stop {what}", key=f"stop_{name}"):
+                if presenter_button(f"Stop {what}", key=f"stop_{name}"):
                     with st.spinner(f"Stopping the {what}…"):
                         runtime.stop_worker(name)
                     st.rerun()
             elif name == "news_indexer":
-                if st.button("Start news indexer", key="start_news_indexer"):
+                if presenter_button("Start news indexer", key="start_news_indexer"):
                     guarded(runtime.start_news_indexer, "news indexer", "pipeline")
                     st.rerun(scope="app")
             caption = news_worker_caption(runtime, name, local.get(name))

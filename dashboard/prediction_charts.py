@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.formatting import fmt_sig, fmt_ts, sig_styler, ts_to_datetime
+from dashboard.plain_text import plain_figure
 from dashboard.theme import KEPT_COLOR, MODEL_COLORS, PROMOTED_COLOR, palette, readable
 CHAMPION_BG = "background-color: rgba(46, 125, 50, 0.18); font-weight: 600"
 
@@ -45,7 +46,7 @@ def predicted_vs_actual(scored: pd.DataFrame, bars: pd.DataFrame | None = None,
     fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=440,
                       margin=dict(l=10, r=10, t=40, b=10), yaxis_title="close",
                       uirevision="pred")
-    return readable(fig)
+    return plain_figure(readable(fig))
 
 
 def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = None,
@@ -72,7 +73,7 @@ def rolling_errors(rolling: pd.DataFrame, events: list[dict[str, Any]] | None = 
     readable(fig)
     # Above the first subplot's title, not on it.
     fig.update_layout(legend=dict(y=1.09), margin=dict(t=70))
-    return fig
+    return plain_figure(fig)
 
 
 def versions_table(versions: list[dict[str, Any]],
@@ -202,10 +203,13 @@ def event_bar_ts(event: dict[str, Any], frame: pd.DataFrame | None = None) -> in
 
 def arena_table(board: list[dict[str, Any]]) -> pd.DataFrame:
     """The live arena's leaderboard (the scorer's ``arena`` gauge, :mod:`models.arena`) as
-    text: one row per entry, champion first, then by live skill."""
-    cols = ["Model", "Role", "Version", "Live skill vs persistence", "Skill 95% interval",
-            "p (DM, Holm)", "Reading", "Bars scored", "In window", "MAE (close)",
-            "Direction right", "Waiting"]
+    text: one row per entry, champion first, then by live skill vs persistence (on the implied
+    close), its 95% interval, the Holm-corrected DM p-value and reading, predictions scored,
+    the window filled, MAE (close), directional accuracy over the moves in the window, and
+    predictions waiting for their bar."""
+    cols = ["Model", "Role", "Version", "Live skill", "95% interval",
+            "p (DM, Holm)", "Reading", "Scored", "Window", "MAE",
+            "Direction", "Waiting"]
     rows = []
     scored = [r for r in board if r.get("kind") != "error"]
     scored.sort(key=lambda r: (r.get("kind") != "champion",
@@ -215,15 +219,15 @@ def arena_table(board: list[dict[str, Any]]) -> pd.DataFrame:
         da = r.get("directional_accuracy")
         rows.append({
             "Model": r.get("name"), "Role": r.get("kind"), "Version": r.get("version_id") or "—",
-            "Live skill vs persistence": fmt_sig(r.get("skill"), 3),
-            "Skill 95% interval": (f"{fmt_sig(lo, 3)} to {fmt_sig(hi, 3)}"
+            "Live skill": fmt_sig(r.get("skill"), 3),
+            "95% interval": (f"{fmt_sig(lo, 3)} to {fmt_sig(hi, 3)}"
                                    if lo is not None and hi is not None else "—"),
             "p (DM, Holm)": "—" if p is None else "< 0.0001" if p < 1e-4 else fmt_sig(p, 2),
             "Reading": r.get("reading") or "—",
-            "Bars scored": f"{int(r.get('scored') or 0):,}",
-            "In window": f"{int(r.get('window_n') or 0):,} of {int(r.get('window') or 0):,}",
-            "MAE (close)": fmt_sig(r.get("mae"), 4),
-            "Direction right": ("—" if da is None else
+            "Scored": f"{int(r.get('scored') or 0):,}",
+            "Window": f"{int(r.get('window_n') or 0):,} of {int(r.get('window') or 0):,}",
+            "MAE": fmt_sig(r.get("mae"), 4),
+            "Direction": ("—" if da is None else
                                 f"{da:.1%} of {int(r.get('moves') or 0):,} moves"),
             "Waiting": f"{int(r.get('pending') or 0):,}",
         })

@@ -28,6 +28,8 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from dashboard.access import presenter_sidebar, startup_refusal, stop_if_refused
+from dashboard.plain_text import md_plain
 from dashboard.runtime import autostart, autostart_enabled, get_runtime
 from dashboard.state import get_config, store_or_stop
 
@@ -59,6 +61,9 @@ def app_pages() -> list[st.Page]:
 def run_app() -> None:
     """The body of app.py: bootstrap, sidebar, then the selected page."""
     st.set_page_config(page_title="KappaLab", page_icon=str(FAVICON), layout="wide")
+    if startup_refusal():  # network mode without a presenter password: one sentence, nothing
+        st.navigation(app_pages(), position="hidden")  # starts, no legacy page list either
+        stop_if_refused()
     store_or_stop()
     runtime = get_runtime()
     # The first load waits for the broker and the workers (seconds): say so, not a blank page.
@@ -81,8 +86,11 @@ def run_app() -> None:
             broker = "embedded (not started)"
         st.caption(f"**Broker:** {broker}")
         if st.session_state.get("autostart_error"):
-            st.error(st.session_state["autostart_error"])
+            st.error(md_plain(st.session_state["autostart_error"]))
 
+    # Less empty space above each page (Streamlit's default is 6rem): on a 1366x768 projector
+    # the Live market chart starts above the fold.
+    st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.5rem}</style>")
     page = st.navigation(app_pages())
     token = _in_shell.set(True)
     try:
@@ -94,10 +102,13 @@ def run_app() -> None:
 def enter_page() -> None:
     """First call of every page script: route a page run that bypassed app.py through it.
 
-    A no-op when app.py runs the page, and when the page itself is the main script (Streamlit's
-    AppTest runs single pages that way).
+    When app.py runs the page, and when the page itself is the main script (Streamlit's
+    AppTest runs single pages that way), it only applies the presenter gate
+    (dashboard/access.py): the refusal of network mode without a password, the sidebar box.
     """
     if _in_shell.get() or not _main_script_is_app():
+        stop_if_refused()
+        presenter_sidebar()  # network mode: who this session is, the password form
         return
     if st.session_state.get(_REROUTED):
         # Rerouted once already and still outside the shell: never loop; show the page.

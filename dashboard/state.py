@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard.plain_text import md_plain
 from pipeline.config import Config, load_config
 from pipeline.store import Store, StoreUnavailable, open_store
 
@@ -32,6 +33,6 @@ def store_or_stop(config: Config | None = None) -> Store:
     try:
         return get_store(config)
     except StoreUnavailable as exc:
-        st.error(str(exc))
+        st.error(md_plain(exc))
         st.stop()
         raise  # unreachable: st.stop raises

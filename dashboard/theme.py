@@ -56,11 +56,12 @@ TICK_FONT_SIZE = 13
 LEGEND_FONT_SIZE = 13
 
 
-def readable(fig, legend: bool = True):
+def readable(fig, legend: bool = True, title_row: bool = True):
     """Projector-readable axes and legend for ``fig`` (returned): larger ticks in the text
     colour (not light grey), axis labels sized to fit (automargin), and the legend on a row
     of its own above the plot, right-aligned, clear of the x axis' date line and of the
-    title on the left."""
+    title on the left (on a row of its own under the title, or with ``title_row=False`` on
+    the title's line, right-aligned: for a short title, to save height)."""
     pal = palette()
     font = dict(size=TICK_FONT_SIZE, color=pal.text)
     fig.update_xaxes(tickfont=font, title_font=font, automargin=True)
@@ -70,7 +71,7 @@ def readable(fig, legend: bool = True):
                                       xanchor="right", x=1, title_text="",
                                       font=dict(size=LEGEND_FONT_SIZE, color=pal.text)))
         top = fig.layout.margin.t if fig.layout.margin.t is not None else 40
-        if fig.layout.title.text:  # the title's line, then the legend's row
+        if fig.layout.title.text and title_row:  # the title's line, then the legend's row
             fig.update_layout(margin=dict(t=max(top, 72)),
                               title=dict(y=0.985, yanchor="top"))
     return fig

@@ -2,7 +2,6 @@
 captions, per-fold tables, warnings without repeats. Pure functions, tested directly."""
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -43,6 +42,22 @@ def catch_up_note(n: int) -> str:
     return (f"Catch-up: {n:,} predictions of bars that waited in Kafka while the scorer was "
             "stopped or starting (a backlog worked through at once); counted apart, not in "
             "the latency figures and not in the retrain schedule's bar count.")
+
+
+def data_rules_note(counters: dict | None) -> str | None:
+    """The indexer's data-rule figures in one line (docs/STREAM_ROBUSTNESS.md, "Data
+    rules"); None while there is nothing to say."""
+    c = counters or {}
+    parts = [f"{n:,} {what}" for key, what in (
+        ("corrected", "corrected bar(s) (the last write wins)"),
+        ("late", "late bar(s) filled in"),
+        ("replayed", "bar(s) read again unchanged"),
+        ("unkeyed", "bar(s) without a Kafka key (kept)"))
+        if (n := int(c.get(key) or 0))]
+    if not parts:
+        return None
+    return ("Data rules: " + ", ".join(parts) + ". Misaligned, mis-keyed and far-future bars "
+            "are in the rejects below, with the reason.")
 
 
 def source_problem(source_stats: dict | None, worker_state: str | None = None) -> str | None:
@@ -287,8 +302,9 @@ def live_kpis(recent: pd.DataFrame) -> list[Kpi]:
 def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
                  limit: int = 500) -> pd.DataFrame | None:
     """One marker per candle with news, just above its high: columns ts (the candle's start),
-    y, count, sentiment_score (mean), hover (up to three titles, HTML-escaped: text from data
-    is never markup); None when the store has no news there (or predates news support)."""
+    y, count, sentiment_score (mean), hover (up to three titles, one per line: the chart's
+    plain_figure escapes them and makes the line breaks); None when the store has no news
+    there (or predates news support)."""
     if candles.empty or not hasattr(store, "query_news"):
         return None
     start = int(candles["ts"].iloc[0])
@@ -303,9 +319,9 @@ def news_markers(store, symbol: str, candles: pd.DataFrame, bucket_ms: int,
     for candle, items in news.groupby("candle", sort=True):
         if candle not in highs.index:
             continue
-        titles = [html.escape(str(t)) for t in items["title"].head(3)]
+        titles = [str(t) for t in items["title"].head(3)]
         more = len(items) - len(titles)
         rows.append({"ts": int(candle), "y": float(highs[candle]) + 0.03 * span,
                      "count": len(items), "sentiment_score": float(items["sentiment_score"].mean()),
-                     "hover": "<br>".join(titles) + (f"<br>… and {more} more" if more > 0 else "")})
+                     "hover": "\n".join(titles) + (f"\n… and {more} more" if more > 0 else "")})
     return pd.DataFrame(rows) if rows else None

@@ -11,9 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.formatting import fmt_ts, with_time_column
+from dashboard.plain_text import md_plain
+from dashboard.state import get_config
 from dashboard.view_models import worker_status
 from pipeline.schema import INTERVALS
 from pipeline.sources.base import SourceError
+from pipeline.sources.import_paths import resolve_import_path
 
 NOTICE_KEY = "kl_notices"
 #: st.file_uploader's limit (server.maxUploadSize in .streamlit/config.toml), stated in the UI.
@@ -39,7 +42,7 @@ def show_notices(scope: str = "global") -> None:
             continue
         c1, c2 = st.columns([7, 1], vertical_alignment="center")
         {"error": c1.error, "warning": c1.warning, "success": c1.success}.get(
-            n["kind"], c1.info)(n["text"])
+            n["kind"], c1.info)(md_plain(n["text"]))  # notices quote symbols, files, errors
         if c2.button("Dismiss", key=f"dismiss_{n['key']}"):
             st.session_state[NOTICE_KEY] = [m for m in st.session_state[NOTICE_KEY]
                                             if m["key"] != n["key"]]
@@ -131,7 +134,8 @@ def worker_header(label: str, snap: dict | None, running: bool) -> None:
     state, reason = worker_status(snap, running)
     if state in ("failed", "stalled"):
         st.markdown(f"**{label}** — :orange[{state}]")
-        st.warning(reason or f"The {label.lower()} {state} without a reason.")
+        st.warning(md_plain(reason) if reason else f"The {label.lower()} {state} without a "
+                   "reason.")
     elif state == "running":
         st.markdown(f"**{label}** — :green[running]")
     else:
@@ -171,17 +175,21 @@ def csv_import_panel(data_dir: Path, key: str = "pc_csv"):
         key=f"{key}_upload",
         help="A pandas df.to_csv() file (dates in the first column), a Date,Time,Open,High,Low,"
              "Close,Volume file, or a timestamp column with open, high, low, close, volume.")
-    server_path = st.text_input("…or a path on the server", key=f"{key}_path",
-                                placeholder="/data/GOOG.csv")
+    import_dir = get_config().import_dir
+    server_path = st.text_input(
+        "…or a path on the server", key=f"{key}_path", placeholder="GOOG.csv",
+        help="Read only inside the data directory" + (" or KAPPALAB_IMPORT_DIR" if import_dir
+                                                       else "") + "; a relative path starts "
+             "there. Set KAPPALAB_IMPORT_DIR to open one more folder.")
     if uploaded is not None:
         path, display = saved_upload(uploaded, data_dir), uploaded.name
     elif server_path.strip():
-        path = Path(server_path.strip()).expanduser()
-        display = path.name
-        if not path.is_file():
-            st.error(f"There is no file at {server_path.strip()!r} on the server; check the path "
-                     "or upload the file instead.")
+        try:
+            path = resolve_import_path(server_path, [data_dir, import_dir])
+        except SourceError as exc:
+            st.error(md_plain(exc))
             return None
+        display = path.name
     else:
         st.caption("Choose a file to see a preview before anything is imported.")
         return None
@@ -207,7 +215,7 @@ def csv_import_panel(data_dir: Path, key: str = "pc_csv"):
         insp = _inspect(str(path), path.stat().st_mtime, display, symbol.strip(), interval, tz,
                         skip_bad)
     except SourceError as exc:
-        st.error(str(exc))
+        st.error(md_plain(exc))
         return None
     from_name = symbol.strip() == (symbol_from_filename(display) or "")
     _show_inspection(insp, interval is None, from_name)
@@ -231,10 +239,11 @@ def _show_inspection(insp, inferred: bool, from_name: bool) -> None:
     origin = ("from the file name; edit the Symbol field to change it"
               if insp.symbol_from == "typed" and from_name
               else SYMBOL_FROM.get(insp.symbol_from, insp.symbol_from))
-    st.markdown(f"**Preview:** {insp.bars:,} bars of **{', '.join(insp.symbols) or '?'}** "
+    symbols = md_plain(", ".join(insp.symbols) or "?")
+    st.markdown(f"**Preview:** {insp.bars:,} bars of **{symbols}** "
                 f"({origin}), interval **{interval}**, "
                 f"{fmt_ts(insp.first_ts)} → {fmt_ts(insp.last_ts)}.")
-    st.caption("Read as: " + "; ".join(insp.notes) + ".")
+    st.caption("Read as: " + md_plain("; ".join(insp.notes)) + ".")
     counts = []
     if insp.out_of_order:
         counts.append(f"{insp.out_of_order:,} rows were out of time order: they are sorted "
@@ -243,7 +252,7 @@ def _show_inspection(insp, inferred: bool, from_name: bool) -> None:
         counts.append(f"{insp.duplicates:,} rows repeat a time: the last one is kept")
     if insp.bad_lines:
         counts.append(f"{insp.bad_lines:,} malformed lines will be skipped, e.g. "
-                      f"{insp.bad_samples[0] if insp.bad_samples else ''}")
+                      f"{md_plain(insp.bad_samples[0]) if insp.bad_samples else ''}")
     for c in counts:
         st.info(c + ".")
     if insp.preview:

@@ -12,6 +12,7 @@ from models.registry import GLOBAL_SCOPE, champion_refusal, promote, save_model_
 from models.targets import effective_horizon
 
 from models.lab_types import LabError, LabResult
+from pipeline.csv_export import csv_bytes
 
 # ---------------------------------------------------------------------------------------------
 # Runs kept in the store, and model versions
@@ -90,7 +91,7 @@ def delete_run(store, run_id: str) -> bool:
 
 
 def table_to_csv(table: pd.DataFrame) -> bytes:
-    return table.to_csv(index=table.index.name is not None).encode("utf-8")
+    return csv_bytes(table, index=table.index.name is not None)
 
 
 def save_version(store, result: LabResult, label: str | None = None, champion: bool = False,

@@ -9,6 +9,12 @@ just before its first new bar, and from the predictions stored without an actual
 The features of all series live in one :class:`~models.streaming.FeatureBank` (a slot per
 series): :meth:`SeriesStates.advance` pushes a poll's new bars of every series through it
 together, the ``k``-th new bar of each series in one vectorised update.
+
+Corrections follow *last write wins* (docs/STREAM_ROBUSTNESS.md): a bar at or before a
+series' last bar that differs from the one kept (or fills a gap) replaces it, and
+:meth:`SeriesStates.revise` rebuilds the series' features from its kept bars; the scorer then
+re-derives the predictions still waiting (:func:`rederive_pending`) and re-scores the stored
+ones whose bar was corrected (:func:`resettle_stored`).
 """
 from __future__ import annotations
 
@@ -22,11 +28,15 @@ import pandas as pd
 
 from models.progressive import PendingBook, unscored_from_store
 from models.registry import LoadedModel
+from models.targets import from_close_value
 from models.streaming import FeatureSet
-from pipeline.schema import Bar, Prediction, interval_ms
+from pipeline.schema import PREDICTION_FIELDS, Bar, Prediction, interval_ms
 from pipeline.store.base import Store
 
 SeriesKey = tuple[str, str]  # (symbol, interval)
+#: Bars kept beyond the features' lookback, so that the rows of the last few bars (the base
+#: bars of predictions still waiting, horizon up to this) can be rebuilt after a correction.
+REVISE_MARGIN = 16
 
 
 @dataclass
@@ -42,7 +52,8 @@ class SeriesState:
 
     @classmethod
     def new(cls, feature_set: FeatureSet) -> "SeriesState":
-        return cls(feature_set, feature_set.new_slot(), deque(maxlen=feature_set.lookback))
+        return cls(feature_set, feature_set.new_slot(),
+                   deque(maxlen=feature_set.lookback + REVISE_MARGIN))
 
     def update(self, bar: Bar) -> np.ndarray:
         """One bar through the features (a layer of one; :meth:`SeriesStates.advance` does
@@ -134,6 +145,37 @@ class SeriesStates:
                 out[j][k] = rows[pos]
         return out
 
+    def revise(self, state: SeriesState, bars: list[Bar]) -> "Revision":
+        """Bars at or before the series' last bar, in log order: last write wins. A bar
+        that differs from the kept one of its ts (``corrected``) or has none (``late``, within
+        the kept window) takes its place and the features are rebuilt from the kept bars; an
+        identical bar is ``replayed``; one older than the kept window is ``older`` (the
+        features no longer read it; stored predictions it settled are re-scored)."""
+        rev = Revision()
+        kept = {b.ts: b for b in state.recent}
+        first = state.recent[0].ts if state.recent else None
+        for bar in bars:
+            if first is None or bar.ts < first:
+                rev.counts["older"] += 1  # the store's alone: the features no longer read it
+                rev.changed.append(bar)
+                continue
+            old = kept.get(bar.ts)
+            if old == bar:
+                rev.counts["replayed"] += 1
+                continue
+            rev.counts["late" if old is None else "corrected"] += 1
+            rev.changed.append(bar)
+            kept[bar.ts] = bar
+            rev.from_ts = bar.ts if rev.from_ts is None else min(rev.from_ts, bar.ts)
+        if rev.from_ts is None:
+            return rev
+        rev.bars = sorted(kept.values(), key=lambda b: b.ts)[-state.recent.maxlen:]
+        state.feature_set.bank.reset_slot(state.slot)
+        state.recent.clear()
+        rows = self.advance([(state, rev.bars)])[0]
+        rev.rows = {b.ts: rows[i] for i, b in enumerate(rev.bars)}
+        return rev
+
     def _warm_all(self, todo: list[tuple[SeriesState, list[Bar]]]) -> None:
         todo = [(state, bars) for state, bars in todo if bars]
         for state, bars in todo:
@@ -165,7 +207,7 @@ class SeriesStates:
                 if stored and stored[-1].ts == state.last_ts:
                     recent = stored
             state.feature_set, state.slot = self.features, self.features.new_slot()
-            state.recent = deque(maxlen=n)
+            state.recent = deque(maxlen=n + REVISE_MARGIN)
             todo.append((state, recent))
         self._warm_all(todo)
 
@@ -188,6 +230,80 @@ class SeriesStates:
         return bars
 
 
+@dataclass
+class Revision:
+    """What :meth:`SeriesStates.revise` did to one series."""
+
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"corrected": 0, "late": 0, "replayed": 0, "older": 0})
+    changed: list[Bar] = field(default_factory=list)  # the corrected and late bars
+    from_ts: int | None = None  # the oldest change the features read; None: they read none
+    bars: list[Bar] = field(default_factory=list)  # the kept bars after it
+    rows: dict[int, np.ndarray] = field(default_factory=dict)  # their feature rows by ts
+
+
+def rederive_pending(state: SeriesState, rev: Revision, model: LoadedModel | None,
+                     row_of: Callable[[np.ndarray], np.ndarray]) -> list[Prediction]:
+    """The series' predictions still waiting whose features read a changed bar, predicted
+    again from the rebuilt rows (same ids: the store keeps the last). Only the current
+    ``model``'s predictions can be re-derived; others keep their value. (A waiting prediction
+    counts the bars after its base as they arrive: a late bar inside its horizon is not
+    counted.)"""
+    out = []
+    if rev.from_ts is None or model is None:
+        return out
+    by_ts = {b.ts: b for b in rev.bars}
+    for pend in state.book.pending:
+        p = pend.prediction
+        row = rev.rows.get(p.base_ts)
+        if p.base_ts < rev.from_ts or row is None or p.model_id != model.version_id:
+            continue
+        x = row_of(row)
+        if not np.isfinite(x).all():
+            continue  # too little kept history before it: keeps its value
+        p.predicted = float(model.predict(pd.DataFrame([x], columns=model.features))[0])
+        p.base_close = by_ts[p.base_ts].close
+        out.append(p)
+    return out
+
+
+def resettle_stored(store: Store, rev: Revision, unsent: Iterable[Prediction] = ()
+                    ) -> list[Prediction]:
+    """Scored predictions whose bar (at their ``ts``) was corrected, stored or still
+    ``unsent``: their actual and error follow the corrected bar (the rolling live errors keep
+    the first score). A prediction settled across a gap (by a bar after its ``ts``) keeps its
+    score."""
+    corrected = {b.ts: b for b in rev.changed}
+    if not corrected:
+        return []
+    symbol, interval = rev.changed[0].symbol, rev.changed[0].interval
+    found: dict[str, Prediction] = {}
+    rows = store.query_predictions(symbol=symbol, interval=interval,
+                                   start_ms=min(corrected), end_ms=max(corrected) + 1)
+    for r in rows.itertuples(index=False):
+        p = Prediction(**{f: _plain(getattr(r, f)) for f in PREDICTION_FIELDS})
+        found[p.doc_id] = p
+    for p in unsent:
+        if p.symbol == symbol and p.interval == interval:
+            found[p.doc_id] = p
+    out = []
+    for p in found.values():
+        bar = corrected.get(p.ts)
+        if bar is None or p.actual is None or pd.isna(p.actual):
+            continue
+        p.actual = from_close_value(p.target, bar.close, p.base_close)
+        p.error = p.predicted - p.actual
+        out.append(p)
+    return out
+
+
+def _plain(value):
+    """A stored field as a Python value (NaN as None, NumPy scalars as int/float)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def bars_from_frame(df: pd.DataFrame) -> list[Bar]:
     return [Bar(r.symbol, r.interval, int(r.ts), float(r.open), float(r.high), float(r.low),
                 float(r.close), float(r.volume), r.source) for r in df.itertuples(index=False)]
@@ -204,3 +320,4 @@ class SeriesWork:
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # position in fresh -> row
     predicted: dict[int, float] = field(default_factory=dict)
     extras: list[dict[str, float]] = field(default_factory=list)  # per fresh bar (news)
+    revisions: list[Bar] = field(default_factory=list)  # at or before the last bar seen

@@ -211,5 +211,5 @@ def method_note(comparisons: int, level: float = LEVEL) -> str:
             f"two-sided at {level:.0%}, Holm-corrected over {comparisons} comparison"
             f"{'s' if comparisons != 1 else ''} with persistence; skill interval: 95% paired "
             f"moving-block bootstrap (blocks of ⌈n^(1/3)⌉ bar times, "
-            f"{BOOTSTRAP_RESAMPLES} resamples). \"{BEATS}\" only when significant; otherwise "
-            f"\"{NO_EVIDENCE}\".")
+            f"{BOOTSTRAP_RESAMPLES} resamples; per comparison, not Holm-adjusted). "
+            f"\"{BEATS}\" only when significant; otherwise \"{NO_EVIDENCE}\".")

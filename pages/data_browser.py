@@ -9,6 +9,7 @@ from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_c
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.widgets import stored_date_range, wait_for_data
+from pipeline.csv_export import csv_bytes
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
@@ -46,7 +47,7 @@ with tab_bars:
                                              limit=int(limit)))
     st.dataframe(bars, hide_index=True, width="stretch", column_config=TS_COLUMN)
     st.caption("ts is the bar start in epoch milliseconds (UTC); time (UTC) is the same instant.")
-    st.download_button("Download bars as CSV", bars.to_csv(index=False).encode(),
+    st.download_button("Download bars as CSV", csv_bytes(bars),
                        file_name=f"{symbol}_{interval}_bars.csv", mime="text/csv")
 with tab_preds:
     preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
@@ -59,5 +60,5 @@ with tab_preds:
         # returns stay in plain notation, never 8.2e-06.
         st.dataframe(sig_styler(preds, digits=PRICE_DIGITS), hide_index=True, width="stretch",
                      column_config=TS_COLUMN)
-        st.download_button("Download predictions as CSV", preds.to_csv(index=False).encode(),
+        st.download_button("Download predictions as CSV", csv_bytes(preds),
                            file_name=f"{symbol}_{interval}_predictions.csv", mime="text/csv")

@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
+from dashboard.plain_text import md_plain
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.view_models import latest_predictions, news_markers, per_candle_predictions
@@ -43,13 +44,18 @@ candle = c3.selectbox("Candle size", list(candle_choices), key="lm_candle", disa
 ma_windows = c4.multiselect("Moving averages", [5, 10, 20, 50, 100], default=[10, 50],
                             key="lm_ma")
 ma_kind = c5.radio("Type", ["SMA", "EMA"], horizontal=True, key="lm_ma_kind")
-c6, c7 = st.columns([4, 1])
+# One row for the slider and the three switches: the chart starts high on a 1366x768 screen.
+c6, c7, c8, c9 = st.columns([2.6, 1.4, 1.1, 0.9], vertical_alignment="bottom")
 n_candles = c6.slider("Candles shown", 30, 600, 150, step=10, key="lm_n", disabled=whole_on,
                       help="Off while Whole history is on." if whole_on else None)
 whole = c7.toggle("Whole history", value=False, key="lm_whole",
                   help="About 600 candles over everything stored (the candle size follows).")
-show_pred = st.toggle("Overlay predicted next close (live scorer)", value=True, key="lm_pred")
-show_news = st.toggle("Show news markers (hover for title and score)", value=True, key="lm_news")
+show_pred = c8.toggle("Predictions", value=True, key="lm_pred",
+                      help="Overlay the live scorer's predicted close: the last prediction of "
+                           "each candle (its close).")
+show_news = c9.toggle("News", value=True, key="lm_news",
+                      help="One marker per candle with news (the count above it); hover for "
+                           "titles and the mean score.")
 
 
 @st.cache_resource(show_spinner=False)
@@ -86,7 +92,7 @@ def live_panel() -> None:
     feed = candle_feed(store, store.describe())
     view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred)
     # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes.
-    marker = (feed.last_ts(symbol, interval),
+    marker = (*feed.marker(symbol, interval),  # its newest ts and revision (corrections)
               latest_prediction_ts(symbol, interval) if show_pred else None)
     drawn = st.session_state.get("lm_drawn")
     if drawn and drawn["view"] == view and drawn["marker"] == marker:
@@ -101,7 +107,7 @@ def live_panel() -> None:
         candles = feed.latest(symbol, interval, bucket, n_candles + warm)
         shown = n_candles
     if candles.empty:
-        st.info(f"No {interval} bars stored for {symbol} yet.")
+        st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
         return
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
@@ -111,7 +117,7 @@ def live_panel() -> None:
          f"{fmt_sig(change, 3)} ({fmt_pct_change(change / prev['close'])})", None),
         (f"Volume (last {size})", fmt_num(last["volume"], 0), None, None),
         ("Bars stored", f"{stored_count(symbol, interval):,}", None,
-         f"{interval} bars of {symbol} in the store (all series: the Pipeline page)."),
+         f"{interval} bars of {md_plain(symbol)} in the store (all series: the Pipeline page)."),
         ("Last bar (UTC)", ts_to_datetime(last["ts"]).strftime(
             "%Y-%m-%d" if bucket >= INTERVALS["1d"] else "%b %d, %H:%M"), None,
          f"Bar start {fmt_ts(last['ts'])}, epoch ms {int(last['ts'])}"),
@@ -146,7 +152,7 @@ def _show(drawn: dict) -> None:
 def prediction_caption(nxt, bucket: int, step: int, size: str, interval: str) -> str:
     """The latest prediction, named for the candle shown: a 5m chart gets the predicted
     close of a 5m candle (its last 1m bar), not "the next 1-minute close"."""
-    value, model = fmt_sig(nxt["predicted_close"], 6), nxt["model_id"]
+    value, model = fmt_sig(nxt["predicted_close"], 6), md_plain(nxt["model_id"])
     if bucket == step:
         return (f"Next close predicted for {fmt_ts(nxt['target_ts'])}: **{value}** "
                 f"(model {model}).")

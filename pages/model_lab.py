@@ -11,10 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import lab_charts
+from dashboard.access import can_change, presenter_button, presenter_only, read_only_note
 from dashboard.lab_widgets import (
     fresh_result_tabs, param_widget, results_header, save_controls, stored_run_block,
 )
 from dashboard.formatting import sig_styler
+from dashboard.plain_text import md_plain
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.widgets import confirm_button, stored_date_range, wait_for_data
@@ -88,13 +90,13 @@ if not symbols:
 n_stored = sum(store.count_bars(s, interval) for s in symbols)
 bars, load_notes = _load(store, store.describe(), tuple(symbols), interval, start_ms, end_ms,
                          n_stored)
-st.caption(f"{len(bars):,} bars selected ({', '.join(symbols)}, {interval}); at most "
+st.caption(f"{len(bars):,} bars selected ({md_plain(', '.join(symbols))}, {interval}); at most "
            f"{MAX_ROWS:,} per run.")
 for note in load_notes:
-    st.caption(note)
+    st.caption(md_plain(note))
 if bars.empty:
-    st.info(f"No {interval} bars of {', '.join(symbols)} in this date range: widen the Date "
-            "range or choose other Symbols.")
+    st.info(f"No {interval} bars of {md_plain(', '.join(symbols))} in this date range: widen "
+            "the Date range or choose other Symbols.")
     st.stop()
 
 # ---- features and target ----------------------------------------------------------------------
@@ -173,7 +175,10 @@ config = lab.LabConfig(
     test_fraction=float(test_fraction), n_folds=n_folds, gap=gap, models=models, search=search,
     search_budget=budget, seed=seed, n_jobs=1, max_rows=MAX_ROWS)
 
-if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen or not features):
+if not can_change():
+    read_only_note("running a comparison (it stores a run)")
+if presenter_button("Run comparison", type="primary", key="ml_run",
+                    disabled=not chosen or not features):
     cancel_slot = st.empty()
     cancel_slot.button("Cancel", key="ml_cancel",
                        help="Stops the run: training stops at its next chunk of trees or "
@@ -186,7 +191,7 @@ if st.button("Run comparison", type="primary", key="ml_run", disabled=not chosen
         result = lab.run_comparison(bars, config, news=news, fundamentals=fundamentals,
                                     progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), m))
     except lab.LabError as exc:
-        st.error(str(exc))
+        st.error(md_plain(exc))
     else:
         previous = lab.list_runs(store, limit=1)["run_id"].tolist()
         lab.save_run(store, result)
@@ -252,11 +257,14 @@ else:
         st.download_button("Download comparison (CSV)", lab.table_to_csv(compare),
                            file_name="model-lab-comparison.csv", mime="text/csv",
                            key="ml_compare_download", on_click="ignore")
-    c1, c2 = st.columns([3, 1])
-    doomed = c1.selectbox("Run to delete", ids, key="ml_delete_pick")
-    with c2:
-        confirmed = confirm_button("Delete run", "ml_delete",
-                                   f"Delete run {doomed}? Its figures cannot be brought back.")
+    confirmed = doomed = None
+    for _ in presenter_only("deleting runs"):
+        c1, c2 = st.columns([3, 1])
+        doomed = c1.selectbox("Run to delete", ids, key="ml_delete_pick")
+        with c2:
+            confirmed = confirm_button("Delete run", "ml_delete",
+                                       f"Delete run {doomed}? Its figures cannot be brought "
+                                       "back.")
     if confirmed:
         lab.delete_run(store, doomed)
         current = st.session_state.get(RESULT_KEY)

@@ -4,12 +4,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from dashboard.access import can_change, presenter_button, presenter_only
 from dashboard.charts import throughput
+from dashboard.plain_text import md_plain
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
                                    throughput_ceiling, worker_row, worker_status)
+from dashboard.view_models import data_rules_note
 from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
@@ -51,8 +54,9 @@ st.subheader("Workers")
 show_notices("pipeline")
 
 producing_elsewhere = runtime.attached_worker("producer") is not None
-with st.expander("Producer source", expanded=not (runtime.is_running("producer")
-                                                  or producing_elsewhere)):
+start_producer = None
+for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
+        "Producer source", expanded=not (runtime.is_running("producer") or producing_elsewhere))):
     session_keys = st.session_state.setdefault("api_keys", {})
     choices = available_sources(config, session_keys)
     labels = {c.key: c.label + ("" if c.enabled else " — needs a key") for c in choices}
@@ -67,7 +71,8 @@ with st.expander("Producer source", expanded=not (runtime.is_running("producer")
                 runtime.start_indexer()  # imported bars reach the store through the indexer
                 return runtime.start_source(make_csv(), live=make_csv.live)
 
-            if st.button(f"Import {make_csv.summary.split(';')[1].strip()}", type="primary",
+            what = md_plain(make_csv.summary.split(';')[1].strip())  # symbols from the file
+            if st.button(f"Import {what}", type="primary",
                          key="pc_csv_import", disabled=runtime.is_running("producer"),
                          help="Stop the running producer first" if runtime.is_running("producer")
                          else "Sends the bars through the producer and indexer into the store."):
@@ -158,16 +163,17 @@ def worker_panel() -> None:
                        if name == "producer" and running else None)
             if problem:  # some polls failed, yet it is not stalled: say so under the header
                 produced = (local["producer"].get("counters") or {}).get("produced")
-                (st.caption if produced else st.warning)(problem)
+                (st.caption if produced else st.warning)(md_plain(problem))
             if running:
-                if st.button(f"Stop {label.lower()}", key=f"stop_{name}"):
+                if presenter_button(f"Stop {label.lower()}", key=f"stop_{name}"):
                     with st.spinner(f"Stopping the {label.lower()}…"):
                         runtime.stop_worker(name)
                     st.rerun()
             elif start is None:
                 st.caption("Choose a file in Producer source above to import it."
-                           if name == "producer" else "")
-            elif st.button(f"Start {label.lower()}", key=f"start_{name}", type="primary"):
+                           if name == "producer" and can_change() else "")
+            elif presenter_button(f"Start {label.lower()}", key=f"start_{name}",
+                                  type="primary"):
                 with st.spinner(f"Starting the {label.lower()}…"):
                     guarded(start, label.lower(), "pipeline")
                 st.rerun(scope="app")
@@ -177,12 +183,12 @@ def worker_panel() -> None:
 def remote_worker(label: str, snap: dict) -> None:
     """A worker of another process: its state, where it runs, and a Stop that asks it to."""
     worker_header(label, snap, True)
-    st.caption(f"Runs in process {snap.get('pid')} on {snap.get('host') or 'this host'} "
+    st.caption(f"Runs in process {snap.get('pid')} on {md_plain(snap.get('host') or 'this host')} "
                f"(`python -m pipeline`), not in this app.")
     if runtime.stop_requested(snap):
         st.caption("Stop requested: it stops within a few seconds.")
-    elif st.button(f"Stop {label.lower()}", key=f"stop_remote_{snap.get('kind')}",
-                   help="Asks that process to stop (as Ctrl-C in its terminal would)."):
+    elif presenter_button(f"Stop {label.lower()}", key=f"stop_remote_{snap.get('kind')}",
+                          help="Asks that process to stop (as Ctrl-C in its terminal would)."):
         runtime.request_stop(snap)
         st.rerun()
 
@@ -226,6 +232,8 @@ def live_figures(local: dict, attached: list[dict]) -> None:
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
     if catch_up := ((local.get("scorer") or {}).get("counters") or {}).get("catch_up"):
         st.caption(catch_up_note(catch_up))
+    if rules := data_rules_note((local.get("indexer") or {}).get("counters")):
+        st.caption(rules)
     for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
         rejects = (local.get(name) or {}).get("recent_rejects") or []
         if rejects:
@@ -237,7 +245,8 @@ worker_panel()
 
 # ---- news ----------------------------------------------------------------------------------------
 st.subheader("News")
-with st.expander("News sources", expanded=st.session_state.get(NEWS_PANEL_OPEN, False)):
+for _ in presenter_only("starting news feeds and imports", lambda: st.expander(
+        "News sources", expanded=st.session_state.get(NEWS_PANEL_OPEN, False))):
     av_tab, csv_tab = st.tabs(["Alpha Vantage news", "Headline CSV"])
     with av_tab:
         alphavantage_news_panel(runtime, config, st.session_state.setdefault("api_keys", {}))

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from dashboard.access import presenter_only
 from dashboard.arena_widgets import arena_section
 from dashboard.formatting import fmt_num, fmt_ts
+from dashboard.plain_text import md_plain
 from dashboard.prediction_charts import (
     events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
     rolling_errors, versions_table,
@@ -46,14 +48,14 @@ def scorer_panel() -> None:
         return
     g, c = snap.get("gauges", {}), snap.get("counters", {})
     state = snap.get("state")
-    st.markdown(f"**Scorer** ({state}): {g.get('status', '—')}")
+    st.markdown(f"**Scorer** ({state}): {md_plain(g.get('status', '—'))}")
     problem = snap.get("last_error") or ""
     if "not usable" in problem:
         keeps = ("It keeps predicting with the version named above." if g.get("champions")
                  else "It has no model to predict with until a usable version is promoted.")
-        st.warning(f"The scorer rejected a champion: {problem}. {keeps}")
+        st.warning(f"The scorer rejected a champion: {md_plain(problem)}. {keeps}")
     elif state in ("failed", "stalled"):
-        st.warning(f"The scorer {state}: {problem or 'no reason recorded'}")
+        st.warning(f"The scorer {state}: {md_plain(problem or 'no reason recorded')}")
     if note := extra_features_note(g.get("extra_features")):
         st.caption(note)
     lat = g.get("latency_ms") or {}
@@ -102,8 +104,8 @@ auto = st.toggle("Refresh every 2 s", value=True, key="pr_auto")
 def live_panel() -> None:
     preds = store.query_predictions(symbol=symbol, interval=interval, limit=n_points)
     if preds.empty:
-        st.info(f"No predictions stored for {symbol} {interval} yet. They appear once the scorer "
-                "has a champion and this series' bars flow.")
+        st.info(f"No predictions stored for {md_plain(symbol)} {interval} yet. They appear "
+                "once the scorer has a champion and this series' bars flow.")
         return
     scored = score_frame(preds)
     done = scored[np.isfinite(scored["abs_error"])]
@@ -120,12 +122,12 @@ def live_panel() -> None:
                     width="stretch", key="pr_chart")
     nxt = scored.iloc[-1]
     st.caption(f"Latest: close predicted for {fmt_ts(nxt['ts'])} = "
-               f"**{fmt_num(nxt['predicted_close'], 4)}** by `{nxt['model_id']}` "
+               f"**{fmt_num(nxt['predicted_close'], 4)}** by {md_plain(nxt['model_id'])} "
                f"(from the close {fmt_num(nxt['base_close'], 4)} of {fmt_ts(nxt['base_ts'])}).")
     if len(done):
         st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
                         width="stretch", key="pr_roll")
-        st.caption(f"Live error per model version on {symbol} {interval}, over the "
+        st.caption(f"Live error per model version on {md_plain(symbol)} {interval}, over the "
                    f"{len(scored):,} predictions shown")
         st.dataframe(plain(live_errors_table(live_summary(scored))), hide_index=True,
                      width="stretch")
@@ -149,7 +151,8 @@ else:
                "trained; live figures come from its stored, scored predictions "
                f"(latest 20,000 {interval} predictions, all symbols).")
 
-    with st.form("pr_manage"):
+    do_promote = do_rollback = False
+    for _ in presenter_only("promoting and rolling back", lambda: st.form("pr_manage")):
         st.markdown("**Promote or roll back by hand**")
         f1, f2 = st.columns([2, 1])
         labels = {v["version_id"]: f"{v['version_id']} · {v.get('name')} · {v.get('status')}"

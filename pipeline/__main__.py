@@ -10,6 +10,7 @@
     python -m pipeline news-index             # consume finance-news into the store
     python -m pipeline fundamentals --symbols IBM   # OVERVIEW snapshots to finance-fundamentals
     python -m pipeline fundamentals-index     # consume finance-fundamentals into the store
+    python -m pipeline serve                  # the dashboard: 127.0.0.1, or KAPPALAB_NETWORK=1
 
 The dashboard pointed at the same configuration (env / .streamlit/secrets.toml / data dir)
 shows the data and the heartbeats of these processes.
@@ -32,6 +33,7 @@ from pipeline.cli_support import (
 from pipeline.config import Config, load_config
 from pipeline.fundamentals import FUNDAMENTALS_TOPIC
 from pipeline.news import NEWS_TOPIC
+from pipeline.serve import add_serve_parser
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show broker, store and running workers")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+    add_serve_parser(sub)
     return p
 
 

@@ -38,9 +38,16 @@ ENV_KEYS = (
     "KAPPALAB_DATA_DIR",
     "KAPPALAB_TOPIC_PARTITIONS",
     "KAPPALAB_AUTOSTART",
+    "KAPPALAB_NETWORK",
+    "KAPPALAB_PRESENTER_PASSWORD",
+    "KAPPALAB_IMPORT_DIR",
 )
 
 _FALSE_WORDS = ("0", "false", "no", "off")
+NETWORK_WITHOUT_PASSWORD = (
+    "KappaLab is open to the network (KAPPALAB_NETWORK, or a server address other than "
+    "127.0.0.1) but no presenter password is set: set KAPPALAB_PRESENTER_PASSWORD (environment "
+    "or .streamlit/secrets.toml), or unset KAPPALAB_NETWORK to listen on 127.0.0.1 only.")
 
 
 class Secret:
@@ -90,6 +97,15 @@ class Config:
     polygon_api_key: Secret | None = None
     polygon_base_url: str = "https://api.polygon.io"
     autostart: bool = True  # the dashboard starts broker, simulator, indexer, scorer on load
+    network: bool = False  # classroom setting: the app listens on every interface
+    presenter_password: Secret | None = None  # needed for every state change in network mode
+    import_dir: Path | None = None  # server paths of the CSV import may also point in here
+
+    def network_refusal(self) -> str | None:
+        """The one sentence why network mode cannot start (no presenter password), or None."""
+        if self.network and not self.presenter_password:
+            return NETWORK_WITHOUT_PASSWORD
+        return None
 
     def store_key(self) -> tuple:
         """Identity of the store this config points at (for caching one store per target)."""
@@ -161,6 +177,8 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
     data_dir = Path(get("KAPPALAB_DATA_DIR") or default_data_dir()).expanduser()
     verify = (get("ELASTICSEARCH_VERIFY_CERTS") or "true").lower() not in _FALSE_WORDS
     autostart = (get("KAPPALAB_AUTOSTART") or "1").lower() not in _FALSE_WORDS
+    network = (get("KAPPALAB_NETWORK") or "0").lower() not in _FALSE_WORDS
+    import_dir = get("KAPPALAB_IMPORT_DIR")
     partitions = get("KAPPALAB_TOPIC_PARTITIONS") or "1"
     try:
         n_partitions = max(1, int(partitions))
@@ -187,6 +205,9 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
         polygon_api_key=secret("POLYGON_API_KEY"),
         polygon_base_url=get("POLYGON_BASE_URL") or "https://api.polygon.io",
         autostart=autostart,
+        network=network,
+        presenter_password=secret("KAPPALAB_PRESENTER_PASSWORD"),
+        import_dir=Path(import_dir).expanduser() if import_dir else None,
     )
     cfg.update(overrides)
     return Config(**cfg)

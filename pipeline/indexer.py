@@ -27,6 +27,7 @@ from typing import Any
 
 from pipeline.backoff import Backoff
 from pipeline.broker import shown
+from pipeline.bar_rules import BarRules
 from pipeline.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
 from pipeline.kafka_clients import log_end_offsets, make_consumer, reset_fetch_buffer
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
@@ -103,6 +104,8 @@ class Indexer(Worker):
         #: bounded reads: records read before the producer saw their ack, per partition
         self._waiting: dict[Any, list] = {}
         self._topic_watch = TopicWatch(self, topic)
+        #: key, time and correction rules of bars (pipeline/bar_rules.py); not for other streams
+        self.rules = BarRules(store) if self.parse_message is parse_bar else None
 
     def describe(self) -> str:
         how = f"group {self.group_id}" if self.group_id else "assigned ranges"
@@ -216,10 +219,17 @@ class Indexer(Worker):
                     rejects.append(Reject(msg, f"{type(exc).__name__}: {exc.reason}"))
                 except Exception as exc:  # parse_bar is total; this is a bug, not a stall
                     rejects.append(Reject(msg, f"{describe_failure(exc)} while parsing"))
+        if self.rules is not None and items:
+            items, refused = self._ruled(self.rules.screen, items)
+            rejects += [Reject(msg, reason) for msg, reason in refused]
         t0 = time.perf_counter()
         stored, store_rejects = self._write(items)
         rejects += store_rejects
         dlq.send(rejects)
+        if self.rules is not None:
+            for name, k in self.rules.stored().items():
+                self.count(name, k)
+            self._ruled(self.rules.record)
         elapsed = time.perf_counter() - t0
         self.count("consumed", n)
         self.count("stored", stored)
@@ -237,6 +247,16 @@ class Indexer(Worker):
                                   "store_ms": round(elapsed * 1000, 1)})
         log.debug("indexed batch: %d consumed, %d stored, %d rejected in %.1f ms",
                   n, stored, len(rejects), elapsed * 1000)
+
+    @staticmethod
+    def _ruled(step, *args):
+        """A step of the bar rules, which read and write the store: its outage is one."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            if is_store_outage(exc):
+                raise StoreOutage(f"the store is unavailable ({describe_failure(exc)})") from exc
+            raise
 
     def _write(self, items: list[tuple[Any, Bar]]) -> tuple[int, list[Reject]]:
         """Upsert; on a failure that is not an outage, bisect to find the bars at fault."""

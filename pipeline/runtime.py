@@ -53,9 +53,22 @@ class SimulatorSpec:
 
 
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
-    """Last stored (ts, close) per symbol, so a restarted simulator continues the series."""
+    """Last stored (ts, close) per symbol, so a restarted simulator continues the series;
+    a bar far ahead of the wall clock counts only as the end of a chain the time rule
+    accepts (pipeline/bar_rules.py: a simulator ahead of the clock, not a bar dated 2099)."""
+    from pipeline.bar_rules import MAX_AHEAD_MS, last_in_chain
+    from pipeline.store.base import now_ms
+
     last = store.latest_bars(symbols, interval, 1)
-    return {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
+    points = {r.symbol: (int(r.ts), float(r.close)) for r in last.itertuples(index=False)}
+    edge = now_ms() + MAX_AHEAD_MS
+    for symbol in [s for s, (ts, _) in points.items() if ts > edge]:
+        point = last_in_chain(store, symbol, interval)  # a stray bar far ahead is no clock
+        if point is None:
+            del points[symbol]
+        else:
+            points[symbol] = point
+    return points
 
 
 def warmup_needed(store: Store, spec: SimulatorSpec) -> int:

@@ -1,9 +1,11 @@
 """The message contracts every part of KappaLab relies on.
 
 A bar message is UTF-8 JSON with exactly the fields of :class:`Bar`; the Kafka key is the
-symbol so that one symbol's bars stay ordered within a partition. ``ts`` is the bar's start in
-epoch milliseconds UTC. Anything that does not satisfy :func:`parse_bar` is rejected to the
-dead-letter topic with the reason :class:`InvalidBar` carries.
+symbol so that one symbol's bars stay ordered within a partition (:func:`key_problem`). ``ts``
+is the bar's start in epoch milliseconds UTC, aligned to its interval (a daily bar at midnight
+UTC: :mod:`pipeline.sources.daily`). Anything that does not satisfy :func:`parse_bar` is
+rejected to the dead-letter topic with the reason :class:`InvalidBar` carries; the rules that
+need the series' history (a bar too far ahead) are :mod:`pipeline.series_clock`'s.
 """
 from __future__ import annotations
 
@@ -30,6 +32,16 @@ INTERVALS: dict[str, int] = {
     "1d": 86_400_000,
 }
 
+#: The grid a bar's ts lies on: its interval, at most a quarter hour (so that hourly and
+#: half-hourly bars of a session opening at :15, :30 or :45 UTC fit: US stocks at 9:30 ET,
+#: India at 9:15 IST), and midnight UTC for daily bars (pipeline/sources/daily.py). Within a
+#: series, bars keep one phase (pipeline/bar_rules.py).
+ALIGN_MS: dict[str, int] = {k: v if k == "1d" else min(v, 900_000) for k, v in INTERVALS.items()}
+_GRIDS = {60_000: ("minute", "on a whole minute of UTC"),
+          300_000: ("5 minutes", "on a multiple of 5 minutes of UTC"),
+          900_000: ("quarter hour", "on a quarter hour of UTC (:00, :15, :30 or :45)"),
+          86_400_000: ("day", "at midnight UTC (the daily convention, pipeline/sources/daily.py)")}
+
 BAR_FIELDS = ("symbol", "interval", "ts", "open", "high", "low", "close", "volume", "source")
 PRICE_FIELDS = ("open", "high", "low", "close")
 MAX_SYMBOL_LEN = 32
@@ -54,6 +66,18 @@ class InvalidBar(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class KeyMismatch(InvalidBar):
+    """A bar whose Kafka key is not its symbol (it may sit in another symbol's partition)."""
+
+
+class Misaligned(InvalidBar):
+    """A bar whose ts is not on its interval's grid (or off its series' phase)."""
+
+
+class SuspectTime(InvalidBar):
+    """A valid bar that starts too far after now and after its series' last bar."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +296,7 @@ def bar_from_mapping(obj: Mapping[str, Any]) -> Bar:
             and type(interval) is str and type(source) is str
             and 0.0 < l <= o <= h <= MAX_PRICE and l <= c <= h and 0.0 <= v <= MAX_VOLUME
             and MIN_TS_MS <= ts < MAX_TS_MS and interval in INTERVALS
+            and not ts % ALIGN_MS[interval]
             and 0 < len(symbol) <= MAX_SYMBOL_LEN and symbol.isascii() and symbol.isprintable()
             and "|" not in symbol and symbol == symbol.strip()
             and 0 < len(source) <= MAX_SOURCE_LEN and source.isascii() and source.isprintable()):
@@ -326,7 +351,30 @@ def _checked_bar(obj: Mapping[str, Any]) -> Bar:
         raise InvalidBar(f"close {c} is outside [low {l}, high {h}]")
     if v < 0:
         raise InvalidBar(f"volume {v} is negative")
+    if ts % ALIGN_MS[interval]:
+        raise Misaligned(misaligned_reason(interval, ts))
     return Bar(symbol, interval, ts, o, h, l, c, v, source)
+
+
+def misaligned_reason(interval: str, ts: int) -> str:
+    """Why ``ts`` cannot start a bar of ``interval`` (see :data:`ALIGN_MS`)."""
+    grid = ALIGN_MS[interval]
+    unit, rule = _GRIDS[grid]
+    return (f"ts {ts} is not aligned to its {interval} interval: it lies {ts % grid / 1000:g} s "
+            f"into its {unit}; a {interval} bar starts {rule}")
+
+
+def key_problem(key: bytes | None, bar: Bar) -> str | None:
+    """Why a bar's Kafka key does not fit it, or None. The key must be the symbol (UTF-8), so
+    that a symbol's bars share a partition and keep their order; a null key is accepted (the
+    bar carries its symbol; on a topic of one partition the order is kept anyway)."""
+    if key is None:
+        return None
+    if key == bar.symbol.encode():
+        return None
+    shown = key[:40].decode("utf-8", "replace")
+    return (f"key {_show(shown)} differs from the bar's symbol {_show(bar.symbol)} "
+            "(the key must be the symbol, so a symbol's bars keep their order)")
 
 
 @dataclass(slots=True)

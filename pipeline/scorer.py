@@ -43,13 +43,16 @@ from models.arena import Arena
 from models.champions import ChampionBook
 from models.live_fundamentals import LiveFundamentals
 from models.live_news import ExtraFeatures, LiveSentiment
-from models.live_series import SeriesKey, SeriesStates, SeriesWork
+from models.live_series import (
+    SeriesKey, SeriesStates, SeriesWork, rederive_pending, resettle_stored,
+)
 from models.progressive import LiveScoreboard, PlainPrediction
 from models.registry import LoadedModel, promoted_by_hand
 from models.retrain_schedule import RetrainScheduler
+from pipeline.bar_rules import SeriesClock, stored_last
 from pipeline.schema import (
     BARS_TOPIC, PREDICTION_FIELDS, PREDICTIONS_TOPIC, Bar, InvalidBar, Prediction, interval_ms,
-    parse_bar, prediction_values,
+    key_problem, parse_bar, prediction_values,
 )
 from pipeline.fundamentals import FUNDAMENTALS_TOPIC
 from pipeline.news import NEWS_TOPIC
@@ -143,6 +146,7 @@ class Scorer(Worker):
                                           worker_id=self.worker_id, isolation=retrain_in)
         self.series = SeriesStates(store, default_features(), store_catchup_s,
                                    settle=self._settle_stored, on_error=self.error)
+        self.clock = SeriesClock(stored_last(store))  # the time rule (pipeline/bar_rules.py)
         self.extras = ExtraFeatures(
             ([LiveSentiment(store, news_topic)] if news_topic else [])
             + ([LiveFundamentals(store, fundamentals_topic)] if fundamentals_topic else []))
@@ -152,6 +156,7 @@ class Scorer(Worker):
         self._live_since: dict[str, int] = {}  # version_id -> when this scorer loaded it
         self._models_loaded_once = False  # champions loaded later are promotions seen live
         self._caught_up = False  # reached the live end of the topic since this run started
+        self._stale_before: int | None = None  # while catching up: older bars are catch-up
         self._catchup: set[str] = set()  # doc ids of the outbox's catch-up predictions
         self._deferred: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}  # not rebuilt yet
         self._outbox: dict[str, Prediction] = {}
@@ -293,6 +298,7 @@ class Scorer(Worker):
     # ---- one poll --------------------------------------------------------------------------
     def _handle(self, batch: dict) -> None:
         by_series: dict[SeriesKey, list[tuple[Bar, int | None]]] = {}
+        parsed: list[tuple[Bar, int | None]] = []
         n = 0
         extra = [tp for tp in batch if tp.topic != self.topic]
         for tp in extra:  # the poll's news before its bars (models/live_news.py: ordering)
@@ -306,18 +312,28 @@ class Scorer(Worker):
                     bar = parse_bar(msg.value) if msg.value is not None else None
                 except InvalidBar:
                     bar = None
-                if bar is None:  # the indexer sends it to the DLQ; here it is just skipped
+                if bar is None or key_problem(msg.key, bar):  # the indexer dead-letters it
                     self.count("invalid")
                     continue
                 produced = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
+                parsed.append((bar, produced))
+        screen = self.clock.screen([bar for bar, _ in parsed])  # pipeline/bar_rules.py
+        self.clock.commit(screen)
+        self.count("suspect", len(screen.suspects))
+        for i, (bar, produced) in enumerate(parsed):
+            if i not in screen.suspects:
                 by_series.setdefault((bar.symbol, bar.interval), []).append((bar, produced))
         self.count("consumed", n)
         if not self._caught_up:
+            # Each bar of this poll is judged by its age; the first fresh one ends catch-up.
+            self._stale_before = now_ms() - self.CAUGHT_UP_MS
             newest = max((p for items in by_series.values() for _, p in items if p),
                          default=None)
-            if newest is not None and now_ms() - newest <= self.CAUGHT_UP_MS:
+            if newest is not None and newest >= self._stale_before:
                 self._caught_up = True
                 self.gauge("caught_up_ms", now_ms())
+        else:
+            self._stale_before = None
         self._process(by_series)
 
     def _process(self, by_series: dict[SeriesKey, list[tuple[Bar, int | None]]]) -> None:
@@ -357,31 +373,47 @@ class Scorer(Worker):
             self.arena.observe(work, feature_rows, self.series.features)
         for w in work:
             self._settle_and_book(w, tally)
+            if w.revisions:
+                self._revise(w, tally)
         for name, n in tally.items():
             self.count(name, n)
 
     def _fresh_bars(self, key: SeriesKey,
                     items: list[tuple[Bar, int | None]]) -> "SeriesWork | None":
-        """The series' bars not seen before (a replay or an out-of-order bar is skipped)."""
+        """The series' bars not seen before; a bar at or before the last one seen (a replay,
+        a correction, a late bar) waits in ``revisions`` for :meth:`_revise`."""
         state = self.series.get(key, first_ts=items[0][0].ts)
         w = SeriesWork(state, self.champions.model_for(*key), key)
-        last, replayed = state.last_ts, 0
+        last = state.last_ts
         extras = self.extras.active
         for bar, produced in items:
             if last is not None and bar.ts <= last:
-                replayed += 1  # already seen (a replay) or out of order
+                w.revisions.append(bar)  # after this poll's new bars: last write wins
                 continue
             w.fresh.append((bar, produced))
             if extras:  # the bar's news features (models/live_news.py), in bar order
                 w.extras.append(self.extras.update(bar))
             last = bar.ts
-        if replayed:
-            self.count("replayed", replayed)
         if not w.fresh:
-            return None
+            return w if w.revisions else None
         self._intervals[key[1]] += len(w.fresh)
         self._last_bar_ts = max(self._last_bar_ts or 0, w.fresh[-1][0].ts)
         return w
+
+    def _revise(self, w: "SeriesWork", tally: Counter) -> None:
+        """Last write wins (docs/STREAM_ROBUSTNESS.md): rebuild the series' features with the
+        corrected and late bars, predict its waiting predictions again, re-score the stored
+        ones whose bar changed (:meth:`models.live_series.SeriesStates.revise`)."""
+        rev = self.series.revise(w.state, w.revisions)
+        tally.update({k: n for k, n in rev.counts.items() if n})
+        if w.model is not None and not self.extras.active:
+            cols = self.series.features.columns(w.model.features)
+            for p in rederive_pending(w.state, rev, w.model, lambda row: row[cols]):
+                self._queue(p)
+                tally["rederived"] += 1
+        for p in resettle_stored(self.store, rev, self._outbox.values()):
+            self._queue(p)
+            tally["rescored"] += 1
 
     def _rows_to_predict(self, w: "SeriesWork", rows: np.ndarray, tally: Counter) -> None:
         """Which of the series' new bars get a prediction, and their model's feature rows
@@ -422,7 +454,8 @@ class Scorer(Worker):
         """Progressive validation, in bar order: score what each bar settles, then predict."""
         model, book = w.model, w.state.book
         settle, queue_ = self.scoreboard.settle, self._queue
-        n_new = 0
+        n_new = n_catchup = 0
+        stale_before = self._stale_before
         for i, (bar, produced) in enumerate(w.fresh):
             if book.pending:
                 for p in book.due(bar):
@@ -441,12 +474,13 @@ class Scorer(Worker):
             book.add(p, h)
             queue_(p, new=True)
             n_new += 1
-            if not self._caught_up:
-                self._catchup.add(p.doc_id)
-        if n_new and self._caught_up:
-            self.scheduler.predicted(model.version_id, n_new)
-        elif n_new:  # a backlog burst is not "new bars since the decision"
-            self.count("catch_up", n_new)
+            if stale_before is not None and (produced or 0) < stale_before:
+                self._catchup.add(p.doc_id)  # a backlog bar: not live
+                n_catchup += 1
+        if n_new > n_catchup:  # a backlog burst is not "new bars since the decision"
+            self.scheduler.predicted(model.version_id, n_new - n_catchup)
+        if n_catchup:
+            self.count("catch_up", n_catchup)
 
     def _queue(self, p: Prediction, new: bool = False) -> None:
         self._outbox[p.doc_id] = p

@@ -195,5 +195,9 @@ def test_results_table_scales_tiny_errors_and_ranks_only_quality_columns():
              if any(prop == "background-color" for prop, _ in css)}
     # MSE and skill of Ridge; not Fit s / Predict s of a baseline
     assert cells == {("Ridge", "MSE (×10⁻⁷)"), ("Ridge", "Skill vs persistence")}
+    # On the page: the verdict table and the error table, each narrow enough to fit.
+    verdict, errors = styled_table(table, "verdict").data, styled_table(table, "errors").data
+    assert list(verdict.columns) == ["kind", "Skill vs persistence"]
+    assert "MSE (×10⁻⁷)" in errors.columns and "Skill vs persistence" not in errors.columns
     colors = model_colors(table)
     assert len(set(colors.values())) == 3  # two baselines, two different colours

@@ -235,12 +235,12 @@ def test_arena_leaderboard_enrol_promote_and_remove(data_dir):
         store.heartbeat("scorer-test-2", {"kind": "scorer", "state": "running", "pid": 1,
                                           "counters": {}, "gauges": {"arena": board}})
         at = run(AppTest.from_file(PAGE, default_timeout=60))
-        table = next(d.value for d in at.dataframe if "Live skill vs persistence" in d.value)
+        table = next(d.value for d in at.dataframe if "Live skill" in d.value)
         assert list(table["Role"]) == ["champion", "shadow"]
         assert table["Reading"].tolist() == ["no evidence it beats persistence",
                                              "beats persistence"]
-        assert table["In window"].tolist() == ["200 of 200", "120 of 200"]
-        assert table["Skill 95% interval"].iloc[1] == "0.03 to 0.12"
+        assert table["Window"].tolist() == ["200 of 200", "120 of 200"]
+        assert table["95% interval"].iloc[1] == "0.03 to 0.12"
         assert any("last 200 scored predictions" in c.value and "2 comparisons" in c.value
                    for c in at.caption)
 

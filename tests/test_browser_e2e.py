@@ -34,6 +34,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout_s: float = 60) -> None:
+    """Until something accepts connections on 127.0.0.1:port (or the time is up)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen, log) -> None:
+    """SIGTERM to the server's PID, SIGKILL after 20 s; then close its log."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    log.close()
+
+
 @pytest.fixture
 def streamlit_server(tmp_path):
     port = free_port()
@@ -47,21 +69,9 @@ def streamlit_server(tmp_path):
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     started = time.time()
-    deadline = started + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.2)
+    wait_for_port(port)
     yield f"http://127.0.0.1:{port}", tmp_path, started
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    log.close()
+    stop_server(proc, log)
     # If the server died without its atexit hook, stop the broker it started, by PID.
     from pipeline.broker import EmbeddedBroker, pid_alive
 

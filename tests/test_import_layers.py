@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("pipeline", "models", "dashboard", "pages", "app")
 CORE = {"pipeline.schema", "pipeline.news", "pipeline.fundamentals", "pipeline.config",
-        "pipeline.backoff", "pipeline.jsonsafe"}
+        "pipeline.backoff", "pipeline.jsonsafe", "pipeline.csv_export"}
 
 
 def layer(module: str) -> str:

@@ -9,6 +9,7 @@ import traceback
 import pytest
 
 from pipeline.config import Secret
+from pipeline.schema import INTERVALS
 from pipeline.sources.alphavantage import AlphaVantageSource, classify_notice
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError
@@ -90,7 +91,7 @@ def test_eastern_timestamps_convert_across_daylight_saving(api):
 @pytest.mark.parametrize("interval,av", [("1m", "1min"), ("15m", "15min"), ("30m", "30min"),
                                          ("1h", "60min")])
 def test_interval_mapping(api, interval, av):
-    api.set_av_bars("IBM", av, make_bars(START, 3, 60_000))
+    api.set_av_bars("IBM", av, make_bars(START, 3, INTERVALS[interval]))  # aligned bars
     bars = run(source(api, interval=interval))
     assert len(bars) == 3 and bars[0].interval == interval
     assert api.requests_for("alphavantage")[0].params["interval"] == av

@@ -210,8 +210,8 @@ def test_describe_and_stats(tmp_path):
     path = write(tmp_path, SEED)
     assert CsvReplaySource(path, "T", "5m", speed=60).describe() == \
         "CSV replay of bars.csv (T 5m, at 60x)"
-    src = CsvReplaySource(path, "T", "5m")
-    assert src.describe() == "CSV replay of bars.csv (T 5m, as fast as possible)"
+    src = CsvReplaySource(path, "T", "1m")  # the rows are a minute apart (aligned to 1m)
+    assert src.describe() == "CSV replay of bars.csv (T 1m, as fast as possible)"
     list(src.bars(threading.Event()))
     assert src.stats()["template"] == "seed" and src.stats()["bars"] == 3
 

@@ -24,7 +24,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline.broker import ensure_topics
 from pipeline.indexer import Indexer
-from pipeline.schema import Bar, InvalidBar, parse_bar
+from pipeline.bar_rules import SeriesClock
+from pipeline.schema import Bar, InvalidBar, key_problem, parse_bar
 from pipeline.store.sqlite import SqliteStore
 from pipeline.worker import WorkerThread
 from tests.fuzz_messages import fuzz_messages
@@ -236,15 +237,23 @@ def test_fuzz_100k_messages_interleaved_with_good_bars(broker, topics, sqlite_st
     send_all(broker.bootstrap, topics["bars"], values)
 
     # The oracle: which fuzz messages are valid bars (to be stored, last write wins per ID).
+    # A valid bar keyed with another symbol, or too far ahead, is dead-lettered too.
     valid_mutants: dict[str, Bar] = {}
     invalid_offsets: set[int] = set()
+    clock = SeriesClock(lambda keys: {})  # pipeline/bar_rules.py on an empty store
     for offset, (key, value) in enumerate(values):
         if key == b"FZ":
             try:
                 bar = parse_bar(value)
-                valid_mutants[bar.doc_id] = bar
             except InvalidBar:
                 invalid_offsets.add(offset)
+                continue
+            screen = clock.screen([bar])
+            if key_problem(key, bar) or screen.suspects:
+                invalid_offsets.add(offset)
+                continue
+            clock.commit(screen)
+            valid_mutants[bar.doc_id] = bar
 
     t0 = time.time()
     worker, wt = start_indexer(sqlite_store, broker, topics, "g-fuzz")

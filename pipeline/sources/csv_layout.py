@@ -71,7 +71,8 @@ class CsvLayout:
         index: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key in index and key:
-                raise CsvFormatError(path, line, header[i], "the header names this column twice")
+                raise CsvFormatError(path, line, None, f"the header names column {i + 1} like "
+                                     "an earlier one")
             index[key] = i
         fields: dict[str, int] = {}
         adjusted = next((header[index[a]] for a in ADJ_CLOSE_ALIASES if a in index), None)
@@ -85,7 +86,7 @@ class CsvLayout:
             if found is None:
                 raise CsvFormatError(path, line, name,
                                      f"the header has no {name} column (it has "
-                                     f"{', '.join(header)}); expected {SEED_HEADER} or "
+                                     f"{_columns(header)}); expected {SEED_HEADER} or "
                                      f"{GENERIC_HEADER}")
             fields[name] = found
         symbol_col = next((index[a] for a in SYMBOL_ALIASES if a in index), None)
@@ -104,7 +105,8 @@ class CsvLayout:
         chosen = strong[0] if strong else next((a for a in ("date", "time") if a in index), None)
         if chosen is None:
             raise CsvFormatError(path, line, "timestamp",
-                                 f"the header has no timestamp column (it has {', '.join(header)});"
+                                 f"the header has no timestamp column (it has "
+                                 f"{_columns(header)});"
                                  f" name it timestamp, datetime, ts, date or time, leave the "
                                  f"first column unnamed (as pandas writes it), or use "
                                  f"{SEED_HEADER}")
@@ -190,6 +192,12 @@ class CsvLayout:
         if name == "symbol" and self.symbol_col is not None:
             return self.header[self.symbol_col]
         return name or None
+
+
+def _columns(header: list[str]) -> str:
+    """How many columns the header has, never their text: a header error must not echo the
+    first line of a file (a server path could name any file the server can read)."""
+    return f"{len(header)} column" + ("" if len(header) == 1 else "s")
 
 
 def _normalise(cell: str) -> str:

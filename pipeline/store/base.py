@@ -58,8 +58,9 @@ MODEL_VERSIONS = "model_versions"
 EVENTS = "events"
 WORKERS = "workers"
 CHAMPIONS = "champions"  # one document per scope, changed only by replace_doc_if
+REVISIONS = "bar_revisions"  # per series, the bars rewritten later (pipeline/store/revisions.py)
 STOP_REQUESTS = "stop_requests"  # a dashboard asks a worker process to stop (id = worker id)
-COLLECTIONS = (RUNS, MODEL_VERSIONS, EVENTS, WORKERS, CHAMPIONS, STOP_REQUESTS)
+COLLECTIONS = (RUNS, MODEL_VERSIONS, EVENTS, WORKERS, CHAMPIONS, REVISIONS, STOP_REQUESTS)
 
 #: Model artefacts kept in memory per store object, by content hash (they never change).
 ARTEFACT_CACHE_ITEMS = 16
