@@ -11,7 +11,8 @@ from dashboard import lab_charts
 from dashboard.access import can_change
 from dashboard.formatting import sig_styler
 from dashboard.plain_text import md_plain
-from dashboard.view_models import HELP, fold_rows, fold_view, run_caption, unique
+from dashboard.view_models import (HELP, fold_readings, fold_rows, fold_view, run_caption,
+                                   unique)
 from models import lab
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
 from models.registry import GLOBAL_SCOPE, champion_refusal
@@ -41,8 +42,8 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
                    shown_above: list[str]) -> None:
     """Caption with honest row counts, warnings once each, the table, guidance once each."""
     split = SPLIT_METHODS.get(config.get("split"), str(config.get("split"))).split(" (")[0]
-    st.caption(run_caption(summary, split, config.get("target"), run_id,
-                           shuffled=config.get("split") == "random")
+    st.caption(md_plain(run_caption(summary, split, config.get("target"), run_id,
+                                    shuffled=config.get("split") == "random"))  # symbols
                + " Best value per quality column highlighted (not the timings); click a header "
                  "to sort.")
     for w in unique(warnings, shown_above):
@@ -68,6 +69,10 @@ def folds_block(fold_table: pd.DataFrame, colors: dict[str, str], chart: bool = 
     st.markdown("**Skill vs persistence per fold** — an edge that is real shows up in most "
                 "folds, not only on average.")
     st.dataframe(sig_styler(folds), width="stretch", key="ml_fold_table")
+    readings = fold_readings(fold_table)
+    if not readings.empty:
+        st.markdown("**Against persistence, per fold** (Diebold–Mariano, Holm within the fold)")
+        st.dataframe(readings, width="stretch", key="ml_fold_readings")
     rows = fold_rows(fold_table)
     st.caption("Test rows per fold: " + ", ".join(f"fold {int(f) + 1}: {int(n):,}"
                                                   for f, n in rows.items()) + ".")

@@ -215,6 +215,23 @@ def fold_view(fold_table: pd.DataFrame) -> pd.DataFrame:
     return wide.reindex(order)
 
 
+def fold_readings(fold_table: pd.DataFrame) -> pd.DataFrame:
+    """The wording rule per model (rows) and fold (columns), with the Holm p-value: "beats
+    persistence (p 0.003)"; empty for runs recorded before significance was computed."""
+    if fold_table is None or len(fold_table) == 0 or "reading" not in fold_table:
+        return pd.DataFrame()
+    df = pd.DataFrame(fold_table)
+    df = df[df["reading"].notna()]
+    if df.empty:
+        return pd.DataFrame()
+    text = [f"{r} (p {fmt_num(p, 2) if p >= 0.01 else '< 0.01'})"
+            for r, p in zip(df["reading"], pd.to_numeric(df["p_holm"], errors="coerce"))]
+    wide = df.assign(text=text).pivot_table(index="model", columns="fold", values="text",
+                                            aggfunc="first", sort=False)
+    wide.columns = [f"fold {int(c) + 1}" for c in wide.columns]
+    return wide.reindex(list(dict.fromkeys(df["model"])))
+
+
 def fold_rows(fold_table: pd.DataFrame) -> pd.DataFrame:
     """Test rows per fold (the same for every model), for the caption under the fold table."""
     if fold_table is None or len(fold_table) == 0:

@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard.access import can_change, presenter_button, presenter_only
 from dashboard.charts import throughput
+from dashboard.flink_panel import flink_section
 from dashboard.plain_text import md_plain
 from dashboard.runtime import get_runtime
 from dashboard.shell import enter_page
@@ -261,3 +262,6 @@ def news_panel() -> None:
 
 
 news_panel()
+
+# ---- stream engine -------------------------------------------------------------------------------
+flink_section(runtime, config)

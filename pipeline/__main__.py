@@ -6,6 +6,8 @@
     python -m pipeline score                  # live scorer (predictions + adaptation)
     python -m pipeline backfill --bars 100000 # produce and index a finite source, then exit
     python -m pipeline status                 # broker, store, and workers seen by heartbeat
+    python -m pipeline flink start|stop|status  # the Flink SQL job (docs/FLINK.md)
+    python -m pipeline flink run --bounded    # the job over what the topics hold, then index it
     python -m pipeline news --source alphavantage --symbols IBM   # news to finance-news
     python -m pipeline news-index             # consume finance-news into the store
     python -m pipeline fundamentals --symbols IBM   # OVERVIEW snapshots to finance-fundamentals
@@ -163,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
     add_serve_parser(sub)
+
+    from pipeline.flink.cli import add_flink_parser
+
+    add_flink_parser(sub)
     return p
 
 

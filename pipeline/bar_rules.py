@@ -21,6 +21,7 @@ rules need more, and the indexer and the scorer apply them alike (docs/STREAM_RO
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
@@ -61,14 +62,23 @@ class SeriesClock:
     batch is stored (a batch retried after an outage is then judged again, alike).
     """
 
+    #: How long a series' last bar is trusted from memory before it is read from the store
+    #: again: another indexer of the group may have stored the series meanwhile (after a
+    #: rebalance moved its partition away and back).
+    REFRESH_S = 30.0
+
     def __init__(self, last_stored: Callable[[list[SeriesKey]], dict[SeriesKey, int]],
                  now: Callable[[], int] = now_ms):
         self.last_stored = last_stored
         self.now = now
         self._last: dict[SeriesKey, int] = {}
+        self._seeded = time.monotonic()
 
     def screen(self, bars: Sequence[Bar]) -> Screen:
         now = self.now()
+        if time.monotonic() - self._seeded > self.REFRESH_S:
+            self._last.clear()
+            self._seeded = time.monotonic()
         wall_limit = now + MAX_AHEAD_MS
         committed, cur = self._last, {}
         out = Screen(latest=cur)

@@ -72,6 +72,9 @@ class Indexer(Worker):
     #: stream changes (pipeline/news_stream.py). ``parse_message`` raises InvalidBar (or a
     #: subclass, whose class name starts the DLQ reason) for a message at fault.
     parse_message = staticmethod(parse_bar)
+    #: A record with no value is skipped instead of dead-lettered (an upsert stream's
+    #: tombstone, pipeline/flink/stream.py).
+    skip_tombstones = False
     counter_names = ("consumed", "stored", "rejected", "store_retries", "commit_failures")
     rate_counter = "consumed"
 
@@ -211,6 +214,8 @@ class Indexer(Worker):
                     continue  # dead-lettered by an earlier attempt of this batch
                 value = msg.value
                 if value is None:
+                    if self.skip_tombstones:
+                        continue
                     rejects.append(Reject(msg, "InvalidBar: message has no value"))
                     continue
                 try:

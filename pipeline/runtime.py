@@ -240,6 +240,14 @@ class Runtime:
         return self.start_worker("news_indexer",
                                  lambda b: NewsIndexer(self.store, b, client_kwargs=kw))
 
+    def start_flink_indexer(self) -> WorkerThread:
+        """Store the Flink job's candles (finance-data.flink), a row like any stream's."""
+        from pipeline.flink.stream import FlinkIndexer
+
+        kw = self.config.kafka_client_kwargs()
+        return self.start_worker("flink_indexer",
+                                 lambda b: FlinkIndexer(self.store, b, client_kwargs=kw))
+
     def start_news_producer(self, feed, description: str,
                             name: str = "news_producer") -> WorkerThread:
         """Publish ``feed`` (see :class:`pipeline.news_stream.NewsProducer`) to finance-news."""

@@ -111,6 +111,12 @@ def test_walk_forward_shows_the_per_fold_table_and_honest_counts(filled):
     folds = next(d.value for d in at.dataframe if "fold 1" in d.value.columns)
     assert [c for c in folds.columns if c.startswith("fold ")] == [f"fold {i}" for i in range(1, 5)]
     assert "Linear regression" in folds.index and "folds beating persistence" in folds.columns
+    readings = next(d.value for d in at.dataframe  # the wording rule per fold
+                    if "fold 1" in d.value.columns and "mean" not in d.value.columns)
+    assert list(readings.columns) == [f"fold {i}" for i in range(1, 5)]
+    assert all(" persistence (p " in t for t in readings.loc["Linear regression"])
+    wins = sum(t.startswith("beats persistence") for t in readings.loc["Linear regression"])
+    assert folds.loc["Linear regression", "folds beating persistence"] == f"{wins}/4"
     caption = next(c.value for c in at.caption if c.value.startswith("Run "))
     assert "4 folds test" in caption and "rows for fold 1 up to" in caption
 
