@@ -315,12 +315,29 @@ def split_holdout(data: pd.DataFrame, policy: RetrainPolicy,
     train = pd.concat(train_parts, ignore_index=True) if train_parts else data.iloc[0:0]
     holdout = pd.concat(hold_parts, ignore_index=True) if hold_parts else data.iloc[0:0]
     if len(train) < policy.min_train_rows or len(holdout) < policy.min_holdout_rows:
-        raise NotEnoughData(
-            f"waiting for data: {len(train):,} training rows (need {policy.min_train_rows:,}, "
-            f"at least {per_symbol:,} per symbol; {short} symbol(s) have fewer) and "
-            f"{len(holdout):,} holdout rows (need {policy.min_holdout_rows:,}) with complete "
-            "features are stored")
+        raise NotEnoughData(_waiting_reason(data, policy, per_symbol, short, len(train),
+                                            len(holdout), holdout_fraction))
     return train, holdout
+
+
+def _waiting_reason(data: pd.DataFrame, policy: RetrainPolicy, per_symbol: int, short: int,
+                    n_train: int, n_hold: int, holdout_fraction: float | None) -> str:
+    """Why there is no model yet, in figures a reader can check against the stored bars:
+    rows with complete features per symbol, what is needed, and about how many more bars."""
+    counts = data.groupby("symbol").size()
+    n_sym = max(len(counts), 1)
+    train_need = max(per_symbol, -(-policy.min_train_rows // n_sym))
+    rows_need = (int(np.ceil(train_need / (1 - holdout_fraction))) if holdout_fraction
+                 else train_need + policy.holdout_bars)
+    more = max(0, rows_need - int(counts.min())) if len(counts) else rows_need
+    have = (f"{int(counts.min()):,}" if counts.min() == counts.max()
+            else f"{int(counts.min()):,} to {int(counts.max()):,}")
+    return (f"waiting for data: the {n_sym} symbol(s) have {have} rows with complete features "
+            f"(stored bars minus the features' warm-up); the default model needs "
+            f"{train_need:,} training rows per symbol after a holdout "
+            f"(need {policy.min_train_rows:,} in all, {policy.min_holdout_rows:,} holdout), "
+            f"so about {more:,} more bars per symbol; usable now: {n_train:,} training and "
+            f"{n_hold:,} holdout rows ({short} symbol(s) too short yet)")
 
 
 def evaluate(predict: Callable[[pd.DataFrame], Any], rows: pd.DataFrame,

@@ -60,9 +60,13 @@ def list_runs(store, limit: int = 200) -> pd.DataFrame:
             "best_skill": (float(table.loc[best, "skill"])
                            if best in table.index and pd.notna(table.loc[best, "skill"])
                            else np.nan),
+            # the wording rule (models/significance.py); None for runs recorded before it
+            "best_reading": (table.loc[best, "reading"] if best in table.index
+                             and "reading" in table.columns
+                             and isinstance(table.loc[best, "reading"], str) else None),
         })
     cols = ["run_id", "created", "symbols", "interval", "target", "horizon", "split", "n_test",
-            "models", "best_model", "best_skill"]
+            "models", "best_model", "best_skill", "best_reading"]
     return pd.DataFrame(rows, columns=cols)
 
 

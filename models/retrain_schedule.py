@@ -22,7 +22,10 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
+import types
+from contextlib import contextmanager
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -295,7 +298,8 @@ class RetrainProcess:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=_child_main, args=(child, self.store),
                                        name="kappalab-retrain", daemon=True)
-        self._proc.start()
+        with _no_script_main():
+            self._proc.start()
         child.close()
         self._conn = parent
         log.info("retrain process started (pid %s)", self._proc.pid)
@@ -314,6 +318,30 @@ class RetrainProcess:
             proc.terminate()  # by its own handle (its PID)
             proc.join(timeout_s)
         conn.close()
+
+
+@contextmanager
+def _no_script_main():
+    """Start a spawned child without it running this process's main *script* first.
+
+    ``spawn`` makes the child import the parent's ``__main__`` by path when it has no module
+    spec. Under ``streamlit run app.py`` that is app.py itself (Streamlit installs each run's
+    script module as ``__main__``): the child would run the whole app in bare mode, filling
+    the terminal with "missing ScriptRunContext" and "use streamlit run" lines. A main with a
+    spec (``python -m pipeline score``) is left alone; for the start only, a script main is
+    replaced by an empty module, and put back unless a new run installed its own meanwhile."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None \
+            or not getattr(main, "__file__", None):
+        yield
+        return
+    neutral = types.ModuleType("__main__")
+    sys.modules["__main__"] = neutral
+    try:
+        yield
+    finally:
+        if sys.modules.get("__main__") is neutral:
+            sys.modules["__main__"] = main
 
 
 #: How much lower the retrain process's CPU priority is (``nice``). Training is background

@@ -237,7 +237,9 @@ else:
     st.dataframe(runs, hide_index=True, width="stretch", key="ml_runs_table", column_config={
         "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
         "best_skill": st.column_config.NumberColumn("best skill", format="%.4g",
-                                                    help="Skill vs persistence of the best model")})
+                                                    help="Skill vs persistence of the best model"),
+        "best_reading": st.column_config.TextColumn(
+            "best model vs persistence", help="Diebold–Mariano test, Holm-corrected, at 5 %")})
     ids = runs["run_id"].tolist()
     if "ml_compare_pick" in st.session_state:  # drop runs deleted meanwhile
         st.session_state["ml_compare_pick"] = [

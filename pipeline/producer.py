@@ -243,6 +243,7 @@ class Producer(Worker):
         # Only a producer that can resume after a broker restart needs its recent bars.
         remember = self.resume_source is not None and self.store is not None
         recents = self._recent
+        newest = -1  # the newest bar sent (a multi-symbol file is not in time order overall)
         for bar in source.bars(stop):
             append(send(topic, key=bar.symbol.encode(), value=bar.to_json(),
                         timestamp_ms=int(clock() * 1000)))
@@ -255,10 +256,12 @@ class Producer(Worker):
             if self.first_ts is None:
                 self.first_ts = bar.ts
             self.last_ts = bar.ts
+            if bar.ts > newest:
+                newest = bar.ts
             if self.live or n % 2048 == 0:
                 self._reap(inflight)
                 self.gauge("source", source.stats())
-                self.gauge("last_bar_ts", bar.ts)
+                self.gauge("last_bar_ts", newest)
                 self.tick()
             if len(inflight) >= self.flush_every:  # bound memory when the broker is slow
                 try:
@@ -267,7 +270,9 @@ class Producer(Worker):
                     pass
                 self._reap(inflight)
             if self._log_reset.is_set():
-                return
+                break
+        if newest >= 0:  # a finite source ends between two samples: its true last bar
+            self.gauge("last_bar_ts", newest)
 
     def _reap(self, inflight: deque) -> None:
         """Handle the finished sends, oldest first (per partition they finish in order).

@@ -263,3 +263,17 @@ def test_hand_promoted_champion_stays_unless_the_challenger_beats_persistence(
     assert (get_champion(sqlite_store)["version_id"] == vid) is not replaced
     if not replaced:
         assert f["champion_promoted_by_hand"] and "does not beat persistence" in d.reason
+
+
+def test_waiting_reason_counts_what_is_stored(sqlite_store):
+    """78 bars per symbol stored: the reason says how many rows that makes and how many more
+    bars are needed, not "0 training rows" alone."""
+    from models.features import max_lookback
+
+    fill(sqlite_store, 78)
+    d = train_default_model(sqlite_store, "1m")
+    assert d.waiting
+    rows = 78 - max_lookback(default_features())  # warm-up (lookback - 1), last bar: no target
+    assert f"have {rows} rows with complete features" in d.reason
+    # 100 training rows per symbol after a 20 % holdout: 125 rows
+    assert f"about {125 - rows} more bars per symbol" in d.reason

@@ -168,6 +168,11 @@ def test_runs_are_saved_listed_compared_and_deleted(store, signal_result, tmp_pa
     assert list(side.index) == list(signal_result.table.index)
     csv = lab.table_to_csv(signal_result.table).decode()
     assert csv.splitlines()[0].startswith("model,") and "Persistence" in csv
+    # the export and the run list carry the significance and its reading
+    assert {"p_value", "p_holm", "skill_lo", "skill_hi", "reading"} <= set(
+        csv.splitlines()[0].split(","))
+    best = runs.set_index("run_id").loc[id1]
+    assert best["best_reading"] == signal_result.table.loc[best["best_model"], "reading"]
     assert lab.delete_run(reopened, id1) and list(lab.list_runs(store)["run_id"]) == [id2]
     reopened.close()
 

@@ -84,3 +84,17 @@ def test_stopped_indexer_lag_grows_and_restart_keeps_counts(data_dir, monkeypatc
         assert not row["uptime"].startswith("stopped")
     finally:
         rt.shutdown()
+
+
+def test_finite_import_reports_its_true_last_bar(broker, topics):
+    """A backfill-speed source (a CSV import) ends between two samples of the gauge: the
+    producer's "last bar" is still the newest bar it sent, not one 2,048 bars earlier."""
+    source = MarketSimulator(symbols=("ACME", "GLOBX"), bars=1500, seed=5)
+    p = Producer(source, broker.bootstrap, topic=topics["bars"], live=False)
+    p.run_guarded(threading.Event())
+    assert p.state == "finished", p.last_error
+    last = max(b.ts for b in MarketSimulator(symbols=("ACME", "GLOBX"), bars=1500, seed=5)
+               .bars(threading.Event()))
+    snap = p.stats()
+    assert snap["counters"]["produced"] == 3000
+    assert snap["gauges"]["last_bar_ts"] == last
