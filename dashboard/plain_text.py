@@ -71,15 +71,21 @@ def plain_figure(fig):
     a builder that wants several lines in a data text joins them with ``\n``.)"""
     for trace in fig.data:
         for attr in _TRACE_TEXT:
-            if attr in trace and trace[attr] is not None:
-                trace[attr] = _escaped(trace[attr])
+            value = trace[attr] if attr in trace else None
+            if value is not None:
+                escaped = _escaped(value)
+                if escaped is not value:  # assigning re-validates: only when text changed
+                    trace[attr] = escaped
     layout = fig.layout
     if layout.title and layout.title.text:
         layout.title.text = html_plain(layout.title.text)
-    for axis in [a for a in layout if a.startswith(("xaxis", "yaxis"))]:
-        title = layout[axis].title
-        if title and title.text:
-            title.text = html_plain(title.text)
+
+    def axis_title(axis) -> None:
+        if axis.title and axis.title.text:
+            axis.title.text = html_plain(axis.title.text)
+
+    fig.for_each_xaxis(axis_title)
+    fig.for_each_yaxis(axis_title)
     for note in layout.annotations or ():
         if note.text:
             note.text = html_plain(note.text)
@@ -94,6 +100,7 @@ def _escaped(value: Any) -> Any:
                 isinstance(v, str) for v in value.flat)):
             return np.vectorize(html_plain, otypes=[object])(value)
         return value  # numbers and dates: nothing to escape
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and any(
+            isinstance(v, (str, list, tuple, np.ndarray)) for v in value):
         return type(value)(_escaped(v) for v in value)
-    return value
+    return value  # numbers, dates, or a sequence of them: the same object
