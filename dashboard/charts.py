@@ -73,8 +73,8 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
                       uirevision="live")  # keep the user's zoom across refreshes
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="volume", row=2, col=1)
-    # "ACME · 5m candles": short, the legend beside it
-    return plain_figure(readable(fig, title_row=False))
+    # The legend on its own row: the title's row is where Plotly's toolbar shows on hover.
+    return plain_figure(readable(fig))
 
 
 def throughput(history_by_worker: dict[str, list[dict]], ceiling: float | None = None) -> go.Figure:
