@@ -42,8 +42,8 @@ def results_header(summary: dict[str, Any], config: dict[str, Any], run_id: str 
                    shown_above: list[str]) -> None:
     """Caption with honest row counts, warnings once each, the table, guidance once each."""
     split = SPLIT_METHODS.get(config.get("split"), str(config.get("split"))).split(" (")[0]
-    st.caption(run_caption(summary, split, config.get("target"), run_id,
-                           shuffled=config.get("split") == "random")
+    st.caption(md_plain(run_caption(summary, split, config.get("target"), run_id,
+                                    shuffled=config.get("split") == "random"))  # symbols
                + " Best value per quality column highlighted (not the timings); click a header "
                  "to sort.")
     for w in unique(warnings, shown_above):

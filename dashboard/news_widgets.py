@@ -220,7 +220,7 @@ def news_worker_row(runtime, local: dict, av_ready: bool = True) -> None:
             if name in AV_WORKERS and not av_ready and not running:
                 caption = "Needs an Alpha Vantage API key (see News sources)."
             if caption:
-                st.caption(caption)
+                st.caption(md_plain(caption))  # a feed's last error quotes its API
 
 
 def news_worker_caption(runtime, name: str, snap: dict | None) -> str:

@@ -28,7 +28,7 @@ _MD_SPECIAL = re.compile(r"([\\`*\[\]<>$~|])")
 #: an underscore emphasises only at a word's edge (``snake_case`` stays as it is)
 _EDGE_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 #: what starts a block at the beginning of a line: heading, list, quote, setext rule
-_BLOCK_START = re.compile(r"^(\s*)([#+\-=>]|\d+(?=[.)]))")
+_BLOCK_START = re.compile(r"^(\s*)([#+](?=\s|$)|[\-=>]|\d{1,9}(?=[.)](?:\s|$)))")
 #: an invisible word joiner breaks what backslashes cannot: the autolink literals
 #: (``https://…``, ``www.…``, ``a@b.c``) and Streamlit's ``:material/…:``, ``:emoji:`` shortcodes,
 #: which are read after Markdown unescaped the text

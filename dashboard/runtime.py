@@ -1,8 +1,9 @@
 """One pipeline runtime per Streamlit server process, shared by every session and tab.
 
 ``st.cache_resource`` makes the runtime a per-process singleton (keyed by the configuration's
-targets), so reruns, pages and browser tabs reuse the same worker threads instead of starting
-copies. Workers running as separate processes are shown through their store heartbeats.
+targets), so reruns, pages and browser tabs reuse the same workers instead of starting copies.
+Workers running as separate processes (the demo pipeline's child process, or ``python -m
+pipeline …``) are shown through their store heartbeats.
 """
 from __future__ import annotations
 
@@ -12,16 +13,13 @@ import streamlit as st
 
 from dashboard.state import get_config, get_store
 from pipeline.broker import BrokerUnavailable
-from pipeline.runtime import Runtime, SimulatorSpec
-
-#: The default live demo: the simulator's default symbols, a 1m bar per second each, with a warm-up
-#: history so charts and the model lab have data at once.
-#: Simulated news is on (cheap: a few random draws per bar) but uninformative (impact 0).
-DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500, news_rate=0.1)
+from pipeline.runtime import DEFAULT_DEMO, Runtime
 
 # Sessions run in their own threads: two first loads at once (the root in one tab, a deep link
 # in another) must not both pass the "not done yet" check.
 _AUTOSTART_LOCK = threading.Lock()
+STARTING_PROCESS = ("Starting the demo pipeline: embedded broker, market simulator, indexer and "
+                    "live scorer in their own process")
 
 
 @st.cache_resource(show_spinner=False)
@@ -40,10 +38,13 @@ def autostart_enabled() -> bool:
 
 
 def autostart(rt: Runtime) -> str | None:
-    """On the first load of this server: broker, indexer and the simulator feed.
+    """On the first load of this server: broker, indexer, the simulator feed and the scorer.
 
     Runs once per runtime (not per session). Skipped when workers of another process are
-    already feeding this store (attach mode). Returns an error sentence, or None.
+    already feeding this store (attach mode). With ``KAPPALAB_PIPELINE_MODE=process`` (the
+    default) they run in one supervised child process (pipeline/demo_process.py) and this
+    returns at once; with ``threads``, as threads of this server, started here. Returns an
+    error sentence, or None.
     """
     if not autostart_enabled():
         return None
@@ -52,6 +53,10 @@ def autostart(rt: Runtime) -> str | None:
             return None
         rt.autostart_done.set()
     if rt.attached_stats():
+        return None
+    if rt.config.pipeline_mode == "process":
+        # Off the UI's interpreter: the pages see its workers by their heartbeats.
+        rt.start_pipeline_process()
         return None
     try:
         rt.ensure_broker()
@@ -62,6 +67,21 @@ def autostart(rt: Runtime) -> str | None:
     except BrokerUnavailable as exc:
         return str(exc)
     return None
+
+
+def pipeline_process_note(rt: Runtime) -> tuple[str, str] | None:
+    """(level, sentence) about the demo pipeline's child process for the sidebar, or None
+    when this app started none."""
+    proc = rt.pipeline_process
+    if proc is None:
+        return None
+    if not proc.alive():
+        return "error", (f"The demo pipeline process stopped: {proc.last_error}"
+                         if proc.last_error else "The demo pipeline process is stopping.")
+    kinds = sorted({str(b.get("kind")) for b in rt.attached_stats() if b.get("pid") == proc.pid})
+    if not kinds:
+        return "caption", f"{STARTING_PROCESS} (process {proc.pid})…"
+    return "caption", f"**Pipeline:** process {proc.pid} ({', '.join(kinds)})"
 
 
 def _scorer_available() -> bool:

@@ -30,7 +30,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dashboard.access import presenter_sidebar, startup_refusal, stop_if_refused
 from dashboard.plain_text import md_plain
-from dashboard.runtime import autostart, autostart_enabled, get_runtime
+from dashboard.runtime import autostart, autostart_enabled, get_runtime, pipeline_process_note
 from dashboard.state import get_config, store_or_stop
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -85,6 +85,9 @@ def run_app() -> None:
         else:
             broker = "embedded (not started)"
         st.caption(f"**Broker:** {broker}")
+        note = pipeline_process_note(runtime)
+        if note:
+            (st.error if note[0] == "error" else st.caption)(note[1])
         if st.session_state.get("autostart_error"):
             st.error(md_plain(st.session_state["autostart_error"]))
 

@@ -115,7 +115,7 @@ def wait_for_data(store, idle_text: str, ready: Callable[[], bool] | None = None
     from dashboard.runtime import get_runtime
 
     runtime = get_runtime()
-    feeding = runtime.is_running("producer") or any(
+    feeding = runtime.is_running("producer") or runtime.pipeline_process_alive() or any(
         s.get("kind") == "producer" for s in runtime.attached_stats())
     st.info(BARS_ON_THEIR_WAY if feeding and ready is None else idle_text)
     ready = ready or (lambda: store.count_bars() > 0)

@@ -7,8 +7,10 @@ from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.plain_text import md_plain
+from dashboard.shared_views import LIVE_REFRESH_S, shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
+from dashboard.theme import current_theme
 from dashboard.view_models import latest_predictions, news_markers, per_candle_predictions
 from pipeline.schema import INTERVALS
 
@@ -81,7 +83,7 @@ def stored_count(symbol: str, interval: str) -> int:
     return count + len(store.query_bars(symbol, interval, start_ms=newest + 1))
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=LIVE_REFRESH_S)
 def live_panel() -> None:
     if not symbols:
         count = store.count_bars()
@@ -90,14 +92,28 @@ def live_panel() -> None:
         st.caption("Waiting for the first bar…")
         return
     feed = candle_feed(store, store.describe())
-    view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred)
+    # One computation per server per view and store version, shared by every session
+    # (dashboard/shared_views.py); the session only re-emits what was built.
+    view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred,
+            show_news)
     # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes.
     marker = (*feed.marker(symbol, interval),  # its newest ts and revision (corrections)
               latest_prediction_ts(symbol, interval) if show_pred else None)
-    drawn = st.session_state.get("lm_drawn")
-    if drawn and drawn["view"] == view and drawn["marker"] == marker:
-        _show(drawn)  # nothing new in the store: redraw what was drawn, aggregate nothing
+    built = []
+    # The figure's colours follow the browser's theme: one build per theme.
+    drawn = shared_views().get(("live", store.describe(), current_theme(), *view), marker,
+                                lambda: built.append(1) or build_view(feed, view, marker))
+    if built:
+        st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
+    if drawn is None:
+        st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
         return
+    st.session_state["lm_drawn"] = drawn
+    _show(drawn)
+
+
+def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
+    """KPIs, figure and caption of the current view (None: no bars for it yet)."""
     warm = ma_warmup(ma_windows, ma_kind)  # the model features need this many leading bars
     if whole:
         candles, bucket = feed.whole_history(symbol, interval, step)
@@ -107,8 +123,7 @@ def live_panel() -> None:
         candles = feed.latest(symbol, interval, bucket, n_candles + warm)
         shown = n_candles
     if candles.empty:
-        st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
-        return
+        return None
     last, prev = candles.iloc[-1], candles.iloc[-2] if len(candles) > 1 else candles.iloc[-1]
     change = last["close"] - prev["close"]
     size = _fmt_bucket(bucket) if whole else candle
@@ -127,18 +142,15 @@ def live_panel() -> None:
         preds = per_candle_predictions(latest_predictions(
             store, symbol, interval, start_ms=int(candles["ts"].iloc[0])), bucket)
     news = news_markers(store, symbol, candles, bucket) if show_news else None
-    fig = candlestick(candles, ma_windows, ma_kind, preds, title=f"{symbol} · {size} candles",
-                      news=news, period_ms=bucket)
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
-    if len(candles) > shown > 0:
-        fig.update_xaxes(range=[ts_to_datetime(candles["ts"].iloc[-shown]),
-                                ts_to_datetime(candles["ts"].iloc[-1] + bucket)])
-    drawn["figure"] = fig
+    x_range = ([int(candles["ts"].iloc[-shown]), int(candles["ts"].iloc[-1]) + bucket]
+               if len(candles) > shown > 0 else None)
+    drawn["figure"] = candlestick(candles, ma_windows, ma_kind, preds, news=news,
+                                  title=f"{symbol} · {size} candles", period_ms=bucket,
+                                  x_range=x_range)
     if preds is not None and len(preds):
         drawn["caption"] = prediction_caption(preds.iloc[-1], bucket, step, size, interval)
-    st.session_state["lm_drawn"] = drawn
-    st.session_state["lm_builds"] = st.session_state.get("lm_builds", 0) + 1
-    _show(drawn)
+    return drawn
 
 
 def _show(drawn: dict) -> None:

@@ -1,6 +1,8 @@
 """Pipeline: which broker and store, import a CSV, start/stop each worker, live figures."""
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -9,6 +11,7 @@ from dashboard.charts import throughput
 from dashboard.flink_panel import flink_section
 from dashboard.plain_text import md_plain
 from dashboard.runtime import get_runtime
+from dashboard.shared_views import shared_views
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
 from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
@@ -202,6 +205,14 @@ def producer_source_stats() -> dict:
     return source.stats() if source is not None else {}
 
 
+def store_counts() -> tuple[int, int, int, int]:
+    """Bars, predictions, news items and symbols stored: counted once per server every 2 s
+    (full counts: one per refresh per open tab was most of an idle Pipeline tab's cost)."""
+    return shared_views().get(("pipeline counts", store.describe()), int(time.time() // 2),
+                              lambda: (store.count_bars(), store.count_predictions(),
+                                       store.count_news(), len(store.list_symbols())))
+
+
 def live_figures(local: dict, attached: list[dict]) -> None:
     rows = [worker_row(name, snap, "thread", runtime.is_running(name))
             for name, snap in local.items()]
@@ -219,10 +230,11 @@ def live_figures(local: dict, attached: list[dict]) -> None:
             "rejected (DLQ)": st.column_config.TextColumn("rejected (DLQ)", help=HELP["dlq"]),
             "last error": st.column_config.TextColumn("last error", width="large")})
     k1, k2, k3, k4 = st.columns(4)
-    k1.metric("Bars in store", f"{store.count_bars():,}")
-    k2.metric("Predictions in store", f"{store.count_predictions():,}")
-    k3.metric("News items in store", f"{store.count_news():,}", help=HELP["news"])
-    k4.metric("Symbols", len(store.list_symbols()))
+    counts = store_counts()
+    k1.metric("Bars in store", f"{counts[0]:,}")
+    k2.metric("Predictions in store", f"{counts[1]:,}")
+    k3.metric("News items in store", f"{counts[2]:,}", help=HELP["news"])
+    k4.metric("Symbols", counts[3])
     hist = {name: snap.get("history", []) for name, snap in local.items()}
     if any(hist.values()):
         st.plotly_chart(throughput(hist, throughput_ceiling(hist)), width="stretch",

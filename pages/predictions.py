@@ -12,8 +12,10 @@ from dashboard.prediction_charts import (
     events_table, highlight_champion, live_errors_table, plain, predicted_vs_actual,
     rolling_errors, versions_table,
 )
+from dashboard.shared_views import shared_views
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
+from dashboard.theme import current_theme
 from dashboard.view_models import (HELP, catch_up_note, latency_note, live_kpis,
                                    scorer_snapshot)
 from dashboard.widgets import push_notice, show_notices, wait_for_data
@@ -102,35 +104,62 @@ auto = st.toggle("Refresh every 2 s", value=True, key="pr_auto")
 
 @st.fragment(run_every=2.0 if auto else None)
 def live_panel() -> None:
-    preds = store.query_predictions(symbol=symbol, interval=interval, limit=n_points)
-    if preds.empty:
+    # One build per server per view and store version, shared by every session
+    # (dashboard/shared_views.py): the version is the newest prediction and bar of the series
+    # and the number of retraining decisions (the charts mark them).
+    last = store.query_predictions(symbol=symbol, interval=interval, limit=1)
+    events = retrain_events(store)
+    version = (int(last["ts"].iloc[-1]) if len(last) else None,
+               str(last["model_id"].iloc[-1]) if len(last) else None,
+               store.last_bar_ts(symbol, interval), len(events),
+               max((e.get("created_ms") or 0 for e in events), default=None))
+    view = ("predictions", store.describe(), current_theme(), symbol, interval, n_points, window)
+    built = shared_views().get(view, version, build_panel)
+    if built is None:
         st.info(f"No predictions stored for {md_plain(symbol)} {interval} yet. They appear "
                 "once the scorer has a champion and this series' bars flow.")
         return
+    for col, kpi in zip(st.columns(5), built["kpis"]):
+        col.metric(kpi.label, kpi.value, help=kpi.help)
+    st.caption(built["scored_note"])
+    st.plotly_chart(built["chart"], width="stretch", key="pr_chart")
+    st.caption(built["latest_note"])
+    if built["rolling"] is not None:
+        st.plotly_chart(built["rolling"], width="stretch", key="pr_roll")
+        st.caption(built["rolling_note"])
+        st.dataframe(plain(built["table"]), hide_index=True, width="stretch")
+
+
+def build_panel() -> dict | None:
+    """KPIs, charts, captions and table of the series' live predictions (None: none yet)."""
+    preds = store.query_predictions(symbol=symbol, interval=interval, limit=n_points)
+    if preds.empty:
+        return None
     scored = score_frame(preds)
     done = scored[np.isfinite(scored["abs_error"])]
     recent = done.tail(window)
-    for col, kpi in zip(st.columns(5), live_kpis(recent)):
-        col.metric(kpi.label, kpi.value, help=kpi.help)
-    st.caption(f"{len(done):,} of the {len(scored):,} predictions shown are scored (the rest "
-               "wait for their bar); figures over the last rolling window.")
     events = retrain_events(store)
     bars = store.query_bars(symbol, interval, start_ms=int(scored["base_ts"].min()),
                             end_ms=int(scored["ts"].max()) + 1)
-    st.plotly_chart(predicted_vs_actual(scored, bars, events,
-                                        title=f"{symbol} · predicted vs actual close"),
-                    width="stretch", key="pr_chart")
     nxt = scored.iloc[-1]
-    st.caption(f"Latest: close predicted for {fmt_ts(nxt['ts'])} = "
-               f"**{fmt_num(nxt['predicted_close'], 4)}** by {md_plain(nxt['model_id'])} "
-               f"(from the close {fmt_num(nxt['base_close'], 4)} of {fmt_ts(nxt['base_ts'])}).")
+    built = {
+        "kpis": live_kpis(recent),
+        "scored_note": f"{len(done):,} of the {len(scored):,} predictions shown are scored (the "
+                       "rest wait for their bar); figures over the last rolling window.",
+        "chart": predicted_vs_actual(scored, bars, events,
+                                     title=f"{symbol} · predicted vs actual close"),
+        "latest_note": f"Latest: close predicted for {fmt_ts(nxt['ts'])} = "
+                       f"**{fmt_num(nxt['predicted_close'], 4)}** by {md_plain(nxt['model_id'])} "
+                       f"(from the close {fmt_num(nxt['base_close'], 4)} of "
+                       f"{fmt_ts(nxt['base_ts'])}).",
+        "rolling": None, "table": None,
+    }
     if len(done):
-        st.plotly_chart(rolling_errors(rolling_live_errors(scored, window), events, window),
-                        width="stretch", key="pr_roll")
-        st.caption(f"Live error per model version on {md_plain(symbol)} {interval}, over the "
-                   f"{len(scored):,} predictions shown")
-        st.dataframe(plain(live_errors_table(live_summary(scored))), hide_index=True,
-                     width="stretch")
+        built["rolling"] = rolling_errors(rolling_live_errors(scored, window), events, window)
+        built["rolling_note"] = (f"Live error per model version on {md_plain(symbol)} "
+                                 f"{interval}, over the {len(scored):,} predictions shown")
+        built["table"] = live_errors_table(live_summary(scored))
+    return built
 
 
 live_panel()

@@ -38,12 +38,14 @@ ENV_KEYS = (
     "KAPPALAB_DATA_DIR",
     "KAPPALAB_TOPIC_PARTITIONS",
     "KAPPALAB_AUTOSTART",
+    "KAPPALAB_PIPELINE_MODE",
     "KAPPALAB_NETWORK",
     "KAPPALAB_PRESENTER_PASSWORD",
     "KAPPALAB_IMPORT_DIR",
 )
 
 _FALSE_WORDS = ("0", "false", "no", "off")
+PIPELINE_MODES = ("process", "threads")
 NETWORK_WITHOUT_PASSWORD = (
     "KappaLab is open to the network (KAPPALAB_NETWORK, or a server address other than "
     "127.0.0.1) but no presenter password is set: set KAPPALAB_PRESENTER_PASSWORD (environment "
@@ -97,6 +99,9 @@ class Config:
     polygon_api_key: Secret | None = None
     polygon_base_url: str = "https://api.polygon.io"
     autostart: bool = True  # the dashboard starts broker, simulator, indexer, scorer on load
+    #: where the dashboard runs the demo pipeline it starts: "process" (one supervised child
+    #: process, off the UI's interpreter) or "threads" (threads of the Streamlit server)
+    pipeline_mode: str = "process"
     network: bool = False  # classroom setting: the app listens on every interface
     presenter_password: Secret | None = None  # needed for every state change in network mode
     import_dir: Path | None = None  # server paths of the CSV import may also point in here
@@ -185,6 +190,11 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
     except ValueError:
         raise ValueError(f"KAPPALAB_TOPIC_PARTITIONS must be a whole number, got {partitions!r}") from None
 
+    mode = (get("KAPPALAB_PIPELINE_MODE") or "process").lower()
+    if mode not in PIPELINE_MODES:
+        raise ValueError(f"KAPPALAB_PIPELINE_MODE must be one of {', '.join(PIPELINE_MODES)}, "
+                         f"got {mode!r}")
+
     cfg = dict(
         data_dir=data_dir,
         kafka_bootstrap=get("KAFKA_BOOTSTRAP_SERVERS"),
@@ -205,6 +215,7 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
         polygon_api_key=secret("POLYGON_API_KEY"),
         polygon_base_url=get("POLYGON_BASE_URL") or "https://api.polygon.io",
         autostart=autostart,
+        pipeline_mode=mode,
         network=network,
         presenter_password=secret("KAPPALAB_PRESENTER_PASSWORD"),
         import_dir=Path(import_dir).expanduser() if import_dir else None,

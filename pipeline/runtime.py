@@ -52,6 +52,12 @@ class SimulatorSpec:
     news_impact: float = 0.0
 
 
+#: The dashboard's live demo: the simulator's default symbols, a 1m bar per second each, with a
+#: warm-up history so charts and the model lab have data at once. Simulated news is on (cheap:
+#: a few random draws per bar) but uninformative (impact 0).
+DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500, news_rate=0.1)
+
+
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
     """Last stored (ts, close) per symbol, so a restarted simulator continues the series;
     a bar far ahead of the wall clock counts only as the end of a chain the time rule
@@ -96,6 +102,8 @@ class Runtime:
         self.news_sources: dict[str, Any] = {}
         self._av_budget = None
         self.simulator_spec: SimulatorSpec | None = None
+        #: the demo pipeline's child process (``KAPPALAB_PIPELINE_MODE=process``), if started
+        self.pipeline_process = None
         self._lags: dict[tuple[str, str], Any] = {}  # GroupLag of each stopped consumer group
         atexit.register(self.shutdown)
 
@@ -143,6 +151,22 @@ class Runtime:
             return proc.poll() is None  # our child: a killed one is a zombie until reaped
         return bool(self.broker_info and pid_alive(self.broker_info.pid))
 
+    def pipeline_process_alive(self) -> bool:
+        """True while the demo pipeline's child process runs (its workers may not have sent
+        their first heartbeat yet)."""
+        return self.pipeline_process is not None and self.pipeline_process.alive()
+
+    def start_pipeline_process(self):
+        """The demo pipeline (:data:`DEFAULT_DEMO`: broker, indexer, simulator, scorer) in one
+        supervised child process (:class:`pipeline.demo_process.PipelineProcess`); once."""
+        from pipeline.demo_process import PipelineProcess
+
+        with self._lock:
+            if self.pipeline_process is None:
+                self.simulator_spec = DEFAULT_DEMO  # the pages describe the simulated feed
+                self.pipeline_process = PipelineProcess(self.config.data_dir).start()
+            return self.pipeline_process
+
     @property
     def owns_broker(self) -> bool:
         return bool(self._broker and self._broker.owned)
@@ -151,17 +175,21 @@ class Runtime:
         """The broker this app uses or would attach to, and who started it: this runtime's,
         else the embedded broker recorded in the data dir while its process lives (started by
         ``python -m pipeline broker`` or another app). ``(None, "")`` when there is none."""
-        if self.broker_info is not None:
-            if not self.broker_info.embedded:
-                return self.broker_info, "configured"
-            return self.broker_info, ("started by this app" if self.owns_broker
-                                      else "started by another process")
-        if self.config.kafka_bootstrap:
-            return None, ""
-        recorded = EmbeddedBroker.read_state(self.config.broker_state_file)
-        if recorded and pid_alive(recorded.pid):
-            return recorded, "started by another process"
-        return None, ""
+        info = self.broker_info
+        if info is not None and not info.embedded:
+            return info, "configured"
+        if info is not None and self.owns_broker:
+            return info, "started by this app"
+        if info is None:
+            if self.config.kafka_bootstrap:
+                return None, ""
+            info = EmbeddedBroker.read_state(self.config.broker_state_file)
+            if not (info and pid_alive(info.pid)):
+                return None, ""
+        proc = self.pipeline_process
+        if proc is not None and info.owner_pid == proc.pid:
+            return info, f"started by this app's pipeline process (pid {proc.pid})"
+        return info, "started by another process"
 
     # ---- workers -------------------------------------------------------------------------
     def start_worker(self, name: str, factory: Callable[[str], Worker]) -> WorkerThread:
@@ -339,7 +367,8 @@ class Runtime:
         """The symbols of the running bar producer (simulator or API source), else []."""
         wt = self.workers.get("producer")
         if not (wt and wt.alive):
-            return []
+            alive = self.pipeline_process_alive() and self.simulator_spec is not None
+            return list(self.simulator_spec.symbols) if alive else []
         source = getattr(wt.worker, "source", None)
         # the news simulator wraps a MarketSimulator (``market``), which holds the symbols
         symbols = (getattr(source, "symbols", None)
@@ -441,8 +470,14 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
-            for wt in list(self.workers.values()):
-                wt.stop(10)
+            if self.pipeline_process is not None:
+                self.pipeline_process.stop()
+            workers = list(self.workers.values())
+            for wt in workers:  # all stop at once, then each gets its time to finish
+                wt.stop_event.set()
+            deadline = time.monotonic() + 10
+            for wt in workers:
+                wt.stop(max(0.1, deadline - time.monotonic()))
             for meter in self._lags.values():
                 meter.close_clients()
             if self._broker:

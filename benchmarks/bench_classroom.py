@@ -1,0 +1,167 @@
+"""A classroom on one laptop: N viewers (headless Chromium pages) on the Live page of one server.
+
+    python benchmarks/bench_classroom.py [--viewers 1,5,10,20,30] [--window 15]
+        [--variants process,threads] [--baseline-app DIR]
+
+For each variant (a pipeline mode of this checkout, and optionally ``baseline``: the app in
+``--baseline-app``, e.g. an export of the code before a change, run the same way) it starts
+one ``streamlit run app.py`` on an empty data dir, opens one session over the websocket to
+start the demo, waits for the warm-up to be stored, then:
+
+- ``idle``: the CPU of the server process and of its whole process tree (pipeline process,
+  broker, retrain process) over ``--window`` seconds with no viewer (from /proc, in % of one
+  core);
+- for each N: opens Chromium pages on the Live page until N are open, each timed from
+  ``goto`` to its candlestick chart drawn (``browser_chart_s``: the browser's render
+  included, on a machine the pages share), then a websocket probe session times the server
+  alone: its first run request to the chart element it sends (``server_chart_s``: the
+  server-side time to a first complete render of the Live page, without a browser). After 5 s
+  it measures the CPU over ``--window`` s, then reads each page's newest candle against the
+  store's newest bar of the same series (``behind_bars``: in 1m bars; the demo stores one a
+  second);
+- ``cpu_per_viewer_pct``: (server CPU with N viewers - idle) / N; ``cpu_ms_per_refresh``:
+  that extra CPU over the refreshes the N pages asked for (N × window / refresh period).
+
+Prints ONE JSON line with the load before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.app_server import (  # noqa: E402
+    CHART, ROOT, AppServer, chart_last_ts, launch_chromium, loadavg, session_first_render,
+    store_figures,
+)
+from pipeline.runtime import DEFAULT_DEMO  # noqa: E402
+
+MIN = 60_000
+
+
+def cpu_window(server: AppServer, seconds: float) -> dict:
+    s0, t0, w0 = server.server_cpu_s(), server.cpu_s(), time.monotonic()
+    time.sleep(seconds)
+    s1, t1, w1 = server.server_cpu_s(), server.cpu_s(), time.monotonic()
+    wall = w1 - w0
+    return {"server_pct": round(100 * (s1 - s0) / wall, 1),
+            "tree_pct": round(100 * (t1 - t0) / wall, 1)}
+
+
+def wait_warm(server: AppServer, timeout_s: float = 120) -> float:
+    want = DEFAULT_DEMO.warmup_bars * len(DEFAULT_DEMO.symbols)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if store_figures(server.data_dir)[0] >= want:
+            return server.since()
+        time.sleep(0.2)
+    raise TimeoutError("the demo's warm-up was not stored")
+
+
+def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: float,
+                refresh_s: float, browser) -> dict:
+    out: dict = {"variant": name, "mode": mode, "app": str(app_dir), "steps": []}
+    with tempfile.TemporaryDirectory(prefix=f"kappalab-class-{name}-") as tmp:
+        server = AppServer(Path(tmp), mode, app_dir)
+        pages = []
+        try:
+            server.wait_port()
+            session_first_render(server.port, until="script_finished")  # autostart the demo
+            out["warm_s"] = wait_warm(server)
+            time.sleep(5)  # the scorer's first model, the first retrain settle
+            out["idle"] = cpu_window(server, window)
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            for n in counts:
+                opened = []
+                while len(pages) < n:
+                    page = context.new_page()
+                    t0 = time.monotonic()
+                    page.goto(server.url, wait_until="commit", timeout=120_000)
+                    page.wait_for_selector(CHART, timeout=180_000)
+                    opened.append(round(time.monotonic() - t0, 2))
+                    pages.append(page)
+                probe = round(session_first_render(server.port), 2)
+                time.sleep(5)
+                cpu = cpu_window(server, window)
+                behind = []
+                store_last = store_figures(server.data_dir)[1]
+                for page in pages:
+                    shown = chart_last_ts(page)
+                    if shown is not None and store_last is not None:
+                        behind.append(max(0, (store_last - shown) // MIN))
+                extra = max(0.0, cpu["server_pct"] - out["idle"]["server_pct"])
+                refreshes = n * window / refresh_s
+                out["steps"].append({
+                    "viewers": n, "cpu": cpu,
+                    "cpu_per_viewer_pct": round(extra / n, 2),
+                    "cpu_ms_per_refresh": round(extra / 100 * window * 1000 / refreshes, 2),
+                    "browser_chart_s": opened,
+                    "browser_chart_s_max": max(opened) if opened else None,
+                    "server_chart_s": probe,
+                    "behind_bars_max": max(behind) if behind else None,
+                    "behind_bars_median": statistics.median(behind) if behind else None,
+                    "pages_read": len(behind),
+                    "loadavg_1m": loadavg(),
+                })
+                print(json.dumps({"progress": name, **out["steps"][-1]}), file=sys.stderr,
+                      flush=True)
+                if n == 20 and os.environ.get("KAPPALAB_CLASSROOM_SHOTS"):
+                    shoot(pages, Path(os.environ["KAPPALAB_CLASSROOM_SHOTS"]), name)
+            context.close()
+        finally:
+            server.stop()
+    return out
+
+
+def shoot(pages, folder: Path, name: str) -> None:
+    """Screenshots of every open page (``KAPPALAB_CLASSROOM_SHOTS``: the folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, page in enumerate(pages):
+        page.screenshot(path=str(folder / f"{name}-viewer{i + 1:02d}.png"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--viewers", default="1,5,10,20,30")
+    ap.add_argument("--window", type=float, default=15.0)
+    ap.add_argument("--variants", default="process,threads",
+                    help="pipeline modes of this checkout to run, and/or 'baseline'")
+    ap.add_argument("--baseline-app", type=Path, default=None,
+                    help="the app directory of the 'baseline' variant (threads, as it was)")
+    ap.add_argument("--baseline-refresh", type=float, default=2.0,
+                    help="the baseline Live page's refresh period (s)")
+    args = ap.parse_args()
+    counts = [int(v) for v in args.viewers.split(",")]
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.shared_views import LIVE_REFRESH_S
+
+    load_before = loadavg()
+    results = []
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        for variant in args.variants.split(","):
+            if variant == "baseline":
+                if not args.baseline_app:
+                    raise SystemExit("--baseline-app is needed for the baseline variant")
+                results.append(run_variant("baseline", "threads", args.baseline_app, counts,
+                                           args.window, args.baseline_refresh, browser))
+            else:
+                results.append(run_variant(variant, variant, ROOT, counts, args.window,
+                                           LIVE_REFRESH_S, browser))
+        browser.close()
+    print(json.dumps({"bench": "classroom", "window_s": args.window, "results": results,
+                      "cpus": os.cpu_count(), "loadavg_1m_before": load_before,
+                      "loadavg_1m": loadavg()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""What a chart shows, computed once per server and shared by every session showing it.
+
+Each open page refreshes itself (``st.fragment(run_every=...)``). Without sharing, N viewers of
+one chart ran N store queries and built N Plotly figures per new bar. :class:`SharedViews`
+(one per server process, through ``st.cache_resource``) keeps, per *view* (the page's own key:
+symbol, interval, candle size, range...), the last value built and the *version* of the store
+it was built from (for the Live page: the series' newest bar ts and newest prediction ts, two
+index lookups each session still makes per refresh). :meth:`SharedViews.get` returns the value
+built for ``(view, version)``, building it once: sessions asking while it is being built wait
+for that build instead of starting their own.
+
+A session then re-emits the same (already built) elements. Streamlit sends an element whose
+serialized message is identical to one the browser already holds (≥ ``global.minCachedMessageSize``,
+10 KB: a chart) as a reference to its hash (``runtime/forward_msg_cache.py``), so a refresh
+with nothing new costs the browser a few bytes and the server a re-serialization (~2 ms), no
+store query and no figure build. (Returning early without re-emitting is not an option: a
+fragment run clears the elements it did not emit.)
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Hashable
+
+import streamlit as st
+
+#: Seconds between refreshes of an open Live page: a new bar (one a second per symbol in the
+#: demo) shows within a second; a refresh with nothing new re-emits the shared, already built
+#: chart.
+LIVE_REFRESH_S = 1.0
+
+
+class SharedViews:
+    """Server-wide cache of built views, keyed by view and store version (thread-safe)."""
+
+    def __init__(self, max_views: int = 64):
+        self.max_views = max_views
+        self._lock = threading.Lock()
+        self._built: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
+        self._building: dict[Hashable, threading.Lock] = {}
+        #: builds per view (the test of "one computation for every session" reads it)
+        self.builds: dict[Hashable, int] = {}
+
+    def get(self, view: Hashable, version: Hashable, build: Callable[[], Any]) -> Any:
+        """The value built for ``view`` at ``version``; ``build()`` runs once for both."""
+        with self._lock:
+            hit = self._built.get(view)
+            if hit and hit[0] == version:
+                self._built.move_to_end(view)
+                return hit[1]
+            gate = self._building.setdefault(view, threading.Lock())
+        with gate:
+            with self._lock:
+                hit = self._built.get(view)
+                if hit and hit[0] == version:
+                    return hit[1]
+            value = build()
+            with self._lock:
+                self._built[view] = (version, value)
+                self._built.move_to_end(view)
+                self.builds[view] = self.builds.get(view, 0) + 1
+                while len(self._built) > self.max_views:
+                    old, _ = self._built.popitem(last=False)
+                    self._building.pop(old, None)
+            return value
+
+
+@st.cache_resource(show_spinner=False)
+def shared_views() -> SharedViews:
+    """The server's one :class:`SharedViews` (every session and page)."""
+    return SharedViews()

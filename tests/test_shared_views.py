@@ -1,0 +1,86 @@
+"""Viewers share one computation: sessions on one Live view get the same figure from one
+build per store version, and a new bar reaches every open session."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from dashboard.shared_views import SharedViews, shared_views
+from pipeline.schema import Bar
+from pipeline.sources.simulator import MarketSimulator
+from pipeline.store.sqlite import SqliteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+MIN = 60_000
+
+
+def live_session() -> AppTest:
+    return AppTest.from_file(str(ROOT / "pages/live_market.py"), default_timeout=60)
+
+
+def chart_spec(at: AppTest) -> str:
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return charts[0].proto.spec
+
+
+def candle_times(spec: str) -> list:
+    price = next(t for t in json.loads(spec)["data"] if t["type"] == "candlestick")
+    return price["x"]
+
+
+def live_builds(store: SqliteStore) -> int:
+    views = shared_views()
+    return sum(n for key, n in views.builds.items() if key[:2] == ("live", store.describe()))
+
+
+
+def test_two_sessions_on_one_view_share_one_computation_and_get_new_bars(data_dir):
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    bars = list(MarketSimulator(symbols=("ACME",), bars=300).bars(threading.Event()))
+    store.upsert_bars(bars)
+    first, second = live_session().run(), live_session().run()
+    assert not first.exception and not second.exception
+    assert live_builds(store) == 1  # the second session reused the first one's build
+    assert first.session_state["lm_builds"] == 1 and "lm_builds" not in second.session_state
+    assert chart_spec(first) == chart_spec(second)
+
+    new = Bar("ACME", "1m", bars[-1].ts + MIN, 1.0, 2.0, 0.5, 1.5, 10.0, "test")
+    store.upsert_bars([new])
+    first.run()
+    second.run()
+    assert not first.exception and not second.exception
+    assert live_builds(store) == 2  # one build for the new bar, for both sessions
+    assert chart_spec(first) == chart_spec(second)
+    times = candle_times(chart_spec(second))
+    assert len(times) and str(times[-1]).startswith(
+        time.strftime("%Y-%m-%dT%H:%M", time.gmtime(new.ts / 1000)))
+    store.close()
+
+
+def test_concurrent_requests_for_one_view_build_once():
+    views = SharedViews()
+    calls = []
+    gate = threading.Event()
+
+    def build():
+        calls.append(1)
+        gate.wait(5)
+        return {"figure": object()}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(views.get("v", 1, build)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert len(calls) == 1 and len(results) == 8
+    assert all(r is results[0] for r in results)
+    assert views.get("v", 2, lambda: "new") == "new" and views.builds["v"] == 2
