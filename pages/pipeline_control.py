@@ -224,6 +224,9 @@ def live_figures(local: dict, attached: list[dict]) -> None:
     else:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
             "lag": st.column_config.TextColumn("lag", help=HELP["lag"]),
+            "uptime": st.column_config.TextColumn(
+                "uptime", width="medium", help="Running: time since it started. Stopped: "
+                "when it stopped. Counts of a restarted worker: this run (total of its runs)."),
             "rejected (DLQ)": st.column_config.TextColumn("rejected (DLQ)", help=HELP["dlq"]),
             "last error": st.column_config.TextColumn("last error", width="large")})
     k1, k2, k3, k4 = st.columns(4)

@@ -53,8 +53,15 @@ DEFAULT_BACKFILL_TIMEOUT_S = 900.0
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipeline.sources.redaction import RedactingFilter, RedactingStream
+
+    # Every line the CLI prints or logs has passwords in URLs/bootstrap strings masked.
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     from pipeline.runtime import quiet_kafka_logs
 
     quiet_kafka_logs()
@@ -319,9 +326,10 @@ def cmd_backfill(args, config: Config) -> int:
     the live indexer never share work) and stores exactly the records this run's producer got
     acknowledged, from the offsets recorded at the start; the summary counts only those. It
     runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     from pipeline.backfill import start_indexer
+    from pipeline.kafka_clients import make_consumer
     from pipeline.producer import Producer
 
     if args.source == "simulator" and args.bars is None:
@@ -341,7 +349,8 @@ def cmd_backfill(args, config: Config) -> int:
 
         ensure_topics(info.bootstrap, (args.topic, args.dlq_topic),
                       partitions=config.topic_partitions, **config.kafka_client_kwargs())
-        probe = KafkaConsumer(bootstrap_servers=info.bootstrap, **config.kafka_client_kwargs())
+        # (end_offsets may trail by a batch: starting earlier is safe, the ledger filters)
+        probe = make_consumer(info.bootstrap, None, None, config.kafka_client_kwargs())
         try:
             parts = probe.partitions_for_topic(args.topic) or {0}
             tps = [TopicPartition(args.topic, p) for p in parts]

@@ -22,7 +22,10 @@ class StoreOutage(Exception):
 
 def describe_failure(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name = type(exc).__name__
+    if text.startswith(name + ":"):  # kafka-python's errors already start with their class
+        return text
+    return f"{name}: {text}" if text else name
 
 
 @dataclass

@@ -179,19 +179,12 @@ class Scorer(Worker):
         self._publish_gauges()
 
     def _make_consumer(self):
-        from kafka import KafkaConsumer
+        from pipeline.kafka_clients import make_consumer  # read_committed, like every consumer
 
-        from pipeline.indexer import GROUP_SESSION_MS
-
-        return KafkaConsumer(
-            self.topic, *self.extras.topics, bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            client_id="kappalab-scorer", enable_auto_commit=False, auto_offset_reset="earliest",
-            # Short intervals: the group join on the embedded broker otherwise takes minutes.
-            max_poll_interval_ms=10_000, session_timeout_ms=GROUP_SESSION_MS,
-            heartbeat_interval_ms=1_000,
-            max_poll_records=self.batch_max, fetch_max_wait_ms=self.fetch_wait_ms,
-            **self.client_kwargs)
+        return make_consumer(self.bootstrap, (self.topic, *self.extras.topics), self.group_id,
+                             self.client_kwargs, self.batch_max, client_id="kappalab-scorer",
+                             fetch_max_wait_ms=self.fetch_wait_ms,
+                             max_partition_fetch_bytes=1024 * 1024)
 
     def _make_publisher(self) -> PredictionFeed:
         return PredictionFeed.connect(self.bootstrap, self.predictions_topic,

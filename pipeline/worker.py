@@ -49,6 +49,9 @@ class Worker(abc.ABC):
     counter_names: tuple[str, ...] = ()
     #: the counter whose per-second rate is the worker's headline throughput
     rate_counter: str = ""
+    #: if set: a loop that has not called :meth:`tick` for this many seconds (blocked inside
+    #: a client call) makes the worker ``stalled``, and a watch thread keeps its heartbeat going
+    loop_watchdog_s: float | None = None
 
     def __init__(self, store=None, mode: str = "thread"):
         self.store = store
@@ -69,6 +72,8 @@ class Worker(abc.ABC):
         self._last_heartbeat = 0.0
         self._beats: KafkaHeartbeats | None = None
         self._beater: _LatestOnly | None = None
+        self._loop_seen = time.monotonic()
+        self._loop_silent = False
         self._stop_event: threading.Event | None = None
         #: counters of this worker's earlier runs in this process (see :meth:`carry_over`)
         self._before: dict[str, int] = {}
@@ -129,6 +134,13 @@ class Worker(abc.ABC):
 
     def tick(self, force: bool = False) -> None:
         """Sample throughput once a second and heartbeat to the store every few seconds."""
+        self._loop_seen = time.monotonic()
+        if self._loop_silent:
+            self._loop_silent = False
+            self.unstall()
+        self._beat(force)
+
+    def _beat(self, force: bool = False) -> None:
         now = time.time()
         if force or now - self._last_sample >= 1.0:
             self._last_sample = now
@@ -146,6 +158,20 @@ class Worker(abc.ABC):
                 if self._beater is None:
                     self._beater = _LatestOnly(self._heartbeat, f"kappalab-{self.kind}-heartbeat")
                 self._beater.put(snap)
+
+    def _watch_loop(self, done: threading.Event) -> None:
+        """The heartbeat and the truth while the loop is blocked (see ``loop_watchdog_s``)."""
+        while not done.wait(HEARTBEAT_EVERY_S / 2):
+            silent = time.monotonic() - self._loop_seen
+            if silent > self.loop_watchdog_s and self.state == "running":
+                self._loop_silent = True
+                self.stall(f"the {self.kind} has made no progress for {silent:.0f} s: its loop "
+                           "is blocked inside a client call")
+            if silent > HEARTBEAT_EVERY_S:
+                try:
+                    self._beat()
+                except Exception as exc:  # a watch must never take the worker down
+                    log.debug("heartbeat from the loop watch failed: %s", exc)
 
     def _heartbeat(self, snap: dict[str, Any]) -> None:
         """The snapshot to the store and to the workers topic (never raises)."""
@@ -175,8 +201,8 @@ class Worker(abc.ABC):
     def track_lag(self, consumer, every_s: float = 2.0) -> None:
         """Gauge ``lag``: messages behind the log end over the assigned partitions.
 
-        ``end_offsets`` may trail the true end slightly on the embedded broker, so this is a
-        display figure, never a count to rely on."""
+        The log end is the highest of ``end_offsets`` (which trails by up to a batch on the
+        embedded broker), the last fetch's high watermark and the position read to."""
         now = time.time()
         if now - getattr(self, "_last_lag_check", 0.0) < every_s:
             return
@@ -185,8 +211,9 @@ class Worker(abc.ABC):
             assigned = consumer.assignment()
             if not assigned:
                 return
-            ends = consumer.end_offsets(list(assigned))
-            self.gauge("lag", sum(max(0, ends[tp] - consumer.position(tp)) for tp in assigned))
+            from pipeline.kafka_clients import consumer_lag
+
+            self.gauge("lag", consumer_lag(consumer, assigned))
         except Exception as exc:
             log.debug("lag check failed: %s", exc)
 
@@ -221,6 +248,10 @@ class Worker(abc.ABC):
     def run_guarded(self, stop: threading.Event) -> None:
         """Run, recording state and any crash instead of letting it escape."""
         self.state, self.started_at, self.stopped_at = "running", time.time(), None
+        self._loop_seen, watch_done = time.monotonic(), threading.Event()
+        if self.loop_watchdog_s:
+            threading.Thread(target=self._watch_loop, args=(watch_done,), daemon=True,
+                             name=f"kappalab-{self.kind}-loopwatch").start()
         self._stop_event = stop
         try:
             self.run(stop)
@@ -231,6 +262,7 @@ class Worker(abc.ABC):
             self.error(_sentence(exc), log_it=self.mode == "thread")
             log.debug("worker crashed\n%s", traceback.format_exc())
         finally:
+            watch_done.set()
             self.stopped_at = time.time()
             if self._beater is not None:  # its last write first, then the final state
                 self._beater.close()
@@ -375,12 +407,13 @@ def latest_heartbeats(bootstrap: str, max_age_ms: int, client_kwargs: dict | Non
     """The newest snapshot of every worker seen on ``kappalab.workers`` within ``max_age_ms``."""
     import json
 
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
+    from pipeline.kafka_clients import make_consumer
     from pipeline.schema import WORKERS_TOPIC
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=1500, **(client_kwargs or {}))
+    consumer = make_consumer(bootstrap, None, None, client_kwargs, client_id="kappalab-status",
+                             consumer_timeout_ms=1500, fetch_max_wait_ms=500)
     try:
         parts = consumer.partitions_for_topic(WORKERS_TOPIC)
         if not parts:

@@ -29,6 +29,19 @@ def fill(store, bars_per_symbol: int, seed: int = 5, **params) -> None:
     store.upsert_bars(list(sim.bars(threading.Event())))
 
 
+def biased_linear_version(store) -> str:
+    """A saved version of the zoo's linear model trained on a target biased by +0.2 % per
+    bar: a champion any sensible challenger beats."""
+    data = load_training_data(store, list(SYMBOLS), "1m", default_features(),
+                              DEFAULT_TARGET, 1, 300)
+    bad = get_spec("linear").build({})
+    bad.fit(data[default_features()], data["y"] + 0.002)
+    return save_model_version(store, bad, {
+        "name": "Linear regression (biased)", "model_key": "linear",
+        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
+        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
+
+
 def test_default_model_waits_for_data_then_trains_saves_and_promotes(sqlite_store):
     fill(sqlite_store, 60)
     waiting = train_default_model(sqlite_store, "1m")
@@ -65,15 +78,7 @@ def test_holdout_is_the_latest_rows_and_never_trained_on(sqlite_store):
 
 def test_better_challenger_replaces_a_bad_champion(sqlite_store):
     fill(sqlite_store, 800, phi=0.3)  # a learnable autocorrelation
-    # A champion of the zoo's linear model, trained on a target biased by +0.2 % per bar.
-    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", default_features(),
-                              DEFAULT_TARGET, 1, 300)
-    bad = get_spec("linear").build({})
-    bad.fit(data[default_features()], data["y"] + 0.002)
-    vid = save_model_version(sqlite_store, bad, {
-        "name": "Linear regression (biased)", "model_key": "linear",
-        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
-        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
+    vid = biased_linear_version(sqlite_store)
     promote(sqlite_store, vid)
     d = retrain(sqlite_store, load_model_version(sqlite_store, vid), "schedule",
                 "every 5,000 bars", RetrainPolicy(), interval="1m", bar_ts=42)
@@ -246,14 +251,7 @@ def test_hand_promoted_champion_stays_unless_the_challenger_beats_persistence(
     """No signal in the returns (phi 0): a retrained challenger beats a biased champion but
     not persistence. A champion a person promoted stays; the scorer's own one is replaced."""
     fill(sqlite_store, 800, seed=1, phi=0.0)
-    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", default_features(),
-                              DEFAULT_TARGET, 1, 300)
-    bad = get_spec("linear").build({})
-    bad.fit(data[default_features()], data["y"] + 0.002)
-    vid = save_model_version(sqlite_store, bad, {
-        "name": "Linear regression (biased)", "model_key": "linear",
-        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
-        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
+    vid = biased_linear_version(sqlite_store)
     promote(sqlite_store, vid, reason=reason)
     d = retrain(sqlite_store, load_model_version(sqlite_store, vid), "schedule",
                 "every 5,000 bars", RetrainPolicy(), interval="1m")

@@ -83,10 +83,11 @@ def end_offsets(bootstrap: str, topic: str, client_kwargs: dict | None = None) -
     The embedded broker's ``ListOffsets`` answers the start of the last batch, so the end is
     taken from a fetch: seek there, read to the end, and keep the higher of the fetch's high
     watermark and the position after the last record read."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             group_id=None, **(client_kwargs or {}))
+    from pipeline.kafka_clients import make_consumer
+
+    consumer = make_consumer(bootstrap, None, None, client_kwargs, client_id="kappalab-flink")
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -293,12 +294,14 @@ class FlinkJob:
     def lag(self) -> int | None:
         """Records of the bars topic not yet committed by the job's group (offsets are
         committed on each checkpoint, so this is as fresh as the last checkpoint)."""
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
+
+        from pipeline.kafka_clients import make_consumer
 
         try:
             ends = end_offsets(self.bootstrap, self.topics.bars, self.client_kwargs)
-            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.topics.group,
-                                     enable_auto_commit=False, **self.client_kwargs)
+            consumer = make_consumer(self.bootstrap, None, self.topics.group, self.client_kwargs,
+                                     client_id="kappalab-flink")
             try:  # an offset fetch: it reads the group's commits without joining the group
                 done = {p: consumer.committed(TopicPartition(self.topics.bars, p)) or 0
                         for p in ends}

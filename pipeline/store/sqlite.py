@@ -26,6 +26,7 @@ import pandas as pd
 from pipeline.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import Bar, Prediction, prediction_values
+from pipeline.store.sqlite_identity import FileIdentity, sqlite_uri as _uri
 from pipeline.store.base import (
     BAR_COLUMNS, COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
     UpsertResult, bars_frame, check_limit, fundamentals_frame, news_frame, now_ms,
@@ -76,8 +77,9 @@ def _checkpointer(store: "SqliteStore") -> None:
                 # A connection per checkpoint (~0.2 ms): an open one would keep the file
                 # open between checkpoints (e.g. a read-only remount of its disk fails).
                 conn = None
-                try:
-                    conn = sqlite3.connect(key, timeout=1.0, isolation_level=None)
+                try:  # mode=rw: a file deleted under the store is never created again here
+                    conn = sqlite3.connect(_uri(key, "rw"), uri=True, timeout=1.0,
+                                           isolation_level=None)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:  # e.g. busy, or the file was removed
                     log.debug("checkpoint of %s failed: %s", key, exc)
@@ -185,7 +187,12 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
         self._wal_set = False
         self._writer = _writer_lock(self.path)
-        self._conn().executescript(_SCHEMA)
+        #: the file this store writes to, and a counter bumped when it adopts another file
+        #: at the path (threads then reopen their connections)
+        self._identity: FileIdentity | None = None
+        self._generation = 0
+        self._conn(create=True).executescript(_SCHEMA)
+        self._identity = FileIdentity(self.path)
         _checkpointer(self)
 
     def __reduce__(self):
@@ -194,16 +201,21 @@ class SqliteStore(Store):
         return type(self), (str(self.path),)
 
     # ---- connections ---------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, create: bool = False) -> sqlite3.Connection:
         """This thread's connection. Streamlit runs every script run in a fresh thread, so
-        connections of threads that have ended are closed here rather than leaked."""
+        connections of threads that have ended are closed here rather than leaked. Only the
+        constructor may create the file (``create``): a connection opened later never brings
+        back a file deleted under the store."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            return conn
+            if getattr(self._local, "generation", 0) == self._generation:
+                return conn
+            self._drop_thread_conn(conn)  # the store adopted another file at the path
         last_exc: Exception | None = None
         for attempt in range(5):
             try:
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                conn = sqlite3.connect(_uri(self.path, "rwc" if create else "rw"), uri=True,
+                                       timeout=BUSY_TIMEOUT_S, check_same_thread=False,
                                        isolation_level=None)
                 if not self._wal_set:
                     conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file
@@ -222,7 +234,7 @@ class SqliteStore(Store):
                 f"Cannot open the SQLite store at {self.path} ({_why_unwritable(self.path, last_exc)}); "
                 "set KAPPALAB_DATA_DIR to a writable folder."
             ) from None
-        self._local.conn = conn
+        self._local.conn, self._local.generation = conn, self._generation
         with self._lock:
             self._all[threading.current_thread()] = conn
             dead = [t for t in self._all if not t.is_alive()]
@@ -237,8 +249,8 @@ class SqliteStore(Store):
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on an exception), holding this
         process's writer lock for the file throughout."""
 
-        def __init__(self, conn: sqlite3.Connection, writer: threading.RLock):
-            self.conn, self.writer = conn, writer
+        def __init__(self, conn: sqlite3.Connection, writer: threading.RLock, path=None):
+            self.conn, self.writer, self.path = conn, writer, path
 
         def __enter__(self) -> sqlite3.Connection:
             self.writer.acquire()
@@ -254,14 +266,36 @@ class SqliteStore(Store):
                 self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
             finally:
                 self.writer.release()
+            if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+                raise StoreUnavailable(
+                    f"The SQLite file {self.path} has lost its tables ({exc}); nothing is "
+                    "written until a KappaLab store is back at that path.") from exc
 
     def _write(self) -> "_Tx":
-        return self._Tx(self._conn(), self._writer)
+        self._check_identity()
+        return self._Tx(self._conn(), self._writer, self.path)
 
+    def _drop_thread_conn(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            self._all.pop(threading.current_thread(), None)
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+        self._local.conn = None
+
+    def _check_identity(self) -> None:
+        """Before every write: the file at the path must be the one this store opened (see
+        :class:`~pipeline.store.sqlite_identity.FileIdentity`); threads reopen their
+        connections when it adopted a restored store."""
+        if self._identity is not None and self._identity.check():
+            with self._lock:
+                self._generation += 1
     def describe(self) -> str:
         return f"embedded SQLite at {self.path}"
 
     def check(self) -> None:
+        self._check_identity()
         try:
             self._conn().execute("SELECT 1 FROM bars LIMIT 1").fetchall()
         except sqlite3.Error as exc:

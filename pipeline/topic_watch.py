@@ -1,0 +1,111 @@
+"""Noticing the topic under a consumer being deleted, re-created or re-partitioned.
+
+A topic deleted and created again under the same name starts a new log at offset 0. A
+consumer that keeps its position reads the new log from that old position on: every record
+the new log had below it is skipped without a word. :class:`TopicWatch` runs with a worker's
+periodic checks and says what happened, in the worker's state and the log:
+
+* **re-created** (the broker's topic id changed, or the log end fell below the position read
+  to): the consumer reads the new log from its start (the store is idempotent, so records
+  read twice are stored once); the records of the old log that were never stored are gone
+  with it, counted (at least the ones known at the last check) in the ``topic`` gauge.
+* **deleted** (the broker does not know the topic): ``stalled`` after the worker's stall
+  threshold, ``running`` again once it exists.
+* **partitions changed**: said; the group rebalances by itself.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class TopicWatch:
+    """Checks one topic for a worker (an :class:`~pipeline.indexer.Indexer`)."""
+
+    def __init__(self, worker: Any, topic: str):
+        self.worker, self.topic = worker, topic
+        self._topic_id = None
+        self._partitions: int | None = None
+        self._missing_since: float | None = None
+        self._reset_by_offsets = False
+        self._ends: dict[Any, int] = {}
+        self.resets = 0
+        self.unrecoverable = 0
+
+    def check(self, consumer, assigned, ends: dict) -> set:
+        """Run after the lag check; returns the partitions it moved to their log start."""
+        moved: set = set()
+        # No metadata refresh is forced here: Tansu re-creates a deleted topic (4 partitions)
+        # on any Metadata request naming it, whatever allow_auto_topic_creation says.
+        cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+        topic_id = cluster.topic_id(self.topic) if hasattr(cluster, "topic_id") else None
+        if topic_id is not None and self._topic_id is not None and topic_id != self._topic_id:
+            if self._reset_by_offsets:  # already handled when its offsets went back
+                self._reset_by_offsets = False
+            else:
+                moved |= self._recreated(consumer, assigned, "its topic id changed")
+        if topic_id is not None:
+            self._topic_id = topic_id
+        for tp in assigned:
+            if tp in moved:
+                continue
+            try:
+                highwater, position = consumer.highwater(tp), consumer.position(tp)
+            except Exception:
+                continue
+            if highwater is not None and highwater < position:
+                self._reset_by_offsets = self._topic_id == topic_id
+                moved |= self._recreated(
+                    consumer, [tp], f"the log end of partition {tp.partition} fell from "
+                    f"{position} to {highwater}")
+        for tp in assigned:
+            if tp not in moved:
+                self._ends[tp] = ends.get(tp, 0)
+        self._gauge()
+        return moved
+
+    def exists(self, consumer) -> bool:
+        """Whether the broker knows the topic; says ``stalled`` when it has not for longer
+        than the worker's stall threshold, and when it is back."""
+        w = self.worker
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            self._missing_since = self._missing_since or time.monotonic()
+            gone = time.monotonic() - self._missing_since
+            if gone > w.stall_after_s:
+                w.stall(f"the topic {self.topic} does not exist on the broker (deleted?) for "
+                        f"{gone:.0f} s; waiting for it to be created again")
+            return False
+        if self._missing_since is not None:
+            self._missing_since = None
+            log.warning("%s: the topic %s exists again", w.kind, self.topic)
+            w.unstall()
+        if self._partitions is not None and len(partitions) != self._partitions:
+            w.error(f"the topic {self.topic} now has {len(partitions)} partitions "
+                    f"(was {self._partitions}); the group rebalances onto them")
+        self._partitions = len(partitions)
+        return True
+
+    def _recreated(self, consumer, tps, why: str) -> set:
+        w = self.worker
+        tps = [tp for tp in tps if tp.topic == self.topic]
+        lost = 0
+        for tp in tps:
+            done = w._committed.pop(tp, None)
+            if done is not None:
+                lost += max(0, self._ends.pop(tp, done) - done)
+            consumer.seek_to_beginning(tp)
+        self.resets += 1
+        self.unrecoverable += lost
+        w.error(f"the topic {self.topic} was deleted and re-created ({why}); reading the new "
+                f"log from its start; {lost:,} records of the old log had not been stored and "
+                "are gone with it")
+        return set(tps)
+
+    def _gauge(self) -> None:
+        if self.resets:
+            self.worker.gauge("topic", {"resets": self.resets,
+                                        "unrecoverable_records": self.unrecoverable})
