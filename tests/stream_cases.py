@@ -107,6 +107,11 @@ def figures(case: str, w, store, sent: int, good_ids: set, dlq_msgs: list, **ext
             "heartbeat_age_s": beat_age, **extra}
 
 
+def topic_gauges(w) -> dict:
+    g = w.stats(history=False)["gauges"]
+    return {"lag": g.get("lag"), "topic_gauge": g.get("topic")}
+
+
 # ---- the cases -----------------------------------------------------------------------------
 def case_codecs(bootstrap: str, work: Path) -> dict:
     """Plain bars between gzip, snappy, lz4 and zstd batches from librdkafka."""
@@ -371,8 +376,7 @@ def case_topic_recreated_live_producer(bootstrap: str, work: Path) -> dict:
                   lost_still_in_log=len(missing & in_log),
                   lost_gone_from_log=len(missing - in_log),
                   waited_s=round(time.time() - t0, 1),
-                  lag=w.stats(history=False)["gauges"].get("lag"),
-                  topic_gauge=w.stats(history=False)["gauges"].get("topic"))
+                  **topic_gauges(w))
     wt.stop()
     prod.close()
     return out
@@ -425,8 +429,7 @@ def case_topic_recreated(bootstrap: str, work: Path) -> dict:
     out = figures("topic deleted and re-created", w, store, 400, set(range(400)),
                   count_topic(bootstrap, dlq), acked_after_recreate=acked,
                   waited_s=round(time.time() - t0, 1), while_deleted=while_deleted,
-                  lag=w.stats(history=False)["gauges"].get("lag"),
-                  topic_gauge=w.stats(history=False)["gauges"].get("topic"))
+                  **topic_gauges(w))
     wt.stop()
     prod.close()
     return out

@@ -93,3 +93,49 @@ def test_a_restored_store_is_adopted_by_every_thread(tmp_path):
     assert ids == ["after", "from-backup"]
     assert {d["created_ms"] for d in store.list_docs("runs")} == {1, 2}
     store.close()
+
+
+def test_a_blocked_loop_says_stalled_and_keeps_its_heartbeat(tmp_path):
+    """A worker whose loop is stuck inside a call (as kafka-python's poll was, over a batch
+    it could not decode) is ``stalled`` with the reason after ``loop_watchdog_s``, its
+    heartbeat keeps reaching the store, and it is ``running`` again once the loop returns."""
+    import threading
+
+    from pipeline.worker import Worker, WorkerThread
+
+    class Blocked(Worker):
+        kind = "blocked"
+        loop_watchdog_s = 1.0
+
+        def __init__(self, store):
+            super().__init__(store=store)
+            self.release = threading.Event()
+
+        def run(self, stop):
+            self.tick()
+            self.release.wait(20)  # the blocked client call
+            while not stop.is_set():
+                self.tick()
+                stop.wait(0.1)
+
+    store = SqliteStore(tmp_path / "k.sqlite")
+    w = Blocked(store)
+    wt = WorkerThread(w).start()
+    try:
+        deadline = time.time() + 10
+        while w.state != "stalled" and time.time() < deadline:
+            time.sleep(0.1)
+        assert w.state == "stalled" and "loop is blocked" in w.last_error, w.last_error
+        first = store.get_doc("workers", w.worker_id)["created_ms"]
+        time.sleep(2.5)
+        beat = store.get_doc("workers", w.worker_id)
+        assert beat["created_ms"] > first and beat["state"] == "stalled", beat
+        w.release.set()
+        deadline = time.time() + 5
+        while w.state != "running" and time.time() < deadline:
+            time.sleep(0.1)
+        assert w.state == "running"
+    finally:
+        w.release.set()
+        assert wt.stop()
+        store.close()
