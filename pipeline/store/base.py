@@ -100,8 +100,7 @@ def artefact_digest(data: bytes) -> str:
 
 class Store(abc.ABC):
     """The store contract: series (bars, predictions, news, fundamentals), documents and
-    artefacts behind one interface (method by method below; the suite is
-    tests/test_store_contract.py). Owns its connections and an in-memory artefact cache.
+    artefacts (suite: tests/test_store_contract.py). Owns its connections and artefact cache.
 
     Threads: one store is shared by every worker thread of a process and the dashboard's
     script threads, so every method is safe to call from any thread. A store is also pickled
