@@ -35,7 +35,7 @@ def cmd_status(args, config: Config) -> int:
             out["store_error"] = str(exc)
     bootstrap = config.kafka_bootstrap or (info.bootstrap if info else None)
     if bootstrap and out["broker_healthy"]:
-        from pipeline.worker import latest_heartbeats
+        from pipeline.heartbeats import latest_heartbeats
 
         # The topic copy is newer when the store could not take the heartbeat (outage).
         for b in latest_heartbeats(bootstrap, 10_000, config.kafka_client_kwargs()):
