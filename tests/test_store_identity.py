@@ -51,7 +51,7 @@ def test_no_thread_creates_a_deleted_database(tmp_path):
     """The checkpoint thread and a new thread's connection open the file read-write only."""
     import threading
 
-    from pipeline.store import sqlite as sqlite_module
+    from pipeline.store import sqlite_file as sqlite_module
 
     path = tmp_path / "k.sqlite"
     store = SqliteStore(path)

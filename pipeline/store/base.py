@@ -99,6 +99,15 @@ def artefact_digest(data: bytes) -> str:
 
 
 class Store(abc.ABC):
+    """The store contract: series (bars, predictions, news, fundamentals), documents and
+    artefacts (suite: tests/test_store_contract.py). Owns its connections and artefact cache.
+
+    Threads: one store is shared by every worker thread of a process and the dashboard's
+    script threads, so every method is safe to call from any thread. A store is also pickled
+    into the scorer's retrain child process: a backend defines ``__reduce__`` to pickle what
+    reopens it (the file path, the URL and settings), never a live connection.
+    """
+
     backend: str = "abstract"
 
     def __init__(self) -> None:
