@@ -64,8 +64,7 @@ def default_features() -> list[str]:
 
     Price levels differ by symbol (see the module docstring). Time of day is left out because
     a default model is often trained on a few hours of bars: least squares then extrapolates
-    ``minute_sin``/``minute_cos`` far outside what it saw (a benchmark run showed a live error
-    23 × the holdout one until the drift retrain replaced it).
+    ``minute_sin``/``minute_cos`` far outside what it saw (figures: docs/DESIGN_FIGURES.md).
     """
     calendar = set(FEATURE_GROUPS["calendar"])
     return [f for f in DEFAULT_FEATURES if not is_price_level(f) and f not in calendar]
@@ -194,8 +193,9 @@ def retrain(store: Store, champion: LoadedModel, trigger: str, reason: str,
         "challenger_error": ch_err, "champion_error": champ_err,
         "persistence_error": pers.get(DECISION_METRIC),
         "champion_promoted_by_hand": by_hand,
-        "improvement": (1.0 - ch_err / champ_err) if M.is_finite_number(ch_err) and M.is_finite_number(champ_err)
-        and champ_err > 0 else None,
+        "improvement": (1.0 - ch_err / champ_err)
+        if M.is_finite_number(ch_err) and M.is_finite_number(champ_err) and champ_err > 0
+        else None,
         "min_improvement": policy.min_improvement,
         "holdout_rows_in_champion_training": seen,
         "fit_s": round(time.perf_counter() - t0, 3),

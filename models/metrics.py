@@ -22,8 +22,8 @@ The regression errors are scikit-learn's (:mod:`sklearn.metrics`); what is ours 
 handling of the degenerate cases above (no variance, zero closes, no move).
 
 The live error of the scorer and the Predictions page is here too (:func:`close_errors`, its
-one-prediction form :func:`close_error`, :func:`live_error_summary`), with the persistence forecast every model is compared to
-(:func:`persistence_forecast`).
+one-prediction form :func:`close_error`, :func:`live_error_summary`), with the persistence
+forecast every model is compared to (:func:`persistence_forecast`).
 """
 from __future__ import annotations
 

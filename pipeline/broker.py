@@ -37,6 +37,10 @@ class BrokerUnavailable(RuntimeError):
 
 @dataclass
 class BrokerInfo:
+    """Where the broker is (bootstrap) and whether this machine runs it (embedded, its pid and
+    the process that started it). Immutable in use; written to and read from the data dir's
+    state file by any process."""
+
     bootstrap: str
     pid: int | None  # None when the broker is external (KAFKA_BOOTSTRAP_SERVERS)
     embedded: bool

@@ -80,6 +80,10 @@ class Secret:
 
 @dataclass(frozen=True)
 class Config:
+    """The one configuration of a process (environment, ``.streamlit/secrets.toml``, data dir),
+    loaded once by :func:`load_config`; immutable, read from any thread. Secrets are
+    :class:`Secret` values that never print."""
+
     data_dir: Path
     kafka_bootstrap: str | None = None  # None: embedded broker
     kafka_security_protocol: str = "PLAINTEXT"

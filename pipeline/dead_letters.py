@@ -30,6 +30,9 @@ def describe_failure(exc: BaseException) -> str:
 
 @dataclass
 class Reject:
+    """One message the indexer refuses: the Kafka record and the one-sentence reason that goes
+    with it to the dead-letter topic. Built and read in the indexer's loop thread."""
+
     msg: Any  # a kafka ConsumerRecord
     reason: str  # one sentence, starting with the exception class
 

@@ -138,6 +138,8 @@ def list_aborted_transactions(consumer) -> None:
         return
 
     class PartitionRecords(base):
+        """kafka-python's fetched batch, with the aborted transactions found from its ABORT markers."""
+
         def __init__(self, fetch_offset, tp, records, **kw):
             if not kw.get("aborted_transactions") and records is not None:
                 kw["aborted_transactions"] = _aborted_in(base, records)

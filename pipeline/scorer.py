@@ -59,7 +59,7 @@ class Scorer(Worker):
 
     kind = "scorer"
     # How long the broker holds an empty fetch: the floor of a live bar's wait on the embedded
-    # broker (figures: README, "Measured", benchmarks/bench_fetch_wait.py).
+    # broker (figures: docs/DESIGN_FIGURES.md).
     FETCH_WAIT_MS = 10
     LIVE_ERROR_EVERY_S = 5.0  # the live_error gauge (its rolling windows change slowly)
     CAUGHT_UP_MS = ScoringStep.CAUGHT_UP_MS  # catch-up ends at a bar this fresh
@@ -282,7 +282,7 @@ class Scorer(Worker):
             return
         self._last_gauges = now
         errors = force or now - self._last_error_gauge >= self.LIVE_ERROR_EVERY_S
-        if errors:  # every symbol's rolling errors: ~1 ms each, so not every second
+        if errors:  # every symbol's rolling errors: costly, so not every second
             self._last_error_gauge = now
         for name, value in self.step.gauges(errors).items():
             self.gauge(name, value)

@@ -44,6 +44,12 @@ class RateMeter:
 
 
 class Worker(abc.ABC):
+    """The shape every stream worker shares: ``run(stop)`` in its own thread (or process),
+    counters and gauges, errors, and a ``stats()`` snapshot published as a heartbeat in the
+    store (and the heartbeat topic), which is how a dashboard in another process attaches.
+    ``count``, ``gauge``, ``error`` and ``stats`` take the worker's lock: any thread may call
+    them."""
+
     kind: str = "worker"
     #: counters shown on the Pipeline page, in order
     counter_names: tuple[str, ...] = ()

@@ -79,7 +79,7 @@ STREAM_GROUPS = ("sentiment", "fundamentals")
 
 #: Scale-free features only. Price levels (``close``, raw moving averages, lags of the close:
 #: :func:`is_price_level`) are opt-in: they are non-stationary, so a model fitted on one price
-#: range extrapolates on the next (one walk-forward fold read skill -2.1 from ``close`` alone).
+#: range extrapolates on the next (figures: docs/DESIGN_FIGURES.md).
 #: Calendar features are opt-in too (group ``calendar``), and left out where they do not vary.
 DEFAULT_FEATURES: list[str] = [
     "ret_1", "ret_5", "ret_20", "ret_lag_1", "close_to_sma_20", "rsi_14",

@@ -387,7 +387,7 @@ class ScoringStep:
     # ---- figures ---------------------------------------------------------------------------
     def gauges(self, errors: bool) -> dict[str, Any]:
         """The step's gauges for the worker's heartbeat; ``errors``: include the rolling live
-        errors and the arena's leaderboard (~1 ms per symbol, so not on every beat)."""
+        errors and the arena's leaderboard (costly per symbol, so not on every beat)."""
         g: dict[str, Any] = {}
         if self._latency:
             lat = np.fromiter(self._latency, float)

@@ -15,6 +15,9 @@ from pipeline.sources.base import Source, SourceError
 
 @dataclass(frozen=True)
 class SourceChoice:
+    """One entry of the source catalog (the Pipeline page's picker and the CLI): its key,
+    label, whether it can run with the keys at hand, and the hint when it cannot."""
+
     key: str
     label: str
     enabled: bool

@@ -38,6 +38,11 @@ from pipeline.store.base import (
 
 
 class SqliteStore(Store):
+    """The store contract on one SQLite file (:class:`pipeline.store.base.Store`). Owns one
+    connection per thread (closed when the thread has ended) and shares the file's writer
+    lock and checkpoint thread with every store of the process on the same file
+    (:mod:`pipeline.store.sqlite_file`); pickles as its path."""
+
     backend = "sqlite"
 
     def __init__(self, path: str | Path):

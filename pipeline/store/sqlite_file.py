@@ -33,10 +33,9 @@ def writer_lock(path: Path) -> threading.RLock:
         return _WRITER_LOCKS.setdefault(key, threading.RLock())
 
 
-#: Pages in the write-ahead log before a commit checkpoints it itself (SQLite's default is
-#: 1,000, ~4 MB; at 500 bars and 1,000 predictions a second that was a checkpoint inside some
-#: commit every few seconds, 20-30 ms each, on the live path). The checkpoint thread keeps
-#: the log far below this; the threshold only matters if that thread cannot.
+#: Pages in the write-ahead log before a commit checkpoints it itself. SQLite's default put a
+#: checkpoint inside some live commit every few seconds (figures: docs/DESIGN_FIGURES.md);
+#: the checkpoint thread keeps the log far below this, which only matters if it cannot.
 BACKSTOP_CHECKPOINT_PAGES = 20_000
 CHECKPOINT_EVERY_S = 1.0
 _CHECKPOINTERS: dict[str, tuple[threading.Thread, "weakref.WeakSet"]] = {}
