@@ -166,3 +166,26 @@ def test_a_spec_in_no_group_is_refused_for_lab_and_scorer_alike():
         del SPECS["orphan_test_feature"]
     with pytest.raises(ValueError, match="has no FeatureSpec"):
         check_groups({**groups, "extra": ["not_a_feature"]}, lambda name: False)
+
+
+def test_a_new_spec_is_one_place_for_the_lab_and_the_scorer():
+    """A feature added as one spec (and its name in a group, same file) is computed by the
+    batch (lab) and the streaming (scorer) forms alike, with no other file touched."""
+    def ratio(o, c):
+        return o / c
+
+    fixed("open_to_close_test", 1, lambda s, _: ratio(s.open, s.close),
+          lambda g, _: g.fn("open_to_close_test", ratio, g.input("open"), g.close()))
+    FEATURE_GROUPS["range"].append("open_to_close_test")
+    try:
+        check_groups({g: m for g, m in FEATURE_GROUPS.items() if g not in STREAM_GROUPS},
+                     lambda name: False)
+        assert "open_to_close_test" in every_spec_feature()
+        names = ["open_to_close_test", "rsi_14"]
+        frame = random_bars(300, 5)
+        want = compute_features(frame, names).to_numpy()
+        assert_same(stream(frame, names), want, names)
+        assert np.allclose(want[:, 0], frame["open"] / frame["close"])
+    finally:
+        FEATURE_GROUPS["range"].remove("open_to_close_test")
+        del SPECS["open_to_close_test"]

@@ -49,31 +49,12 @@ import numpy as np
 import pandas as pd
 
 from models.features.kernels import EMA_WINDOW_FACTOR, BarArrays
-from models.features.specs import (MACD_FAST, MACD_SIGNAL, MACD_SLOW, SPECS, FeatureSpec,
-                                   batch_feature, check_groups, parse_feature, spec_examples)
-from models.fundamentals import (FUNDAMENTALS_GROUP, fundamentals_features,
-                                 is_fundamentals_feature)
-from models.sentiment import SENTIMENT_GROUP, is_sentiment_feature, sentiment_features
+from models.features.specs import (FEATURE_GROUPS, MACD_FAST, MACD_SIGNAL, MACD_SLOW, SPECS,
+                                   FeatureSpec, batch_feature, check_groups, parse_feature,
+                                   spec_examples)
+from models.fundamentals import fundamentals_features, is_fundamentals_feature
+from models.sentiment import is_sentiment_feature, sentiment_features
 
-FEATURE_GROUPS: dict[str, list[str]] = {
-    "raw": ["open", "high", "low", "close", "volume"],
-    "returns": ["ret_1", "ret_5", "ret_20", "logret_1", "logret_5", "logret_20"],
-    "moving_averages": [
-        "sma_5", "sma_10", "sma_20", "sma_50", "ema_10", "ema_20", "ema_50",
-        "close_to_sma_5", "close_to_sma_20", "close_to_sma_50", "close_to_ema_10",
-        "close_to_ema_20", "close_to_ema_50",
-    ],
-    "macd": ["macd", "macd_signal", "macd_hist"],
-    "rsi": ["rsi_14"],
-    "bollinger": ["bb_width_20"],
-    "volatility": ["volatility_10", "volatility_20"],
-    "range": ["hl_range"],
-    "volume": ["vol_z_20", "volume_change"],
-    "lags": ["close_lag_1", "close_lag_2", "close_lag_3", "ret_lag_1", "ret_lag_2", "ret_lag_3"],
-    "calendar": ["minute_sin", "minute_cos", "dow_sin", "dow_cos"],
-    "sentiment": SENTIMENT_GROUP,  # news joined as of the bar's end: models/sentiment.py
-    "fundamentals": FUNDAMENTALS_GROUP,  # snapshots as of the bar's end: models/fundamentals.py
-}
 #: Groups computed from another stream than the bars (joined as of each bar's end).
 STREAM_GROUPS = ("sentiment", "fundamentals")
 

@@ -2,7 +2,7 @@
 side in one :class:`FeatureSpec`.
 
 Adding a bar feature is one ``fixed(...)`` or ``family(...)`` call here plus its name in a group
-of :data:`models.features.FEATURE_GROUPS`; the lab (batch), the scorer (streaming), the charts
+of :data:`FEATURE_GROUPS` (below, in this file too); the lab (batch), the scorer (streaming), the charts
 and the batch = streaming equality test (tests/test_streaming_features.py, which iterates
 :func:`spec_examples`) all pick it up. A spec that is in no group, or a group name that is no
 spec, is refused at import, for the lab and the scorer alike.
@@ -28,8 +28,31 @@ from models.features.kernels import (
     TAU, BarArrays, day_of_week, ema_window, ewm_window, gains, log_ratio, losses,
     minute_of_day, ratio_minus_one, rsi_value, shift, window_mean, window_std, zscore,
 )
+from models.fundamentals import FUNDAMENTALS_GROUP
+from models.sentiment import SENTIMENT_GROUP
 
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
+
+#: Named groups of feature names, for the lab's pickers and the CLI (every spec is in one).
+FEATURE_GROUPS: dict[str, list[str]] = {
+    "raw": ["open", "high", "low", "close", "volume"],
+    "returns": ["ret_1", "ret_5", "ret_20", "logret_1", "logret_5", "logret_20"],
+    "moving_averages": [
+        "sma_5", "sma_10", "sma_20", "sma_50", "ema_10", "ema_20", "ema_50",
+        "close_to_sma_5", "close_to_sma_20", "close_to_sma_50", "close_to_ema_10",
+        "close_to_ema_20", "close_to_ema_50",
+    ],
+    "macd": ["macd", "macd_signal", "macd_hist"],
+    "rsi": ["rsi_14"],
+    "bollinger": ["bb_width_20"],
+    "volatility": ["volatility_10", "volatility_20"],
+    "range": ["hl_range"],
+    "volume": ["vol_z_20", "volume_change"],
+    "lags": ["close_lag_1", "close_lag_2", "close_lag_3", "ret_lag_1", "ret_lag_2", "ret_lag_3"],
+    "calendar": ["minute_sin", "minute_cos", "dow_sin", "dow_cos"],
+    "sentiment": SENTIMENT_GROUP,  # news joined as of the bar's end: models/sentiment.py
+    "fundamentals": FUNDAMENTALS_GROUP,  # snapshots as of the bar's end: models/fundamentals.py
+}
 
 
 @dataclass(frozen=True)
