@@ -152,6 +152,8 @@ class Indexer(Worker):
                     self.tick()
                     stop.wait(1.0)
                     continue
+                if batch and self.group_id:
+                    self._topic_watch.saw(consumer, batch)
                 if self.bounds is not None:
                     batch = self._own_records(consumer, batch)
                 if batch:

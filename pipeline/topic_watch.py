@@ -5,10 +5,11 @@ consumer that keeps its position reads the new log from that old position on: ev
 the new log had below it is skipped without a word. :class:`TopicWatch` runs with a worker's
 periodic checks and says what happened, in the worker's state and the log:
 
-* **re-created** (the broker's topic id changed, or the log end fell below the position read
-  to): the consumer reads the new log from its start (the store is idempotent, so records
+* **re-created** (the broker's topic id changed, or the log end fell below the highest end
+  or position seen; a memory-only broker that restarted empty looks the same): the consumer reads the new log from its start (the store is idempotent, so records
   read twice are stored once); the records of the old log that were never stored are gone
-  with it, counted (at least the ones known at the last check) in the ``topic`` gauge.
+  with it, counted in the ``topic`` gauge (the records between the last position stored and
+  the highest log end a fetch showed; records no fetch ever saw are unknown to anyone).
 * **deleted** (the broker does not know the topic): ``stalled`` after the worker's stall
   threshold, ``running`` again once it exists.
 * **partitions changed**: said; the group rebalances by itself.
@@ -56,16 +57,28 @@ class TopicWatch:
                 highwater, position = consumer.highwater(tp), consumer.position(tp)
             except Exception:
                 continue
-            if highwater is not None and highwater < position:
+            seen = max(self._ends.get(tp, 0), position)
+            if highwater is not None and highwater < seen:
                 self._reset_by_offsets = self._topic_id == topic_id
                 moved |= self._recreated(
                     consumer, [tp], f"the log end of partition {tp.partition} fell from "
-                    f"{position} to {highwater}")
+                    f"{seen} to {highwater}")
         for tp in assigned:
             if tp not in moved:
-                self._ends[tp] = ends.get(tp, 0)
+                self._ends[tp] = max(self._ends.get(tp, 0), ends.get(tp, 0))
         self._gauge()
         return moved
+
+    def saw(self, consumer, batch: dict) -> None:
+        """After each poll: the highest log end the fetches have shown, per partition (what
+        an old log held when it vanishes, for the count of records lost with it)."""
+        for tp in batch:
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:
+                continue
+            if highwater is not None and highwater > self._ends.get(tp, 0):
+                self._ends[tp] = highwater
 
     def exists(self, consumer) -> bool:
         """Whether the broker knows the topic; says ``stalled`` when it has not for longer
@@ -94,9 +107,9 @@ class TopicWatch:
         tps = [tp for tp in tps if tp.topic == self.topic]
         lost = 0
         for tp in tps:
-            done = w._committed.pop(tp, None)
-            if done is not None:
-                lost += max(0, self._ends.pop(tp, done) - done)
+            done, end = w._committed.pop(tp, None), self._ends.pop(tp, None)
+            if done is not None and end is not None:  # else nothing stored yet to compare
+                lost += max(0, end - done)
             consumer.seek_to_beginning(tp)
         self.resets += 1
         self.unrecoverable += lost
