@@ -99,14 +99,10 @@ def artefact_digest(data: bytes) -> str:
 
 
 class Store(abc.ABC):
-    """The store contract: series (bars, predictions, news, fundamentals), documents and
-    artefacts (suite: tests/test_store_contract.py). Owns its connections and artefact cache.
-
-    Threads: one store is shared by every worker thread of a process and the dashboard's
-    script threads, so every method is safe to call from any thread. A store is also pickled
-    into the scorer's retrain child process: a backend defines ``__reduce__`` to pickle what
-    reopens it (the file path, the URL and settings), never a live connection.
-    """
+    """The store contract: series, documents, artefacts (suite: tests/test_store_contract.py).
+    Owns its connections and artefact cache; every method is safe from any thread. A backend
+    also defines ``__reduce__`` (pickled into the retrain child: what reopens it, never a
+    connection) and ``outage`` (which errors of its client mean "retry later")."""
 
     backend: str = "abstract"
 
@@ -126,6 +122,11 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # pragma: no cover - backends override when they hold resources
         pass
+
+    @staticmethod
+    def outage(exc: BaseException) -> bool:
+        """Whether ``exc`` of this backend's client means unreachable: retry (default: no)."""
+        return False
 
     # ---- bars ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -423,9 +424,7 @@ class Store(abc.ABC):
 
     def heartbeat(self, worker_id: str, snapshot: dict[str, Any]) -> None:
         """Publish a worker's stats so dashboards in other processes can attach to it."""
-        doc = dict(snapshot)
-        doc["worker_id"] = worker_id
-        doc["created_ms"] = now_ms()
+        doc = dict(snapshot, worker_id=worker_id, created_ms=now_ms())
         self.put_doc(WORKERS, worker_id, json_safe(doc))
 
     def list_heartbeats(self, max_age_ms: int | None = None) -> list[dict[str, Any]]:

@@ -184,6 +184,16 @@ class ElasticsearchStore(EsDocuments, EsIndexIO, Store):
     def describe(self) -> str:
         return f"Elasticsearch at {self.url} (indices {self.index_prefix}-*, {self._auth})"
 
+    @staticmethod
+    def outage(exc: BaseException) -> bool:
+        """Transport failures, timeouts, throttling and server errors."""
+        from elastic_transport import TransportError
+
+        if isinstance(exc, TransportError):
+            return True
+        return isinstance(exc, ApiError) and (exc.meta.status in (408, 429)
+                                               or exc.meta.status >= 500)
+
     @at_edge
     def check(self) -> None:
         """Probe the cluster (``GET /``, short timeout, one retry: a black-holed address fails

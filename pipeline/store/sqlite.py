@@ -167,6 +167,13 @@ class SqliteStore(Store):
     def describe(self) -> str:
         return f"embedded SQLite at {self.path}"
 
+    @staticmethod
+    def outage(exc: BaseException) -> bool:
+        # locked, busy, read-only, disk full, I/O error, not a database: the store's fault.
+        return isinstance(exc, sqlite3.Error) and not isinstance(
+            exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
+                  sqlite3.ProgrammingError))
+
     def check(self) -> None:
         self._check_identity()
         try:
