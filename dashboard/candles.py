@@ -44,6 +44,10 @@ class _Entry:
 
 
 class CandleFeed:
+    """The candles of the live chart, per series, kept in memory and extended with the bars
+    stored since the last read (rebuilt after ``rebuild_s`` or a rewritten history). One per
+    dashboard server; script threads share it under its lock."""
+
     def __init__(self, store: Store, keep: int = 5_000, rebuild_s: float = 600.0):
         self.store = store
         self.keep = keep

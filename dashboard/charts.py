@@ -97,8 +97,10 @@ def _candle_layout(theme: str) -> str:
     layout.update(title=dict(text="", x=0, xanchor="left"), height=540,
                   margin=dict(l=10, r=10, t=40, b=10),
                   uirevision="live")  # keep the user's zoom across refreshes
-    # "ACME · 5m candles": short, the legend beside it
-    fig = readable(go.Figure(layout=layout), title_row=False)
+    # The legend on its own row under the title's row (where Plotly's toolbar shows on
+    # hover); the title is set per figure, so its row is made here.
+    fig = readable(go.Figure(layout=layout))
+    fig.update_layout(margin=dict(t=72), title=dict(y=0.985, yanchor="top"))
     return json.dumps(fig.to_dict()["layout"])
 
 

@@ -12,6 +12,7 @@ import streamlit as st
 
 from dashboard.access import presenter_button
 from dashboard.widgets import guarded, worker_header
+from pipeline.broker import BrokerUnavailable, find_or_start_broker
 from pipeline.flink import FLINK_DLQ_TOPIC, FLINK_INTERVALS, FLINK_TOPIC
 from pipeline.flink.launcher import (INSTALL_HINT, FlinkJob, log_identity, missing_parts,
                                      venv_dir)
@@ -34,10 +35,7 @@ def flink_section(runtime, config) -> None:
 
 @st.fragment(run_every=3.0)
 def _flink_live(runtime, config) -> None:
-    # The page never starts the broker just to look: without one, the job cannot be running
-    # here (its lag needs it); Start starts it.
-    info = runtime.broker_info
-    job = FlinkJob(config.data_dir, info.bootstrap if info else None,
+    job = FlinkJob(config.data_dir, _bootstrap(runtime, config),
                    client_kwargs=config.kafka_client_kwargs())
     status = _status(job)
     state = status["state"]
@@ -91,6 +89,25 @@ def _flink_live(runtime, config) -> None:
         st.caption("Watermark: " + (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mark / 1000))
                                     if mark else "none yet")
                    + " — windows before it are final; a bar older than it is too late.")
+
+
+def _bootstrap(runtime, config) -> str | None:
+    """The broker the job uses, for its lag: this runtime's, the configured Kafka, or the
+    embedded broker of the data dir (the demo's child process runs it). The page never starts
+    a broker just to look; Start does."""
+    if runtime.broker_info is not None:
+        return runtime.broker_info.bootstrap
+    if config.kafka_bootstrap:
+        return config.kafka_bootstrap
+    return _embedded_bootstrap(str(config.data_dir), config)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _embedded_bootstrap(data_dir: str, _config) -> str | None:
+    try:
+        return find_or_start_broker(_config, start=False)[0].bootstrap
+    except BrokerUnavailable:
+        return None
 
 
 @st.cache_data(ttl=2.5, show_spinner=False)

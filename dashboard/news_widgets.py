@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.access import presenter_button
+from dashboard.access import can_change, presenter_button
 from dashboard.formatting import fmt_ts, with_time_column
 from dashboard.plain_text import md_plain
 from dashboard.widgets import TIME_ZONES, guarded, push_notice, saved_upload, worker_header
@@ -196,6 +196,8 @@ NEWS_WORKERS = [("news_indexer", "News indexer"), *NEWS_FEEDS.items(),
                 ("fundamentals", "Fundamentals")]
 STOP_LABELS = {"av_news": "Alpha Vantage polling"}
 AV_WORKERS = ("av_news", "fundamentals")
+START_HINT = "Start it in News sources above."
+AV_KEY_HINT = "Needs an Alpha Vantage API key (see News sources)."
 
 
 def news_worker_row(runtime, local: dict, av_ready: bool = True) -> None:
@@ -218,7 +220,9 @@ def news_worker_row(runtime, local: dict, av_ready: bool = True) -> None:
                     st.rerun(scope="app")
             caption = news_worker_caption(runtime, name, local.get(name))
             if name in AV_WORKERS and not av_ready and not running:
-                caption = "Needs an Alpha Vantage API key (see News sources)."
+                caption = AV_KEY_HINT
+            if caption in (START_HINT, AV_KEY_HINT) and not can_change():
+                caption = ""  # a viewer cannot start it: the read-only note above says so
             if caption:
                 st.caption(md_plain(caption))  # a feed's last error quotes its API
 
@@ -254,7 +258,7 @@ def news_worker_caption(runtime, name: str, snap: dict | None) -> str:
     if stats.get("live_errors"):
         parts.append(f"{stats['live_errors']:,} failed poll(s), last: {stats.get('last_error')}")
     if not parts and name != "news_indexer":
-        return "Start it in News sources above."
+        return START_HINT
     return "; ".join(parts) + ("." if parts else "")
 
 

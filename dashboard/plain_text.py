@@ -34,6 +34,7 @@ _BLOCK_START = re.compile(r"^(\s*)([#+](?=\s|$)|[\-=>]|\d{1,9}(?=[.)](?:\s|$)))"
 #: which are read after Markdown unescaped the text
 _WJ = "\u2060"
 _JOIN_AFTER = re.compile(r"([:@](?=\S)|(?i:www)(?=\.))")  # "note: text" stays as it is
+_HTML_SPECIAL = re.compile(r"[<>&\n]")
 _TRACE_TEXT = ("name", "text", "hovertext", "customdata", "x", "y", "labels")
 
 
@@ -69,31 +70,42 @@ def plain_figure(fig):
     text, custom data and category coordinates; the layout's title, axis titles and
     annotations. Returns ``fig``. (Hover templates are the app's own and keep their markup;
     a builder that wants several lines in a data text joins them with ``\n``.)"""
+    # Read through to_plotly_json (the raw values, no per-property lookups), write through the
+    # API only what escaping changed: re-assigning makes Plotly validate the value again.
     for trace in fig.data:
+        raw = trace.to_plotly_json()
         for attr in _TRACE_TEXT:
-            if attr in trace and trace[attr] is not None:
-                trace[attr] = _escaped(trace[attr])
-    layout = fig.layout
-    if layout.title and layout.title.text:
-        layout.title.text = html_plain(layout.title.text)
-    for axis in [a for a in layout if a.startswith(("xaxis", "yaxis"))]:
-        title = layout[axis].title
-        if title and title.text:
-            title.text = html_plain(title.text)
-    for note in layout.annotations or ():
-        if note.text:
-            note.text = html_plain(note.text)
+            if raw.get(attr) is not None:
+                escaped = _escaped(raw[attr])
+                if escaped is not raw[attr]:
+                    trace[attr] = escaped
+    raw = fig.layout.to_plotly_json()
+    for key in ["title", *(k for k in raw if k.startswith(("xaxis", "yaxis")))]:
+        owner = raw.get(key)
+        title = owner if key == "title" else (owner or {}).get("title")
+        text = title.get("text") if isinstance(title, dict) else title
+        if isinstance(text, str) and _HTML_SPECIAL.search(text):
+            (fig.layout.title if key == "title" else fig.layout[key].title).text = \
+                html_plain(text)
+    for i, note in enumerate(raw.get("annotations") or ()):
+        text = note.get("text")
+        if isinstance(text, str) and _HTML_SPECIAL.search(text):
+            fig.layout.annotations[i].text = html_plain(text)
     return fig
 
 
 def _escaped(value: Any) -> Any:
+    """``value`` with its strings escaped; the very same object when nothing needed it (most
+    arrays are numbers, dates or date strings, and re-assigning makes Plotly validate)."""
     if isinstance(value, str):
-        return html_plain(value)
+        return html_plain(value) if _HTML_SPECIAL.search(value) else value
     if isinstance(value, np.ndarray):
-        if value.dtype.kind in "US" or (value.dtype.kind == "O" and any(
-                isinstance(v, str) for v in value.flat)):
-            return np.vectorize(html_plain, otypes=[object])(value)
-        return value  # numbers and dates: nothing to escape
-    if isinstance(value, (list, tuple)):
+        if value.dtype.kind in "US":  # one search over the joined text: fast for dates
+            needs = value.size and _HTML_SPECIAL.search("".join(value.ravel().tolist()))
+        else:
+            needs = value.dtype.kind == "O" and any(
+                isinstance(v, str) and _HTML_SPECIAL.search(v) for v in value.flat)
+        return np.vectorize(html_plain, otypes=[object])(value) if needs else value
+    if isinstance(value, (list, tuple)) and any(_escaped(v) is not v for v in value):
         return type(value)(_escaped(v) for v in value)
     return value

@@ -22,6 +22,9 @@ PROMOTED_COLOR, KEPT_COLOR = "#43a047", "#9e9e9e"
 
 @dataclass(frozen=True)
 class Palette:
+    """The colours of one theme (light or dark) for the charts: the actual series, text,
+    muted, predictions and the moving averages. Immutable."""
+
     dark: bool
     actual: str  # the series every model is judged against
     text: str

@@ -286,6 +286,8 @@ def scorer_snapshot(runtime) -> dict | None:
 
 @dataclass(frozen=True)
 class Kpi:
+    """One figure of a KPI row: label, value as shown, and its help text."""
+
     label: str
     value: str
     help: str | None = None

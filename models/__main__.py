@@ -27,6 +27,8 @@ from models.zoo import MODEL_KEYS, MODEL_SPECS, coerce_params, get_spec
 
 
 class UsageError(ValueError):
+    """A command line the models CLI cannot run; the message says what to type instead."""
+
     pass
 
 

@@ -3,19 +3,19 @@
 The live scorer (:mod:`pipeline.scorer`) owns the streaming; this module owns the decisions,
 as plain functions over the store so they can be tested and run without Kafka:
 
-- :class:`RetrainPolicy` — every knob: the schedule (every N new bars), the drift rule
-  (rolling live error above ``drift_factor`` × the champion's reference level), the training
-  window, the holdout, and how much better a challenger must be.
+- :class:`~models.retrain_policy.RetrainPolicy` (in :mod:`models.retrain_policy`) — every
+  knob: the schedule (every N new bars), the drift rule (rolling live error above
+  ``drift_factor`` × the champion's reference level), the training window, the holdout, and
+  how much better a challenger must be.
 - :func:`train_default_model` — with no champion, train the default model (linear regression
   on the scale-free default features, target ``next_return``) on what is stored, save it and
   promote it; or say how much data is still missing.
 - :func:`retrain` — train a challenger on the most recent window, evaluate it and the champion
   chronologically on the latest holdout (rows neither trained on), promote the challenger only
   if it beats the champion, and record the decision as a ``retrain`` event with the figures.
-- :class:`LiveErrors` / :class:`DriftMonitor` — rolling live error, measured by progressive
-  validation (each prediction scored only once its bar has arrived).
-- :func:`score_frame` / :func:`live_summary` / :func:`rolling_live_errors` — the same live
-  error figures computed from the predictions stored in the store (for the Predictions page).
+
+The live error itself (progressive validation, drift, the Predictions page's tables) is in
+:mod:`models.live_errors`, on the formulas of :func:`models.metrics.close_errors`.
 
 One error metric for all decisions: the absolute percentage error of the *implied close*
 (``mape_pct`` in :mod:`models.metrics`). It is comparable across targets (a next-close model and
@@ -46,17 +46,17 @@ from models.registry import (GLOBAL_SCOPE, LoadedModel, promote, promoted_by_han
                              save_model_version)
 from models.sentiment import is_sentiment_feature, load_news
 from models.targets import effective_horizon, make_target, to_close
+from models.retrain_policy import (DECISION_METRIC, DEFAULT_MODEL_KEY, DEFAULT_TARGET,
+                                   RETRAIN_EVENT, RetrainPolicy)
 from pipeline.jsonsafe import json_safe
 from pipeline.store.base import Store
-from models.live_errors import _finite
 
 log = logging.getLogger(__name__)
 
-RETRAIN_EVENT = "retrain"
-DEFAULT_TARGET = "next_return"
-DEFAULT_MODEL_KEY = "linear"
-#: Decision metric (lower is better): percentage error of the implied close.
-DECISION_METRIC = "mape_pct"
+__all__ = ["RetrainPolicy", "RetrainDecision", "NotEnoughData", "RETRAIN_EVENT",
+           "DEFAULT_TARGET", "DEFAULT_MODEL_KEY", "DECISION_METRIC", "default_features",
+           "default_estimator", "train_default_model", "retrain", "load_training_data",
+           "split_holdout", "evaluate", "persistence_metrics"]
 
 
 def default_features() -> list[str]:
@@ -64,8 +64,7 @@ def default_features() -> list[str]:
 
     Price levels differ by symbol (see the module docstring). Time of day is left out because
     a default model is often trained on a few hours of bars: least squares then extrapolates
-    ``minute_sin``/``minute_cos`` far outside what it saw (a benchmark run showed a live error
-    23 × the holdout one until the drift retrain replaced it).
+    ``minute_sin``/``minute_cos`` far outside what it saw (figures: docs/DESIGN_FIGURES.md).
     """
     calendar = set(FEATURE_GROUPS["calendar"])
     return [f for f in DEFAULT_FEATURES if not is_price_level(f) and f not in calendar]
@@ -76,36 +75,6 @@ def default_estimator():
     from models.zoo import get_spec
 
     return get_spec(DEFAULT_MODEL_KEY).build({}, seed=0, n_jobs=1)
-
-
-@dataclass
-class RetrainPolicy:
-    """When the scorer retrains, on what, and what a challenger must do to be promoted.
-
-    Windows are counted in bars *per symbol*; the schedule and the cooldown in bars the
-    scorer consumed (all symbols together).
-    """
-
-    every_bars: int | None = 5000  # scheduled retrain after this many new bars (None: off)
-    drift_factor: float | None = 2.0  # drift: rolling live error > factor × reference (None: off)
-    drift_window: int = 200  # live errors in the rolling drift window
-    drift_min_errors: int = 100  # no drift verdict on fewer live errors than this
-    cooldown_bars: int = 500  # after any retrain decision, no drift retrain for this many bars
-    train_bars: int = 2000  # most recent bars per symbol the challenger learns from
-    holdout_bars: int = 200  # latest bars per symbol, kept out of training, to compare on
-    min_improvement: float = 0.005  # challenger error must be <= champion × (1 - this)
-    min_train_rows: int = 300  # fewer usable training rows: wait for more data
-    min_symbol_rows: int = 100  # symbols with fewer training rows are left out (<= train_bars)
-    min_holdout_rows: int = 30  # fewer usable holdout rows: wait for more data
-    #: Builds the challenger's estimator; None retrains the champion's own model spec.
-    challenger_factory: Callable[[], Any] | None = None
-    keep_rejected: bool = True  # save a losing challenger as a candidate version (promotable)
-
-    def describe(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["challenger_factory"] = (getattr(self.challenger_factory, "__name__", "custom")
-                                   if self.challenger_factory else None)
-        return d
 
 
 @dataclass
@@ -210,12 +179,12 @@ def retrain(store: Store, champion: LoadedModel, trigger: str, reason: str,
     champ_end = meta.get("train_end_ms")
     seen = int((holdout["ts"] <= champ_end).sum()) if champ_end is not None else 0
     ch_err, champ_err = ch_metrics.get(DECISION_METRIC), champ_metrics.get(DECISION_METRIC)
-    better = (_finite(ch_err) and (not _finite(champ_err)
+    better = (M.is_finite_number(ch_err) and (not M.is_finite_number(champ_err)
                                    or ch_err <= champ_err * (1.0 - policy.min_improvement)))
     # A champion a person chose stays unless the challenger also beats persistence.
     by_hand = promoted_by_hand(meta)
     pers_err = pers.get(DECISION_METRIC)
-    kept_for_persistence = bool(better and by_hand and not (_finite(pers_err)
+    kept_for_persistence = bool(better and by_hand and not (M.is_finite_number(pers_err)
                                                             and ch_err < pers_err))
     better = better and not kept_for_persistence
     figures = {
@@ -224,8 +193,9 @@ def retrain(store: Store, champion: LoadedModel, trigger: str, reason: str,
         "challenger_error": ch_err, "champion_error": champ_err,
         "persistence_error": pers.get(DECISION_METRIC),
         "champion_promoted_by_hand": by_hand,
-        "improvement": (1.0 - ch_err / champ_err) if _finite(ch_err) and _finite(champ_err)
-        and champ_err > 0 else None,
+        "improvement": (1.0 - ch_err / champ_err)
+        if M.is_finite_number(ch_err) and M.is_finite_number(champ_err) and champ_err > 0
+        else None,
         "min_improvement": policy.min_improvement,
         "holdout_rows_in_champion_training": seen,
         "fit_s": round(time.perf_counter() - t0, 3),
@@ -429,4 +399,4 @@ def _record(store: Store, d: RetrainDecision, policy: RetrainPolicy, bar_ts: int
 
 
 def _fmt(x) -> str:
-    return f"{x:.4f}%" if _finite(x) else "n/a"
+    return f"{x:.4f}%" if M.is_finite_number(x) else "n/a"

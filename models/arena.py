@@ -12,7 +12,7 @@ does for the champion:
   feature rows (the arena's models' features are added to the scorer's feature set);
 - **same progressive validation**: a prediction waits in a :class:`~models.progressive.PendingBook`
   for the ``horizon``-th bar after its base bar and is scored only then, with the same
-  :func:`~models.live_errors.close_error` on the implied close; bars before a version's
+  :func:`~models.metrics.close_error` on the implied close; bars before a version's
   ``train_end_ms`` are not predicted (their target was in its training data);
 - **same window**: every figure covers the entry's last ``window`` scored predictions (the
   scorer's ``error_window``, 200 by default); directional accuracy counts the moves among them.
@@ -39,7 +39,7 @@ import pandas as pd
 
 from models import significance as S
 from models.fundamentals import is_fundamentals_feature
-from models.live_errors import close_error, calls_a_move
+from models.metrics import calls_a_move, close_error
 from models.progressive import PendingBook, PlainPrediction
 from models.registry import LoadedModel, load_model_version
 from models.sentiment import is_sentiment_feature

@@ -90,7 +90,7 @@ def fit_in_chunks(est, X, y, tick=None) -> None:
     model = est.steps[-1][1] if hasattr(est, "steps") else est
     name = type(model).__name__
     # Histogram boosting is left whole: each warm_start call re-predicts every training row
-    # with all trees so far, which made it 15x slower; it fits in seconds anyway.
+    # with all trees so far (much slower: docs/DESIGN_FIGURES.md); it fits in seconds anyway.
     size_param = "n_estimators" if "Forest" in name else None
     if size_param and hasattr(model, "warm_start"):
         total = int(getattr(model, size_param))
@@ -112,6 +112,8 @@ def fit_in_chunks(est, X, y, tick=None) -> None:
         every = max(1, total // 10)
 
         class Progress(TrainingCallback):
+            """XGBoost callback: reports boosting rounds to the lab's progress."""
+
             def after_iteration(self, booster, epoch, evals_log) -> bool:
                 if (epoch + 1) % every == 0:
                     tick(epoch + 1, total, "rounds")

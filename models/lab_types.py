@@ -30,6 +30,9 @@ class LabCancelled(RuntimeError):
 
 @dataclass
 class LabConfig:
+    """One model-lab run's settings: data (symbols, interval, range), features, target and
+    horizon, the split, the models and their parameters. Plain settings, stored with the run."""
+
     symbols: list[str] = field(default_factory=list)  # empty: every symbol in the data
     interval: str = "1m"
     start_ms: int | None = None
@@ -66,6 +69,9 @@ class LabConfig:
 
 @dataclass
 class FittedModel:
+    """One model fitted by the lab on the last training window: the estimator and what it was
+    trained on, ready to be saved as a model version."""
+
     key: str
     label: str
     kind: str
@@ -78,6 +84,9 @@ class FittedModel:
 
 @dataclass
 class LabResult:
+    """Everything one lab run produced: the metrics table, test predictions, importances,
+    per-fold figures, tuned parameters, the fitted models and the guidance shown with them."""
+
     config: LabConfig
     table: pd.DataFrame  # one row per model (index: label), metrics of models.metrics
     predictions: pd.DataFrame  # test rows: ts, symbol, fold, actual, base_close, actual_close, <label>...

@@ -1,8 +1,7 @@
-"""Live (progressive-validation) errors: the error of one prediction once its bar arrived, rolling
-error windows, the drift monitor, and the tables the Predictions page shows."""
+"""Live (progressive-validation) errors: rolling error windows, the drift monitor, and the tables
+the Predictions page shows. The error of one prediction (and of a frame of them) is computed in
+one home, :func:`models.metrics.close_error` / :func:`models.metrics.close_errors`."""
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import logging
 import math
@@ -12,48 +11,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.targets import to_close, to_close_value
+from models import metrics as M
+from models.retrain_policy import RETRAIN_EVENT, RetrainPolicy
 from pipeline.jsonsafe import json_safe
 from pipeline.store.base import Store
 
 log = logging.getLogger(__name__)
 
-RETRAIN_EVENT = "retrain"
-DEFAULT_TARGET = "next_return"
-DEFAULT_MODEL_KEY = "linear"
-#: Decision metric (lower is better): percentage error of the implied close.
-DECISION_METRIC = "mape_pct"
-
 
 # ---------------------------------------------------------------------------------------------
 # Live error (progressive validation)
-
-if TYPE_CHECKING:  # the policy is only read here; adaptation imports this module
-    from models.adaptation import RetrainPolicy
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def close_error(target: str, predicted: float, actual: float,
-                base_close: float) -> tuple[float, float, bool | None]:
-    """(absolute error of the implied close, its percentage of the actual close, direction hit)
-    for one scored prediction; the hit is None when the price did not move."""
-    pred_close = to_close_value(target, predicted, base_close)
-    actual_close = to_close_value(target, actual, base_close)
-    abs_err = abs(pred_close - actual_close)
-    pct = 100.0 * abs_err / abs(actual_close) if actual_close else float("nan")
-    move, pred_move = actual_close - base_close, pred_close - base_close
-    # The signs agree (plain floats: this runs for every settled prediction); a NaN never does.
-    hit = None if move == 0 else ((pred_move > 0 and move > 0) or (pred_move < 0 and move < 0))
-    return abs_err, pct, hit
-
-
-def calls_a_move(target: str, predicted: float, base_close: float) -> bool:
-    """Whether the prediction's implied close differs from the base close."""
-    return to_close_value(target, predicted, base_close) != base_close
-
 
 class LiveErrors:
     """Rolling MAE / RMSE (implied close, price units), MAPE and directional accuracy, all over
@@ -161,7 +128,7 @@ class DriftMonitor:
 
     def __init__(self, policy: RetrainPolicy, reference: float | None = None):
         self.policy = policy
-        self.reference = reference if _finite(reference) and reference > 0 else None
+        self.reference = reference if M.is_finite_number(reference) and reference > 0 else None
         self.errors = LiveErrors(policy.drift_window)
 
     def add(self, pct_err: float) -> None:
@@ -188,7 +155,7 @@ class DriftMonitor:
                 and self.rolling > f * self.reference)
 
     def rebaseline(self, reference: float | None) -> None:
-        if _finite(reference) and reference > 0:
+        if M.is_finite_number(reference) and reference > 0:
             self.reference = float(reference)
         self.errors = LiveErrors(self.policy.drift_window)
 
@@ -211,24 +178,19 @@ def score_frame(preds: pd.DataFrame) -> pd.DataFrame:
             df[c] = pd.Series(dtype="float64")
         df["called"] = pd.Series(dtype="bool")
         return df
-    pred_close = np.empty(len(df))
-    actual_close = np.empty(len(df))
     predicted = df["predicted"].to_numpy(dtype="float64")
     actual = pd.to_numeric(df["actual"], errors="coerce").to_numpy(dtype="float64")
     base = df["base_close"].to_numpy(dtype="float64")
+    cols = {c: np.empty(len(df)) for c in ("predicted_close", "actual_close", "abs_error",
+                                           "pct_error", "hit")}
     for tgt in df["target"].unique():
         m = (df["target"] == tgt).to_numpy()
-        pred_close[m] = to_close(tgt, predicted[m], base[m])
-        actual_close[m] = to_close(tgt, actual[m], base[m])
-    df["predicted_close"] = pred_close
-    df["actual_close"] = actual_close
-    df["abs_error"] = np.abs(pred_close - actual_close)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df["pct_error"] = 100.0 * df["abs_error"] / np.abs(actual_close)
-    moved = np.sign(actual_close - base)
-    hit = (np.sign(pred_close - base) == moved).astype("float64")
-    hit[~np.isfinite(actual_close) | (moved == 0)] = np.nan
-    df["hit"] = hit
+        errors = M.close_errors(tgt, predicted[m], actual[m], base[m])
+        for c, values in cols.items():
+            values[m] = getattr(errors, c)
+    for c, values in cols.items():
+        df[c] = values
+    pred_close = cols["predicted_close"]
     df["called"] = pred_close != base  # it predicted a move (persistence never does)
     return df
 
@@ -242,17 +204,11 @@ def live_summary(scored: pd.DataFrame, by: str = "model_id") -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     rows = []
     for key, g in scored.groupby(by, sort=False):
-        s = g[np.isfinite(g["abs_error"])]
-        pers = (np.abs(s["actual_close"] - s["base_close"]).mean() if len(s) else np.nan)
-        rows.append({
-            by: key, "predictions": len(g), "scored": len(s),
-            "mae": s["abs_error"].mean() if len(s) else np.nan,
-            "rmse": float(np.sqrt((s["abs_error"] ** 2).mean())) if len(s) else np.nan,
-            "mape_pct": s["pct_error"].mean() if len(s) else np.nan,
-            "directional_accuracy": (s["hit"].mean() if len(s) and s["called"].any()
-                                     else np.nan),
-            "persistence_mae": pers,
-        })
+        s = M.live_error_summary(g["abs_error"], g["pct_error"], g["hit"], g["actual_close"],
+                                 g["base_close"])
+        if not g.loc[np.isfinite(g["abs_error"]), "called"].any():
+            s["directional_accuracy"] = np.nan  # it never called a move: no accuracy
+        rows.append({by: key, "predictions": len(g), **s})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -25,6 +25,10 @@ from pipeline.schema import InvalidBar, interval_ms
 
 
 class LiveFundamentals:
+    """The scorer's provider of the ``fundamentals`` features (a :class:`FeatureProvider`): reads
+    ``finance-fundamentals`` records and the stored snapshots, and gives each bar the values
+    as of its end. Owned by the scoring step, called from the scorer's loop thread only."""
+
     kind = "fundamentals"
 
     def __init__(self, store, topic: str = FUNDAMENTALS_TOPIC):

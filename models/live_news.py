@@ -40,6 +40,10 @@ HALF_LIVES_KEPT = 60
 
 
 class FeatureProvider(Protocol):
+    """What the scorer needs from a source of features that do not come from the bars (news,
+    fundamentals): the topic it reads, the names it claims, and per-bar values as of each
+    bar's end. Implementations are called from the scorer's loop thread only."""
+
     kind: str
     topic: str
     names: list[str]

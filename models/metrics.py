@@ -21,18 +21,19 @@ Timing (seconds): ``fit_time_s`` and ``predict_time_s`` summed over folds.
 The regression errors are scikit-learn's (:mod:`sklearn.metrics`); what is ours is the
 handling of the degenerate cases above (no variance, zero closes, no move).
 
-The live error of the scorer and the Predictions page is here too (:func:`close_errors`,
-:func:`live_error_summary`), with the persistence forecast every model is compared to
-(:func:`persistence_forecast`).
+The live error of the scorer and the Predictions page is here too (:func:`close_errors`, its
+one-prediction form :func:`close_error`, :func:`live_error_summary`), with the persistence
+forecast every model is compared to (:func:`persistence_forecast`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn import metrics as skm
 
-from models.targets import get_target, to_close
+from models.targets import get_target, to_close, to_close_value
 
 #: Table columns in display order, with whether higher is better (None: not ranked).
 METRIC_COLUMNS: dict[str, bool | None] = {
@@ -160,6 +161,31 @@ def close_errors(target: str, predicted, actual, base_close) -> CloseErrors:
     hit = (np.sign(pred_close - base) == moved).astype("float64")
     hit[~np.isfinite(actual_close) | (moved == 0)] = np.nan
     return CloseErrors(pred_close, actual_close, abs_error, pct_error, hit)
+
+
+def is_finite_number(x) -> bool:
+    """A real, finite int or float (not a bool, not None, not NaN or infinite)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def close_error(target: str, predicted: float, actual: float,
+                base_close: float) -> tuple[float, float, bool | None]:
+    """:func:`close_errors` for one scored prediction, on plain floats (the scorer settles
+    every prediction with it): (absolute error of the implied close, its percentage of the
+    actual close, direction hit); the hit is None when the price did not move."""
+    pred_close = to_close_value(target, predicted, base_close)
+    actual_close = to_close_value(target, actual, base_close)
+    abs_err = abs(pred_close - actual_close)
+    pct = 100.0 * abs_err / abs(actual_close) if actual_close else float("nan")
+    move, pred_move = actual_close - base_close, pred_close - base_close
+    # The signs agree (plain floats: this runs for every settled prediction); a NaN never does.
+    hit = None if move == 0 else ((pred_move > 0 and move > 0) or (pred_move < 0 and move < 0))
+    return abs_err, pct, hit
+
+
+def calls_a_move(target: str, predicted: float, base_close: float) -> bool:
+    """Whether the prediction's implied close differs from the base close."""
+    return to_close_value(target, predicted, base_close) != base_close
 
 
 def live_error_summary(abs_error, pct_error, hit, actual_close, base_close) -> dict[str, float]:

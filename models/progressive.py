@@ -17,8 +17,9 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from models.adaptation import RetrainPolicy
-from models.live_errors import DriftMonitor, LiveErrors, calls_a_move, close_error
+from models.retrain_policy import RetrainPolicy
+from models.live_errors import DriftMonitor, LiveErrors
+from models.metrics import calls_a_move, close_error
 from models.targets import from_close_value
 from pipeline.schema import Bar, Prediction, interval_ms
 from pipeline.store.base import Store

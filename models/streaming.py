@@ -16,10 +16,10 @@ expressions in the same order* on the last values of each series:
 
 - windowed sums (SMA, the windowed EMAs, Cutler's RSI means, the means of the standard
   deviations) are summed newest first from zero over the window, as
-  :func:`models.features._window_sum` does, so the result is the batch's bit for bit and no
+  :func:`models.features.kernels.window_sum` does, so the result is the batch's bit for bit and no
   recursion error can build up over a long stream;
 - windowed standard deviations: the window's mean, then the squared deviations summed newest
-  first, as :func:`models.features._window_std`;
+  first, as :func:`models.features.kernels.window_std`;
 - lags and ``ret_*``/``logret_*`` read the history of their input; the element-wise steps
   (ratios, logs, ``np.where``) are the batch's expressions on the current values, NaN and
   infinities included.
@@ -30,18 +30,15 @@ restart that rebuilt the state from the last ``max_lookback`` stored bars (:meth
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from models.features import (
-    EMA_WINDOW_FACTOR, MACD_FAST, MACD_SIGNAL, MACD_SLOW, _parse, max_lookback,
-    validate_features,
-)
+from models.features import max_lookback, validate_features
+from models.features.kernels import ema_weights, ema_window
+from models.features.specs import parse_feature
 
 NAN = float("nan")
-_TAU = 2.0 * math.pi
 _INPUTS = ("ts", "open", "high", "low", "close", "volume")
 _NO_TS = np.iinfo(np.int64).min
 
@@ -49,8 +46,7 @@ _NO_TS = np.iinfo(np.int64).min
 def has_streaming_form(name: str) -> bool:
     """True for a bar feature (the ones :class:`FeatureBank` computes); news features are
     computed elsewhere (:mod:`models.sentiment`)."""
-    parsed = _parse(name)
-    return parsed is not None and parsed[0] != "news"
+    return parse_feature(name) is not None
 
 
 class FeatureBank:
@@ -71,9 +67,9 @@ class FeatureBank:
         self.size = 0
         self.capacity = max(1, capacity)
         self.last_ts = np.full(self.capacity, _NO_TS, dtype=np.int64)
-        self._nodes: dict[str, _Node] = {}
-        self._order: list[_Node] = []
-        self._outputs = [self._feature(name) for name in self.features]
+        graph = FeatureGraph()
+        self._outputs = [graph.feature(name) for name in self.features]
+        self._order = graph.order
         for node in self._order:
             node.allocate(self.capacity)
 
@@ -129,135 +125,58 @@ class FeatureBank:
             layer = [(s, b[k]) for s, b in series.items() if k < len(b)]
             self.update_bars([s for s, _ in layer], [b for _, b in layer])
 
-    # ---- the graph: one node per intermediate, shared between features ---------------------
-    def _node(self, key: str, make: Callable[[], "_Node"]) -> "_Node":
-        node = self._nodes.get(key)
+
+class FeatureGraph:
+    """The node graph of one :class:`FeatureBank`: one node per intermediate, shared between
+    features, in topological order. Its public methods are the primitives the streaming recipes
+    of :mod:`models.features.specs` are written with. Built once by the bank's constructor."""
+
+    def __init__(self):
+        self.nodes: dict[str, _Node] = {}
+        self.order: list[_Node] = []
+        self._features: dict[str, _Node] = {}
+
+    def node(self, key: str, make: Callable[[], "_Node"]) -> "_Node":
+        node = self.nodes.get(key)
         if node is None:
             node = make()  # builds (and registers) its inputs first: topological order
-            self._nodes[key] = node
-            self._order.append(node)
+            self.nodes[key] = node
+            self.order.append(node)
         return node
 
-    def _input(self, name: str) -> "_Node":
-        return self._node(name, lambda: _Input(_INPUTS.index(name)))
+    def feature(self, name: str) -> "_Node":
+        """The node of a bar feature, from its spec's streaming recipe."""
+        if name not in self._features:
+            spec, param = parse_feature(name)
+            self._features[name] = spec.stream(self, param)
+        return self._features[name]
 
-    def _lag(self, src: "_Node", k: int, key: str) -> "_Node":
-        return self._node(f"lag({key},{k})", lambda: _Lag(src, k))
+    def input(self, name: str) -> "_Node":
+        return self.node(name, lambda: _Input(_INPUTS.index(name)))
 
-    def _fn(self, key: str, f: Callable[..., np.ndarray], *srcs: "_Node") -> "_Node":
-        return self._node(key, lambda: _Fn(f, srcs))
+    def close(self) -> "_Node":
+        return self.input("close")
 
-    def _wsum(self, key: str, src: "_Node", w: int, weights: np.ndarray | None = None
-              ) -> "_Node":
-        return self._node(key, lambda: _WindowSum(src, w, weights))
+    def lag(self, src: "_Node", k: int, key: str) -> "_Node":
+        return self.node(f"lag({key},{k})", lambda: _Lag(src, k))
 
-    def _wstd(self, key: str, src: "_Node", w: int, ddof: int) -> "_Node":
-        return self._node(key, lambda: _WindowStd(src, w, ddof))
+    def fn(self, key: str, f: Callable[..., np.ndarray], *srcs: "_Node") -> "_Node":
+        return self.node(key, lambda: _Fn(f, srcs))
 
-    def _close(self) -> "_Node":
-        return self._input("close")
+    def wsum(self, key: str, src: "_Node", w: int, weights: np.ndarray | None = None
+             ) -> "_Node":
+        return self.node(key, lambda: _WindowSum(src, w, weights))
 
-    def _ret(self, h: int) -> "_Node":
-        c = self._close()
-        return self._fn(f"ret_{h}", lambda c, p: c / p - 1.0, c, self._lag(c, h, "close"))
+    def wstd(self, key: str, src: "_Node", w: int, ddof: int) -> "_Node":
+        return self.node(key, lambda: _WindowStd(src, w, ddof))
 
-    def _logret(self, h: int) -> "_Node":
-        c = self._close()
-        return self._fn(f"logret_{h}", lambda c, p: np.log(c / p), c, self._lag(c, h, "close"))
+    def mean(self, key: str, src: "_Node", w: int) -> "_Node":
+        s = self.wsum(f"sum({key},{w})", src, w)
+        return self.fn(f"mean({key},{w})", lambda s: s / w, s)
 
-    def _mean(self, key: str, src: "_Node", w: int) -> "_Node":
-        s = self._wsum(f"sum({key},{w})", src, w)
-        return self._fn(f"mean({key},{w})", lambda s: s / w, s)
-
-    def _sma(self, w: int) -> "_Node":
-        return self._mean("close", self._close(), w)
-
-    def _ema(self, span: int, src: "_Node | None" = None, key: str = "close") -> "_Node":
-        w = EMA_WINDOW_FACTOR * span
-        alpha = 2.0 / (span + 1.0)
-        weights = (1.0 - alpha) ** np.arange(w)  # as models.features._ewm_window
-        weights = weights / weights.sum()
-        return self._wsum(f"ema({key},{span})", src or self._close(), w, weights)
-
-    def _macd(self) -> "_Node":
-        return self._fn("macd", lambda a, b: a - b, self._ema(MACD_FAST), self._ema(MACD_SLOW))
-
-    def _macd_signal(self) -> "_Node":
-        return self._ema(MACD_SIGNAL, self._macd(), key="macd")
-
-    def _feature(self, name: str) -> "_Node":
-        kind, key, p = _parse(name)
-        if kind == "fixed":
-            if key in ("open", "high", "low", "close", "volume"):
-                return self._input(key)
-            return self._fixed(key)
-        c = self._close()
-        if key == "ret":
-            return self._ret(p)
-        if key == "logret":
-            return self._logret(p)
-        if key == "sma":
-            return self._sma(p)
-        if key == "ema":
-            return self._ema(p)
-        if key == "close_to_sma":
-            return self._fn(name, lambda c, m: c / m - 1.0, c, self._sma(p))
-        if key == "close_to_ema":
-            return self._fn(name, lambda c, m: c / m - 1.0, c, self._ema(p))
-        if key == "rsi":
-            return self._rsi(p)
-        if key == "bb_width":
-            return self._fn(name, lambda sd, m: 4.0 * sd / m,
-                            self._wstd(f"std(close,{p})", c, p, 0), self._sma(p))
-        if key == "volatility":
-            return self._wstd(name, self._logret(1), p, 1)
-        if key == "vol_z":
-            v = self._input("volume")
-            return self._fn(name, _zscore, v, self._mean("volume", v, p),
-                            self._wstd(f"std(volume,{p})", v, p, 0))
-        if key == "close_lag":
-            return self._lag(c, p, "close")
-        if key == "ret_lag":
-            return self._lag(self._ret(1), p, "ret_1")
-        raise ValueError(f"no streaming form for feature {name!r}")  # pragma: no cover
-
-    def _fixed(self, key: str) -> "_Node":
-        inp = self._input
-        if key == "hl_range":
-            return self._fn(key, lambda h, lo, c: (h - lo) / c, inp("high"), inp("low"),
-                            self._close())
-        if key == "volume_change":
-            v = inp("volume")
-            return self._fn(key, lambda v, p: np.log((v + 1.0) / (p + 1.0)), v,
-                            self._lag(v, 1, "volume"))
-        if key == "macd":
-            return self._macd()
-        if key == "macd_signal":
-            return self._macd_signal()
-        if key == "macd_hist":
-            return self._fn(key, lambda m, s: m - s, self._macd(), self._macd_signal())
-        ts = inp("ts")
-        minute = lambda t: ((t // 60_000) % 1440).astype("float64")  # noqa: E731
-        dow = lambda t: (((t // 86_400_000) + 3) % 7).astype("float64")  # noqa: E731
-        if key == "minute_sin":
-            return self._fn(key, lambda t: np.sin(_TAU * minute(t) / 1440.0), ts)
-        if key == "minute_cos":
-            return self._fn(key, lambda t: np.cos(_TAU * minute(t) / 1440.0), ts)
-        if key == "dow_sin":
-            return self._fn(key, lambda t: np.sin(_TAU * dow(t) / 7.0), ts)
-        if key == "dow_cos":
-            return self._fn(key, lambda t: np.cos(_TAU * dow(t) / 7.0), ts)
-        raise ValueError(f"no streaming form for feature {key!r}")  # pragma: no cover
-
-    def _rsi(self, w: int) -> "_Node":
-        c = self._close()
-        change = self._fn("change_1", lambda c, p: c - p, c, self._lag(c, 1, "close"))
-        gain = self._fn("gain", lambda d: np.where(np.isnan(d), np.nan, np.maximum(d, 0.0)),
-                        change)
-        loss = self._fn("loss", lambda d: np.where(np.isnan(d), np.nan, np.maximum(-d, 0.0)),
-                        change)
-        return self._fn(f"rsi_{w}", _rsi_value, self._mean("gain", gain, w),
-                        self._mean("loss", loss, w))
+    def ema(self, span: int, src: "_Node | None" = None, key: str = "close") -> "_Node":
+        return self.wsum(f"ema({key},{span})", src or self.close(), ema_window(span),
+                         ema_weights(span))
 
 
 class StreamingFeatures:
@@ -390,7 +309,8 @@ class _Lag(_Node):
 
 class _WindowSum(_Node):
     """Sum of the last ``w`` source values, optionally weighted by age (``weights[0]`` for the
-    newest), accumulated newest first from zero like :func:`models.features._window_sum`."""
+    newest), accumulated newest first from zero like
+    :func:`models.features.kernels.window_sum`."""
 
     def __init__(self, src: _Node, w: int, weights: np.ndarray | None = None):
         self.src, self.w = src, w
@@ -406,7 +326,7 @@ class _WindowSum(_Node):
 
 class _WindowStd(_Node):
     """Standard deviation of the last ``w`` source values (``ddof`` 0 or 1), evaluated as
-    :func:`models.features._window_std`: the window's mean, then squared deviations."""
+    :func:`models.features.kernels.window_std`: the window's mean, then squared deviations."""
 
     def __init__(self, src: _Node, w: int, ddof: int):
         self.src, self.w, self.ddof = src, w, ddof
@@ -430,15 +350,3 @@ def _sum_newest_first(win: np.ndarray) -> np.ndarray:
     final ``+ 0.0`` turns the ``-0.0`` a sum of negative zeros gives into the batch's ``0.0``.
     """
     return np.add.accumulate(win[::-1], axis=0)[-1] + 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# The batch's element-wise expressions that need more than one operator
-
-def _zscore(v: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return np.where(std == 0.0, 0.0, (v - mean) / std)
-
-
-def _rsi_value(up: np.ndarray, down: np.ndarray) -> np.ndarray:
-    total = up + down
-    return np.where(total == 0.0, 50.0, 100.0 * up / total)

@@ -25,6 +25,9 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class TargetSpec:
+    """One prediction target (next close, next return, ...): its label, whether it is a return
+    and uses the horizon. Immutable entries of :data:`TARGETS`."""
+
     key: str
     label: str
     description: str

@@ -47,6 +47,9 @@ class ParamWidget:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One model of the zoo: how to build its estimator, its defaults, the lab's widgets and
+    search space. Immutable; registered once in :data:`MODEL_SPECS` by ``register``."""
+
     key: str
     name: str
     kind: str  # "baseline" or "model"

@@ -9,7 +9,7 @@ from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_c
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.widgets import stored_date_range, wait_for_data
-from pipeline.csv_export import csv_bytes
+from pipeline.csv_export import csv_bytes, export_file_name
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 
@@ -48,7 +48,7 @@ with tab_bars:
     st.dataframe(bars, hide_index=True, width="stretch", column_config=TS_COLUMN)
     st.caption("ts is the bar start in epoch milliseconds (UTC); time (UTC) is the same instant.")
     st.download_button("Download bars as CSV", csv_bytes(bars),
-                       file_name=f"{symbol}_{interval}_bars.csv", mime="text/csv")
+                       file_name=export_file_name(symbol, interval, "bars"), mime="text/csv")
 with tab_preds:
     preds = store.query_predictions(symbol=symbol, interval=interval, start_ms=start_ms,
                                     end_ms=end_ms, limit=int(limit))
@@ -61,4 +61,5 @@ with tab_preds:
         st.dataframe(sig_styler(preds, digits=PRICE_DIGITS), hide_index=True, width="stretch",
                      column_config=TS_COLUMN)
         st.download_button("Download predictions as CSV", csv_bytes(preds),
-                           file_name=f"{symbol}_{interval}_predictions.csv", mime="text/csv")
+                           file_name=export_file_name(symbol, interval, "predictions"),
+                           mime="text/csv")

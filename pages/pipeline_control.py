@@ -224,6 +224,9 @@ def live_figures(local: dict, attached: list[dict]) -> None:
     else:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
             "lag": st.column_config.TextColumn("lag", help=HELP["lag"]),
+            "uptime": st.column_config.TextColumn(
+                "uptime", width="medium", help="Running: time since it started. Stopped: "
+                "when it stopped. Counts of a restarted worker: this run (total of its runs)."),
             "rejected (DLQ)": st.column_config.TextColumn("rejected (DLQ)", help=HELP["dlq"]),
             "last error": st.column_config.TextColumn("last error", width="large")})
     k1, k2, k3, k4 = st.columns(4)
@@ -236,14 +239,17 @@ def live_figures(local: dict, attached: list[dict]) -> None:
     if any(hist.values()):
         st.plotly_chart(throughput(hist, throughput_ceiling(hist)), width="stretch",
                         key="pc_tp")
-    latency = (local.get("scorer") or {}).get("gauges", {}).get("latency_ms")
+    # This app's scorer, else the one attached by heartbeat (a `python -m pipeline score`).
+    scorer = ((local.get("scorer") if runtime.is_running("scorer") else None)
+              or runtime.attached_worker("scorer", attached) or local.get("scorer") or {})
+    latency = scorer.get("gauges", {}).get("latency_ms")
     if latency:
         st.caption("Scorer latency, bar produced → prediction stored")
         l1, l2, l3 = st.columns(3)
         l1.metric("p50", f"{latency.get('p50', 0):.0f} ms", help=latency_note(latency))
         l2.metric("p95", f"{latency.get('p95', 0):.0f} ms")
         l3.metric("p99", f"{latency.get('p99', 0):.0f} ms")
-    if catch_up := ((local.get("scorer") or {}).get("counters") or {}).get("catch_up"):
+    if catch_up := (scorer.get("counters") or {}).get("catch_up"):
         st.caption(catch_up_note(catch_up))
     if rules := data_rules_note((local.get("indexer") or {}).get("counters")):
         st.caption(rules)

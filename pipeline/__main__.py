@@ -25,9 +25,12 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
 
-from pipeline.broker import BrokerUnavailable, EmbeddedBroker, is_healthy, pid_alive
+from pipeline.broker import BrokerUnavailable, EmbeddedBroker, pid_alive
+from pipeline.cli_status import cmd_status
+from pipeline.cli_streams import (
+    cmd_fundamentals, cmd_fundamentals_index, cmd_news, cmd_news_index,
+)
 from pipeline.cli_support import (
     CliError, build_source, checked_store_and_broker, progress_line, resolve_bootstrap,
     run_worker, wait_for_signal,
@@ -38,6 +41,7 @@ from pipeline.news import NEWS_TOPIC
 from pipeline.serve import add_serve_parser
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
+from pipeline.sources.catalog import source_keys
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import StoreUnavailable, open_store
 
@@ -50,8 +54,15 @@ DEFAULT_BACKFILL_TIMEOUT_S = 900.0
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipeline.sources.redaction import RedactingFilter, RedactingStream
+
+    # Every line the CLI prints or logs has passwords in URLs/bootstrap strings masked.
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     from pipeline.runtime import quiet_kafka_logs
 
     quiet_kafka_logs()
@@ -176,8 +187,8 @@ class _IntervalGiven(argparse.Action):
 def add_source_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(interval_given=False)
     p.add_argument("--topic", default=BARS_TOPIC, help="topic to publish to")
-    p.add_argument("--source", choices=["simulator", "csv", "alphavantage", "polygon"],
-                   default="simulator")
+    p.add_argument("--source", choices=source_keys(), default="simulator",
+                   help="a source of pipeline/sources/catalog.py")
     p.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS),
                    help="comma-separated symbols (default: the simulator's five)")
     p.add_argument("--interval", default="1m", choices=list(INTERVALS), action=_IntervalGiven,
@@ -309,85 +320,6 @@ def cmd_score(args, config: Config) -> int:
     return 0
 
 
-def cmd_news(args, config: Config) -> int:
-    from pipeline.news_stream import NewsProducer
-
-    if args.source == "csv":
-        from pipeline.sources.headline_csv import HeadlineCsv
-
-        if not args.file:
-            raise CliError("--source csv needs --file with the headline CSV.")
-        feed = HeadlineCsv(args.file, symbol=args.symbols, time_zone=args.tz)
-    else:
-        from pipeline.sources.alphavantage_news import AlphaVantageNews
-
-        if not args.symbols:
-            raise CliError("--source alphavantage needs --symbols (e.g. --symbols IBM,MSFT).")
-        since = None if args.days is None else int((time.time() - args.days * 86_400) * 1000)
-        feed = AlphaVantageNews.from_config(config, args.symbols, time_from=since,
-                                            limit=args.limit, poll_seconds=args.poll_seconds,
-                                            mode="live" if args.live else "backfill")
-    info, _ = resolve_bootstrap(config)
-    stop = wait_for_signal()
-    print(f"producing {feed.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
-    worker = NewsProducer(feed.items, info.bootstrap, description=feed.describe(),
-                          client_kwargs=config.kafka_client_kwargs(), store=open_store(config),
-                          mode="process")
-    run_worker(worker, stop)
-    print_feed_summary("news source", feed)
-    return 0
-
-
-def cmd_news_index(args, config: Config) -> int:
-    from pipeline.news_stream import NewsIndexer
-
-    store, info, stop = checked_store_and_broker(config)
-    print(f"indexing news from {info.bootstrap} into {store.describe()}", file=sys.stderr,
-          flush=True)
-    worker = NewsIndexer(store, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
-                         mode="process")
-    run_worker(worker, stop, until_idle=args.until_idle)
-    return 0
-
-
-def cmd_fundamentals(args, config: Config) -> int:
-    from pipeline.fundamentals_stream import FundamentalsProducer
-    from pipeline.sources.alphavantage_overview import AlphaVantageOverview
-
-    if args.poll_hours <= 0:
-        raise CliError("--poll-hours must be a positive number of hours.")
-    feed = AlphaVantageOverview.from_config(config, args.symbols,
-                                            mode="live" if args.live else "once",
-                                            poll_seconds=args.poll_hours * 3600)
-    info, _ = resolve_bootstrap(config)
-    stop = wait_for_signal()
-    print(f"producing {feed.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
-    worker = FundamentalsProducer(feed.items, info.bootstrap, description=feed.describe(),
-                                  client_kwargs=config.kafka_client_kwargs(),
-                                  store=open_store(config), mode="process")
-    run_worker(worker, stop)
-    print_feed_summary("fundamentals source", feed)
-    return 0
-
-
-def cmd_fundamentals_index(args, config: Config) -> int:
-    from pipeline.fundamentals_stream import FundamentalsIndexer
-
-    store, info, stop = checked_store_and_broker(config)
-    print(f"indexing fundamentals from {info.bootstrap} into {store.describe()}",
-          file=sys.stderr, flush=True)
-    worker = FundamentalsIndexer(store, info.bootstrap,
-                                 client_kwargs=config.kafka_client_kwargs(), mode="process")
-    run_worker(worker, stop, until_idle=args.until_idle)
-    return 0
-
-
-def print_feed_summary(name: str, feed) -> None:
-    """The source's own figures as the last JSON line (after the worker's summary)."""
-    print(json.dumps({"summary": name, **{k: v for k, v in feed.stats().items()
-                                          if isinstance(v, (int, float, str))}}))
-
-
 def cmd_backfill(args, config: Config) -> int:
     """Produce a finite source and index exactly its bars, then exit.
 
@@ -395,9 +327,10 @@ def cmd_backfill(args, config: Config) -> int:
     the live indexer never share work) and stores exactly the records this run's producer got
     acknowledged, from the offsets recorded at the start; the summary counts only those. It
     runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     from pipeline.backfill import start_indexer
+    from pipeline.kafka_clients import make_consumer
     from pipeline.producer import Producer
 
     if args.source == "simulator" and args.bars is None:
@@ -417,7 +350,8 @@ def cmd_backfill(args, config: Config) -> int:
 
         ensure_topics(info.bootstrap, (args.topic, args.dlq_topic),
                       partitions=config.topic_partitions, **config.kafka_client_kwargs())
-        probe = KafkaConsumer(bootstrap_servers=info.bootstrap, **config.kafka_client_kwargs())
+        # (end_offsets may trail by a batch: starting earlier is safe, the ledger filters)
+        probe = make_consumer(info.bootstrap, None, None, config.kafka_client_kwargs())
         try:
             parts = probe.partitions_for_topic(args.topic) or {0}
             tps = [TopicPartition(args.topic, p) for p in parts]
@@ -479,51 +413,6 @@ def cmd_backfill(args, config: Config) -> int:
             indexer.stop()
         if owned:
             owned.stop()
-    return 0
-
-
-def cmd_status(args, config: Config) -> int:
-    store = open_store(config)
-    out: dict[str, Any] = {"store": store.describe()}
-    try:
-        store.check()
-        out["bars"] = store.count_bars()
-        out["symbols"] = store.list_symbols()
-    except StoreUnavailable as exc:
-        out["store_error"] = str(exc)
-    info = None
-    if config.kafka_bootstrap:
-        out["broker"] = f"Kafka at {config.kafka_bootstrap}"
-        out["broker_healthy"] = is_healthy(config.kafka_bootstrap, 5)
-    else:
-        info = EmbeddedBroker.read_state(config.broker_state_file)
-        alive = bool(info and pid_alive(info.pid) and is_healthy(info.bootstrap, 3))
-        out["broker"] = info.describe() if info and alive else "no embedded broker running"
-        out["broker_healthy"] = alive
-    beats = {}
-    if "store_error" not in out:
-        try:
-            beats = {b["worker_id"]: b for b in store.list_heartbeats(max_age_ms=10_000)}
-        except StoreUnavailable as exc:
-            out["store_error"] = str(exc)
-    bootstrap = config.kafka_bootstrap or (info.bootstrap if info else None)
-    if bootstrap and out["broker_healthy"]:
-        from pipeline.worker import latest_heartbeats
-
-        # The topic copy is newer when the store could not take the heartbeat (outage).
-        for b in latest_heartbeats(bootstrap, 10_000, config.kafka_client_kwargs()):
-            mine = beats.get(b.get("worker_id"))
-            if mine is None or b.get("created_ms", 0) > mine.get("created_ms", 0):
-                beats[b.get("worker_id")] = b
-    out["workers"] = [{k: b.get(k) for k in ("kind", "state", "pid", "mode", "counters")}
-                      | {"lag": (b.get("gauges") or {}).get("lag"),
-                         "last_error": b.get("last_error")}
-                      for b in beats.values()]
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>15}: {v}")
     return 0
 
 

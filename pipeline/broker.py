@@ -37,6 +37,10 @@ class BrokerUnavailable(RuntimeError):
 
 @dataclass
 class BrokerInfo:
+    """Where the broker is (bootstrap) and whether this machine runs it (embedded, its pid and
+    the process that started it). Immutable in use; written to and read from the data dir's
+    state file by any process."""
+
     bootstrap: str
     pid: int | None  # None when the broker is external (KAFKA_BOOTSTRAP_SERVERS)
     embedded: bool
@@ -46,7 +50,14 @@ class BrokerInfo:
     def describe(self) -> str:
         kind = "embedded Tansu" if self.embedded else "Kafka"
         extra = f", pid {self.pid}" if self.pid else ""
-        return f"{kind} at {self.bootstrap}{extra}"
+        return f"{kind} at {shown(self.bootstrap)}{extra}"
+
+
+def shown(bootstrap: str) -> str:
+    """A bootstrap string as it may appear in a message: any password in it masked."""
+    from pipeline.sources.redaction import redact
+
+    return redact(bootstrap)
 
 
 def broker_binary() -> str:
@@ -133,7 +144,7 @@ def find_or_start_broker(config: "Config", *, start: bool = True, port: int | No
         bootstrap = config.kafka_bootstrap
         if not is_healthy(bootstrap, 10):
             raise BrokerUnavailable(
-                f"Kafka at {bootstrap} did not answer a metadata request; check that it is "
+                f"Kafka at {shown(bootstrap)} did not answer a metadata request; check that it is "
                 "running and that KAFKA_BOOTSTRAP_SERVERS (and KAFKA_SECURITY_* settings) are "
                 "right, or unset it to use the embedded broker.")
         ensure_topics(bootstrap, DEFAULT_TOPICS, partitions=config.topic_partitions,

@@ -8,6 +8,8 @@ columns stay numbers, so a genuine ``-0.42`` is written as ``-0.42``.
 """
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -40,6 +42,13 @@ def csv_bytes(frame: pd.DataFrame, index: bool = False) -> bytes:
     # CRLF (RFC 4180): the csv writer then also quotes a cell holding a lone carriage return,
     # which with "\n" line ends it writes bare, splitting the row in a spreadsheet.
     return neutralised(frame).to_csv(index=index, lineterminator="\r\n").encode("utf-8")
+
+
+def export_file_name(*parts: str, suffix: str = ".csv") -> str:
+    """A download's file name from data (``symbol``, ``interval``…): letters, digits, ``.``,
+    ``-`` and ``_`` kept, anything else (``/``, quotes, markup) made ``_``."""
+    stem = "_".join(re.sub(r"[^A-Za-z0-9._-]+", "_", str(p)).strip("._") or "x" for p in parts)
+    return stem + suffix
 
 
 def _is_text(values) -> bool:

@@ -22,11 +22,17 @@ class StoreOutage(Exception):
 
 def describe_failure(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name = type(exc).__name__
+    if text.startswith(name + ":"):  # kafka-python's errors already start with their class
+        return text
+    return f"{name}: {text}" if text else name
 
 
 @dataclass
 class Reject:
+    """One message the indexer refuses: the Kafka record and the one-sentence reason that goes
+    with it to the dead-letter topic. Built and read in the indexer's loop thread."""
+
     msg: Any  # a kafka ConsumerRecord
     reason: str  # one sentence, starting with the exception class
 

@@ -65,6 +65,10 @@ class InvalidFundamentals(InvalidBar):
 
 @dataclass(frozen=True)
 class FundamentalsSnapshot:
+    """One company's fundamentals as fetched at ``ts`` (the contract of the
+    ``finance-fundamentals`` topic): effective from ``ts`` until the next snapshot.
+    Immutable; its document id is ``symbol|source|ts``."""
+
     symbol: str
     ts: int  # effective from (the fetch time)
     source: str

@@ -26,45 +26,24 @@ import time
 from typing import Any
 
 from pipeline.backoff import Backoff
+from pipeline.broker import shown
 from pipeline.bar_rules import BarRules
 from pipeline.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
+from pipeline.kafka_clients import GROUP_SESSION_MS as _GROUP_SESSION_MS
+from pipeline.kafka_clients import log_end_offsets, make_consumer, reset_fetch_buffer
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
 from pipeline.store.outage import is_store_outage
+from pipeline.topic_watch import TopicWatch
 from pipeline.worker import Worker
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "kappalab-indexer"
-#: Consumer-group session timeout of the stream workers: the embedded broker answers a group
-#: join after half of it, so it bounds the first bar's delay on every start (3 heartbeats).
-GROUP_SESSION_MS = 4_000
+#: (the consumer-group session timeout lives with the consumer factory; kept importable here)
+GROUP_SESSION_MS = _GROUP_SESSION_MS
 #: Bounded reads hold at most this many records per partition that their producer has not
 #: acknowledged yet; past it they are read again from the broker later.
 MAX_HELD_RECORDS = 200_000
-
-
-def make_consumer(bootstrap: str, topic: str | None, group_id: str | None,
-                  client_kwargs: dict | None = None, max_poll_records: int = 5000,
-                  client_id: str = "kappalab"):
-    from kafka import KafkaConsumer
-
-    return KafkaConsumer(
-        *([topic] if topic else []),
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        client_id=client_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        # Short intervals: the embedded broker completes a group join half a session timeout
-        # after it starts (minutes with the defaults, 2 s here: docs/CLASSROOM.md).
-        max_poll_interval_ms=10_000,
-        session_timeout_ms=GROUP_SESSION_MS,
-        heartbeat_interval_ms=1_000,
-        max_poll_records=max_poll_records,
-        fetch_max_wait_ms=200,
-        max_partition_fetch_bytes=8 * 1024 * 1024,  # a whole batch per fetch round trip
-        **(client_kwargs or {}),
-    )
 
 
 def make_dlq_producer(bootstrap: str, client_kwargs: dict | None = None):
@@ -117,6 +96,8 @@ class Indexer(Worker):
         self.batch_max = batch_max
         self.max_backoff_s = max_backoff_s
         self.stall_after_s = stall_after_s
+        # A loop blocked inside a client call longer than any backoff wait: ``stalled``.
+        self.loop_watchdog_s = max(stall_after_s, max_backoff_s + 5.0)
         self.bounds = bounds
         self.ledger = ledger
         if (bounds is None) != (ledger is None):
@@ -128,6 +109,7 @@ class Indexer(Worker):
         self._last_orphan_check = 0.0
         #: bounded reads: records read before the producer saw their ack, per partition
         self._waiting: dict[Any, list] = {}
+        self._topic_watch = TopicWatch(self, topic)
         #: key, time and correction rules of bars (pipeline/bar_rules.py); not for other streams
         self.rules = BarRules(store) if self.parse_message is parse_bar else None
 
@@ -136,12 +118,16 @@ class Indexer(Worker):
         return f"{self.topic} → {self.store.describe()} ({how})"
 
     # ---- main loop -----------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
+    def _open_consumer(self):
         consumer = make_consumer(self.bootstrap, None if self.bounds is not None else self.topic,
                                  self.group_id, self.client_kwargs, self.batch_max,
                                  client_id="kappalab-indexer")
         if self.bounds is not None:
             self._assign_bounds(consumer)
+        return consumer
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = self._open_consumer()
         self.gauge("group", self.group_id)
         dlq = DeadLetters(make_dlq_producer(self.bootstrap, self.client_kwargs), self.dlq_topic)
         backoff, failing_since = Backoff(0.5, self.max_backoff_s), None
@@ -152,16 +138,22 @@ class Indexer(Worker):
                     batch = consumer.poll(timeout_ms=50 if self._waiting else 500,
                                           max_records=self.batch_max)
                     poll_failing_since = None
-                except Exception as exc:  # e.g. a corrupt record batch: keep trying, say so
+                except Exception as exc:  # e.g. a batch it cannot decode: keep trying, say so
                     poll_failing_since = poll_failing_since or time.monotonic()
-                    reason = f"cannot read {self.topic} ({describe_failure(exc)})"
-                    if time.monotonic() - poll_failing_since > self.stall_after_s:
+                    reason = unreadable_reason(self.topic, exc)
+                    if (time.monotonic() - poll_failing_since > self.stall_after_s
+                            or _undecodable(exc)):
                         self.stall(reason)
                     else:
                         self.error(reason, log_it=False)
+                    if not reset_fetch_buffer(consumer):  # else the next poll never returns
+                        consumer.close()
+                        consumer = self._open_consumer()
                     self.tick()
                     stop.wait(1.0)
                     continue
+                if batch and self.group_id:
+                    self._topic_watch.saw(consumer, batch)
                 if self.bounds is not None:
                     batch = self._own_records(consumer, batch)
                 if batch:
@@ -356,12 +348,17 @@ class Indexer(Worker):
         try:
             assigned = consumer.assignment()
             self.gauge("partitions", sorted(tp.partition for tp in assigned))
+            if self.group_id and not self._topic_watch.exists(consumer):
+                return  # deleted: said (stalled after the threshold), no lag to measure
             if not assigned:
                 self._broker_ok()
                 return
-            ends = consumer.end_offsets(list(assigned))
+            ends = log_end_offsets(consumer, assigned)
+            moved = self._topic_watch.check(consumer, assigned, ends) if self.group_id else set()
             lag = 0
             for tp in assigned:
+                if tp in moved:
+                    continue
                 position = consumer.position(tp)
                 if self.group_id and self._offsets_lost(consumer, tp):
                     # The group's committed offset vanished: the (memory-only) broker
@@ -380,7 +377,7 @@ class Indexer(Worker):
         except Exception as exc:
             self._broker_down_since = self._broker_down_since or now
             if now - self._broker_down_since > self.stall_after_s:
-                self.stall(f"cannot reach the broker at {self.bootstrap} for "
+                self.stall(f"cannot reach the broker at {shown(self.bootstrap)} for "
                            f"{now - self._broker_down_since:.0f} s ({describe_failure(exc)})")
 
     def _adopt_orphans(self, consumer, assigned, every_s: float = 5.0, grace_s: float = 15.0) -> None:
@@ -429,3 +426,20 @@ class Indexer(Worker):
         with self._lock:
             snap["recent_rejects"] = list(self.recent_rejects[-10:])
         return snap
+
+
+def _undecodable(exc: BaseException) -> bool:
+    """A fetch the client cannot decode (no codec, corrupt batch): retrying will not help
+    until someone acts, so the worker says ``stalled`` at once."""
+    name = type(exc).__name__
+    return name in ("UnsupportedCodecError", "CorruptRecordError", "CorruptRecordException")
+
+
+def unreadable_reason(topic: str, exc: BaseException) -> str:
+    """One sentence for a poll that failed, with the way out for a missing codec."""
+    reason = f"cannot read {topic} ({describe_failure(exc)})"
+    if type(exc).__name__ == "UnsupportedCodecError":
+        reason += ("; a producer compressed a batch with a codec this client cannot decode: "
+                   "install the codec packages (pip install -r requirements.txt: "
+                   "python-snappy, lz4, zstandard)")
+    return reason

@@ -2,9 +2,9 @@
 
 A running worker gauges its own lag (:meth:`pipeline.worker.Worker.track_lag`); a stopped one
 cannot, yet that is when lag matters most (a stopped indexer while the producer keeps going).
-The runtime measures such a group with :class:`GroupLag`. On the embedded broker the log end
-reported by ``end_offsets`` may trail the true end by one producer batch, so the figure can
-read a batch low; it still grows with every batch the producer sends.
+The runtime measures such a group with :class:`GroupLag`. The log end is the high watermark of
+one fetch from the last batch (:func:`pipeline.kafka_clients.probe_log_end`): the embedded
+broker's ``end_offsets`` answers the start of the last batch, a whole batch low.
 """
 from __future__ import annotations
 
@@ -43,20 +43,23 @@ class GroupLag:
             return self._value
 
     def _measure(self) -> int:
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+        from kafka import KafkaAdminClient, TopicPartition
+
+        from pipeline.kafka_clients import make_consumer, probe_log_end
 
         if self._admin is None:
             self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
                                            client_id="kappalab-lag", request_timeout_ms=3000,
                                            **self.client_kwargs)
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap,
-                                           client_id="kappalab-lag", enable_auto_commit=False,
-                                           request_timeout_ms=3500, **self.client_kwargs)
+            self._consumer = make_consumer(self.bootstrap, None, None, self.client_kwargs,
+                                           client_id="kappalab-lag", request_timeout_ms=3500,
+                                           fetch_max_wait_ms=100,
+                                           max_partition_fetch_bytes=64 * 1024)
         parts = self._consumer.partitions_for_topic(self.topic) or set()
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         if not tps:
             return 0
-        ends = self._consumer.end_offsets(tps)
+        ends = probe_log_end(self._consumer, tps)  # end_offsets trails by a batch on Tansu
         committed = self._admin.list_group_offsets({self.group_id: tps}).get(self.group_id, {})
         lag = 0
         for tp in tps:

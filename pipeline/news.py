@@ -52,6 +52,9 @@ class InvalidNews(InvalidBar):
 
 @dataclass(frozen=True, slots=True)
 class NewsItem:
+    """One news item with its sentiment (the contract of ``finance-news``, docs/NEWS.md).
+    Immutable; its document id is derived from symbol, source, url, time and title."""
+
     symbol: str
     ts: int
     source: str

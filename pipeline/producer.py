@@ -99,6 +99,8 @@ def key_hash_partitioner():
     from kafka.partitioner.default import DefaultPartitioner, murmur2
 
     class KeyHashPartitioner(Partitioner):
+        """Kafka's default partitioner (murmur2 of the key) with the hashes of recent keys cached."""
+
         def __init__(self) -> None:
             self._default = DefaultPartitioner()
             self._hashes: dict[bytes, int] = {}
@@ -139,6 +141,11 @@ def make_kafka_producer(bootstrap: str, live: bool, client_kwargs: dict | None =
 
 
 class Producer(Worker):
+    """The worker that publishes a source's bars to the bars topic (key = bar id), in the
+    source's order. Owns its Kafka producer and, with ``resume_source``, rebuilds the source
+    after an embedded-broker restart. Runs in its worker thread (or process); ``stats`` is read
+    from any thread."""
+
     kind = "producer"
     counter_names = ("produced", "send_errors")
     rate_counter = "produced"

@@ -39,6 +39,9 @@ def quiet_kafka_logs() -> None:
 
 @dataclass
 class SimulatorSpec:
+    """What the dashboard's simulator produces: symbols, interval, pace, warm-up, seed and the
+    simulated news. Plain settings, copied into the producer when it starts."""
+
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     interval: str = "1m"
     speed: float | None = 60.0  # a 1m bar per second per symbol
@@ -88,6 +91,11 @@ def warmup_needed(store: Store, spec: SimulatorSpec) -> int:
 
 
 class Runtime:
+    """One process's pipeline: the broker connection (or the embedded broker it started), the
+    store, and the worker threads it started by name. One per dashboard server (or CLI run);
+    its methods are called from any script thread and serialise on its lock; a watch thread
+    restarts the embedded broker."""
+
     def __init__(self, config: Config, store: Store | None = None):
         quiet_kafka_logs()
         self.config = config

@@ -82,6 +82,9 @@ class SuspectTime(InvalidBar):
 
 @dataclass(frozen=True, slots=True)
 class Bar:
+    """One OHLCV bar (the contract of ``finance-data``): validated once, at the edge, by
+    :func:`parse_bar`; immutable; its document id is ``symbol|interval|ts``."""
+
     symbol: str
     interval: str
     ts: int
@@ -97,7 +100,7 @@ class Bar:
         return bar_id(self.symbol, self.interval, self.ts)
 
     def to_dict(self) -> dict[str, Any]:
-        # Written out rather than dataclasses.asdict, which deep-copies and is ~10x slower.
+        # Written out rather than dataclasses.asdict, which deep-copies (docs/DESIGN_FIGURES.md).
         return {"symbol": self.symbol, "interval": self.interval, "ts": self.ts,
                 "open": self.open, "high": self.high, "low": self.low, "close": self.close,
                 "volume": self.volume, "source": self.source}

@@ -22,6 +22,9 @@ from typing import Any
 # worker id); the worker reads it with its heartbeat and stops as on Ctrl-C.
 from pipeline.store.base import STOP_REQUESTS
 
+# Re-exported for callers of old; pipeline/heartbeats.py is their home.
+from pipeline.heartbeats import KafkaHeartbeats, latest_heartbeats  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
@@ -44,11 +47,20 @@ class RateMeter:
 
 
 class Worker(abc.ABC):
+    """The shape every stream worker shares: ``run(stop)`` in its own thread (or process),
+    counters and gauges, errors, and a ``stats()`` snapshot published as a heartbeat in the
+    store (and the heartbeat topic), which is how a dashboard in another process attaches.
+    ``count``, ``gauge``, ``error`` and ``stats`` take the worker's lock: any thread may call
+    them."""
+
     kind: str = "worker"
     #: counters shown on the Pipeline page, in order
     counter_names: tuple[str, ...] = ()
     #: the counter whose per-second rate is the worker's headline throughput
     rate_counter: str = ""
+    #: if set: a loop that has not called :meth:`tick` for this many seconds (blocked inside
+    #: a client call) makes the worker ``stalled``, and a watch thread keeps its heartbeat going
+    loop_watchdog_s: float | None = None
 
     def __init__(self, store=None, mode: str = "thread"):
         self.store = store
@@ -69,6 +81,8 @@ class Worker(abc.ABC):
         self._last_heartbeat = 0.0
         self._beats: KafkaHeartbeats | None = None
         self._beater: _LatestOnly | None = None
+        self._loop_seen = time.monotonic()
+        self._loop_silent = False
         self._stop_event: threading.Event | None = None
         #: counters of this worker's earlier runs in this process (see :meth:`carry_over`)
         self._before: dict[str, int] = {}
@@ -129,6 +143,13 @@ class Worker(abc.ABC):
 
     def tick(self, force: bool = False) -> None:
         """Sample throughput once a second and heartbeat to the store every few seconds."""
+        self._loop_seen = time.monotonic()
+        if self._loop_silent:
+            self._loop_silent = False
+            self.unstall()
+        self._beat(force)
+
+    def _beat(self, force: bool = False) -> None:
         now = time.time()
         if force or now - self._last_sample >= 1.0:
             self._last_sample = now
@@ -146,6 +167,20 @@ class Worker(abc.ABC):
                 if self._beater is None:
                     self._beater = _LatestOnly(self._heartbeat, f"kappalab-{self.kind}-heartbeat")
                 self._beater.put(snap)
+
+    def _watch_loop(self, done: threading.Event) -> None:
+        """The heartbeat and the truth while the loop is blocked (see ``loop_watchdog_s``)."""
+        while not done.wait(HEARTBEAT_EVERY_S / 2):
+            silent = time.monotonic() - self._loop_seen
+            if silent > self.loop_watchdog_s and self.state == "running":
+                self._loop_silent = True
+                self.stall(f"the {self.kind} has made no progress for {silent:.0f} s: its loop "
+                           "is blocked inside a client call")
+            if silent > HEARTBEAT_EVERY_S:
+                try:
+                    self._beat()
+                except Exception as exc:  # a watch must never take the worker down
+                    log.debug("heartbeat from the loop watch failed: %s", exc)
 
     def _heartbeat(self, snap: dict[str, Any]) -> None:
         """The snapshot to the store and to the workers topic (never raises)."""
@@ -175,8 +210,8 @@ class Worker(abc.ABC):
     def track_lag(self, consumer, every_s: float = 2.0) -> None:
         """Gauge ``lag``: messages behind the log end over the assigned partitions.
 
-        ``end_offsets`` may trail the true end slightly on the embedded broker, so this is a
-        display figure, never a count to rely on."""
+        The log end is the highest of ``end_offsets`` (which trails by up to a batch on the
+        embedded broker), the last fetch's high watermark and the position read to."""
         now = time.time()
         if now - getattr(self, "_last_lag_check", 0.0) < every_s:
             return
@@ -185,8 +220,9 @@ class Worker(abc.ABC):
             assigned = consumer.assignment()
             if not assigned:
                 return
-            ends = consumer.end_offsets(list(assigned))
-            self.gauge("lag", sum(max(0, ends[tp] - consumer.position(tp)) for tp in assigned))
+            from pipeline.kafka_clients import consumer_lag
+
+            self.gauge("lag", consumer_lag(consumer, assigned))
         except Exception as exc:
             log.debug("lag check failed: %s", exc)
 
@@ -221,6 +257,10 @@ class Worker(abc.ABC):
     def run_guarded(self, stop: threading.Event) -> None:
         """Run, recording state and any crash instead of letting it escape."""
         self.state, self.started_at, self.stopped_at = "running", time.time(), None
+        self._loop_seen, watch_done = time.monotonic(), threading.Event()
+        if self.loop_watchdog_s:
+            threading.Thread(target=self._watch_loop, args=(watch_done,), daemon=True,
+                             name=f"kappalab-{self.kind}-loopwatch").start()
         self._stop_event = stop
         try:
             self.run(stop)
@@ -231,6 +271,7 @@ class Worker(abc.ABC):
             self.error(_sentence(exc), log_it=self.mode == "thread")
             log.debug("worker crashed\n%s", traceback.format_exc())
         finally:
+            watch_done.set()
             self.stopped_at = time.time()
             if self._beater is not None:  # its last write first, then the final state
                 self._beater.close()
@@ -318,95 +359,6 @@ def _sentence(exc: BaseException) -> str:
     """An exception as one line: the message, or its class when it has none."""
     text = " ".join(str(exc).split())
     return text if text else type(exc).__name__
-
-
-class KafkaHeartbeats:
-    """Worker snapshots on the ``kappalab.workers`` topic (key = worker id), beside the
-    store's copy: when the store is the thing that is down, `python -m pipeline status`
-    still sees which worker is ``stalled`` and why."""
-
-    RETRY_CONNECT_S = 30.0
-
-    def __init__(self, bootstrap: str, client_kwargs: dict | None = None):
-        self.bootstrap = bootstrap
-        self.client_kwargs = client_kwargs or {}
-        self._producer = None
-        self._next_try = 0.0
-
-    def send(self, worker_id: str, snapshot: dict[str, Any]) -> None:
-        import json
-
-        from pipeline.schema import WORKERS_TOPIC
-
-        if self._producer is None:
-            if time.monotonic() < self._next_try:
-                return
-            self._next_try = time.monotonic() + self.RETRY_CONNECT_S
-            try:
-                from kafka import KafkaProducer
-
-                self._producer = KafkaProducer(
-                    bootstrap_servers=self.bootstrap, client_id="kappalab-heartbeat",
-                    # acks=1 (a heartbeat, not a record): idempotence off, said so, so
-                    # kafka-python does not warn in every process that it turned it off
-                    acks=1, enable_idempotence=False, linger_ms=0, max_block_ms=1000,
-                    **self.client_kwargs)
-            except Exception as exc:
-                log.debug("heartbeat producer unavailable: %s", exc)
-                return
-        try:
-            value = json.dumps(dict(snapshot, created_ms=int(time.time() * 1000)),
-                               default=str).encode()
-            self._producer.send(WORKERS_TOPIC, key=worker_id.encode(), value=value)
-        except Exception as exc:  # never take the worker down
-            log.debug("heartbeat to Kafka failed: %s", exc)
-
-    def close(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=2)
-            except Exception:
-                pass
-            self._producer = None
-
-
-def latest_heartbeats(bootstrap: str, max_age_ms: int, client_kwargs: dict | None = None,
-                      scan: int = 2000) -> list[dict[str, Any]]:
-    """The newest snapshot of every worker seen on ``kappalab.workers`` within ``max_age_ms``."""
-    import json
-
-    from kafka import KafkaConsumer, TopicPartition
-
-    from pipeline.schema import WORKERS_TOPIC
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=1500, **(client_kwargs or {}))
-    try:
-        parts = consumer.partitions_for_topic(WORKERS_TOPIC)
-        if not parts:
-            return []
-        tps = [TopicPartition(WORKERS_TOPIC, p) for p in parts]
-        consumer.assign(tps)
-        ends = consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, max(0, ends[tp] - scan))
-        latest: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + 10
-        # Read up to the end offsets seen at the start (an empty poll may only mean the
-        # first fetch is still on its way).
-        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in tps):
-            batch = consumer.poll(timeout_ms=300)
-            for msgs in batch.values():
-                for m in msgs:
-                    try:
-                        snap = json.loads(m.value)
-                    except (ValueError, TypeError):
-                        continue
-                    latest[snap.get("worker_id", "")] = snap
-    finally:
-        consumer.close()
-    cutoff = int(time.time() * 1000) - max_age_ms
-    return [s for s in latest.values() if s.get("created_ms", 0) >= cutoff]
 
 
 class WorkerThread:

@@ -13,9 +13,9 @@ from models.adaptation import (
     DEFAULT_TARGET, RetrainPolicy, default_features, load_training_data, retrain, split_holdout,
     train_default_model,
 )
-from models.live_errors import (
-    DriftMonitor, LiveErrors, close_error, live_summary, rolling_live_errors, score_frame,
-)
+from models.live_errors import (DriftMonitor, LiveErrors, live_summary, rolling_live_errors,
+                                 score_frame)
+from models.metrics import close_error
 from models.registry import get_champion, load_model_version, promote, save_model_version
 from models.zoo import get_spec
 from pipeline.sources.simulator import MarketSimulator, SimulatorParams
@@ -27,6 +27,19 @@ def fill(store, bars_per_symbol: int, seed: int = 5, **params) -> None:
     sim = MarketSimulator(symbols=SYMBOLS, bars=bars_per_symbol, seed=seed,
                           params=SimulatorParams(**params))
     store.upsert_bars(list(sim.bars(threading.Event())))
+
+
+def biased_linear_version(store) -> str:
+    """A saved version of the zoo's linear model trained on a target biased by +0.2 % per
+    bar: a champion any sensible challenger beats."""
+    data = load_training_data(store, list(SYMBOLS), "1m", default_features(),
+                              DEFAULT_TARGET, 1, 300)
+    bad = get_spec("linear").build({})
+    bad.fit(data[default_features()], data["y"] + 0.002)
+    return save_model_version(store, bad, {
+        "name": "Linear regression (biased)", "model_key": "linear",
+        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
+        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
 
 
 def test_default_model_waits_for_data_then_trains_saves_and_promotes(sqlite_store):
@@ -65,15 +78,7 @@ def test_holdout_is_the_latest_rows_and_never_trained_on(sqlite_store):
 
 def test_better_challenger_replaces_a_bad_champion(sqlite_store):
     fill(sqlite_store, 800, phi=0.3)  # a learnable autocorrelation
-    # A champion of the zoo's linear model, trained on a target biased by +0.2 % per bar.
-    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", default_features(),
-                              DEFAULT_TARGET, 1, 300)
-    bad = get_spec("linear").build({})
-    bad.fit(data[default_features()], data["y"] + 0.002)
-    vid = save_model_version(sqlite_store, bad, {
-        "name": "Linear regression (biased)", "model_key": "linear",
-        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
-        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
+    vid = biased_linear_version(sqlite_store)
     promote(sqlite_store, vid)
     d = retrain(sqlite_store, load_model_version(sqlite_store, vid), "schedule",
                 "every 5,000 bars", RetrainPolicy(), interval="1m", bar_ts=42)
@@ -213,7 +218,8 @@ def test_a_model_that_never_calls_a_move_has_no_live_directional_accuracy():
     """As in the Model lab: persistence (predicted close = base close) gets no directional
     accuracy, neither in the scorer's rolling errors nor in the Predictions page's tables;
     a model that calls a move keeps its "no change" rows as misses."""
-    from models.live_errors import calls_a_move, live_summary, rolling_live_errors, score_frame
+    from models.live_errors import live_summary, rolling_live_errors, score_frame
+    from models.metrics import calls_a_move
 
     flat, moving = LiveErrors(window=20), LiveErrors(window=20)
     rows = []
@@ -245,14 +251,7 @@ def test_hand_promoted_champion_stays_unless_the_challenger_beats_persistence(
     """No signal in the returns (phi 0): a retrained challenger beats a biased champion but
     not persistence. A champion a person promoted stays; the scorer's own one is replaced."""
     fill(sqlite_store, 800, seed=1, phi=0.0)
-    data = load_training_data(sqlite_store, list(SYMBOLS), "1m", default_features(),
-                              DEFAULT_TARGET, 1, 300)
-    bad = get_spec("linear").build({})
-    bad.fit(data[default_features()], data["y"] + 0.002)
-    vid = save_model_version(sqlite_store, bad, {
-        "name": "Linear regression (biased)", "model_key": "linear",
-        "features": default_features(), "target": DEFAULT_TARGET, "interval": "1m",
-        "train_end_ms": int(data["target_ts"].max()), "metrics": {"mape_pct": 0.2}})
+    vid = biased_linear_version(sqlite_store)
     promote(sqlite_store, vid, reason=reason)
     d = retrain(sqlite_store, load_model_version(sqlite_store, vid), "schedule",
                 "every 5,000 bars", RetrainPolicy(), interval="1m")

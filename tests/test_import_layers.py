@@ -1,7 +1,10 @@
 """The import rules of docs/ARCHITECTURE.md, checked on the source (static, via the AST).
 
 Lower layers never import higher ones, so the store and the sources can be used (and tested)
-without the models or the UI, and the models without the stream workers or the UI.
+without the models or the UI, the features without the models, the models without the live
+layer, and the live scoring step without Kafka. Layers are folders where folders exist
+(``pipeline/store/``, ``pipeline/sources/``, ``models/features/``, ``models/live/``); the
+modules of ``models/`` and ``pipeline/`` not yet in a folder of their own are named below.
 """
 from __future__ import annotations
 
@@ -10,56 +13,131 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("pipeline", "models", "dashboard", "pages", "app")
+#: The contracts: schemas, topic names, config, JSON safety, back-off (still flat in pipeline/).
 CORE = {"pipeline.schema", "pipeline.news", "pipeline.fundamentals", "pipeline.config",
         "pipeline.backoff", "pipeline.jsonsafe", "pipeline.csv_export"}
+#: Features from the other streams, beside the bar features of models/features/.
+FEATURES = {"models.sentiment", "models.fundamentals"}
+
+#: Bottom to top.
+LAYERS = ("core", "store", "sources", "features", "models", "live", "workers", "dashboard",
+          "pages", "app")
 
 
 def layer(module: str) -> str:
+    parts = module.split(".")
     if module in CORE or module == "pipeline":
         return "core"
-    parts = module.split(".")
-    if parts[0] == "pipeline" and parts[1] in ("store", "sources"):
-        return f"pipeline.{parts[1]}"
-    if module == "pipeline.scorer":
-        return "scorer"
-    return "workers" if parts[0] == "pipeline" else parts[0]
+    if parts[0] == "pipeline":
+        if len(parts) > 1 and parts[1] in ("store", "sources"):
+            return parts[1]
+        return "workers"
+    if parts[0] == "models":
+        if module in FEATURES or (len(parts) > 1 and parts[1] == "features"):
+            return "features"
+        if len(parts) > 1 and parts[1] == "live":
+            return "live"
+        return "models"
+    return parts[0]
 
 
 #: layer -> the layers it may import (besides itself)
 ALLOWED = {
     "core": set(),
-    "pipeline.store": {"core"},
-    "pipeline.sources": {"core"},
-    "workers": {"core", "pipeline.store", "pipeline.sources", "scorer"},
-    "models": {"core", "pipeline.store", "pipeline.sources"},
-    "scorer": {"core", "pipeline.store", "pipeline.sources", "workers", "models"},
-    "dashboard": {"core", "pipeline.store", "pipeline.sources", "workers", "scorer", "models"},
-    "pages": {"core", "pipeline.store", "pipeline.sources", "workers", "scorer", "models",
-              "dashboard"},
+    "store": {"core"},
+    "sources": {"core"},
+    "features": {"core"},
+    "models": {"core", "store", "sources", "features"},
+    "live": {"core", "store", "features", "models"},
+    "workers": {"core", "store", "sources", "features", "models", "live"},
+    "dashboard": {"core", "store", "sources", "features", "models", "live", "workers"},
+    "pages": {"core", "store", "sources", "features", "models", "live", "workers", "dashboard"},
     "app": {"dashboard"},
 }
 
 
-def imports_of(path: Path) -> set[str]:
+def source_files() -> list[Path]:
+    files = [p for p in ROOT.glob("*.py") if p.stem == "app"]
+    return files + [p for d in OURS[:-1] for p in (ROOT / d).rglob("*.py")]
+
+
+def module_name(path: Path) -> str:
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return module.removesuffix(".__init__")
+
+
+def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = _top_level(tree.body) if top_level_only else ast.walk(tree)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
     return {m for m in found if m.split(".")[0] in OURS}
 
 
+def _top_level(body: list[ast.stmt]):
+    """Statements run at import (``if TYPE_CHECKING:`` and ``try:`` blocks included), not the
+    imports inside functions."""
+    for node in body:
+        yield node
+        for child in ("body", "orelse", "finalbody"):
+            if isinstance(node, (ast.If, ast.Try)) and getattr(node, child, None):
+                yield from _top_level(getattr(node, child))
+
+
+def test_every_layer_is_ordered_and_allowed_only_downwards():
+    for name, allowed in ALLOWED.items():
+        below = set(LAYERS[:LAYERS.index(name)])
+        assert allowed <= below, f"{name} may import a layer above it: {allowed - below}"
+
+
 def test_every_import_respects_the_layers():
-    files = [p for p in ROOT.glob("*.py") if p.stem == "app"]
-    files += [p for d in OURS[:-1] for p in (ROOT / d).rglob("*.py")]
+    files = source_files()
     assert len(files) > 30
+    known = {module_name(p) for p in files}
     broken = []
     for path in files:
-        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        module = module_name(path)
         mine = layer(module)
         for target in imports_of(path):
+            if target not in known and target.rsplit(".", 1)[0] in known:
+                target = target.rsplit(".", 1)[0]  # ``from pkg import name``: the package
             theirs = layer(target)
             if theirs != mine and theirs not in ALLOWED[mine]:
                 broken.append(f"{module} ({mine}) imports {target} ({theirs})")
     assert not broken, "\n".join(broken)
+
+
+def test_no_two_modules_import_each_other_at_import_time():
+    """No import circle, not even one behind ``if TYPE_CHECKING`` (the one between
+    models/adaptation.py and models/live_errors.py is gone: models/retrain_policy.py)."""
+    files = source_files()
+    modules = {module_name(p): p for p in files}
+    graph = {m: {t for t in imports_of(p, top_level_only=True) if t in modules and t != m}
+             for m, p in modules.items()}
+    cycles, state = [], {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for t in sorted(graph[m]):
+            if state.get(t) == "open":
+                cycles.append(" -> ".join(path[path.index(t):] + [t]))
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_the_rules_catch_an_upward_import():
+    assert layer("models.live.step") == "live" and layer("models.features.specs") == "features"
+    assert layer("pipeline.store.sqlite") == "store" and layer("pipeline.scorer") == "workers"
+    assert "live" not in ALLOWED["models"] and "models" not in ALLOWED["features"]
+    assert "workers" not in ALLOWED["live"]

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from models import metrics as M
-from models.live_errors import close_error, live_summary, score_frame
+from models.live_errors import live_summary, score_frame
+from models.metrics import close_error
 
 
 def test_regression_metrics_match_their_definitions():

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.charts import candlestick
 from dashboard.plain_text import md_plain, plain_figure
 from models.lab_runs import table_to_csv
-from pipeline.csv_export import csv_bytes
+from pipeline.csv_export import csv_bytes, export_file_name
 from pipeline.schema import Bar
 from pipeline.sources.base import SourceError
 from pipeline.sources.csv_replay import CsvReplaySource
@@ -126,6 +126,11 @@ def test_stored_bar_with_a_formula_source_exports_neutralised(tmp_path):
     out = rows(csv_bytes(frame))
     col = out[0].index("source")
     assert all(r[col] == "'" + FORMULAS[0] for r in out[1:])
+
+
+def test_export_file_names_from_data_are_plain():
+    assert export_file_name("ACME", "1m", "bars") == "ACME_1m_bars.csv"
+    assert export_file_name("../<b>x</b>", "1m", "bars") == "b_x_b_1m_bars.csv"
 
 
 def test_lab_export_neutralises_labels_and_cells():

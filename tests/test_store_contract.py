@@ -737,7 +737,7 @@ def test_sqlite_checkpoints_run_in_a_thread_that_ends_with_the_last_store(tmp_pa
     import gc
     import time
 
-    from pipeline.store import sqlite as sqlite_mod
+    from pipeline.store import sqlite_file as sqlite_mod  # the file's checkpoint thread
 
     path = tmp_path / "ck.sqlite"
     store = SqliteStore(path)

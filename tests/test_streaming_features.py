@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.features import FEATURE_GROUPS, all_features, compute_features, max_lookback
+from models.features import (FEATURE_GROUPS, STREAM_GROUPS, compute_features, every_spec_feature,
+                             max_lookback)
+from models.features.specs import SPECS, check_groups, fixed
 from models.streaming import FeatureBank, FeatureSet, StreamingFeatures, has_streaming_form
 from pipeline.schema import Bar
 
-# Every listed feature plus other windows of each parametrised family.
-FEATURES = [*all_features(), "sma_1", "ema_1", "ema_3", "ret_2", "logret_3", "rsi_2", "rsi_30",
-            "bb_width_2", "volatility_2", "vol_z_2", "vol_z_7", "close_lag_10", "ret_lag_7",
-            "close_to_sma_7", "close_to_ema_7"]
+# Every feature spec (models/features/specs.py): the grouped names plus each parametrised
+# family's smallest window and examples. A new spec is in this list without being named here.
+FEATURES = every_spec_feature()
 
 
 def random_bars(n: int, seed: int, flat_volume_at: int | None = None) -> pd.DataFrame:
@@ -146,3 +147,45 @@ def test_unknown_and_news_features_are_refused():
     assert news and not has_streaming_form(news[0]) and has_streaming_form("rsi_14")
     with pytest.raises(ValueError, match="news"):
         FeatureBank(["close", news[0]])
+
+
+def test_every_spec_is_tested_and_every_family_at_its_smallest_window():
+    keys = {n for n in FEATURES}
+    for spec in SPECS.values():
+        assert spec.name(spec.min_param if spec.family else 0) in keys
+    assert {"sma_1", "ema_1", "rsi_2", "bb_width_2", "vol_z_7", "ret_lag_7"} <= keys
+
+
+def test_a_spec_in_no_group_is_refused_for_lab_and_scorer_alike():
+    groups = {g: m for g, m in FEATURE_GROUPS.items() if g not in STREAM_GROUPS}
+    fixed("orphan_test_feature", 1, lambda s, _: s.close, lambda g, _: g.close())
+    try:
+        with pytest.raises(ValueError, match="orphan_test_feature.*in no group"):
+            check_groups(groups, lambda name: False)
+    finally:
+        del SPECS["orphan_test_feature"]
+    with pytest.raises(ValueError, match="has no FeatureSpec"):
+        check_groups({**groups, "extra": ["not_a_feature"]}, lambda name: False)
+
+
+def test_a_new_spec_is_one_place_for_the_lab_and_the_scorer():
+    """A feature added as one spec (and its name in a group, same file) is computed by the
+    batch (lab) and the streaming (scorer) forms alike, with no other file touched."""
+    def ratio(o, c):
+        return o / c
+
+    fixed("open_to_close_test", 1, lambda s, _: ratio(s.open, s.close),
+          lambda g, _: g.fn("open_to_close_test", ratio, g.input("open"), g.close()))
+    FEATURE_GROUPS["range"].append("open_to_close_test")
+    try:
+        check_groups({g: m for g, m in FEATURE_GROUPS.items() if g not in STREAM_GROUPS},
+                     lambda name: False)
+        assert "open_to_close_test" in every_spec_feature()
+        names = ["open_to_close_test", "rsi_14"]
+        frame = random_bars(300, 5)
+        want = compute_features(frame, names).to_numpy()
+        assert_same(stream(frame, names), want, names)
+        assert np.allclose(want[:, 0], frame["open"] / frame["close"])
+    finally:
+        FEATURE_GROUPS["range"].remove("open_to_close_test")
+        del SPECS["open_to_close_test"]

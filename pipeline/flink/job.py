@@ -101,7 +101,8 @@ def main(path: str) -> int:
     if state_file:
         Path(state_file).write_text(json.dumps({
             "job_id": job_id, "rest_port": settings["rest_port"], "pid": os.getpid(),
-            "submitted": started, "bounded": bool(settings.get("bounded"))}), encoding="utf-8")
+            "submitted": time.time(), "execute_s": round(time.time() - started, 1),
+            "bounded": bool(settings.get("bounded"))}), encoding="utf-8")
     print(f"flink job {job_id} submitted", flush=True)
     result.wait()
     print(f"flink job {job_id} finished after {time.time() - started:.1f} s", flush=True)

@@ -77,39 +77,28 @@ def install_venv(venv: Path, echo=print) -> float:
     return time.monotonic() - t0
 
 
-def end_offsets(bootstrap: str, topic: str, client_kwargs: dict | None = None) -> dict[int, int]:
-    """The offset after each partition's last record, measured by reading it.
+def end_offsets(bootstrap: str, topic: str, client_kwargs: dict | None = None,
+                timeout_s: float = 10.0) -> dict[int, int]:
+    """The offset after each partition's last record (:func:`pipeline.kafka_clients.
+    probe_log_end`: the embedded broker's ``ListOffsets`` answers the start of the last
+    batch), fetching again until every non-empty partition has answered with its high
+    watermark: a bounded run must not stop a batch short."""
+    from kafka import TopicPartition
 
-    The embedded broker's ``ListOffsets`` answers the start of the last batch, so the end is
-    taken from a fetch: seek there, read to the end, and keep the higher of the fetch's high
-    watermark and the position after the last record read."""
-    from kafka import KafkaConsumer, TopicPartition
+    from pipeline.kafka_clients import log_end_offsets, make_consumer, probe_log_end
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             group_id=None, **(client_kwargs or {}))
+    consumer = make_consumer(bootstrap, None, None, client_kwargs, client_id="kappalab-flink")
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p)
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
             return {}
-        consumer.assign(tps)
-        listed = consumer.end_offsets(tps)
-        ends = {tp: listed[tp] for tp in tps}
-        for tp in tps:
-            consumer.seek(tp, max(0, listed[tp]))
-        deadline = time.monotonic() + 10
-        pending = {tp for tp in tps if listed[tp] > 0}
-        while pending and time.monotonic() < deadline:
-            got = consumer.poll(timeout_ms=500)
-            for tp, msgs in got.items():
-                if msgs:
-                    ends[tp] = max(ends[tp], msgs[-1].offset + 1)
-            for tp in list(pending):
-                hw = consumer.highwater(tp)
-                if hw is not None:
-                    ends[tp] = max(ends[tp], hw)
-                    if consumer.position(tp) >= hw:
-                        pending.discard(tp)
+        ends = probe_log_end(consumer, tps, wait_ms=500)
+        deadline = time.monotonic() + timeout_s
+        while (any(ends[tp] > 0 and consumer.highwater(tp) is None for tp in tps)
+               and time.monotonic() < deadline):
+            consumer.poll(timeout_ms=500)
+            ends = log_end_offsets(consumer, tps)
         return {tp.partition: ends[tp] for tp in tps}
     finally:
         consumer.close()
@@ -293,20 +282,14 @@ class FlinkJob:
     def lag(self) -> int | None:
         """Records of the bars topic not yet committed by the job's group (offsets are
         committed on each checkpoint, so this is as fresh as the last checkpoint)."""
-        from kafka import KafkaConsumer, TopicPartition
+        from pipeline.lag import GroupLag
 
+        measure = GroupLag(self.bootstrap, self.topics.group, self.topics.bars,
+                           self.client_kwargs)
         try:
-            ends = end_offsets(self.bootstrap, self.topics.bars, self.client_kwargs)
-            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.topics.group,
-                                     enable_auto_commit=False, **self.client_kwargs)
-            try:  # an offset fetch: it reads the group's commits without joining the group
-                done = {p: consumer.committed(TopicPartition(self.topics.bars, p)) or 0
-                        for p in ends}
-            finally:
-                consumer.close()
-        except Exception:  # a figure for the page: unknown rather than an error
-            return None
-        return sum(max(0, end - done[p]) for p, end in ends.items())
+            return measure.value()
+        finally:
+            measure.close_clients()
 
     def started_with(self) -> dict[str, Any]:
         """The settings of the last start or run (``restore_from``, ``restore_skipped``...)."""

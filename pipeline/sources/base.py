@@ -19,6 +19,10 @@ class SourceError(RuntimeError):
 
 
 class Source(abc.ABC):
+    """A source of bars: ``bars(stop)`` yields them in order and waits only through
+    ``stop.wait``. Owned by one producer and iterated in its thread; ``describe`` and ``stats``
+    may be read from others. Errors are :class:`SourceError` sentences (docs/SOURCES.md)."""
+
     #: short name shown in the UI and written into each bar's ``source`` field
     name: str = "source"
 

@@ -54,6 +54,9 @@ class HttpPolicy:
 
 @dataclass
 class HttpReply:
+    """One HTTP answer of a market API as :class:`ApiHttpClient` hands it back: the status,
+    the decoded JSON and the start of the body with keys redacted."""
+
     status: int
     payload: Any  # decoded JSON, or None when the body was not JSON
     text: str  # the first 300 characters of the body, redacted

@@ -22,6 +22,8 @@ _SECRET_PATTERN: re.Pattern[str] | None = None
 # Any credential-looking query parameter, registered or not.
 _QUERY_KEY_RE = re.compile(r"(?i)\b((?:api[_-]?key|apikey|access[_-]?token|token)=)[^&\s'\"<>#]+")
 REDACTED = "***"
+# A password inside a URL or a bootstrap string: scheme://user:password@host, user:password@host.
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)?([^\s:/@,;'\"<>()\[\]]+):([^\s@/,;'\"<>]+)@(?=[\w\[.\-])")
 
 
 def register_secret(value: str | Secret | None) -> None:
@@ -39,12 +41,29 @@ def register_secret(value: str | Secret | None) -> None:
 
 
 def redact(text: Any) -> str:
-    """``text`` as a string with registered secrets and credential query values masked."""
+    """``text`` as a string with registered secrets, credential query values and the password
+    of any ``user:password@host`` masked."""
     s = text if isinstance(text, str) else str(text)
     pattern = _SECRET_PATTERN
     if pattern is not None:
         s = pattern.sub(REDACTED, s)
+    s = _USERINFO_RE.sub(lambda m: f"{m.group(1) or ''}{m.group(2)}:{REDACTED}@", s)
     return _QUERY_KEY_RE.sub(lambda m: m.group(1) + REDACTED, s)
+
+
+class RedactingStream:
+    """A text stream that masks secrets in everything written to it (the CLI's stdout and
+    stderr: every line it prints, including ones quoting a bootstrap string or a URL)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 class RedactingFilter(logging.Filter):
@@ -72,14 +91,17 @@ _LOGGERS_TO_SCRUB = (
 )
 
 
-def _install_log_filter() -> None:
-    for name in _LOGGERS_TO_SCRUB:
+def scrub_loggers(names) -> None:
+    """Install the redacting filter on each logger named (a filter on a parent logger does not
+    see its children's records, so every source module's logger is named: the shared HTTP
+    parts below, each catalogued source's in ``pipeline/sources/catalog.py``)."""
+    for name in names:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
 
 
-_install_log_filter()
+scrub_loggers(_LOGGERS_TO_SCRUB)
 
 
 def secret_value(api_key: str | Secret | None) -> Secret | None:

@@ -35,6 +35,9 @@ _YEAR_MS = 365 * 86_400_000
 
 @dataclass
 class SymbolState:
+    """One simulated symbol's state between bars: price, GARCH variance, last return and shock.
+    Owned by one :class:`MarketSimulator`."""
+
     price: float
     sigma2: float
     last_ret: float = 0.0
@@ -43,6 +46,9 @@ class SymbolState:
 
 @dataclass
 class SimulatorParams:
+    """The simulated market's parameters: volatility, the AR(1) signal a model can learn, the
+    common factor, GARCH, volume and an optional regime change. Plain settings."""
+
     annual_vol: float = 0.30
     phi: float = 0.08  # AR(1) coefficient of returns: the learnable signal
     market_beta: float = 0.5  # share of each shock that is common to all symbols
@@ -82,9 +88,10 @@ class MarketSimulator(Source):
         fast_bars: int = 0,
     ):
         if not symbols:
-            raise ValueError("the simulator needs at least one symbol")
+            raise ValueError("The simulator needs at least one symbol, like AAPL.")
         if speed is not None and speed <= 0:
-            raise ValueError("speed must be positive (or None for as fast as possible)")
+            raise ValueError(f"The simulator's speed must be above 0, not {speed!r} (leave it unset "
+                             "for as fast as possible).")
         self.symbols = list(dict.fromkeys(symbols))
         self.interval = interval
         self.step_ms = interval_ms(interval)

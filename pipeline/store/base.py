@@ -99,6 +99,11 @@ def artefact_digest(data: bytes) -> str:
 
 
 class Store(abc.ABC):
+    """The store contract: series, documents, artefacts (suite: tests/test_store_contract.py).
+    Owns its connections and artefact cache; every method is safe from any thread. A backend
+    also defines ``__reduce__`` (pickled into the retrain child: what reopens it, never a
+    connection) and ``outage`` (which errors of its client mean "retry later")."""
+
     backend: str = "abstract"
 
     def __init__(self) -> None:
@@ -117,6 +122,11 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # pragma: no cover - backends override when they hold resources
         pass
+
+    @staticmethod
+    def outage(exc: BaseException) -> bool:
+        """Whether ``exc`` of this backend's client means unreachable: retry (default: no)."""
+        return False
 
     # ---- bars ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -414,9 +424,7 @@ class Store(abc.ABC):
 
     def heartbeat(self, worker_id: str, snapshot: dict[str, Any]) -> None:
         """Publish a worker's stats so dashboards in other processes can attach to it."""
-        doc = dict(snapshot)
-        doc["worker_id"] = worker_id
-        doc["created_ms"] = now_ms()
+        doc = dict(snapshot, worker_id=worker_id, created_ms=now_ms())
         self.put_doc(WORKERS, worker_id, json_safe(doc))
 
     def list_heartbeats(self, max_age_ms: int | None = None) -> list[dict[str, Any]]:

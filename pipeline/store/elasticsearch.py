@@ -19,37 +19,37 @@ in :attr:`UpsertResult.rejected`. Reads page with ``search_after`` on a unique s
 """
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import urllib.parse
 from typing import Any, Sequence
 
 import pandas as pd
-from elasticsearch import ApiError, ConflictError, Elasticsearch, NotFoundError, SerializationError
+from elasticsearch import ApiError, Elasticsearch, SerializationError
 
 from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import INTERVALS, Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable, UpsertResult,
-    bars_frame, check_limit, news_frame, now_ms,
+    bars_frame, check_limit, news_frame,
 )
 from pipeline.store.base import fundamentals_frame
 from pipeline.store.es_connection import (
     _redact_url, _reveal, _StrictJsonSerializer, _supported, _valid_prefix, at_edge, explain,
 )
+from pipeline.store.es_docs import EsDocuments
 from pipeline.store.es_io import EsIndexIO
 from pipeline.store.es_schema import FUNDAMENTALS
 from pipeline.store.es_schema import (
-    _DOC_PAGE, _PREDICTION_SORT, _REQUIRED_PREDICTION_FIELDS, ARTEFACTS, BARS, NEWS, PREDICTIONS,
-    REQUEST_RETRY_STATUSES, _bar_problem, _canonical, _check_collection, _ohlc_frame,
-    _prediction_doc, _prediction_value, _range_filter, _series_query, _terms_query, wrap_doc,
+    _PREDICTION_SORT, _REQUIRED_PREDICTION_FIELDS, BARS, NEWS, PREDICTIONS,
+    REQUEST_RETRY_STATUSES, _bar_problem, _ohlc_frame, _prediction_doc, _prediction_value,
+    _range_filter, _series_query, _terms_query,
 )
 
 log = logging.getLogger(__name__)
 
-class ElasticsearchStore(EsIndexIO, Store):
+class ElasticsearchStore(EsDocuments, EsIndexIO, Store):
     """The store contract on an Elasticsearch 9.x cluster.
 
     :param url: cluster address, ``http(s)://host:port``; credentials in the URL are moved
@@ -183,6 +183,16 @@ class ElasticsearchStore(EsIndexIO, Store):
     # ---- identity and health -------------------------------------------------------------
     def describe(self) -> str:
         return f"Elasticsearch at {self.url} (indices {self.index_prefix}-*, {self._auth})"
+
+    @staticmethod
+    def outage(exc: BaseException) -> bool:
+        """Transport failures, timeouts, throttling and server errors."""
+        from elastic_transport import TransportError
+
+        if isinstance(exc, TransportError):
+            return True
+        return isinstance(exc, ApiError) and (exc.meta.status in (408, 429)
+                                               or exc.meta.status >= 500)
 
     @at_edge
     def check(self) -> None:
@@ -402,106 +412,6 @@ class ElasticsearchStore(EsIndexIO, Store):
     @at_edge
     def count_fundamentals(self, symbol=None) -> int:
         return self._count(self.index_name(FUNDAMENTALS), _terms_query(symbol=symbol))
-
-    # ---- generic documents ---------------------------------------------------------------
-    @at_edge
-    def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
-        """Index one document with ``refresh=true``: collections are written a few times a
-        minute (runs, heartbeats), and a run saved by the model lab must be in the very next
-        ``list_runs``."""
-        _check_collection(collection)
-        self._ensure()
-        wrapped = wrap_doc(doc_id, doc)
-        try:
-            self._client.index(index=self.index_name(collection), id=doc_id, document=wrapped,
-                               refresh=True)
-        except SerializationError:
-            raise ValueError(f"document {doc_id!r} is not plain JSON (NaN, infinity or an "
-                             "unsupported type); pass it through pipeline.jsonsafe.json_safe first") from None
-
-    @at_edge
-    def get_doc(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        _check_collection(collection)
-        self._ensure()
-        try:
-            resp = self._client.get(index=self.index_name(collection), id=doc_id)
-        except NotFoundError:
-            return None
-        return resp["_source"]["body"]
-
-    @at_edge
-    def list_docs(self, collection, where=None, limit=1000) -> list[dict[str, Any]]:
-        """The contract's equality on top-level scalars, as term queries on ``eq``."""
-        _check_collection(collection)
-        filters: list[dict[str, Any]] = []
-        for key, value in (where or {}).items():
-            if isinstance(value, (dict, list, tuple, set)):
-                raise ValueError(f"where[{key!r}] must be a scalar, got {type(value).__name__}")
-            canonical = _canonical(value)
-            if canonical is None:
-                return []
-            filters.append({"term": {f"eq.{key}": canonical}})
-        sort = [{"created_ms": "desc"}, {"doc_id": "asc"}]
-        hits = self._scan(self.index_name(collection), {"bool": {"filter": filters}}, sort,
-                          check_limit(limit), page_size=min(self.page_size, _DOC_PAGE))
-        return [s["body"] for s in hits]
-
-    @at_edge
-    def delete_doc(self, collection: str, doc_id: str) -> bool:
-        _check_collection(collection)
-        self._ensure()
-        try:
-            resp = self._client.delete(index=self.index_name(collection), id=doc_id,
-                                       refresh=True)
-        except NotFoundError:
-            return False
-        return resp.get("result") == "deleted"
-
-    @at_edge
-    def replace_doc_if(self, collection, doc_id, doc, expected) -> bool:
-        """Read the document with its sequence number, compare, then write with
-        ``if_seq_no``/``if_primary_term`` (or ``_create`` when ``expected`` is None): a
-        concurrent writer makes the write fail with 409, never overwrite."""
-        _check_collection(collection)
-        self._ensure()
-        index = self.index_name(collection)
-        wrapped = wrap_doc(doc_id, doc)
-        try:
-            if expected is None:
-                self._client.create(index=index, id=doc_id, document=wrapped, refresh=True)
-                return True
-            try:
-                current = self._client.get(index=index, id=doc_id)
-            except NotFoundError:
-                return False
-            if current["_source"].get("body") != expected:
-                return False
-            self._client.index(index=index, id=doc_id, document=wrapped, refresh=True,
-                               if_seq_no=current["_seq_no"],
-                               if_primary_term=current["_primary_term"])
-            return True
-        except ConflictError:
-            return False
-
-    @at_edge
-    def _write_artefact(self, digest: str, data: bytes) -> None:
-        self._ensure()
-        doc = {"created_ms": now_ms(), "size": len(data),
-               "data": base64.b64encode(data).decode("ascii")}
-        try:
-            self._client.create(index=self.index_name(ARTEFACTS), id=digest, document=doc,
-                                refresh=True)
-        except ConflictError:
-            pass  # the same content is already there
-
-    @at_edge
-    def _read_artefact(self, digest: str) -> bytes | None:
-        self._ensure()
-        try:
-            resp = self._client.get(index=self.index_name(ARTEFACTS), id=digest)
-        except NotFoundError:
-            return None
-        return base64.b64decode(resp["_source"]["data"])
 
     @at_edge
     def reset(self) -> None:

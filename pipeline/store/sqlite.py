@@ -4,7 +4,7 @@ Bars and predictions are tables keyed by their deterministic IDs' parts (so an u
 ``INSERT .. ON CONFLICT DO UPDATE`` and a replay never duplicates). Downsampling runs in SQL.
 Each thread gets its own connection; writes are serialised by SQLite's own lock with a generous
 busy timeout so the indexer, scorer and dashboard can share the file. Within one process the
-writers first queue on a Python lock per file (:func:`_writer_lock`): SQLite's busy handler
+writers first queue on a Python lock per file (:func:`writer_lock`): SQLite's busy handler
 polls with sleeps that grow to 100 ms, so two threads contending for the write lock (the indexer
 and the scorer of the dashboard) would each wait up to a sleep step longer than the other's
 transaction; a lock wakes the next writer the moment the last one commits.
@@ -12,162 +12,37 @@ transaction; a lock wakes the next writer the moment the last one commits.
 from __future__ import annotations
 
 import json
-import logging
-import operator
 import sqlite3
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from pipeline.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
+from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from pipeline.news import NEWS_COLUMNS, NewsItem
 from pipeline.schema import Bar, Prediction, prediction_values
+from pipeline.store.sqlite_identity import FileIdentity, sqlite_uri as _uri
+from pipeline.store.sqlite_file import (
+    BACKSTOP_CHECKPOINT_PAGES, BAR_ROW, BAR_UPSERT, BUSY_TIMEOUT_S, FUNDAMENTALS_UPSERT,
+    NEWS_UPSERT, PRED_UPSERT, SCHEMA, check_collection, series_where, start_checkpointer,
+    where_clause, why_unwritable, writer_lock,
+)
+from pipeline.store.sqlite_file import CHECKPOINT_EVERY_S  # noqa: F401 (read by tools as before)
 from pipeline.store.base import (
-    BAR_COLUMNS, COLLECTIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
+    BAR_COLUMNS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
     UpsertResult, bars_frame, check_limit, fundamentals_frame, news_frame, now_ms,
 )
 
-log = logging.getLogger(__name__)
-
-_WRITER_LOCKS: dict[str, threading.RLock] = {}
-_WRITER_LOCKS_GUARD = threading.Lock()
-
-
-def _writer_lock(path: Path) -> threading.RLock:
-    """One lock per database file for every :class:`SqliteStore` of this process (stores
-    opened twice on one file, as the dashboard and a worker may, share it)."""
-    key = str(path.resolve())
-    with _WRITER_LOCKS_GUARD:
-        return _WRITER_LOCKS.setdefault(key, threading.RLock())
-
-
-#: Pages in the write-ahead log before a commit checkpoints it itself (SQLite's default is
-#: 1,000, ~4 MB; at 500 bars and 1,000 predictions a second that was a checkpoint inside some
-#: commit every few seconds, 20-30 ms each, on the live path). The checkpoint thread keeps
-#: the log far below this; the threshold only matters if that thread cannot.
-BACKSTOP_CHECKPOINT_PAGES = 20_000
-CHECKPOINT_EVERY_S = 1.0
-_CHECKPOINTERS: dict[str, tuple[threading.Thread, "weakref.WeakSet"]] = {}
-
-
-def _checkpointer(store: "SqliteStore") -> None:
-    """One daemon thread per database file and process: a PASSIVE checkpoint every second
-    (it never waits for, nor blocks, readers and writers; SQLite releases the interpreter lock
-    while it copies pages). It ends once no store of this process uses the file."""
-    key = str(store.path.resolve())
-    with _WRITER_LOCKS_GUARD:
-        entry = _CHECKPOINTERS.get(key)
-        if entry is not None and entry[0].is_alive():
-            entry[1].add(store)
-            return
-        users: weakref.WeakSet = weakref.WeakSet([store])
-
-        def run() -> None:
-            while True:
-                time.sleep(CHECKPOINT_EVERY_S)
-                with _WRITER_LOCKS_GUARD:
-                    if not users:  # the last store on the file is gone
-                        _CHECKPOINTERS.pop(key, None)
-                        return
-                # A connection per checkpoint (~0.2 ms): an open one would keep the file
-                # open between checkpoints (e.g. a read-only remount of its disk fails).
-                conn = None
-                try:
-                    conn = sqlite3.connect(key, timeout=1.0, isolation_level=None)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # e.g. busy, or the file was removed
-                    log.debug("checkpoint of %s failed: %s", key, exc)
-                finally:
-                    if conn is not None:
-                        conn.close()
-
-        thread = threading.Thread(target=run, daemon=True, name="kappalab-sqlite-checkpoint")
-        _CHECKPOINTERS[key] = (thread, users)
-        thread.start()
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS bars (
-    symbol TEXT NOT NULL, interval TEXT NOT NULL, ts INTEGER NOT NULL,
-    open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL, close REAL NOT NULL,
-    volume REAL NOT NULL, source TEXT NOT NULL,
-    PRIMARY KEY (symbol, interval, ts)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS predictions (
-    model_id TEXT NOT NULL, symbol TEXT NOT NULL, interval TEXT NOT NULL, ts INTEGER NOT NULL,
-    base_ts INTEGER NOT NULL, target TEXT NOT NULL, predicted REAL NOT NULL,
-    base_close REAL NOT NULL, actual REAL, error REAL, produced_ms INTEGER, stored_ms INTEGER,
-    latency_ms REAL,
-    PRIMARY KEY (model_id, symbol, interval, ts)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS predictions_by_series ON predictions (symbol, interval, ts);
-CREATE TABLE IF NOT EXISTS docs (
-    collection TEXT NOT NULL, id TEXT NOT NULL, created_ms INTEGER NOT NULL, body TEXT NOT NULL,
-    PRIMARY KEY (collection, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS docs_by_time ON docs (collection, created_ms);
-CREATE TABLE IF NOT EXISTS news (
-    id TEXT NOT NULL PRIMARY KEY, symbol TEXT NOT NULL, ts INTEGER NOT NULL,
-    source TEXT NOT NULL, title TEXT NOT NULL, url TEXT NOT NULL,
-    sentiment_score REAL NOT NULL, relevance REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS news_by_symbol ON news (symbol, ts);
-CREATE TABLE IF NOT EXISTS fundamentals (
-    id TEXT NOT NULL PRIMARY KEY, symbol TEXT NOT NULL, ts INTEGER NOT NULL,
-    source TEXT NOT NULL, latest_quarter TEXT NOT NULL,
-    """ + ", ".join(f"{v} REAL" for v in FUNDAMENTAL_VALUES) + """
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fundamentals_by_symbol ON fundamentals (symbol, ts);
-CREATE TABLE IF NOT EXISTS artefacts (
-    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, created_ms INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-"""
-
-#: How long a write waits for another writer's lock before it fails. Writers hold the lock for
-#: milliseconds; a longer wait means an outage, which the indexer reports (``stalled``) and
-#: retries with backoff rather than blocking silently.
-BUSY_TIMEOUT_S = 5.0
-
-_BAR_UPSERT = f"""
-INSERT INTO bars ({', '.join(BAR_COLUMNS)})
-VALUES ({', '.join('?' * len(BAR_COLUMNS))})
-ON CONFLICT (symbol, interval, ts) DO UPDATE SET
-    {', '.join(f'{c}=excluded.{c}' for c in BAR_COLUMNS[3:])}
-"""
-
-#: A bar's row for ``_BAR_UPSERT``, read in C (a generator of getattr calls per bar was ~10% of
-#: the indexer's time in a backfill).
-_BAR_ROW = operator.attrgetter(*BAR_COLUMNS)
-
-_PRED_UPSERT = f"""
-INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)})
-VALUES ({', '.join('?' * len(PREDICTION_COLUMNS))})
-ON CONFLICT (model_id, symbol, interval, ts) DO UPDATE SET
-    {', '.join(f'{c}=COALESCE(excluded.{c}, predictions.{c})' for c in PREDICTION_COLUMNS[4:])}
-"""
-
-
-_NEWS_UPSERT = f"""
-INSERT INTO news (id, {', '.join(NEWS_COLUMNS)}) VALUES ({', '.join('?' * (len(NEWS_COLUMNS) + 1))})
-ON CONFLICT (id) DO UPDATE SET
-    {', '.join(f'{c}=excluded.{c}' for c in NEWS_COLUMNS)}
-"""
-
-
-_FUNDAMENTALS_UPSERT = f"""
-INSERT INTO fundamentals (id, {', '.join(FUNDAMENTALS_COLUMNS)})
-VALUES ({', '.join('?' * (len(FUNDAMENTALS_COLUMNS) + 1))})
-ON CONFLICT (id) DO UPDATE SET
-    {', '.join(f'{c}=excluded.{c}' for c in FUNDAMENTALS_COLUMNS)}
-"""
 
 
 class SqliteStore(Store):
+    """The store contract on one SQLite file (:class:`pipeline.store.base.Store`). Owns one
+    connection per thread (closed when the thread has ended) and shares the file's writer
+    lock and checkpoint thread with every store of the process on the same file
+    (:mod:`pipeline.store.sqlite_file`); pickles as its path."""
+
     backend = "sqlite"
 
     def __init__(self, path: str | Path):
@@ -184,9 +59,14 @@ class SqliteStore(Store):
         self._all: dict[threading.Thread, sqlite3.Connection] = {}
         self._lock = threading.Lock()
         self._wal_set = False
-        self._writer = _writer_lock(self.path)
-        self._conn().executescript(_SCHEMA)
-        _checkpointer(self)
+        self._writer = writer_lock(self.path)
+        #: the file this store writes to, and a counter bumped when it adopts another file
+        #: at the path (threads then reopen their connections)
+        self._identity: FileIdentity | None = None
+        self._generation = 0
+        self._conn(create=True).executescript(SCHEMA)
+        self._identity = FileIdentity(self.path)
+        start_checkpointer(self)
 
     def __reduce__(self):
         """Pickled as its file: unpickling (in a spawned child, e.g. the scorer's retrain
@@ -194,16 +74,21 @@ class SqliteStore(Store):
         return type(self), (str(self.path),)
 
     # ---- connections ---------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, create: bool = False) -> sqlite3.Connection:
         """This thread's connection. Streamlit runs every script run in a fresh thread, so
-        connections of threads that have ended are closed here rather than leaked."""
+        connections of threads that have ended are closed here rather than leaked. Only the
+        constructor may create the file (``create``): a connection opened later never brings
+        back a file deleted under the store."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            return conn
+            if getattr(self._local, "generation", 0) == self._generation:
+                return conn
+            self._drop_thread_conn(conn)  # the store adopted another file at the path
         last_exc: Exception | None = None
         for attempt in range(5):
             try:
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                conn = sqlite3.connect(_uri(self.path, "rwc" if create else "rw"), uri=True,
+                                       timeout=BUSY_TIMEOUT_S, check_same_thread=False,
                                        isolation_level=None)
                 if not self._wal_set:
                     conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file
@@ -219,10 +104,10 @@ class SqliteStore(Store):
                 time.sleep(0.05 * (attempt + 1))
         else:
             raise StoreUnavailable(
-                f"Cannot open the SQLite store at {self.path} ({_why_unwritable(self.path, last_exc)}); "
+                f"Cannot open the SQLite store at {self.path} ({why_unwritable(self.path, last_exc)}); "
                 "set KAPPALAB_DATA_DIR to a writable folder."
             ) from None
-        self._local.conn = conn
+        self._local.conn, self._local.generation = conn, self._generation
         with self._lock:
             self._all[threading.current_thread()] = conn
             dead = [t for t in self._all if not t.is_alive()]
@@ -237,8 +122,8 @@ class SqliteStore(Store):
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on an exception), holding this
         process's writer lock for the file throughout."""
 
-        def __init__(self, conn: sqlite3.Connection, writer: threading.RLock):
-            self.conn, self.writer = conn, writer
+        def __init__(self, conn: sqlite3.Connection, writer: threading.RLock, path=None):
+            self.conn, self.writer, self.path = conn, writer, path
 
         def __enter__(self) -> sqlite3.Connection:
             self.writer.acquire()
@@ -254,14 +139,43 @@ class SqliteStore(Store):
                 self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
             finally:
                 self.writer.release()
+            if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+                raise StoreUnavailable(
+                    f"The SQLite file {self.path} has lost its tables ({exc}); nothing is "
+                    "written until a KappaLab store is back at that path.") from exc
 
     def _write(self) -> "_Tx":
-        return self._Tx(self._conn(), self._writer)
+        self._check_identity()
+        return self._Tx(self._conn(), self._writer, self.path)
 
+    def _drop_thread_conn(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            self._all.pop(threading.current_thread(), None)
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+        self._local.conn = None
+
+    def _check_identity(self) -> None:
+        """Before every write: the file at the path must be the one this store opened (see
+        :class:`~pipeline.store.sqlite_identity.FileIdentity`); threads reopen their
+        connections when it adopted a restored store."""
+        if self._identity is not None and self._identity.check():
+            with self._lock:
+                self._generation += 1
     def describe(self) -> str:
         return f"embedded SQLite at {self.path}"
 
+    @staticmethod
+    def outage(exc: BaseException) -> bool:
+        # locked, busy, read-only, disk full, I/O error, not a database: the store's fault.
+        return isinstance(exc, sqlite3.Error) and not isinstance(
+            exc, (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
+                  sqlite3.ProgrammingError))
+
     def check(self) -> None:
+        self._check_identity()
         try:
             self._conn().execute("SELECT 1 FROM bars LIMIT 1").fetchall()
         except sqlite3.Error as exc:
@@ -281,13 +195,13 @@ class SqliteStore(Store):
     def upsert_bars(self, bars: Sequence[Bar]) -> UpsertResult:
         if not bars:
             return UpsertResult()
-        rows = list(map(_BAR_ROW, bars))
+        rows = list(map(BAR_ROW, bars))
         with self._write() as conn:
-            conn.executemany(_BAR_UPSERT, rows)
+            conn.executemany(BAR_UPSERT, rows)
         return UpsertResult(accepted=len(rows))
 
     def query_bars(self, symbol, interval, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
-        where, params = _series_where(symbol, interval, start_ms, end_ms)
+        where, params = series_where(symbol, interval, start_ms, end_ms)
         return bars_frame(self._latest_or_all("bars", BAR_COLUMNS, where, params, limit))
 
     def ohlc_buckets(self, symbol, interval, bucket_ms, start_ms=None, end_ms=None,
@@ -297,7 +211,7 @@ class SqliteStore(Store):
             raise ValueError("bucket_ms must be positive")
         if limit is not None and int(limit) >= 0 and start_ms is None and end_ms is None:
             return self.ohlc_latest(symbol, interval, bucket_ms, limit)  # visible range only
-        where, params = _series_where(symbol, interval, start_ms, end_ms)
+        where, params = series_where(symbol, interval, start_ms, end_ms)
         limit_sql = ""
         if limit is not None:
             limit_sql = "ORDER BY bucket DESC LIMIT ?"
@@ -322,7 +236,7 @@ class SqliteStore(Store):
                           "close": "float64", "volume": "float64", "n": "int64"})
 
     def count_bars(self, symbol=None, interval=None) -> int:
-        return self._count("bars", *_where(symbol=symbol, interval=interval))
+        return self._count("bars", *where_clause(symbol=symbol, interval=interval))
 
     def list_symbols(self, interval=None) -> list[str]:
         return sorted(self._distinct("symbol", interval=interval))
@@ -334,7 +248,7 @@ class SqliteStore(Store):
         return [i for i in INTERVALS if i in found]
 
     def _distinct(self, column: str, **equal: Any) -> set[str]:
-        where, params = _where(**equal)
+        where, params = where_clause(**equal)
         rows = self._conn().execute(f"SELECT DISTINCT {column} FROM bars WHERE {where}", params)
         return {r[0] for r in rows.fetchall()}
 
@@ -359,18 +273,18 @@ class SqliteStore(Store):
         # scorer writes ~1,000 a second at 500 symbols).
         rows = list(map(prediction_values, predictions))
         with self._write() as conn:
-            conn.executemany(_PRED_UPSERT, rows)
+            conn.executemany(PRED_UPSERT, rows)
         return UpsertResult(accepted=len(rows))
 
     def query_predictions(self, symbol=None, interval=None, model_id=None, start_ms=None,
                           end_ms=None, limit=None) -> pd.DataFrame:
-        where, params = _where(start_ms, end_ms, symbol=symbol, interval=interval,
+        where, params = where_clause(start_ms, end_ms, symbol=symbol, interval=interval,
                                model_id=model_id)
         rows = self._latest_or_all("predictions", PREDICTION_COLUMNS, where, params, limit)
         return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
     def count_predictions(self, symbol=None, model_id=None) -> int:
-        return self._count("predictions", *_where(symbol=symbol, model_id=model_id))
+        return self._count("predictions", *where_clause(symbol=symbol, model_id=model_id))
 
     def _latest_or_all(self, table: str, columns: Sequence[str], where: str,
                        params: list[Any], limit: int | None) -> list[tuple]:
@@ -396,11 +310,11 @@ class SqliteStore(Store):
         rows = [(n.doc_id, n.symbol, int(n.ts), n.source, n.title, n.url, n.sentiment_score,
                  n.relevance) for n in items]
         with self._write() as conn:
-            conn.executemany(_NEWS_UPSERT, rows)
+            conn.executemany(NEWS_UPSERT, rows)
         return UpsertResult(accepted=len(rows))
 
     def query_news(self, symbol, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
-        where, params = _where(start_ms, end_ms, symbol=symbol)
+        where, params = where_clause(start_ms, end_ms, symbol=symbol)
         cols = ", ".join(NEWS_COLUMNS)
         if limit is not None:
             sql = (f"SELECT {cols} FROM (SELECT id, {cols} FROM news WHERE {where} "
@@ -424,11 +338,11 @@ class SqliteStore(Store):
             return UpsertResult()
         rows = [(s.doc_id, *s.to_row()) for s in snapshots]
         with self._write() as conn:
-            conn.executemany(_FUNDAMENTALS_UPSERT, rows)
+            conn.executemany(FUNDAMENTALS_UPSERT, rows)
         return UpsertResult(accepted=len(rows))
 
     def query_fundamentals(self, symbol, start_ms=None, end_ms=None, limit=None) -> pd.DataFrame:
-        where, params = _where(start_ms, end_ms, symbol=symbol)
+        where, params = where_clause(start_ms, end_ms, symbol=symbol)
         cols = ", ".join(FUNDAMENTALS_COLUMNS)
         limit = check_limit(limit)
         if limit is not None:
@@ -440,11 +354,11 @@ class SqliteStore(Store):
         return fundamentals_frame(self._conn().execute(sql, params).fetchall())
 
     def count_fundamentals(self, symbol=None) -> int:
-        return self._count("fundamentals", *_where(symbol=symbol))
+        return self._count("fundamentals", *where_clause(symbol=symbol))
 
     # ---- documents -----------------------------------------------------------------------
     def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
-        _check_collection(collection)
+        check_collection(collection)
         body = json.dumps(doc, allow_nan=False)
         with self._write() as conn:
             conn.execute(
@@ -454,13 +368,13 @@ class SqliteStore(Store):
                 (collection, doc_id, int(doc.get("created_ms", 0)), body))
 
     def get_doc(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        _check_collection(collection)
+        check_collection(collection)
         row = self._conn().execute(
             "SELECT body FROM docs WHERE collection = ? AND id = ?", (collection, doc_id)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def list_docs(self, collection, where=None, limit=1000) -> list[dict[str, Any]]:
-        _check_collection(collection)
+        check_collection(collection)
         limit = check_limit(limit)
         if limit is None:
             limit = -1  # SQLite: no limit
@@ -475,7 +389,7 @@ class SqliteStore(Store):
         return [json.loads(r[0]) for r in rows]
 
     def replace_doc_if(self, collection, doc_id, doc, expected) -> bool:
-        _check_collection(collection)
+        check_collection(collection)
         body = json.dumps(doc, allow_nan=False)
         with self._write() as conn:  # BEGIN IMMEDIATE: no other writer until COMMIT
             row = conn.execute("SELECT body FROM docs WHERE collection = ? AND id = ?",
@@ -491,7 +405,7 @@ class SqliteStore(Store):
         return True
 
     def delete_doc(self, collection: str, doc_id: str) -> bool:
-        _check_collection(collection)
+        check_collection(collection)
         with self._write() as conn:
             cur = conn.execute("DELETE FROM docs WHERE collection = ? AND id = ?",
                                (collection, doc_id))
@@ -517,43 +431,3 @@ class SqliteStore(Store):
         row = self._conn().execute("SELECT data FROM artefacts WHERE digest = ?",
                                    (digest,)).fetchone()
         return None if row is None else bytes(row[0])
-
-
-def _series_where(symbol, interval, start_ms, end_ms) -> tuple[str, list[Any]]:
-    return _where(start_ms, end_ms, symbol=symbol, interval=interval)
-
-
-def _where(start_ms: int | None = None, end_ms: int | None = None,
-           **equal: Any) -> tuple[str, list[Any]]:
-    """SQL condition and parameters: each non-None ``equal`` column, then the half-open range."""
-    clauses, params = ["1=1"], []
-    for column, value in equal.items():
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if start_ms is not None:
-        clauses.append("ts >= ?")
-        params.append(int(start_ms))
-    if end_ms is not None:
-        clauses.append("ts < ?")
-        params.append(int(end_ms))
-    return " AND ".join(clauses), params
-
-
-def _check_collection(collection: str) -> None:
-    if collection not in COLLECTIONS:
-        raise ValueError(f"unknown collection {collection!r}; expected one of {COLLECTIONS}")
-
-
-def _why_unwritable(path: Path, exc: Exception | None) -> str:
-    """SQLite says "unable to open database file"; say what is actually wrong if we can."""
-    import os
-
-    try:
-        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-            return "the file system is mounted read-only"
-    except OSError:
-        pass
-    if not os.access(path.parent, os.W_OK):
-        return f"no permission to write in {path.parent}"
-    return str(exc)
