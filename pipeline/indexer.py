@@ -29,7 +29,6 @@ from pipeline.backoff import Backoff
 from pipeline.broker import shown
 from pipeline.bar_rules import BarRules
 from pipeline.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
-from pipeline.kafka_clients import GROUP_SESSION_MS as _GROUP_SESSION_MS
 from pipeline.kafka_clients import log_end_offsets, make_consumer, reset_fetch_buffer
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
 from pipeline.store.outage import is_store_outage
@@ -39,8 +38,6 @@ from pipeline.worker import Worker
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "kappalab-indexer"
-#: (the consumer-group session timeout lives with the consumer factory; kept importable here)
-GROUP_SESSION_MS = _GROUP_SESSION_MS
 #: Bounded reads hold at most this many records per partition that their producer has not
 #: acknowledged yet; past it they are read again from the broker later.
 MAX_HELD_RECORDS = 200_000
