@@ -41,6 +41,7 @@ from pipeline.news import NEWS_TOPIC
 from pipeline.serve import add_serve_parser
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
+from pipeline.sources.catalog import source_keys
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import StoreUnavailable, open_store
 
@@ -186,8 +187,8 @@ class _IntervalGiven(argparse.Action):
 def add_source_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(interval_given=False)
     p.add_argument("--topic", default=BARS_TOPIC, help="topic to publish to")
-    p.add_argument("--source", choices=["simulator", "csv", "alphavantage", "polygon"],
-                   default="simulator")
+    p.add_argument("--source", choices=source_keys(), default="simulator",
+                   help="a source of pipeline/sources/catalog.py")
     p.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS),
                    help="comma-separated symbols (default: the simulator's five)")
     p.add_argument("--interval", default="1m", choices=list(INTERVALS), action=_IntervalGiven,

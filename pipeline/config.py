@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +109,9 @@ class Config:
     network: bool = False  # classroom setting: the app listens on every interface
     presenter_password: Secret | None = None  # needed for every state change in network mode
     import_dir: Path | None = None  # server paths of the CSV import may also point in here
+    #: every other variable of the environment and ``secrets.toml`` (non-empty values), for a
+    #: source's own settings, read by name through :meth:`setting` / :meth:`secret`; never printed
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def network_refusal(self) -> str | None:
         """The one sentence why network mode cannot start (no presenter password), or None."""
@@ -116,8 +119,31 @@ class Config:
             return NETWORK_WITHOUT_PASSWORD
         return None
 
+    def setting(self, name: str, default: str | None = None) -> str | None:
+        """The config variable ``name`` (e.g. a source's ``*_BASE_URL``, named in its catalog
+        entry): the field that holds it when it is one of :data:`ENV_KEYS`, else the
+        environment or ``secrets.toml``; ``default`` when unset."""
+        value = self._named(name)
+        if isinstance(value, Secret):
+            value = value.get()
+        return str(value) if value not in (None, "") else default
+
+    def secret(self, name: str) -> Secret | None:
+        """The config variable ``name`` as a :class:`Secret` (a source's API key), or None."""
+        value = self._named(name)
+        if isinstance(value, Secret) or value is None:
+            return value or None
+        return Secret(str(value)) if str(value).strip() else None
+
+    def _named(self, name: str) -> Any:
+        attr = _FIELD_OF_VARIABLE.get(name)
+        return getattr(self, attr) if attr else self.extra.get(name)
+
     def store_key(self) -> tuple:
-        """Identity of the store this config points at (for caching one store per target)."""
+        """Identity of the store this config points at (for caching one store per target):
+        the chosen backend's ``identity`` (``pipeline/store/__init__.py`` registers it)."""
+        if store_identity is not None:
+            return store_identity(self)
         if self.es_url:
             return ("elasticsearch", self.es_url, self.es_index_prefix)
         return ("sqlite", str(self.sqlite_path))
@@ -150,6 +176,20 @@ class Config:
         return kw
 
 
+#: ``pipeline.store.store_key``, set when the store registry is imported (the core cannot
+#: import it); before that, ``Config.store_key`` knows the two built-in backends
+store_identity: Callable[["Config"], tuple] | None = None
+
+#: the variables a named field holds (so :meth:`Config.setting` sees overrides of the field)
+_FIELD_OF_VARIABLE = {
+    "ALPHAVANTAGE_API_KEY": "alphavantage_api_key", "ALPHAVANTAGE_BASE_URL": "alphavantage_base_url",
+    "POLYGON_API_KEY": "polygon_api_key", "POLYGON_BASE_URL": "polygon_base_url",
+    "ELASTICSEARCH_URL": "es_url", "ELASTICSEARCH_API_KEY": "es_api_key",
+    "ELASTICSEARCH_USERNAME": "es_username", "ELASTICSEARCH_PASSWORD": "es_password",
+    "ELASTICSEARCH_CA_CERTS": "es_ca_certs", "ELASTICSEARCH_INDEX_PREFIX": "es_index_prefix",
+}
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "kappalab"
@@ -174,6 +214,8 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
     env = dict(os.environ if env is None else env)
     merged: dict[str, str] = {k: str(v) for k, v in read_secrets_toml(secrets_path).items()}
     merged.update({k: v for k, v in env.items() if k in ENV_KEYS and v != ""})
+    extra = {k: str(v).strip() for k, v in {**merged, **env}.items()
+             if k not in ENV_KEYS and isinstance(v, str) and v.strip()}
 
     def get(key: str) -> str | None:
         v = merged.get(key)
@@ -223,6 +265,7 @@ def load_config(env: Mapping[str, str] | None = None, secrets_path: Path | None 
         network=network,
         presenter_password=secret("KAPPALAB_PRESENTER_PASSWORD"),
         import_dir=Path(import_dir).expanduser() if import_dir else None,
+        extra=extra,
     )
     cfg.update(overrides)
     return Config(**cfg)

@@ -1,16 +1,134 @@
-"""Which sources exist and how to build each one from user choices (CLI or dashboard).
+"""The one source catalog: which bar sources exist and how to build each one from a user's
+choices. The CLI (``python -m pipeline produce|backfill --source …``: its choices and its
+construction), the Pipeline page's source picker (:func:`available_sources`,
+:func:`build_api_source`) and the redaction of log records (:data:`CATALOG`'s ``loggers``) all
+read it, so a new source is its class file plus one :class:`SourceSpec` entry below.
 
 Live API sources are offered but disabled until their key is configured, with the hint of
-what to set; a key typed into the dashboard lives in that session only.
+what to set; a key typed into the dashboard lives in that session only. A source's settings
+and key are config variables read by name (``Config.setting`` / ``Config.secret``), so a new
+one needs no field in ``pipeline/config.py``.
 """
 from __future__ import annotations
 
+import importlib
 import sys
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from pipeline.config import Config, Secret
 from pipeline.sources.base import Source, SourceError
+from pipeline.sources.redaction import scrub_loggers
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What a user asked of a source (CLI flags or the Pipeline page's form): the symbols, the
+    interval, live polling or a finite backfill, a key typed for this session, and the
+    source-specific ``options`` (for CSV: file, speed, skip_bad, tz, interval_given)."""
+
+    symbols: list[str]
+    interval: str = "1m"
+    live: bool = False
+    api_key: Secret | str | None = None
+    days: int = 5
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One catalogued source: its CLI key and label, its class (``module:Class``, imported only
+    when built), the config variables it reads (``secret``: its API key; ``settings``: others,
+    such as a base URL), the loggers whose records must be scrubbed of its key, whether the
+    Pipeline page's generic form (symbols, interval, key, live) builds it, and ``build``:
+    ``(cls, config, request) -> Source``."""
+
+    key: str
+    label: str
+    cls: str
+    build: Callable[[type, Config, SourceRequest], Source]
+    secret: str | None = None
+    settings: tuple[str, ...] = ()
+    loggers: tuple[str, ...] = ()
+    api_form: bool = False
+
+    def source_class(self) -> type:
+        module, _, name = self.cls.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def key_from(self, config: Config, request: SourceRequest) -> Secret | str | None:
+        """The key typed for this session, else the configured one."""
+        return request.api_key or (config.secret(self.secret) if self.secret else None)
+
+
+def _simulator(cls, config: Config, req: SourceRequest) -> Source:
+    opts = req.options
+    chosen = {"symbols": req.symbols} if req.symbols else {}  # none: the default symbols
+    return cls(interval=req.interval, seed=opts.get("seed", 7), bars=opts.get("bars"),
+               speed=opts.get("speed"), **chosen)
+
+
+def _csv(cls, config: Config, req: SourceRequest) -> Source:
+    opts = req.options
+    if not opts.get("file"):
+        raise SourceError("--source csv needs --file PATH")
+    # --symbols given once names the file's symbol; otherwise a symbol column or the file
+    # name. --interval left out means: inferred from the rows' spacing.
+    interval = req.interval if opts.get("interval_given", True) else None
+    tz = opts.get("tz") or "UTC"
+    source = cls(opts["file"], symbol=req.symbols[0] if len(req.symbols) == 1 else None,
+                 interval=interval, speed=opts.get("speed"), skip_bad=bool(opts.get("skip_bad")),
+                 tz=tz)
+    if opts.get("announce"):
+        print(f"{source.display_name}: {source.inspect().summary()}; times read in {tz}"
+              + ("" if interval else " (interval inferred; set --interval to override)"),
+              file=sys.stderr, flush=True)
+    return source
+
+
+def _alphavantage(cls, config: Config, req: SourceRequest) -> Source:
+    return cls(req.symbols, req.interval, api_key=CATALOG["alphavantage"].key_from(config, req),
+               mode="live" if req.live else "backfill",
+               base_url=config.setting("ALPHAVANTAGE_BASE_URL"),
+               # "full" daily history is premium-only on free keys; intraday full is free.
+               outputsize="full" if not req.live and req.interval != "1d" else "compact")
+
+
+def _polygon(cls, config: Config, req: SourceRequest) -> Source:
+    return cls(req.symbols, req.interval, api_key=CATALOG["polygon"].key_from(config, req),
+               mode="live" if req.live else "backfill", days=req.days,
+               base_url=config.setting("POLYGON_BASE_URL"))
+
+
+#: every bar source, in the order the CLI and the Pipeline page offer them
+CATALOG: dict[str, SourceSpec] = {spec.key: spec for spec in (
+    SourceSpec("simulator", "Market simulator", "pipeline.sources.simulator:MarketSimulator",
+               _simulator),
+    SourceSpec("csv", "CSV replay", "pipeline.sources.csv_replay:CsvReplaySource", _csv,
+               loggers=("pipeline.sources.csv_replay",)),
+    SourceSpec("alphavantage", "Alpha Vantage (live API)",
+               "pipeline.sources.alphavantage:AlphaVantageSource", _alphavantage,
+               secret="ALPHAVANTAGE_API_KEY", settings=("ALPHAVANTAGE_BASE_URL",),
+               loggers=("pipeline.sources.alphavantage",), api_form=True),
+    SourceSpec("polygon", "Polygon / Massive (live API)", "pipeline.sources.polygon:PolygonSource",
+               _polygon, secret="POLYGON_API_KEY", settings=("POLYGON_BASE_URL",),
+               loggers=("pipeline.sources.polygon",), api_form=True),
+)}
+
+scrub_loggers(name for spec in CATALOG.values() for name in spec.loggers)
+
+
+def source_keys() -> list[str]:
+    """The ``--source`` choices of ``python -m pipeline produce|backfill``."""
+    return list(CATALOG)
+
+
+def build(key: str, config: Config, request: SourceRequest) -> Source:
+    """The catalogued source ``key`` built for ``request``."""
+    spec = CATALOG.get(key)
+    if spec is None:
+        raise SourceError(f"There is no source {key!r}; choose one of {', '.join(CATALOG)}.")
+    return spec.build(spec.source_class(), config, request)
 
 
 @dataclass(frozen=True)
@@ -26,56 +144,29 @@ class SourceChoice:
 
 def available_sources(config: Config, session_keys: dict[str, Any] | None = None) -> list[SourceChoice]:
     session_keys = session_keys or {}
-    av = bool(config.alphavantage_api_key or session_keys.get("alphavantage"))
-    pg = bool(config.polygon_api_key or session_keys.get("polygon"))
-    return [
-        SourceChoice("simulator", "Market simulator", True),
-        SourceChoice("csv", "CSV replay", True),
-        SourceChoice("alphavantage", "Alpha Vantage (live API)", av,
-                     "" if av else "set ALPHAVANTAGE_API_KEY, or type a key for this session"),
-        SourceChoice("polygon", "Polygon / Massive (live API)", pg,
-                     "" if pg else "set POLYGON_API_KEY, or type a key for this session"),
-    ]
+    choices = []
+    for spec in CATALOG.values():
+        ok = not spec.secret or bool(config.secret(spec.secret) or session_keys.get(spec.key))
+        choices.append(SourceChoice(spec.key, spec.label, ok, "" if ok else
+                                    f"set {spec.secret}, or type a key for this session"))
+    return choices
 
 
 def build_api_source(kind: str, config: Config, symbols: list[str], interval: str, *,
                      live: bool, api_key: Secret | str | None = None, days: int = 5) -> Source:
-    """An Alpha Vantage or Polygon source; the key comes from ``api_key`` or the config."""
-    if kind == "alphavantage":
-        from pipeline.sources.alphavantage import AlphaVantageSource
-
-        return AlphaVantageSource(
-            symbols, interval, api_key=api_key or config.alphavantage_api_key,
-            mode="live" if live else "backfill", base_url=config.alphavantage_base_url,
-            # "full" daily history is premium-only on free keys; intraday full is free.
-            outputsize="full" if not live and interval != "1d" else "compact")
-    if kind == "polygon":
-        from pipeline.sources.polygon import PolygonSource
-
-        return PolygonSource(symbols, interval, api_key=api_key or config.polygon_api_key,
-                             mode="live" if live else "backfill", days=days,
-                             base_url=config.polygon_base_url)
-    raise SourceError(f"unknown API source {kind!r}")
+    """An API source of the catalog (the Pipeline page's form); the key comes from
+    ``api_key`` or the config."""
+    if kind not in CATALOG or not CATALOG[kind].api_form:
+        raise SourceError(f"unknown API source {kind!r}")
+    return build(kind, config, SourceRequest(symbols, interval, live=live, api_key=api_key,
+                                             days=days))
 
 
 def source_from_cli(args, config: Config, symbols: list[str]) -> Source:
     """The non-simulator sources of ``python -m pipeline produce|backfill``."""
-    if args.source == "csv":
-        from pipeline.sources.csv_replay import CsvReplaySource
-
-        if not args.file:
-            raise SourceError("--source csv needs --file PATH")
-        # --symbols given once names the file's symbol; otherwise a symbol column or the file
-        # name. --interval left out means: inferred from the rows' spacing.
-        interval = args.interval if getattr(args, "interval_given", True) else None
-        source = CsvReplaySource(args.file, symbol=symbols[0] if len(symbols) == 1 else None,
-                                 interval=interval, speed=args.speed, skip_bad=args.skip_bad,
-                                 tz=getattr(args, "tz", None) or "UTC")
-        insp = source.inspect()
-        print(f"{source.display_name}: {insp.summary()}; times read in "
-              f"{getattr(args, 'tz', None) or 'UTC'}"
-              + ("" if interval else " (interval inferred; set --interval to override)"),
-              file=sys.stderr, flush=True)
-        return source
-    return build_api_source(args.source, config, symbols, args.interval, live=args.live,
-                            days=args.days)
+    options = {"file": getattr(args, "file", None), "speed": getattr(args, "speed", None),
+               "skip_bad": getattr(args, "skip_bad", False), "tz": getattr(args, "tz", None),
+               "interval_given": getattr(args, "interval_given", True), "announce": True}
+    return build(args.source, config, SourceRequest(
+        symbols, args.interval, live=getattr(args, "live", False), days=getattr(args, "days", 5),
+        options=options))

@@ -91,14 +91,17 @@ _LOGGERS_TO_SCRUB = (
 )
 
 
-def _install_log_filter() -> None:
-    for name in _LOGGERS_TO_SCRUB:
+def scrub_loggers(names) -> None:
+    """Install the redacting filter on each logger named (a filter on a parent logger does not
+    see its children's records, so every source module's logger is named: the shared HTTP
+    parts below, each catalogued source's in ``pipeline/sources/catalog.py``)."""
+    for name in names:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
 
 
-_install_log_filter()
+scrub_loggers(_LOGGERS_TO_SCRUB)
 
 
 def secret_value(api_key: str | Secret | None) -> Secret | None:

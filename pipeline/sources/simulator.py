@@ -88,9 +88,10 @@ class MarketSimulator(Source):
         fast_bars: int = 0,
     ):
         if not symbols:
-            raise ValueError("the simulator needs at least one symbol")
+            raise ValueError("The simulator needs at least one symbol, like AAPL.")
         if speed is not None and speed <= 0:
-            raise ValueError("speed must be positive (or None for as fast as possible)")
+            raise ValueError(f"The simulator's speed must be above 0, not {speed!r} (leave it unset "
+                             "for as fast as possible).")
         self.symbols = list(dict.fromkeys(symbols))
         self.interval = interval
         self.step_ms = interval_ms(interval)
