@@ -220,7 +220,9 @@ def live_figures(local: dict, attached: list[dict]) -> None:
              for snap in attached]
     if not rows:
         st.info("No worker has run yet in this app, and no worker process is attached. "
-                "Start them above, or run `python -m pipeline produce|index|score` in a terminal.")
+                + ("Start them above, or run `python -m pipeline produce|index|score` in a "
+                   "terminal." if can_change() else
+                   "The presenter starts them (this is a read-only view)."))
     else:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
             "lag": st.column_config.TextColumn("lag", help=HELP["lag"]),
