@@ -11,6 +11,7 @@ import time
 import streamlit as st
 
 from dashboard.access import presenter_button
+from dashboard.plain_text import md_plain
 from dashboard.widgets import guarded, worker_header
 from pipeline.broker import BrokerUnavailable, find_or_start_broker
 from pipeline.flink import FLINK_DLQ_TOPIC, FLINK_INTERVALS, FLINK_TOPIC
@@ -49,7 +50,7 @@ def _flink_live(runtime, config) -> None:
         if state == "starting":
             st.caption("The JVM and the SQL planner take about half a minute.")
         elif state == "unresponsive":
-            st.caption(status.get("reason", ""))
+            st.caption(md_plain(status.get("reason", "")))
     with c2:
         if state != "stopped":
             if presenter_button("Stop Flink job", key="flink_stop"):

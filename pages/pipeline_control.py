@@ -26,6 +26,7 @@ from pipeline.runtime import SimulatorSpec
 from pipeline.schema import INTERVALS
 from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
+from pipeline.store import store_origin
 
 enter_page()
 store = store_or_stop()
@@ -50,8 +51,7 @@ with b1:
         st.write("Embedded Tansu broker — not started yet (it starts with the first worker).")
 with b2:
     st.subheader("Store")
-    kind = "configured (ELASTICSEARCH_URL)" if config.es_url else "embedded"
-    st.write(f"{store.describe()} — {kind}")
+    st.write(f"{store.describe()} — {store_origin(config)}")
 
 # ---- producer source -------------------------------------------------------------------------
 st.subheader("Workers")
@@ -220,7 +220,9 @@ def live_figures(local: dict, attached: list[dict]) -> None:
              for snap in attached]
     if not rows:
         st.info("No worker has run yet in this app, and no worker process is attached. "
-                "Start them above, or run `python -m pipeline produce|index|score` in a terminal.")
+                + ("Start them above, or run `python -m pipeline produce|index|score` in a "
+                   "terminal." if can_change() else
+                   "The presenter starts them (this is a read-only view)."))
     else:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
             "lag": st.column_config.TextColumn("lag", help=HELP["lag"]),

@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -140,7 +140,10 @@ class Config:
         return getattr(self, attr) if attr else self.extra.get(name)
 
     def store_key(self) -> tuple:
-        """Identity of the store this config points at (for caching one store per target)."""
+        """Identity of the store this config points at (for caching one store per target):
+        the chosen backend's ``identity`` (``pipeline/store/__init__.py`` registers it)."""
+        if store_identity is not None:
+            return store_identity(self)
         if self.es_url:
             return ("elasticsearch", self.es_url, self.es_index_prefix)
         return ("sqlite", str(self.sqlite_path))
@@ -172,6 +175,10 @@ class Config:
             kw["sasl_plain_password"] = self.kafka_sasl_password.get() if self.kafka_sasl_password else None
         return kw
 
+
+#: ``pipeline.store.store_key``, set when the store registry is imported (the core cannot
+#: import it); before that, ``Config.store_key`` knows the two built-in backends
+store_identity: Callable[["Config"], tuple] | None = None
 
 #: the variables a named field holds (so :meth:`Config.setting` sees overrides of the field)
 _FIELD_OF_VARIABLE = {

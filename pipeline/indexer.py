@@ -29,7 +29,8 @@ from pipeline.backoff import Backoff
 from pipeline.broker import shown
 from pipeline.bar_rules import BarRules
 from pipeline.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
-from pipeline.kafka_clients import log_end_offsets, make_consumer, reset_fetch_buffer
+from pipeline.kafka_clients import (log_end_offsets, make_consumer, reset_fetch_buffer,
+                                     undecodable, unreadable_reason)
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
 from pipeline.store.outage import is_store_outage
 from pipeline.topic_watch import TopicWatch
@@ -139,7 +140,7 @@ class Indexer(Worker):
                     poll_failing_since = poll_failing_since or time.monotonic()
                     reason = unreadable_reason(self.topic, exc)
                     if (time.monotonic() - poll_failing_since > self.stall_after_s
-                            or _undecodable(exc)):
+                            or undecodable(exc)):
                         self.stall(reason)
                     else:
                         self.error(reason, log_it=False)
@@ -423,20 +424,3 @@ class Indexer(Worker):
         with self._lock:
             snap["recent_rejects"] = list(self.recent_rejects[-10:])
         return snap
-
-
-def _undecodable(exc: BaseException) -> bool:
-    """A fetch the client cannot decode (no codec, corrupt batch): retrying will not help
-    until someone acts, so the worker says ``stalled`` at once."""
-    name = type(exc).__name__
-    return name in ("UnsupportedCodecError", "CorruptRecordError", "CorruptRecordException")
-
-
-def unreadable_reason(topic: str, exc: BaseException) -> str:
-    """One sentence for a poll that failed, with the way out for a missing codec."""
-    reason = f"cannot read {topic} ({describe_failure(exc)})"
-    if type(exc).__name__ == "UnsupportedCodecError":
-        reason += ("; a producer compressed a batch with a codec this client cannot decode: "
-                   "install the codec packages (pip install -r requirements.txt: "
-                   "python-snappy, lz4, zstandard)")
-    return reason

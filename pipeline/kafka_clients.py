@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from pipeline.dead_letters import describe_failure
+
 #: Consumers read committed data only (see the module docstring).
 ISOLATION_LEVEL = "read_committed"
 #: Consumer-group session timeout of the stream workers: the embedded broker answers a group
@@ -166,3 +168,20 @@ def _aborted_in(partition_records_class, records) -> list:
                 first.setdefault(pid, batch.base_offset)
         batch = copy.next_batch()
     return out
+
+
+def undecodable(exc: BaseException) -> bool:
+    """A fetch the client cannot decode (no codec, corrupt batch): retrying will not help
+    until someone acts, so the worker says ``stalled`` at once."""
+    name = type(exc).__name__
+    return name in ("UnsupportedCodecError", "CorruptRecordError", "CorruptRecordException")
+
+
+def unreadable_reason(topic: str, exc: BaseException) -> str:
+    """One sentence for a poll that failed, with the way out for a missing codec."""
+    reason = f"cannot read {topic} ({describe_failure(exc)})"
+    if type(exc).__name__ == "UnsupportedCodecError":
+        reason += ("; a producer compressed a batch with a codec this client cannot decode: "
+                   "install the codec packages (pip install -r requirements.txt: "
+                   "python-snappy, lz4, zstandard)")
+    return reason

@@ -25,6 +25,7 @@ from models.live.step import ScoringStep, SeriesBars
 from models.retrain_policy import RetrainPolicy
 from pipeline.bar_rules import SeriesClock, stored_last
 from pipeline.fundamentals import FUNDAMENTALS_TOPIC
+from pipeline.kafka_clients import make_consumer, reset_fetch_buffer, undecodable, unreadable_reason
 from pipeline.news import NEWS_TOPIC
 from pipeline.prediction_feed import PredictionFeed
 from pipeline.schema import (
@@ -152,8 +153,14 @@ class Scorer(Worker):
                     paused = set()
                 if uncommitted and not step.deferred:
                     uncommitted = not self._commit(consumer)
-                batch = consumer.poll(timeout_ms=0 if step.deferred else self.poll_timeout_ms,
-                                      max_records=self.batch_max)
+                try:
+                    batch = consumer.poll(timeout_ms=0 if step.deferred else self.poll_timeout_ms,
+                                          max_records=self.batch_max)
+                except Exception as exc:  # e.g. a batch it cannot decode: stalled, keeps trying
+                    consumer = self._poll_failed(consumer, exc, stop)
+                    continue
+                if self.state == "stalled" and not step.outbox:
+                    self.unstall()
                 if batch or step.deferred:
                     step.process(self._bars_by_series(batch) if batch else {})
                     uncommitted = True
@@ -178,9 +185,22 @@ class Scorer(Worker):
         self.step.housekeeping()
         self._publish_gauges()
 
-    def _make_consumer(self):
-        from pipeline.kafka_clients import make_consumer  # read_committed, like every consumer
+    def _poll_failed(self, consumer, exc: BaseException, stop: threading.Event):
+        """A poll that raised (no codec, a corrupt batch): ``stalled`` with the reason, the
+        stuck fetch dropped (or the consumer rebuilt), a retry in a second, as in the indexer."""
+        reason = unreadable_reason(self.topic, exc)
+        if undecodable(exc):
+            self.stall(reason)
+        else:
+            self.error(reason)
+        if not reset_fetch_buffer(consumer):
+            consumer.close()
+            consumer = self._make_consumer()
+        self.tick()
+        stop.wait(1.0)
+        return consumer
 
+    def _make_consumer(self):
         return make_consumer(self.bootstrap, (self.topic, *self.extras.topics), self.group_id,
                              self.client_kwargs, self.batch_max, client_id="kappalab-scorer",
                              fetch_max_wait_ms=self.fetch_wait_ms,

@@ -136,3 +136,40 @@ def test_topic_recreated_under_a_writing_producer_loses_nothing_still_in_the_log
     f = record(stream_cases.case_topic_recreated_live_producer(broker.bootstrap, tmp_path))
     assert f["lost_still_in_log"] == 0 and f["duplicated"] == 0, f
     assert f["lag"] == 0 and f["topic_gauge"]["resets"] >= 1, f
+
+
+@pytest.mark.slow
+def test_the_scorer_says_stalled_on_a_batch_it_cannot_decode(broker, tmp_path):
+    """The scorer meets the same undecodable snappy batch (client without the codec): it says
+    ``stalled`` with the codec named, keeps its loop (and heartbeat) going, never ``failed``."""
+    import time
+
+    import kafka.codec
+
+    from pipeline.scorer import Scorer
+    from pipeline.store.sqlite import SqliteStore
+    from pipeline.worker import WorkerThread
+
+    topic, _dlq = stream_cases.new_topics(broker.bootstrap)
+    p = stream_cases.rdkafka(broker.bootstrap, **{"compression.type": "snappy"})
+    for i in range(5):
+        p.produce(topic, key=b"AAA", value=stream_cases.bar_value(i))
+    p.flush(10)
+    saved, kafka.codec.snappy = kafka.codec.snappy, None
+    store = SqliteStore(tmp_path / "scorer.sqlite")
+    try:
+        w = Scorer(store, broker.bootstrap, topic=topic, group_id=f"s-{topic}",
+                   train_default=False, publish=False)
+        wt = WorkerThread(w).start()
+        deadline = time.time() + 30
+        while time.time() < deadline and w.state != "stalled":
+            time.sleep(0.2)
+        assert w.state == "stalled", (w.state, w.last_error)
+        assert "snappy" in w.last_error and "python-snappy" in w.last_error, w.last_error
+        time.sleep(2.5)  # still trying, still saying why
+        assert w.state == "stalled" and wt.alive
+        wt.stop(timeout_s=20)
+        assert w.state == "stopped", (w.state, w.last_error)
+    finally:
+        kafka.codec.snappy = saved
+        store.close()

@@ -753,3 +753,53 @@ def test_sqlite_checkpoints_run_in_a_thread_that_ends_with_the_last_store(tmp_pa
     gc.collect()
     thread.join(30)
     assert not thread.is_alive() and key not in sqlite_mod._CHECKPOINTERS
+
+
+# ---- the backend registry (pipeline/store/__init__.py: BACKENDS) ---------------------------
+def _choosing_env(backend, tmp_path, es_server) -> dict[str, str]:
+    """The variables that make ``load_config`` choose ``backend`` (a new backend adds its own)."""
+    env = {"KAPPALAB_DATA_DIR": str(tmp_path / "data")}
+    if backend.name == "elasticsearch":
+        env.update(ELASTICSEARCH_URL=es_server.url,
+                   ELASTICSEARCH_INDEX_PREFIX=f"kappalab-test-{uuid.uuid4().hex[:10]}")
+    return env
+
+
+#: registry name -> its param of the ``store`` fixture (a new backend adds one of each)
+FIXTURE_OF = {"sqlite": "sqlite", "elasticsearch": "es-double"}
+
+
+def test_every_registered_backend_runs_the_contract():
+    from pipeline.store import BACKENDS as REGISTRY
+
+    assert {b.name for b in REGISTRY} == set(FIXTURE_OF)
+    assert set(FIXTURE_OF.values()) <= {p for p in BACKENDS if isinstance(p, str)}
+    assert REGISTRY[-1].variable is None, "the default backend (no variable) comes last"
+
+
+@pytest.mark.parametrize("name", list(FIXTURE_OF))
+def test_open_store_builds_the_backend_the_config_chooses(name, tmp_path, es_server):
+    """Each backend parses its own settings (``from_config``) and names its target
+    (``identity``, what ``Config.store_key`` returns), and pickles as the way to reopen it."""
+    import pickle
+
+    from pipeline.store import BACKENDS as REGISTRY, backend_for, open_store, store_key, store_origin
+
+    backend = next(b for b in REGISTRY if b.name == name)
+    config = load_config(env=_choosing_env(backend, tmp_path, es_server),
+                         secrets_path=tmp_path / "none.toml")
+    assert backend_for(config) is backend and store_origin(config) == backend.origin
+    store = open_store(config)
+    try:
+        assert isinstance(store, backend.store_class()) and store.backend == name
+        assert config.store_key() == store_key(config) == backend.store_class().identity(config)
+        assert config.store_key()[0] == name
+        store.put_doc(RUNS, "registry-check", {"ok": 1})
+        again = pickle.loads(pickle.dumps(store))
+        try:
+            assert again.get_doc(RUNS, "registry-check")["ok"] == 1
+        finally:
+            again.close()
+        assert store.outage(StoreUnavailable("down")) in (True, False)  # its own classifier
+    finally:
+        store.close()

@@ -101,8 +101,9 @@ def artefact_digest(data: bytes) -> str:
 class Store(abc.ABC):
     """The store contract: series, documents, artefacts (suite: tests/test_store_contract.py).
     Owns its connections and artefact cache; every method is safe from any thread. A backend
-    also defines ``__reduce__`` (pickled into the retrain child: what reopens it, never a
-    connection) and ``outage`` (which errors of its client mean "retry later")."""
+    also has ``from_config``/``identity`` (its settings; what names its target), ``__reduce__``
+    (what reopens it in the retrain child, never a connection) and ``outage`` (which errors
+    of its client mean "retry later"); it is one row of ``pipeline/store: BACKENDS``."""
 
     backend: str = "abstract"
 

@@ -171,6 +171,10 @@ class ElasticsearchStore(EsDocuments, EsIndexIO, Store):
             index_prefix=config.es_index_prefix,
         )
 
+    @staticmethod
+    def identity(config: Any) -> tuple:
+        return ("elasticsearch", config.es_url, config.es_index_prefix)
+
     def __repr__(self) -> str:
         return f"ElasticsearchStore({self.describe()!r})"
 

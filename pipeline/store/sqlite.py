@@ -68,6 +68,15 @@ class SqliteStore(Store):
         self._identity = FileIdentity(self.path)
         start_checkpointer(self)
 
+    @classmethod
+    def from_config(cls, config: Any) -> "SqliteStore":
+        """The embedded store: ``kappalab.sqlite`` in the data dir (``KAPPALAB_DATA_DIR``)."""
+        return cls(config.sqlite_path)
+
+    @staticmethod
+    def identity(config: Any) -> tuple:
+        return ("sqlite", str(config.sqlite_path))
+
     def __reduce__(self):
         """Pickled as its file: unpickling (in a spawned child, e.g. the scorer's retrain
         process) opens the same database with connections of its own."""
