@@ -64,6 +64,15 @@ def cpu_window(server: AppServer, seconds: float, sleep=time.sleep) -> dict:
             "tree_pct": round(100 * (t1 - t0) / wall, 1)}
 
 
+def viewer_cpu(n: int, cpu: dict, idle: dict, window: float, refreshes: int) -> dict:
+    """One step's CPU figures: the server's CPU above idle per viewer and per refresh."""
+    extra = max(0.0, cpu["server_pct"] - idle["server_pct"])
+    return {"viewers": n, "cpu": cpu, "cpu_per_viewer_pct": round(extra / n, 2),
+            "cpu_ms_per_refresh": (round(extra / 100 * window * 1000 / refreshes, 2)
+                                   if refreshes else None),
+            "refreshes_per_viewer_s": round(refreshes / n / window, 2)}
+
+
 def wait_warm(server: AppServer, timeout_s: float = 120) -> float:
     want = DEFAULT_DEMO.warmup_bars * len(DEFAULT_DEMO.symbols)
     deadline = time.monotonic() + timeout_s
@@ -114,13 +123,8 @@ def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: 
                     shown = chart_last_ts(page)
                     if shown is not None and store_last is not None:
                         behind.append(max(0, (store_last - shown) // MIN))
-                extra = max(0.0, cpu["server_pct"] - out["idle"]["server_pct"])
                 out["steps"].append({
-                    "viewers": n, "cpu": cpu,
-                    "cpu_per_viewer_pct": round(extra / n, 2),
-                    "cpu_ms_per_refresh": (round(extra / 100 * window * 1000 / refreshes, 2)
-                                           if refreshes else None),
-                    "refreshes_per_viewer_s": round(refreshes / n / window, 2),
+                    **viewer_cpu(n, cpu, out["idle"], window, refreshes),
                     "refreshes_asked_per_viewer_s": round(1 / refresh_s, 2),
                     "browser_chart_s": opened,
                     "browser_chart_s_max": max(opened) if opened else None,
@@ -169,14 +173,9 @@ def run_variant_protocol(name: str, mode: str, app_dir: Path, counts: list[int],
                 store_last = store_figures(server.data_dir)[1]
                 behind = [max(0, (store_last - v.last_candle_ts) // MIN) for v in viewers
                           if v.last_candle_ts is not None and store_last is not None]
-                extra = max(0.0, cpu["server_pct"] - out["idle"]["server_pct"])
                 charts = [round(v.first_chart_s, 2) for v in new if v.first_chart_s is not None]
                 out["steps"].append({
-                    "viewers": n, "cpu": cpu,
-                    "cpu_per_viewer_pct": round(extra / n, 2),
-                    "cpu_ms_per_refresh": (round(extra / 100 * window * 1000 / refreshes, 2)
-                                           if refreshes else None),
-                    "refreshes_per_viewer_s": round(refreshes / n / window, 2),
+                    **viewer_cpu(n, cpu, out["idle"], window, refreshes),
                     "server_chart_s_new": charts,
                     "server_chart_s_max": max(charts) if charts else None,
                     "behind_bars_max": max(behind) if behind else None,
