@@ -12,6 +12,18 @@ from dashboard.prediction_charts import arena_table
 from dashboard.widgets import push_notice, show_notices
 from models import arena
 from models.registry import GLOBAL_SCOPE, champion_refusal, promote
+
+
+def promote_with_notice(store, version_id: str, scope: str, reason: str, where: str) -> None:
+    """Promote ``version_id`` in ``scope`` and say so (or why not) in a notice kept on
+    ``where``'s page, then rerun: the one promotion flow of the Predictions page and arena."""
+    try:
+        promote(store, version_id, scope, reason=reason)
+        push_notice("success", f"{version_id} is now the champion of {scope}; the scorer "
+                    "switches within a few seconds.", where)
+    except (KeyError, ValueError) as exc:
+        push_notice("error", f"Could not promote {version_id}: {exc}.", where)
+    st.rerun()
 from models.significance import LEVEL
 
 WINDOW_NOTE = (
@@ -95,10 +107,4 @@ def _controls(store, enrolled: list[dict]) -> None:
                           key="pr_arena_up", disabled=not promotable)
         if st.form_submit_button("Promote to champion (global)", disabled=not promotable,
                                  key="pr_arena_promote_btn"):
-            try:
-                promote(store, up, GLOBAL_SCOPE, reason="promoted from the arena")
-                push_notice("success", f"{up} is now the global champion; the scorer switches "
-                            "within a few seconds.", "arena")
-            except (KeyError, ValueError) as exc:
-                push_notice("error", f"Could not promote {up}: {exc}.", "arena")
-            st.rerun()
+            promote_with_notice(store, up, GLOBAL_SCOPE, "promoted from the arena", "arena")

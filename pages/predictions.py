@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard.access import presenter_only
-from dashboard.arena_widgets import arena_section
+from dashboard.arena_widgets import arena_section, promote_with_notice
 from dashboard.formatting import fmt_num, fmt_ts
 from dashboard.plain_text import md_plain
 from dashboard.prediction_charts import (
@@ -21,7 +21,7 @@ from dashboard.view_models import (HELP, catch_up_note, latency_note, live_kpis,
 from dashboard.widgets import push_notice, show_notices, wait_for_data
 from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
 from models.live_news import extra_features_note
-from models.registry import GLOBAL_SCOPE, champion_refusal, champions, promote, rollback
+from models.registry import GLOBAL_SCOPE, champion_refusal, champions, rollback
 
 enter_page()
 store = store_or_stop()
@@ -202,13 +202,7 @@ else:
                     "predictions")
         st.rerun()
     if do_promote:
-        try:
-            promote(store, chosen, scope, reason="manual (Predictions page)")
-            push_notice("success", f"{chosen} is now the champion of {scope}; the scorer "
-                        "switches within a few seconds.", "predictions")
-        except (KeyError, ValueError) as exc:
-            push_notice("error", f"Could not promote {chosen}: {exc}.", "predictions")
-        st.rerun()
+        promote_with_notice(store, chosen, scope, "manual (Predictions page)", "predictions")
     if do_rollback:
         try:
             meta = rollback(store, scope, reason="manual rollback (Predictions page)")
