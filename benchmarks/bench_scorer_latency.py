@@ -35,7 +35,10 @@ are also given as a ratio of it (``p99_vs_raw``), which is fairer than absolute 
 a shared machine.
 
 Prints ONE JSON line: ``runs``, one entry per symbol count, each with
-- ``raw_floor_ms``: p50/p95/p99/max of the raw client floor above;
+- ``raw_floor_ms``: p50/p95/p99/max of the raw client floor above; ``raw_cpu_ms_per_bar``:
+  its consuming thread's CPU per bar;
+- ``scorer_cpu_ms_per_bar`` (``--processes`` only): the scorer process's own CPU over the
+  window per prediction (its retrain child not included), and ``cpu_vs_raw``;
 - ``latency_ms``: p50/p95/p99/max of ``latency_ms`` stored with each prediction made in the
   window (Kafka record timestamp of the bar → the moment the prediction batch went to the store);
 - ``latency_acked_ms``: the scorer's own gauge, to the store's acknowledgement (last 2,000);
@@ -63,6 +66,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.adaptation import RetrainPolicy  # noqa: E402
+from benchmarks.app_server import proc_cpu_s  # noqa: E402
 from models.registry import get_champion  # noqa: E402
 from pipeline.broker import EmbeddedBroker  # noqa: E402
 from pipeline.indexer import Indexer  # noqa: E402
@@ -128,12 +132,13 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
     symbols = [f"S{i:03d}" for i in range(n_symbols)]
     workers: list[WorkerThread] = []
     child = None
-    raw = None
+    raw = raw_cpu = None
     try:
         if args.raw_seconds > 0:
             print(f"raw client floor, {n_symbols} bars a second, {args.raw_seconds:g} s",
                   file=sys.stderr, flush=True)
-            raw = raw_floor(info.bootstrap, work / "raw.sqlite", symbols, args.raw_seconds)
+            raw, raw_cpu = raw_floor(info.bootstrap, work / "raw.sqlite", symbols,
+                                     args.raw_seconds)
         indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="bench-indexer")).start()
         workers.append(indexer)
         measuring = threading.Event()
@@ -173,10 +178,12 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
         t0 = int(time.time() * 1000)
         print(f"measuring {n_symbols} symbols for {args.seconds:g} s (pid "
               f"{child.pid if child else os.getpid()})", file=sys.stderr, flush=True)
+        cpu0 = proc_cpu_s(child.pid) if child else None
         measuring.set()
         time.sleep(args.seconds)
         measuring.clear()
         t1 = int(time.time() * 1000)
+        cpu_s = proc_cpu_s(child.pid) - cpu0 if child else None
         if child is not None:
             time.sleep(2.5)  # one more heartbeat
         snap = scorer_stats()
@@ -204,6 +211,11 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
         "p99_vs_raw": (round(_percentiles(lat)["p99"] / raw["p99"], 2)
                        if raw and raw["p99"] and len(lat) else None),
         "latency_acked_ms": snap["gauges"].get("latency_ms"),
+        # CPU per bar: the raw consumer's thread (poll + json + insert) and, with --processes,
+        # the scorer process's own CPU over the window (its retrain child not included)
+        "raw_cpu_ms_per_bar": raw_cpu,
+        "scorer_cpu_ms_per_bar": (round(cpu_s * 1000 / len(window), 3)
+                                  if cpu_s is not None and len(window) else None),
         "retrain_events": len(events),
         "retrain_triggers": {t: sum(e["trigger"] == t for e in events)
                              for t in sorted({e["trigger"] for e in events})},
@@ -219,6 +231,8 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
         out["data_dir"] = str(work)
     else:
         shutil.rmtree(work, ignore_errors=True)
+    if raw_cpu and out["scorer_cpu_ms_per_bar"]:
+        out["cpu_vs_raw"] = round(out["scorer_cpu_ms_per_bar"] / raw_cpu, 2)
     return out
 
 
@@ -235,9 +249,11 @@ def _enrol_shadows(store, k: int) -> None:
         arena.enrol(store, version, reason="benchmark")
 
 
-def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float) -> dict:
+def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float
+              ) -> tuple[dict, float | None]:
     """kafka-python's own latency for the live feed's bursts: bar record timestamp → a plain
-    SQLite insert, with nothing of the pipeline in between (see the module docstring)."""
+    SQLite insert, with nothing of the pipeline in between (see the module docstring); and
+    the consuming thread's CPU ms per bar over the measured part."""
     from kafka import KafkaConsumer
 
     from pipeline.producer import make_kafka_producer
@@ -266,6 +282,7 @@ def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float) -> d
     sender = threading.Thread(target=produce, name="bench-raw-producer")
     sender.start()
     lat: list[float] = []
+    cpu0 = None
     measure_from = time.time() + 2.0  # the first bursts settle the fetch sessions
     t_end = measure_from + seconds
     try:
@@ -281,7 +298,10 @@ def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float) -> d
                 conn.execute("COMMIT")
                 stored = time.time() * 1000
                 if time.time() >= measure_from:
-                    lat.extend(stored - r[3] for r in rows)
+                    if cpu0 is None:  # from the end of the first measured batch
+                        cpu0 = time.thread_time()
+                    else:
+                        lat.extend(stored - r[3] for r in rows)
                 consumer.commit_async()
     finally:
         stop.set()
@@ -289,7 +309,9 @@ def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float) -> d
         producer.close(timeout=10)
         consumer.close()
         conn.close()
-    return _percentiles(np.asarray(lat, dtype="float64"))
+    cpu = (round((time.thread_time() - cpu0) * 1000 / len(lat), 3)
+           if cpu0 is not None and lat else None)
+    return _percentiles(np.asarray(lat, dtype="float64")), cpu
 
 
 def _bench_scorer(store, bootstrap: str, retrain_every: int, mode: str = "thread",
