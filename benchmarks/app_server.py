@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-CHART = ".js-plotly-plot .cartesianlayer"
+#: a candlestick drawn (Plotly draws candlesticks as box traces); an empty chart frame, such as
+#: the Live page's while it waits for the first bar, does not count
+CHART = ".js-plotly-plot .cartesianlayer .boxlayer .trace"
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ Times are seconds from the moment `streamlit run` is launched:
 
 Modes: ``process`` (the default: the pipeline in one child process), ``threads`` (the
 pipeline as threads of the server) and ``baseline`` (the app in ``--baseline-app``, e.g. an
-export of the code before a change, in threads mode), measured in one run. Prints ONE JSON
+export of the code before a change, in threads mode, or ``--baseline-mode process``), measured in one run. Prints ONE JSON
 line with the load.
 """
 from __future__ import annotations
@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--baseline-app", type=Path, default=None,
                     help="the app directory of the 'baseline' mode (run in threads mode), e.g. "
                          "an export of the code before a change")
+    ap.add_argument("--baseline-mode", choices=("threads", "process"), default="threads",
+                    help="the pipeline mode the baseline app runs in")
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -103,7 +105,7 @@ def main() -> None:
         browser = launch_chromium(p)
         for _ in range(args.runs):
             for mode in args.modes.split(","):
-                run_mode, app = ("threads", args.baseline_app) if mode == "baseline" \
+                run_mode, app = (args.baseline_mode, args.baseline_app) if mode == "baseline" \
                     else (mode, ROOT)
                 if app is None:
                     raise SystemExit("--baseline-app is needed for the baseline mode")

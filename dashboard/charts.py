@@ -85,6 +85,20 @@ def candlestick(candles: pd.DataFrame, ma_windows: list[int], ma_kind: str = "SM
     return plain_figure(go.Figure(dict(data=data, layout=layout), _validate=False))
 
 
+def waiting_candlestick(text: str) -> go.Figure:
+    """The candlestick's empty frame with ``text`` in it, for a page waiting for its first bar.
+
+    Drawn while the Live page waits, it makes the browser load and start plotly.js then, so
+    the first candles are drawn without that delay once they land (docs/CLASSROOM.md).
+    """
+    layout = json.loads(_candle_layout(current_theme()))
+    layout["annotations"] = [dict(text=text, showarrow=False, xref="paper", yref="paper",
+                                  x=0.5, y=0.6, font=dict(size=15, color=palette().muted))]
+    for axis in ("xaxis", "xaxis2", "yaxis", "yaxis2"):
+        layout[axis]["showticklabels"] = False
+    return plain_figure(go.Figure(dict(data=[], layout=layout), _validate=False))
+
+
 @lru_cache(maxsize=4)
 def _candle_layout(theme: str) -> str:
     """The candlestick's layout for ``theme`` (JSON): a price row over a volume row sharing

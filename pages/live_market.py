@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.candles import CandleFeed
-from dashboard.charts import candlestick, ma_warmup
+from dashboard.charts import candlestick, ma_warmup, waiting_candlestick
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.plain_text import md_plain
 from dashboard.shared_views import LIVE_REFRESH_S, shared_views
@@ -90,6 +90,9 @@ def live_panel() -> None:
         if count:
             st.rerun()  # data arrived: rebuild the pickers
         st.caption("Waiting for the first bar…")
+        # The chart's empty frame meanwhile: the browser loads plotly.js now, not after.
+        st.plotly_chart(waiting_candlestick("Waiting for the first bar…"), width="stretch",
+                        key="lm_chart")
         return
     feed = candle_feed(store, store.describe())
     # One computation per server per view and store version, shared by every session

@@ -2,6 +2,7 @@
 page's buttons start and stop real workers (on a real embedded broker)."""
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def test_live_market_shows_kpis_for_stored_bars(data_dir):
 def test_empty_live_market_explains_what_to_do(data_dir):
     at = run_page("pages/live_market.py")
     assert any("No bars stored yet" in i.value for i in at.info)
+    # The chart's empty frame while waiting (the browser loads plotly.js before the first bar):
+    # no trace, the waiting sentence in it.
+    (chart,) = at.get("plotly_chart")
+    figure = json.loads(chart.proto.spec)
+    assert figure["data"] == []
+    assert "Waiting for the first bar" in figure["layout"]["annotations"][0]["text"]
 
 
 def test_app_entry_renders_with_navigation(data_dir):
