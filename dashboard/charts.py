@@ -93,7 +93,7 @@ def waiting_candlestick(text: str) -> go.Figure:
     """
     layout = json.loads(_candle_layout(current_theme()))
     layout["annotations"] = [dict(text=text, showarrow=False, xref="paper", yref="paper",
-                                  x=0.5, y=0.6, font=dict(size=15, color=palette().muted))]
+                                  x=0.5, y=0.8, font=dict(size=15, color=palette().muted))]
     for axis in ("xaxis", "xaxis2", "yaxis", "yaxis2"):
         layout[axis]["showticklabels"] = False
     return plain_figure(go.Figure(dict(data=[], layout=layout), _validate=False))

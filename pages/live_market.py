@@ -89,8 +89,7 @@ def live_panel() -> None:
         count = store.count_bars()
         if count:
             st.rerun()  # data arrived: rebuild the pickers
-        st.caption("Waiting for the first bar…")
-        # The chart's empty frame meanwhile: the browser loads plotly.js now, not after.
+        # The chart's empty frame, saying so: the browser loads plotly.js now, not after.
         st.plotly_chart(waiting_candlestick("Waiting for the first bar…"), width="stretch",
                         key="lm_chart")
         return
