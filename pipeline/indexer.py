@@ -29,8 +29,8 @@ from pipeline.backoff import Backoff
 from pipeline.broker import shown
 from pipeline.bar_rules import BarRules
 from pipeline.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
-from pipeline.kafka_clients import (log_end_offsets, make_consumer, reset_fetch_buffer,
-                                     undecodable, unreadable_reason)
+from pipeline.kafka_clients import (fresh_fetch, log_end_offsets, make_consumer, undecodable,
+                                     unreadable_reason)
 from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
 from pipeline.store.outage import is_store_outage
 from pipeline.topic_watch import TopicWatch
@@ -144,9 +144,7 @@ class Indexer(Worker):
                         self.stall(reason)
                     else:
                         self.error(reason, log_it=False)
-                    if not reset_fetch_buffer(consumer):  # else the next poll never returns
-                        consumer.close()
-                        consumer = self._open_consumer()
+                    consumer = fresh_fetch(consumer, self._open_consumer)  # else polls spin
                     self.tick()
                     stop.wait(1.0)
                     continue

@@ -119,6 +119,15 @@ def reset_fetch_buffer(consumer) -> bool:
     return True
 
 
+def fresh_fetch(consumer, reopen):
+    """After a poll that raised: ``consumer`` with its stuck fetch dropped, or, for a client
+    without that buffer, a new consumer from ``reopen()`` (the old one closed)."""
+    if reset_fetch_buffer(consumer):
+        return consumer
+    consumer.close()
+    return reopen()
+
+
 def list_aborted_transactions(consumer) -> None:
     """Make ``consumer`` skip aborted transactions on a broker that does not list them.
 

@@ -10,10 +10,8 @@ IDs), hands them to a thread that publishes them to ``finance-predictions``
 offsets. The same consumer reads ``finance-news`` and ``finance-fundamentals`` for the features
 from those streams (applied before the poll's bars: :mod:`models.live_news`).
 
-Latency starts at the bar message's Kafka record timestamp (``produced_ms``, set by the
-producer). Each stored prediction carries ``latency_ms = stored_ms - produced_ms`` with
-``stored_ms`` the moment its batch was handed to the store; the ``latency_ms`` gauge runs to
-the store's acknowledgement.
+Latency (``latency_ms = stored_ms - produced_ms``, from the bar's Kafka record timestamp): see
+docs/LIVE_SCORING.md.
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ from models.live.step import ScoringStep, SeriesBars
 from models.retrain_policy import RetrainPolicy
 from pipeline.bar_rules import SeriesClock, stored_last
 from pipeline.fundamentals import FUNDAMENTALS_TOPIC
-from pipeline.kafka_clients import make_consumer, reset_fetch_buffer, undecodable, unreadable_reason
+from pipeline.kafka_clients import fresh_fetch, make_consumer, undecodable, unreadable_reason
 from pipeline.news import NEWS_TOPIC
 from pipeline.prediction_feed import PredictionFeed
 from pipeline.schema import (
@@ -59,15 +57,13 @@ class Scorer(Worker):
     """
 
     kind = "scorer"
-    # How long the broker holds an empty fetch: the floor of a live bar's wait on the embedded
-    # broker (figures: docs/DESIGN_FIGURES.md).
-    FETCH_WAIT_MS = 10
+    FETCH_WAIT_MS = 10  # the broker's hold on an empty fetch (docs/DESIGN_FIGURES.md)
     LIVE_ERROR_EVERY_S = 5.0  # the live_error gauge (its rolling windows change slowly)
     CAUGHT_UP_MS = ScoringStep.CAUGHT_UP_MS  # catch-up ends at a bar this fresh
     counter_names = ("consumed", "predictions", "catch_up", "scored", "invalid", "replayed",
                      "already_predicted", "before_training_end", "no_model", "warming_up",
-                     "retrains", "promotions", "hand_promotions", "store_retries", "commit_failures",
-                     "publish_errors")
+                     "retrains", "promotions", "hand_promotions", "store_retries",
+                     "commit_failures", "publish_errors")
     rate_counter = "consumed"
 
     def __init__(self, store, bootstrap: str, topic: str = BARS_TOPIC,
@@ -88,16 +84,13 @@ class Scorer(Worker):
         self.predictions_topic, self.publish = predictions_topic, publish
         self.policy = policy or RetrainPolicy()
         self.batch_max, self.poll_timeout_ms = batch_max, poll_timeout_ms
-        self.fetch_wait_ms = fetch_wait_ms
-        self.max_backoff_s = max_backoff_s
-        self.step = ScoringStep(store, self.policy, count=self.count, error=self.error,
-                                worker_id=self.worker_id, adapt=adapt,
-                                train_default=train_default,
-                                bootstrap_check_s=bootstrap_check_s, retrain_in=retrain_in,
-                                error_window=error_window, model_refresh_s=model_refresh_s,
-                                store_catchup_s=store_catchup_s, news_topic=news_topic,
-                                fundamentals_topic=fundamentals_topic,
-                                latency_window=latency_window)
+        self.fetch_wait_ms, self.max_backoff_s = fetch_wait_ms, max_backoff_s
+        self.step = ScoringStep(
+            store, self.policy, count=self.count, error=self.error, worker_id=self.worker_id,
+            adapt=adapt, train_default=train_default, bootstrap_check_s=bootstrap_check_s,
+            retrain_in=retrain_in, error_window=error_window, model_refresh_s=model_refresh_s,
+            store_catchup_s=store_catchup_s, news_topic=news_topic,
+            fundamentals_topic=fundamentals_topic, latency_window=latency_window)
         step = self.step  # its parts, by their old names (tests and tools read them):
         self.scheduler, self.series, self.extras = step.scheduler, step.series, step.extras
         self.champions, self.arena = step.champions, step.arena
@@ -186,16 +179,10 @@ class Scorer(Worker):
         self._publish_gauges()
 
     def _poll_failed(self, consumer, exc: BaseException, stop: threading.Event):
-        """A poll that raised (no codec, a corrupt batch): ``stalled`` with the reason, the
-        stuck fetch dropped (or the consumer rebuilt), a retry in a second, as in the indexer."""
-        reason = unreadable_reason(self.topic, exc)
-        if undecodable(exc):
-            self.stall(reason)
-        else:
-            self.error(reason)
-        if not reset_fetch_buffer(consumer):
-            consumer.close()
-            consumer = self._make_consumer()
+        """A poll that raised (no codec, a corrupt batch): ``stalled`` with the reason, then a
+        retry in a second with the stuck fetch dropped, as in the indexer."""
+        (self.stall if undecodable(exc) else self.error)(unreadable_reason(self.topic, exc))
+        consumer = fresh_fetch(consumer, self._make_consumer)
         self.tick()
         stop.wait(1.0)
         return consumer

@@ -103,11 +103,15 @@ def test_catch_up_burst_keeps_hand_champion_and_latency_clean(broker, topics, sq
                                         after=150)).start()
         wait_for(lambda: "latency_ms" in scorer.stats()["gauges"], 30, "live latency")
         live.thread.join(30)
-        time.sleep(1.0)
+
+        def live_counted() -> bool:  # the gauge is published once a second: wait for the last
+            snap = scorer.stats()
+            c = snap["counters"]
+            return snap["gauges"]["latency_ms"]["n"] == c["predictions"] - c["catch_up"]
+        wait_for(live_counted, 15, "every live prediction (and only those) in the latency gauge")
         c = scorer.stats()["counters"]
         assert c["catch_up"] < c["predictions"]
         assert c["retrains"] == 0 and not store.list_events("retrain")
         assert get_champion(store)["version_id"] == vid
-        assert scorer.stats()["gauges"]["latency_ms"]["n"] == c["predictions"] - c["catch_up"]
     finally:
         wt.stop()
