@@ -103,7 +103,7 @@ def children(pid: int) -> set[int]:
         try:
             found |= {int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()}
         except OSError:
-            pass
+            pass  # the thread ended between listing and reading: it has no children now
     return found
 
 

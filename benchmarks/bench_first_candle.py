@@ -51,7 +51,7 @@ def watch_store(server: AppServer, marks: dict, stop: threading.Event) -> None:
                 if broker_file.stat().st_mtime >= launched - 0.5:
                     marks["broker_recorded"] = server.since()
             except OSError:
-                pass
+                pass  # broker.json not written yet: polled again on the next tick
         n, _ = store_figures(server.data_dir)
         if n > base and "first_bar_stored" not in marks:
             marks["first_bar_stored"] = server.since()

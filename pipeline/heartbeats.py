@@ -57,8 +57,8 @@ class KafkaHeartbeats:
         if self._producer is not None:
             try:
                 self._producer.close(timeout=2)
-            except Exception:
-                pass
+            except Exception as exc:  # closing on the way out: the last beats may be lost
+                log.debug("closing the heartbeat producer: %s", exc)
             self._producer = None
 
 

@@ -73,6 +73,6 @@ class GroupLag:
             try:
                 if client is not None:
                     client.close()
-            except Exception:
-                pass
+            except Exception as exc:  # a probe's client: nothing to keep, nothing to retry
+                log.debug("closing a lag probe client: %s", exc)
         self._admin = self._consumer = None

@@ -20,12 +20,13 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from models.sentiment import sentiment_features
 from pipeline.broker import ensure_topics
-from pipeline.flink.launcher import FlinkJob, FlinkTopics, missing_parts, venv_dir
+from pipeline.flink.launcher import FlinkJob, FlinkTopics, venv_dir
 from pipeline.flink.stream import FlinkIndexer
 from pipeline.schema import Bar
 from pipeline.sources.news_simulator import simulate_frames
 from pipeline.store.sqlite import SqliteStore
 from pipeline.worker import WorkerThread
+from tests.flink_support import require_flink_venv
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +38,7 @@ LATE_DELAY = 30
 
 def _venv(tmp_path):
     venv = venv_dir(tmp_path)
-    missing = missing_parts(venv)
-    if missing:
-        pytest.skip(f"missing {', '.join(missing)}: bash tests/run.sh installs them")
+    require_flink_venv(venv)
     return venv
 
 

@@ -14,10 +14,11 @@ from kafka import KafkaProducer
 from pipeline.broker import ensure_topics
 from pipeline.flink.job import day_to_second, render_sql
 from pipeline.flink.launcher import (INSTALL_HINT, FlinkJob, bounds_option, end_offsets,
-                                     latest_checkpoint, missing_parts)
+                                     latest_checkpoint)
 from pipeline.flink.stream import FlinkIndexer
 from pipeline.schema import Bar
 from pipeline.worker import WorkerThread
+from tests.flink_support import require_flink_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,8 +137,7 @@ def test_pipeline_page_offers_to_start_the_job_with_its_venv(data_dir, monkeypat
 
     from pipeline.flink.launcher import venv_dir
 
-    if missing_parts(venv_dir(data_dir)):
-        pytest.skip("no Flink venv here (tests/run.sh installs it)")
+    require_flink_venv(venv_dir(data_dir))
     at = AppTest.from_file(str(ROOT / "pages/pipeline_control.py"), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(b.key == "flink_start" for b in at.button)

@@ -381,6 +381,6 @@ def _alive(pid: int) -> bool:
         waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own child if it ended
         if waited == pid:
             return False
-    except ChildProcessError:
-        pass
+    except ChildProcessError:  # not our child (started by another process): ask the OS
+        return pid_alive(pid)
     return pid_alive(pid)

@@ -12,6 +12,7 @@ transaction; a lock wakes the next writer the moment the last one commits.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -34,6 +35,8 @@ from pipeline.store.base import (
     BAR_COLUMNS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable,
     UpsertResult, bars_frame, check_limit, fundamentals_frame, news_frame, now_ms,
 )
+
+log = logging.getLogger(__name__)
 
 
 
@@ -121,10 +124,7 @@ class SqliteStore(Store):
             self._all[threading.current_thread()] = conn
             dead = [t for t in self._all if not t.is_alive()]
             for t in dead:
-                try:
-                    self._all.pop(t).close()
-                except sqlite3.Error:
-                    pass
+                _close_quietly(self._all.pop(t))
         return conn
 
     class _Tx:
@@ -160,10 +160,7 @@ class SqliteStore(Store):
     def _drop_thread_conn(self, conn: sqlite3.Connection) -> None:
         with self._lock:
             self._all.pop(threading.current_thread(), None)
-        try:
-            conn.close()
-        except sqlite3.Error:
-            pass
+        _close_quietly(conn)
         self._local.conn = None
 
     def _check_identity(self) -> None:
@@ -193,10 +190,7 @@ class SqliteStore(Store):
     def close(self) -> None:
         with self._lock:
             for conn in self._all.values():
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
+                _close_quietly(conn)
             self._all.clear()
         self._local = threading.local()
 
@@ -440,3 +434,12 @@ class SqliteStore(Store):
         row = self._conn().execute("SELECT data FROM artefacts WHERE digest = ?",
                                    (digest,)).fetchone()
         return None if row is None else bytes(row[0])
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    """Close a connection that is being dropped: an error closing it changes nothing (its
+    work is committed or rolled back already), so it is logged, not raised."""
+    try:
+        conn.close()
+    except sqlite3.Error as exc:
+        log.debug("closing a SQLite connection: %s", exc)

@@ -186,10 +186,11 @@ def why_unwritable(path: Path, exc: Exception | None) -> str:
     import os
 
     try:
-        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-            return "the file system is mounted read-only"
-    except OSError:
-        pass
+        read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:  # the folder itself is gone or unreadable: the checks below say which
+        read_only = False
+    if read_only:
+        return "the file system is mounted read-only"
     if not os.access(path.parent, os.W_OK):
         return f"no permission to write in {path.parent}"
     return str(exc)
