@@ -187,8 +187,14 @@ def worker_panel() -> None:
 def remote_worker(label: str, snap: dict) -> None:
     """A worker of another process: its state, where it runs, and a Stop that asks it to."""
     worker_header(label, snap, True)
-    st.caption(f"Runs in process {snap.get('pid')} on {md_plain(snap.get('host') or 'this host')} "
-               f"(`python -m pipeline`), not in this app.")
+    proc = runtime.pipeline_process
+    if proc is not None and proc.pid == snap.get("pid"):  # this app's own demo pipeline
+        st.caption(f"Runs in this app's pipeline process {snap.get('pid')} (a child of the "
+                   "server, stopped with it).")
+    else:
+        st.caption(f"Runs in process {snap.get('pid')} on "
+                   f"{md_plain(snap.get('host') or 'this host')} (`python -m pipeline`), "
+                   "not in this app.")
     if runtime.stop_requested(snap):
         st.caption("Stop requested: it stops within a few seconds.")
     elif presenter_button(f"Stop {label.lower()}", key=f"stop_remote_{snap.get('kind')}",
