@@ -14,10 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("pipeline", "models", "dashboard", "pages", "app")
 #: The contracts: schemas, topic names, config, JSON safety, back-off (still flat in pipeline/).
-CORE = {"pipeline.schema", "pipeline.news", "pipeline.fundamentals", "pipeline.config",
-        "pipeline.backoff", "pipeline.jsonsafe", "pipeline.csv_export"}
+CORE = {"pipeline.contracts.schema", "pipeline.contracts.news", "pipeline.contracts.fundamentals", "pipeline.contracts.config",
+        "pipeline.contracts.backoff", "pipeline.contracts.jsonsafe", "pipeline.contracts.csv_export"}
 #: Features from the other streams, beside the bar features of models/features/.
-FEATURES = {"models.sentiment", "models.fundamentals"}
+FEATURES = {"models.features.sentiment", "models.features.fundamentals"}
 
 #: Bottom to top.
 LAYERS = ("core", "store", "sources", "features", "models", "live", "workers", "dashboard",
@@ -138,6 +138,6 @@ def test_no_two_modules_import_each_other_at_import_time():
 
 def test_the_rules_catch_an_upward_import():
     assert layer("models.live.step") == "live" and layer("models.features.specs") == "features"
-    assert layer("pipeline.store.sqlite") == "store" and layer("pipeline.scorer") == "workers"
+    assert layer("pipeline.store.sqlite") == "store" and layer("pipeline.workers.scorer") == "workers"
     assert "live" not in ALLOWED["models"] and "models" not in ALLOWED["features"]
     assert "workers" not in ALLOWED["live"]
