@@ -63,8 +63,9 @@ class Runtime:
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------
-    def ensure_broker(self) -> BrokerInfo:
-        """The configured Kafka, or the embedded broker (found running or started here)."""
+    def ensure_broker(self, found: tuple | None = None) -> BrokerInfo:
+        """The configured Kafka, or the embedded broker (found running or started here);
+        ``found``: what :func:`find_or_start_broker` already returned for this config."""
         with self._lock:
             if self.broker_info and (not self.broker_info.embedded or self._broker_alive()):
                 return self.broker_info
@@ -72,7 +73,7 @@ class Runtime:
             # workers reconnect by themselves.
             port = (int(self.broker_info.bootstrap.rsplit(":", 1)[1])
                     if self.broker_info and self.broker_info.embedded else None)
-            self.broker_info, started = find_or_start_broker(self.config, port=port)
+            self.broker_info, started = found or find_or_start_broker(self.config, port=port)
             if started is not None:
                 self._broker = started
             if self.broker_info.embedded:
@@ -119,7 +120,8 @@ class Runtime:
         with self._lock:
             if self.pipeline_process is None:
                 self.simulator_spec = DEFAULT_DEMO  # the pages describe the simulated feed
-                self.pipeline_process = PipelineProcess(self.config.data_dir).start()
+                # the one the dashboard may have started already (dashboard/early_start.py)
+                self.pipeline_process = PipelineProcess.once(self.config.data_dir)
             return self.pipeline_process
 
     @property
