@@ -78,7 +78,9 @@ def run_demo(stop: threading.Event) -> int:
 
     from pipeline.contracts.config import load_config
     from pipeline.workers.broker import BrokerUnavailable, find_or_start_broker
+    from pipeline.workers.kafka_clients import quiet_kafka_logs
 
+    quiet_kafka_logs()
     config = load_config()
     with ThreadPoolExecutor(1, thread_name_prefix="kappalab-broker-start") as pool:
         broker = pool.submit(find_or_start_broker, config)

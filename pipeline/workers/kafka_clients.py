@@ -77,6 +77,15 @@ def make_consumer(bootstrap: str, topics: str | Iterable[str] | None, group_id: 
     return consumer
 
 
+def quiet_kafka_logs() -> None:
+    """kafka-python warns about every slow event-loop task on a busy 2-core machine."""
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for name in ("kafka.net.selector", "kafka.conn", "kafka.coordinator", "kafka.client"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @cache
 def consumer_class():
     """kafka-python's consumer whose ``poll`` keeps an :class:`IdleFetchWait`."""

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 from pipeline.workers.broker import BrokerInfo, EmbeddedBroker, find_or_start_broker, pid_alive
+from pipeline.workers.kafka_clients import quiet_kafka_logs  # noqa: F401  (re-exported)
 from pipeline.contracts.config import Config
 # The demo simulator's settings and its resume/warm-up rules (re-exported: callers import them here).
 from pipeline.workers.demo_history import DEFAULT_DEMO, SimulatorSpec, resume_points, warmup_needed  # noqa: F401
@@ -28,13 +29,6 @@ HEARTBEAT_FRESH_MS = 10_000
 #: Alpha Vantage backfill or a headline CSV). All publish to finance-news.
 NEWS_FEEDS = {"news_producer": "Simulated news", "av_news": "Alpha Vantage news (live)",
               "news_import": "News import"}
-
-
-def quiet_kafka_logs() -> None:
-    """kafka-python warns about every slow event-loop task on a busy 2-core machine."""
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    for name in ("kafka.net.selector", "kafka.conn", "kafka.coordinator", "kafka.client"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class Runtime:
