@@ -326,7 +326,7 @@ def cmd_backfill(args, config: Config) -> int:
     The indexer reads the partitions directly (no consumer group, so concurrent backfills and
     the live indexer never share work) and stores exactly the records this run's producer got
     acknowledged, from the offsets recorded at the start; the summary counts only those. It
-    runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
+    runs in a child process or a thread (``--indexer``; pipeline/workers/backfill.py says why)."""
     from kafka import TopicPartition
 
     from pipeline.workers.backfill import start_indexer

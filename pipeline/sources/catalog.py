@@ -7,7 +7,7 @@ read it, so a new source is its class file plus one :class:`SourceSpec` entry be
 Live API sources are offered but disabled until their key is configured, with the hint of
 what to set; a key typed into the dashboard lives in that session only. A source's settings
 and key are config variables read by name (``Config.setting`` / ``Config.secret``), so a new
-one needs no field in ``pipeline/config.py``.
+one needs no field in ``pipeline/contracts/config.py``.
 """
 from __future__ import annotations
 

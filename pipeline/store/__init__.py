@@ -4,7 +4,7 @@ A backend is its module (a :class:`~pipeline.store.base.Store` subclass with ``f
 ``identity``, ``__reduce__`` and ``outage``) plus one :class:`StoreBackend` row in
 :data:`BACKENDS`: the config variable that chooses it and how the Pipeline page names where it
 comes from. Its own settings are config variables read by name (``Config.setting`` /
-``Config.secret``), so ``pipeline/config.py`` does not change for it.
+``Config.secret``), so ``pipeline/contracts/config.py`` does not change for it.
 """
 from __future__ import annotations
 

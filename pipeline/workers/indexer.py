@@ -70,7 +70,7 @@ class Indexer(Worker):
 
     kind = "indexer"
     #: The stream's message contract and its store write: the one pair a subclass for another
-    #: stream changes (pipeline/news_stream.py). ``parse_message`` raises InvalidBar (or a
+    #: stream changes (pipeline/workers/news_stream.py). ``parse_message`` raises InvalidBar (or a
     #: subclass, whose class name starts the DLQ reason) for a message at fault.
     parse_message = staticmethod(parse_bar)
     #: A record with no value is skipped instead of dead-lettered (an upsert stream's
@@ -108,7 +108,7 @@ class Indexer(Worker):
         #: bounded reads: records read before the producer saw their ack, per partition
         self._waiting: dict[Any, list] = {}
         self._topic_watch = TopicWatch(self, topic)
-        #: key, time and correction rules of bars (pipeline/bar_rules.py); not for other streams
+        #: key, time and correction rules of bars (pipeline/workers/bar_rules.py); not for other streams
         self.rules = BarRules(store) if self.parse_message is parse_bar else None
 
     def describe(self) -> str:
