@@ -11,12 +11,12 @@ one needs no field in ``pipeline/contracts/config.py``.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts.config import Config, Secret
+from pipeline.contracts.imports import import_object
 from pipeline.sources.base import Source, SourceError
 from pipeline.sources.redaction import scrub_loggers
 
@@ -53,8 +53,7 @@ class SourceSpec:
     api_form: bool = False
 
     def source_class(self) -> type:
-        module, _, name = self.cls.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return import_object(self.cls)
 
     def key_from(self, config: Config, request: SourceRequest) -> Secret | str | None:
         """The key typed for this session, else the configured one."""

@@ -8,10 +8,10 @@ comes from. Its own settings are config variables read by name (``Config.setting
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import pipeline.contracts.config as _config
+from pipeline.contracts.imports import import_object
 from pipeline.store.base import Store, StoreUnavailable, UpsertResult
 
 __all__ = ["BACKENDS", "Store", "StoreBackend", "StoreUnavailable", "UpsertResult",
@@ -30,8 +30,7 @@ class StoreBackend:
     origin: str = "embedded"
 
     def store_class(self) -> type[Store]:
-        module, _, name = self.cls.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return import_object(self.cls)
 
 
 #: the backends, asked in order; the first whose variable is set wins, the default last
