@@ -257,7 +257,7 @@ def cmd_produce(args, config: Config) -> int:
         if not 0 < args.news_rate <= 1:
             raise CliError("--news-rate must be above 0 and at most 1 (items per symbol per "
                            "bar) when --news-impact is given.")
-        from pipeline.workers.news_stream import NewsQueue
+        from pipeline.workers.stream_producer import NewsQueue
 
         news = NewsQueue()
     store = open_store(config)
@@ -267,7 +267,7 @@ def cmd_produce(args, config: Config) -> int:
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
     news_worker = None
     if news is not None:
-        from pipeline.workers.news_stream import NewsProducer
+        from pipeline.workers.stream_producer import NewsProducer
         from pipeline.workers.worker import WorkerThread
 
         news_worker = WorkerThread(NewsProducer(

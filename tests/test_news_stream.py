@@ -9,7 +9,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipeline.workers.news_stream import NewsIndexer, NewsProducer, NewsQueue
+from pipeline.workers.stream_producer import NewsIndexer, NewsProducer, NewsQueue
 from pipeline.sources.news_simulator import NewsMarketSimulator
 from pipeline.workers.worker import WorkerThread
 

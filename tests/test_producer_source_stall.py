@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 
-from pipeline.workers.news_stream import NewsProducer
+from pipeline.workers.stream_producer import NewsProducer
 from pipeline.workers.producer import Producer
 from pipeline.sources.alphavantage import AlphaVantageSource
 from pipeline.sources.alphavantage_news import AlphaVantageNews

@@ -29,7 +29,7 @@ from models.features.sentiment import SENTIMENT_GROUP, sentiment_features
 from pipeline.workers.broker import ensure_topics
 from pipeline.workers.indexer import Indexer
 from pipeline.contracts.news import NewsItem
-from pipeline.workers.news_stream import NewsIndexer
+from pipeline.workers.stream_producer import NewsIndexer
 from pipeline.contracts.schema import Bar
 from pipeline.workers.scorer import Scorer
 from pipeline.sources.news_simulator import simulate_frames

@@ -14,7 +14,7 @@ from pipeline.store import open_store
 
 
 def cmd_news(args, config: Config) -> int:
-    from pipeline.workers.news_stream import NewsProducer
+    from pipeline.workers.stream_producer import NewsProducer
 
     if args.source == "csv":
         from pipeline.sources.headline_csv import HeadlineCsv
@@ -43,7 +43,7 @@ def cmd_news(args, config: Config) -> int:
 
 
 def cmd_news_index(args, config: Config) -> int:
-    from pipeline.workers.news_stream import NewsIndexer
+    from pipeline.workers.stream_producer import NewsIndexer
 
     store, info, stop = checked_store_and_broker(config)
     print(f"indexing news from {info.bootstrap} into {store.describe()}", file=sys.stderr,

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.contracts.fundamentals import (FUNDAMENTALS_DLQ_TOPIC, FUNDAMENTALS_TOPIC,
                                    parse_fundamentals)
 from pipeline.workers.indexer import Indexer
-from pipeline.workers.news_stream import NewsProducer
+from pipeline.workers.stream_producer import NewsProducer
 
 FUNDAMENTALS_GROUP = "kappalab-fundamentals-indexer"
 

@@ -70,7 +70,7 @@ class Indexer(Worker):
 
     kind = "indexer"
     #: The stream's message contract and its store write: the one pair a subclass for another
-    #: stream changes (pipeline/workers/news_stream.py). ``parse_message`` raises InvalidBar (or a
+    #: stream changes (pipeline/workers/stream_producer.py). ``parse_message`` raises InvalidBar (or a
     #: subclass, whose class name starts the DLQ reason) for a message at fault.
     parse_message = staticmethod(parse_bar)
     #: A record with no value is skipped instead of dead-lettered (an upsert stream's

@@ -176,7 +176,7 @@ class Runtime:
 
         news = None
         if spec.news_rate > 0:
-            from pipeline.workers.news_stream import NewsQueue
+            from pipeline.workers.stream_producer import NewsQueue
 
             # One queue per runtime: a restarted simulator feeds the running news producer.
             if getattr(self, "news_queue", None) is None:
@@ -217,7 +217,7 @@ class Runtime:
             source, b, client_kwargs=self.config.kafka_client_kwargs(), store=self.store, live=live))
 
     def start_news_indexer(self) -> WorkerThread:
-        from pipeline.workers.news_stream import NewsIndexer
+        from pipeline.workers.stream_producer import NewsIndexer
 
         kw = self.config.kafka_client_kwargs()
         return self.start_worker("news_indexer",
@@ -233,8 +233,8 @@ class Runtime:
 
     def start_news_producer(self, feed, description: str,
                             name: str = "news_producer") -> WorkerThread:
-        """Publish ``feed`` (see :class:`pipeline.workers.news_stream.NewsProducer`) to finance-news."""
-        from pipeline.workers.news_stream import NewsProducer
+        """Publish ``feed`` (see :class:`pipeline.workers.stream_producer.NewsProducer`) to finance-news."""
+        from pipeline.workers.stream_producer import NewsProducer
 
         return self.start_worker(name, lambda b: NewsProducer(
             feed, b, description=description, client_kwargs=self.config.kafka_client_kwargs(),
