@@ -5,13 +5,15 @@ made from another stream comes from a *provider*: an object that owns a Kafka to
 its messages, keeps incremental state and answers ``update(bar) -> {name: value}`` once per
 bar. :class:`ExtraFeatures` holds the scorer's providers, routes each consumed record to the
 provider of its topic, and builds each champion's feature row (bar features and provider
-features in the champion's order). Today one provider exists, :class:`LiveSentiment`; another
-one (fundamentals, say) needs the same small surface:
+features in the champion's order). The providers are :class:`LiveSentiment` (news) and
+:class:`models.live.fundamentals.LiveFundamentals`; each is named by its stream's row of the
+stream table (:mod:`pipeline.contracts.streams`, ``provider``) and has this small surface:
 
 ``kind``, ``topic``, ``claims(name)``, ``consume(raw)`` (parse; count and skip a bad message;
 apply a good one with ``update_item(item)``), ``use(names)``, ``names``,
 ``start_series(symbol, interval, first_ts)`` (warm up from the store), ``update(bar) -> dict``
-and ``gauge() -> dict``. Adding one is a line in the scorer's ``ExtraFeatures([...])``.
+and ``gauge() -> dict``, built as ``cls(store, topic)``. Adding one is its class and the
+``provider`` of its stream's row.
 
 **Ordering.** A bar's sentiment is its news *published* before the bar's end (the as-of join of
 :mod:`models.features.sentiment`). Live, an item can only count once the scorer has read it: an item
