@@ -171,8 +171,8 @@ class Runtime:
                                                                 client_kwargs=kw))
 
     def start_simulator(self, spec: SimulatorSpec | None = None) -> WorkerThread:
+        from pipeline.sources.catalog import SourceRequest, build as build_source
         from pipeline.workers.producer import Producer
-        from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 
         spec = spec or SimulatorSpec()
         self.simulator_spec = spec  # the page describes the simulated news from it
@@ -188,18 +188,12 @@ class Runtime:
             self.start_indexer("news")
             self.start_stream_producer("news", news.batches, "simulated news")
 
-        def simulator(resume, fast_bars: int = 0) -> MarketSimulator:
-            kwargs = dict(
-                symbols=spec.symbols, interval=spec.interval, seed=spec.seed, bars=spec.bars,
-                speed=spec.speed, params=SimulatorParams(**spec.params), resume=resume,
-                fast_bars=fast_bars,
-            )
-            if news is None:
-                return MarketSimulator(**kwargs)
-            from pipeline.sources.news_simulator import NewsMarketSimulator
-
-            return NewsMarketSimulator(news_rate=spec.news_rate, news_impact=spec.news_impact,
-                                       on_news=news.put, **kwargs)
+        def simulator(resume, fast_bars: int = 0):  # the catalog's simulator
+            return build_source("simulator", self.config, SourceRequest(
+                list(spec.symbols), spec.interval, options=dict(
+                    seed=spec.seed, bars=spec.bars, speed=spec.speed, params=spec.params,
+                    resume=resume, fast_bars=fast_bars, news_rate=spec.news_rate,
+                    news_impact=spec.news_impact, on_news=news.put if news else None)))
 
         def factory(bootstrap: str) -> Worker:
             source = simulator(resume_points(self.store, spec.symbols, spec.interval),
