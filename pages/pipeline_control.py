@@ -76,9 +76,12 @@ for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
                 return runtime.start_source(make_csv(), live=make_csv.live)
 
             what = md_plain(make_csv.summary.split(';')[1].strip())  # symbols from the file
+            # one producer at a time, whether it runs in this server or in another process
+            # (the demo pipeline's child process, a `python -m pipeline produce`)
+            producing = runtime.is_running("producer") or producing_elsewhere
             if st.button(f"Import {what}", type="primary",
-                         key="pc_csv_import", disabled=runtime.is_running("producer"),
-                         help="Stop the running producer first" if runtime.is_running("producer")
+                         key="pc_csv_import", disabled=producing,
+                         help="Stop the running producer first" if producing
                          else "Sends the bars through the producer and indexer into the store."):
                 with st.spinner("Starting the import…"):
                     if guarded(start_producer, "CSV import", "pipeline"):
@@ -86,7 +89,7 @@ for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
                                     "row below counts the bars; the Live market and Data pages "
                                     "show them as they are stored.", "pipeline")
                 st.rerun()
-            if runtime.is_running("producer"):
+            if producing:
                 st.caption("One producer at a time: stop the running producer below, then "
                            "import.")
     else:
