@@ -58,6 +58,8 @@ st.subheader("Workers")
 show_notices("pipeline")
 
 producing_elsewhere = runtime.attached_worker("producer") is not None
+# what the Producer source panel was drawn for; the worker panel reruns the page when it changes
+st.session_state["pc_producer_busy"] = runtime.is_running("producer") or producing_elsewhere
 start_producer = None
 for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
         "Producer source", expanded=not (runtime.is_running("producer") or producing_elsewhere))):
@@ -156,6 +158,10 @@ def worker_panel() -> None:
     """Headers, buttons and figures refresh together, in every tab, every 2 s."""
     local = runtime.local_stats()
     attached = runtime.attached_stats()
+    busy = (runtime.is_running("producer")
+            or runtime.attached_worker("producer", attached) is not None)
+    if busy != st.session_state.get("pc_producer_busy", busy):
+        st.rerun(scope="app")  # a producer started or stopped (here or elsewhere): redraw its panel
     cols = st.columns(len(WORKERS))
     for col, (name, label, start) in zip(cols, WORKERS):
         with col:
