@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from dashboard.shared_views import SharedViews, shared_views
+from dashboard.shared_views import VERSION_MAX_AGE_S, SharedViews, shared_views
 from pipeline.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
@@ -51,6 +51,7 @@ def test_two_sessions_on_one_view_share_one_computation_and_get_new_bars(data_di
 
     new = Bar("ACME", "1m", bars[-1].ts + MIN, 1.0, 2.0, 0.5, 1.5, 10.0, "test")
     store.upsert_bars([new])
+    time.sleep(VERSION_MAX_AGE_S)  # sessions share the "anything new?" answer that long
     first.run()
     second.run()
     assert not first.exception and not second.exception
