@@ -85,3 +85,43 @@ def test_concurrent_requests_for_one_view_build_once():
     assert len(calls) == 1 and len(results) == 8
     assert all(r is results[0] for r in results)
     assert views.get("v", 2, lambda: "new") == "new" and views.builds["v"] == 2
+
+
+def test_sessions_asking_within_the_max_age_share_one_version_check():
+    views = SharedViews()
+    calls = []
+
+    def check():
+        calls.append(1)
+        return len(calls)
+
+    for _ in range(6):
+        views.recent("series", check, max_age_s=0.5)
+    assert len(calls) <= 2  # one check (two when the 0.5 s window turned between two asks)
+    before = len(calls)
+    time.sleep(0.5)
+    assert views.recent("series", check, max_age_s=0.5) == before + 1  # older: asked again
+
+
+def test_a_shared_figure_sends_the_same_json_and_is_packed_once():
+    import numpy as np
+    import pandas as pd
+    import plotly.io
+
+    from dashboard.charts import candlestick
+    from dashboard.shared_views import share_figure
+
+    ts = 1_700_000_000_000 + np.arange(120) * MIN
+    close = 100 + np.cumsum(np.sin(np.arange(120)))
+    candles = pd.DataFrame({"ts": ts, "open": close - 0.1, "high": close + 0.5,
+                            "low": close - 0.5, "close": close, "volume": 1e3 + ts % 7})
+    news = pd.DataFrame({"ts": ts[::30], "y": close[::30], "count": [1, 2, 1, 3],
+                         "sentiment_score": [0.5, -0.2, np.nan, 0.0],
+                         "hover": ["<b>bold</b> title", "a\nb", "x & y", "$1"]})
+    fig = candlestick(candles, [5, 20], "SMA", news=news, title="ACME <i>", period_ms=MIN)
+    shared = share_figure(fig)
+    assert plotly.io.to_json(shared.to_dict(), validate=False) == \
+        plotly.io.to_json(fig, validate=False)
+    assert shared.to_dict() is shared.to_dict()  # made once, not per call
+    assert len(shared.data) == len(fig.data) and shared.layout.title.text == "ACME &lt;i&gt;"
+    assert share_figure(None) is None
