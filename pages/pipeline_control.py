@@ -22,9 +22,9 @@ from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
 from dashboard.widgets import csv_import_panel, guarded, push_notice, show_notices, worker_header
-from pipeline.config import Secret
-from pipeline.runtime import SimulatorSpec
-from pipeline.schema import INTERVALS
+from pipeline.contracts.config import Secret
+from pipeline.workers.runtime import SimulatorSpec
+from pipeline.contracts.schema import INTERVALS
 from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import store_origin
@@ -59,6 +59,8 @@ st.subheader("Workers")
 show_notices("pipeline")
 
 producing_elsewhere = runtime.attached_worker("producer") is not None
+# what the Producer source panel was drawn for; the worker panel reruns the page when it changes
+st.session_state["pc_producer_busy"] = runtime.is_running("producer") or producing_elsewhere
 start_producer = None
 for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
         "Producer source", expanded=not (runtime.is_running("producer") or producing_elsewhere))):
@@ -77,9 +79,12 @@ for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
                 return runtime.start_source(make_csv(), live=make_csv.live)
 
             what = md_plain(make_csv.summary.split(';')[1].strip())  # symbols from the file
+            # one producer at a time, whether it runs in this server or in another process
+            # (the demo pipeline's child process, a `python -m pipeline produce`)
+            producing = runtime.is_running("producer") or producing_elsewhere
             if st.button(f"Import {what}", type="primary",
-                         key="pc_csv_import", disabled=runtime.is_running("producer"),
-                         help="Stop the running producer first" if runtime.is_running("producer")
+                         key="pc_csv_import", disabled=producing,
+                         help="Stop the running producer first" if producing
                          else "Sends the bars through the producer and indexer into the store."):
                 with st.spinner("Starting the import…"):
                     if guarded(start_producer, "CSV import", "pipeline"):
@@ -87,7 +92,7 @@ for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
                                     "row below counts the bars; the Live market and Data pages "
                                     "show them as they are stored.", "pipeline")
                 st.rerun()
-            if runtime.is_running("producer"):
+            if producing:
                 st.caption("One producer at a time: stop the running producer below, then "
                            "import.")
     else:
@@ -154,6 +159,10 @@ def worker_panel() -> None:
     """Headers, buttons and figures refresh together, in every tab, every 2 s."""
     local = runtime.local_stats()
     attached = runtime.attached_stats()
+    busy = (runtime.is_running("producer")
+            or runtime.attached_worker("producer", attached) is not None)
+    if busy != st.session_state.get("pc_producer_busy", busy):
+        st.rerun(scope="app")  # a producer started or stopped (here or elsewhere): redraw its panel
     cols = st.columns(len(WORKERS))
     for col, (name, label, start) in zip(cols, WORKERS):
         with col:

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.candles import CandleFeed, whole_history_bucket
 from dashboard.shared_views import VERSION_MAX_AGE_S
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
 
