@@ -125,3 +125,22 @@ def test_a_shared_figure_sends_the_same_json_and_is_packed_once():
     assert shared.to_dict() is shared.to_dict()  # made once, not per call
     assert len(shared.data) == len(fig.data) and shared.layout.title.text == "ACME &lt;i&gt;"
     assert share_figure(None) is None
+
+
+def test_a_late_browser_keeps_its_chart_and_one_on_time_gets_the_new_bar(data_dir):
+    from dashboard.shared_views import LATE_FACTOR, LIVE_REFRESH_S
+
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    bars = list(MarketSimulator(symbols=("ACME",), bars=200).bars(threading.Event()))
+    store.upsert_bars(bars)
+    page = live_session().run()
+    first = chart_spec(page)
+    store.upsert_bars([Bar("ACME", "1m", bars[-1].ts + MIN, 1.0, 2.0, 0.5, 1.5, 10.0, "test")])
+    time.sleep(LATE_FACTOR * LIVE_REFRESH_S + 0.1)  # this browser asks late: starved
+    page.run()
+    assert not page.exception and chart_spec(page) == first  # kept: nothing to mount again
+    page.run()  # asked on time: the new bar
+    assert not page.exception and chart_spec(page) != first
+    assert candle_times(chart_spec(page))[-1].startswith(
+        time.strftime("%Y-%m-%dT%H:%M", time.gmtime((bars[-1].ts + MIN) / 1000)))
+    store.close()
