@@ -11,9 +11,10 @@ from dashboard.charts import throughput
 from dashboard.flink_panel import flink_section
 from dashboard.plain_text import md_plain
 from dashboard.runtime import get_runtime
-from dashboard.shared_views import shared_views
+from dashboard.shared_views import share_figure, shared_views
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
+from dashboard.theme import current_theme
 from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
                                    throughput_ceiling, worker_row, worker_status)
 from dashboard.view_models import data_rules_note
@@ -254,8 +255,11 @@ def live_figures(local: dict, attached: list[dict]) -> None:
     k4.metric("Symbols", counts[3])
     hist = {name: snap.get("history", []) for name, snap in local.items()}
     if any(hist.values()):
-        st.plotly_chart(throughput(hist, throughput_ceiling(hist)), width="stretch",
-                        key="pc_tp")
+        # One figure per server every 2 s (the workers' figures are the server's), per theme.
+        figure = shared_views().get(
+            ("pipeline throughput", store.describe(), current_theme()), int(time.time() // 2),
+            lambda: share_figure(throughput(hist, throughput_ceiling(hist))))
+        st.plotly_chart(figure, width="stretch", key="pc_tp")
     # This app's scorer, else the one attached by heartbeat (a `python -m pipeline score`).
     scorer = ((local.get("scorer") if runtime.is_running("scorer") else None)
               or runtime.attached_worker("scorer", attached) or local.get("scorer") or {})
