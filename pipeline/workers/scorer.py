@@ -54,9 +54,7 @@ class Scorer(Worker):
     store_catchup_s, retrain_in
         The scoring step's (:class:`models.live.step.ScoringStep`, documented there).
     stream_topics
-        ``{stream: topic or None}`` for the streams with live features (the stream table's
-        rows with a provider: ``news``, ``fundamentals``); a stream left out reads its own
-        topic, ``None`` reads nothing (a champion using its features is refused).
+        ``{stream: topic or None}`` (streams with a live provider); left out: its own topic.
     """
 
     kind = "scorer"
@@ -91,9 +89,8 @@ class Scorer(Worker):
             store, self.policy, count=self.count, error=self.error, worker_id=self.worker_id,
             adapt=adapt, train_default=train_default, bootstrap_check_s=bootstrap_check_s,
             retrain_in=retrain_in, error_window=error_window, model_refresh_s=model_refresh_s,
-            store_catchup_s=store_catchup_s, latency_window=latency_window,
-            stream_topics={**{row.name: row.topic for row in with_provider()},
-                           **(stream_topics or {})})
+            store_catchup_s=store_catchup_s, latency_window=latency_window, stream_topics={
+                **{row.name: row.topic for row in with_provider()}, **(stream_topics or {})})
         step = self.step  # its parts, by their old names (tests and tools read them):
         self.scheduler, self.series, self.extras = step.scheduler, step.series, step.extras
         self.champions, self.arena = step.champions, step.arena
