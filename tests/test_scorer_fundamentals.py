@@ -63,7 +63,7 @@ def frame_of(snaps: list[FundamentalsSnapshot]) -> pd.DataFrame:
 
 def test_scorer_without_the_snapshots_topic_refuses_a_fundamentals_champion(sqlite_store):
     scorer = Scorer(sqlite_store, "127.0.0.1:9", stream_topics={"fundamentals": None})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fund_pe_ratio needs the fundamentals stream"):
         scorer.extras.check(["ret_1", "fund_pe_ratio"])
     Scorer(sqlite_store, "127.0.0.1:9").extras.check(["ret_1", *FUNDAMENTALS_GROUP])
 

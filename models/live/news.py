@@ -36,6 +36,7 @@ from models.features.sentiment import SENTIMENT_GROUP, SentimentTracker, _parse,
 from models.streaming import StreamingFeatures
 from pipeline.contracts.news import NEWS_TOPIC, NewsItem, parse_news
 from pipeline.contracts.schema import InvalidBar, interval_ms
+from pipeline.contracts.streams import with_provider
 
 #: Decayed sums keep items for this many half-lives: older ones weigh < 2**-60 (1e-18).
 HALF_LIVES_KEPT = 60
@@ -83,10 +84,11 @@ class ExtraFeatures:
     def check(self, features: list[str]) -> None:
         """ValueError naming a feature the scorer cannot compute live (the champions' check)."""
         bar_names = self.split(features)
-        news = [f for f in bar_names if is_sentiment_feature(f)]
-        if news:
-            raise ValueError(f"its feature {news[0]} needs the news stream, which this scorer "
-                             "does not read (start it with a news topic)")
+        for row in with_provider():  # a feature of a stream this scorer does not read
+            unread = [f for f in bar_names if row.provider_class().claims(f)]
+            if unread:
+                raise ValueError(f"its feature {unread[0]} needs the {row.name} stream, which "
+                                 f"this scorer does not read (start it with a {row.name} topic)")
         StreamingFeatures(bar_names)  # raises for a name without a streaming form
 
     def split(self, names: Iterable[str]) -> list[str]:
