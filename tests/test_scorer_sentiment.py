@@ -23,7 +23,8 @@ from models.adaptation import RetrainPolicy
 from models.features import compute_features
 from models.lab import LabConfig, run_comparison
 from models.lab_runs import save_version
-from models.live.news import ExtraFeatures, LiveSentiment, extra_features_note
+from models.live.news import LiveSentiment, extra_features_note
+from models.live.providers import ExtraFeatures
 from models.registry import load_model_version
 from models.features.sentiment import SENTIMENT_GROUP, sentiment_features
 from pipeline.workers.broker import ensure_topics

@@ -29,7 +29,7 @@ import pandas as pd
 from models.adaptation import default_features
 from models.live.arena import Arena
 from models.live.champions import ChampionBook
-from models.live.news import ExtraFeatures
+from models.live.providers import ExtraFeatures
 from models.live.series import (
     SeriesKey, SeriesStates, SeriesWork, rederive_pending, resettle_stored,
 )
