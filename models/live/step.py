@@ -208,7 +208,7 @@ class ScoringStep:
                 w.revisions.append(bar)  # after this poll's new bars: last write wins
                 continue
             w.fresh.append((bar, produced))
-            if extras:  # the bar's news features (models/live_news.py), in bar order
+            if extras:  # the bar's news features (models/live/news.py), in bar order
                 w.extras.append(self.extras.update(bar))
             last = bar.ts
         if not w.fresh:

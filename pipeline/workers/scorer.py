@@ -94,7 +94,7 @@ class Scorer(Worker):
         step = self.step  # its parts, by their old names (tests and tools read them):
         self.scheduler, self.series, self.extras = step.scheduler, step.series, step.extras
         self.champions, self.arena = step.champions, step.arena
-        self.clock = SeriesClock(stored_last(store))  # the time rule (pipeline/bar_rules.py)
+        self.clock = SeriesClock(stored_last(store))  # the time rule (pipeline/workers/bar_rules.py)
         self._last_gauges = self._last_error_gauge = 0.0
 
     def describe(self) -> str:
@@ -228,7 +228,7 @@ class Scorer(Worker):
         parsed: list[tuple[Bar, int | None]] = []
         n = 0
         extra = [tp for tp in batch if tp.topic != self.topic]
-        for tp in extra:  # the poll's news before its bars (models/live_news.py: ordering)
+        for tp in extra:  # the poll's news before its bars (models/live/news.py: ordering)
             self.step.extras.handle(batch[tp])
         for tp, msgs in batch.items():
             if tp.topic != self.topic:
@@ -244,7 +244,7 @@ class Scorer(Worker):
                     continue
                 produced = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
                 parsed.append((bar, produced))
-        screen = self.clock.screen([bar for bar, _ in parsed])  # pipeline/bar_rules.py
+        screen = self.clock.screen([bar for bar, _ in parsed])  # pipeline/workers/bar_rules.py
         self.clock.commit(screen)
         self.count("suspect", len(screen.suspects))
         for i, (bar, produced) in enumerate(parsed):
