@@ -182,7 +182,7 @@ def test_live_sentiment_equals_batch_across_a_restart(broker, topics, sqlite_sto
                 scorer = WorkerThread(Scorer(store, broker.bootstrap, topic=topics["bars"],
                                              group_id=group, **quiet)).start()
             # News published before this bar's end goes first, and the scorer has read it
-            # before the bar is sent (the ordering the as-of equality needs; see live_news).
+            # before the bar is sent (the ordering the as-of equality needs; see models/live/news.py).
             due = [n for n in pending if n.ts < t + STEP + 2]
             pending = pending[len(due):]
             if t == late_bar + 2 * STEP:
