@@ -42,10 +42,10 @@ def autostart(rt: Runtime) -> str | None:
 
     Runs once per runtime (not per session). Skipped when workers of another process are
     already feeding this store (attach mode). With ``KAPPALAB_PIPELINE_MODE=process`` (the
-    default) they run in one supervised child process (pipeline/demo_process.py, which makes
-    that check itself; maybe started already by dashboard/early_start.py) and this returns at
-    once; with ``threads``, as threads of this server, started here. Returns an error
-    sentence, or None.
+    default) they run in one supervised child process (pipeline/workers/demo_process.py,
+    which makes that check itself; maybe started already by dashboard/early_start.py) and
+    this returns at once; with ``threads``, as threads of this server, started here. Returns
+    an error sentence, or None.
     """
     if not autostart_enabled():
         return None
