@@ -103,3 +103,26 @@ def test_pipeline_process_stands_down_when_other_workers_feed_the_store(tmp_path
         assert proc.process.returncode == ATTACHED_EXIT  # and not started again
     finally:
         proc.stop()
+
+
+def test_restart_draws_first_then_starts_the_pipeline(tmp_path):
+    """With bars stored (a restart) the session's first run sends the chart before the
+    pipeline's process starts (dashboard/early_start.py); the process does start after that
+    run, off the server."""
+    import threading
+
+    from pipeline.sources.simulator import MarketSimulator
+
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    try:
+        store.upsert_bars(list(MarketSimulator(symbols=("ACME",), bars=300).bars(
+            threading.Event())))
+    finally:
+        store.close()
+    server = AppServer(tmp_path, "process")
+    try:
+        session_first_render(server.port)  # the chart, from the stored bars
+        beats = wait_for_beats(tmp_path, {"producer", "indexer"})
+        assert server.proc.pid not in {b["pid"] for b in beats}
+    finally:
+        server.stop()
