@@ -15,6 +15,7 @@ docs/LIVE_SCORING.md.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Any
@@ -96,6 +97,7 @@ class Scorer(Worker):
         self.champions, self.arena = step.champions, step.arena
         self.clock = SeriesClock(stored_last(store))  # the time rule (pipeline/bar_rules.py)
         self._last_gauges = self._last_error_gauge = 0.0
+        self._frozen_for: tuple | None = None  # the champions at the last heap freeze
 
     def describe(self) -> str:
         return (f"{' + '.join([self.topic, *self.extras.topics])} → predictions in "
@@ -177,6 +179,20 @@ class Scorer(Worker):
     def _housekeeping(self) -> None:
         self.step.housekeeping()
         self._publish_gauges()
+        if self.mode == "process":
+            self._freeze_heap()
+
+    def _freeze_heap(self) -> None:
+        """A scorer process moves what it has loaded (modules, the champions) out of the
+        garbage collector's sight once, and again after a champion change: its full
+        collections then scan the live state only (20-60 ms instead of 0.4-1 s at 500
+        symbols, docs/LIVE_SCORING.md, "Latency"). Garbage is collected first, so nothing
+        that is garbage now is kept."""
+        models = tuple(m.version_id for m in self.step.champions.models.values())
+        if models != self._frozen_for:
+            self._frozen_for = models
+            gc.collect()
+            gc.freeze()
 
     def _poll_failed(self, consumer, exc: BaseException, stop: threading.Event):
         """A poll that raised (no codec, a corrupt batch): ``stalled`` with the reason, then a
