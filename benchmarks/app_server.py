@@ -85,7 +85,7 @@ class AppServer:
         for pid in tree:  # by PID: only what this server started
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-        from pipeline.broker import EmbeddedBroker
+        from pipeline.workers.broker import EmbeddedBroker
 
         info = EmbeddedBroker.read_state(self.data_dir / "broker.json")
         if info and info.pid and alive(info.pid) and info.owner_pid in tree:

@@ -35,9 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.backfill import resolve_mode  # noqa: E402
-from pipeline.broker import EmbeddedBroker  # noqa: E402
-from pipeline.runtime import quiet_kafka_logs  # noqa: E402
+from pipeline.workers.backfill import resolve_mode  # noqa: E402
+from pipeline.workers.broker import EmbeddedBroker  # noqa: E402
+from pipeline.workers.runtime import quiet_kafka_logs  # noqa: E402
 from pipeline.sources.simulator import MarketSimulator  # noqa: E402
 
 

@@ -50,7 +50,7 @@ from benchmarks.app_server import (  # noqa: E402
     CHART, ROOT, AppServer, ProtocolViewer, chart_last_ts, launch_chromium, loadavg,
     session_first_render, store_figures,
 )
-from pipeline.runtime import DEFAULT_DEMO  # noqa: E402
+from pipeline.workers.runtime import DEFAULT_DEMO  # noqa: E402
 
 MIN = 60_000
 

@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.broker import EmbeddedBroker  # noqa: E402
-from pipeline.runtime import quiet_kafka_logs  # noqa: E402
+from pipeline.workers.broker import EmbeddedBroker  # noqa: E402
+from pipeline.workers.runtime import quiet_kafka_logs  # noqa: E402
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.app_server import (  # noqa: E402
     CHART, ROOT, AppServer, launch_chromium, loadavg, store_figures,
 )
-from pipeline.runtime import DEFAULT_DEMO  # noqa: E402
+from pipeline.workers.runtime import DEFAULT_DEMO  # noqa: E402
 
 WARMUP_BARS = DEFAULT_DEMO.warmup_bars * len(DEFAULT_DEMO.symbols)
 

@@ -21,8 +21,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.fundamentals import FUNDAMENTALS_GROUP, FundamentalsTracker, fundamentals_features  # noqa: E402
-from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot  # noqa: E402
+from models.features.fundamentals import FUNDAMENTALS_GROUP, FundamentalsTracker, fundamentals_features  # noqa: E402
+from pipeline.contracts.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot  # noqa: E402
 from pipeline.sources.simulator import MarketSimulator  # noqa: E402
 
 

@@ -34,10 +34,10 @@ def main() -> None:
     from models.adaptation import RetrainPolicy
     from models.lab import LabConfig, run_comparison
     from models.lab_runs import save_version
-    from models.sentiment import SENTIMENT_GROUP, sentiment_features
-    from pipeline.broker import EmbeddedBroker
-    from pipeline.config import load_config
-    from pipeline.runtime import Runtime, SimulatorSpec
+    from models.features.sentiment import SENTIMENT_GROUP, sentiment_features
+    from pipeline.workers.broker import EmbeddedBroker
+    from pipeline.contracts.config import load_config
+    from pipeline.workers.runtime import Runtime, SimulatorSpec
 
     symbols = ("ACME", "GLOBX")
     tmp = Path(tempfile.mkdtemp(prefix="bench-news-order-"))

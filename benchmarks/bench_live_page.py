@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.schema import Bar  # noqa: E402
+from pipeline.contracts.schema import Bar  # noqa: E402
 from pipeline.store.sqlite import SqliteStore  # noqa: E402
 
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000

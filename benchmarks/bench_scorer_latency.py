@@ -19,7 +19,7 @@ way in both modes, from the stored predictions.
 
 ``--symbols`` takes a comma-separated list: one fresh broker/store/pipeline per count, run one
 after the other. ``--shadows`` (comma-separated, default 0) enrols that many model versions in
-the live arena (:mod:`models.arena`: copies of the default champion, so each costs what the
+the live arena (:mod:`models.live.arena`: copies of the default champion, so each costs what the
 champion's own prediction costs) once the champion is live, and waits until every one of them
 has scored before measuring: one run per (symbol count, shadow count), so the shadows' cost
 shows as the latency difference between runs of the same invocation. ``--profile`` runs cProfile in the scorer's thread and prints its top lines
@@ -68,14 +68,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models.adaptation import RetrainPolicy  # noqa: E402
 from benchmarks.app_server import proc_cpu_s  # noqa: E402
 from models.registry import get_champion  # noqa: E402
-from pipeline.broker import EmbeddedBroker  # noqa: E402
-from pipeline.indexer import Indexer  # noqa: E402
-from pipeline.producer import Producer  # noqa: E402
-from pipeline.runtime import quiet_kafka_logs  # noqa: E402
-from pipeline.scorer import Scorer  # noqa: E402
+from pipeline.workers.broker import EmbeddedBroker  # noqa: E402
+from pipeline.workers.indexer import Indexer  # noqa: E402
+from pipeline.workers.producer import Producer  # noqa: E402
+from pipeline.workers.runtime import quiet_kafka_logs  # noqa: E402
+from pipeline.workers.scorer import Scorer  # noqa: E402
 from pipeline.sources.simulator import MarketSimulator  # noqa: E402
 from pipeline.store.sqlite import SqliteStore  # noqa: E402
-from pipeline.worker import WorkerThread  # noqa: E402
+from pipeline.workers.worker import WorkerThread  # noqa: E402
 
 
 def main() -> int:
@@ -238,7 +238,7 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
 
 def _enrol_shadows(store, k: int) -> None:
     """``k`` copies of the champion saved as versions of their own and enrolled in the arena."""
-    from models import arena
+    from models.live import arena
     from models.registry import load_model_version, save_model_version
 
     champion = load_model_version(store, get_champion(store)["version_id"])
@@ -256,7 +256,7 @@ def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float
     the consuming thread's CPU ms per bar over the measured part."""
     from kafka import KafkaConsumer
 
-    from pipeline.producer import make_kafka_producer
+    from pipeline.workers.producer import make_kafka_producer
 
     topic = "bench-raw-floor"
     stop = threading.Event()
@@ -324,7 +324,7 @@ def _bench_scorer(store, bootstrap: str, retrain_every: int, mode: str = "thread
 def scorer_child(db: str, bootstrap: str, retrain_every: int, retrain_in: str) -> int:
     """``--processes``: the scorer process (what ``python -m pipeline score`` runs, with the
     benchmark's retrain policy) until SIGTERM; its stats reach the parent as heartbeats."""
-    from pipeline.cli_support import run_worker
+    from pipeline.cli.support import run_worker
 
     quiet_kafka_logs()
     stop = threading.Event()

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.schema import Bar  # noqa: E402
+from pipeline.contracts.config import load_config  # noqa: E402
+from pipeline.contracts.schema import Bar  # noqa: E402
 from pipeline.store.base import Store  # noqa: E402
 from pipeline.store.elasticsearch import ElasticsearchStore  # noqa: E402
 from pipeline.store.sqlite import SqliteStore  # noqa: E402

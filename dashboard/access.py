@@ -28,7 +28,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import streamlit as st
 
 from dashboard.state import get_config
-from pipeline.config import NETWORK_WITHOUT_PASSWORD, Config
+from pipeline.contracts.config import NETWORK_WITHOUT_PASSWORD, Config
 
 PRESENTER_KEY = "kl_presenter"
 READ_ONLY = "read-only view: {what} is for the presenter (password in the sidebar)."

@@ -1,5 +1,5 @@
 """The Predictions page's live arena: the leaderboard of models scored in shadow beside the
-champion (:mod:`models.arena`), enrolment, removal and promotion from it."""
+champion (:mod:`models.live.arena`), enrolment, removal and promotion from it."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,7 +10,7 @@ from dashboard.access import can_change, read_only_note
 from dashboard.formatting import display_frame
 from dashboard.prediction_charts import arena_table
 from dashboard.widgets import push_notice, show_notices
-from models import arena
+from models.live import arena
 from models.registry import GLOBAL_SCOPE, champion_refusal, promote
 
 

@@ -13,7 +13,7 @@ import streamlit as st
 from dashboard.access import presenter_button
 from dashboard.plain_text import md_plain
 from dashboard.widgets import guarded, worker_header
-from pipeline.broker import BrokerUnavailable, find_or_start_broker
+from pipeline.workers.broker import BrokerUnavailable, find_or_start_broker
 from pipeline.flink import FLINK_DLQ_TOPIC, FLINK_INTERVALS, FLINK_TOPIC
 from pipeline.flink.launcher import (INSTALL_HINT, FlinkJob, log_identity, missing_parts,
                                      venv_dir)

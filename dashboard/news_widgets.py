@@ -18,7 +18,7 @@ from dashboard.access import can_change, presenter_button
 from dashboard.formatting import fmt_ts, with_time_column
 from dashboard.plain_text import md_plain
 from dashboard.widgets import TIME_ZONES, guarded, push_notice, saved_upload, worker_header
-from pipeline.runtime import NEWS_FEEDS
+from pipeline.workers.runtime import NEWS_FEEDS
 from pipeline.sources.base import SourceError
 
 AV_FREE_PER_DAY = 25

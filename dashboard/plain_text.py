@@ -12,7 +12,7 @@ labels. So every such text passes through here:
   of a Plotly figure; the app's own hover templates stay as they are).
 
 CSV exports have their own rule (cells that a spreadsheet would run as a formula):
-:mod:`pipeline.csv_export`.
+:mod:`pipeline.contracts.csv_export`.
 """
 from __future__ import annotations
 

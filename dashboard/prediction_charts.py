@@ -202,7 +202,7 @@ def event_bar_ts(event: dict[str, Any], frame: pd.DataFrame | None = None) -> in
 
 
 def arena_table(board: list[dict[str, Any]]) -> pd.DataFrame:
-    """The live arena's leaderboard (the scorer's ``arena`` gauge, :mod:`models.arena`) as
+    """The live arena's leaderboard (the scorer's ``arena`` gauge, :mod:`models.live.arena`) as
     text: one row per entry, champion first, then by live skill vs persistence (on the implied
     close), its 95% interval, the Holm-corrected DM p-value and reading, predictions scored,
     the window filled, MAE (close), directional accuracy over the moves in the window, and

@@ -12,8 +12,8 @@ import threading
 import streamlit as st
 
 from dashboard.state import get_config, get_store
-from pipeline.broker import BrokerUnavailable
-from pipeline.runtime import DEFAULT_DEMO, Runtime
+from pipeline.workers.broker import BrokerUnavailable
+from pipeline.workers.runtime import DEFAULT_DEMO, Runtime
 
 # Sessions run in their own threads: two first loads at once (the root in one tab, a deep link
 # in another) must not both pass the "not done yet" check.
@@ -86,7 +86,7 @@ def pipeline_process_note(rt: Runtime) -> tuple[str, str] | None:
 
 def _scorer_available() -> bool:
     try:
-        import pipeline.scorer  # noqa: F401
+        import pipeline.workers.scorer  # noqa: F401
     except ImportError:
         return False
     return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.plain_text import md_plain
-from pipeline.config import Config, load_config
+from pipeline.contracts.config import Config, load_config
 from pipeline.store import Store, StoreUnavailable, open_store
 
 

@@ -14,7 +14,7 @@ from dashboard.formatting import fmt_ts, with_time_column
 from dashboard.plain_text import md_plain
 from dashboard.state import get_config
 from dashboard.view_models import worker_status
-from pipeline.schema import INTERVALS
+from pipeline.contracts.schema import INTERVALS
 from pipeline.sources.base import SourceError
 from pipeline.sources.import_paths import resolve_import_path
 
@@ -51,7 +51,7 @@ def show_notices(scope: str = "global") -> None:
 
 def guarded(action: Callable[[], object], what: str, scope: str = "global") -> bool:
     """Run ``action``; a failure the user can fix becomes a notice that stays. True if it ran."""
-    from pipeline.broker import BrokerUnavailable
+    from pipeline.workers.broker import BrokerUnavailable
 
     try:
         action()

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from pipeline.jsonsafe import json_safe
-from pipeline.schema import INTERVALS
+from pipeline.contracts.jsonsafe import json_safe
+from pipeline.contracts.schema import INTERVALS
 
 from models.features import DEFAULT_FEATURES, DEFAULT_GROUP, FEATURE_GROUPS, max_lookback
 from models.splits import SPLIT_METHODS
@@ -259,7 +259,7 @@ def _stored_interval(store, symbols: list[str]) -> str:
 
 
 def _open_store():
-    from pipeline.config import load_config
+    from pipeline.contracts.config import load_config
     from pipeline.store import StoreUnavailable, open_store
 
     try:

@@ -1,6 +1,6 @@
 """Continuous adaptation for the live scorer: when to retrain, and when a retrained model wins.
 
-The live scorer (:mod:`pipeline.scorer`) owns the streaming; this module owns the decisions,
+The live scorer (:mod:`pipeline.workers.scorer`) owns the streaming; this module owns the decisions,
 as plain functions over the store so they can be tested and run without Kafka:
 
 - :class:`~models.retrain_policy.RetrainPolicy` (in :mod:`models.retrain_policy`) — every
@@ -15,7 +15,7 @@ as plain functions over the store so they can be tested and run without Kafka:
   if it beats the champion, and record the decision as a ``retrain`` event with the figures.
 
 The live error itself (progressive validation, drift, the Predictions page's tables) is in
-:mod:`models.live_errors`, on the formulas of :func:`models.metrics.close_errors`.
+:mod:`models.live.errors`, on the formulas of :func:`models.metrics.close_errors`.
 
 One error metric for all decisions: the absolute percentage error of the *implied close*
 (``mape_pct`` in :mod:`models.metrics`). It is comparable across targets (a next-close model and
@@ -41,14 +41,14 @@ from models import metrics as M
 from models.features import (
     DEFAULT_FEATURES, FEATURE_GROUPS, compute_features, is_price_level, max_lookback,
 )
-from models.fundamentals import is_fundamentals_feature, load_fundamentals
+from models.features.fundamentals import is_fundamentals_feature, load_fundamentals
 from models.registry import (GLOBAL_SCOPE, LoadedModel, promote, promoted_by_hand,
                              save_model_version)
-from models.sentiment import is_sentiment_feature, load_news
+from models.features.sentiment import is_sentiment_feature, load_news
 from models.targets import effective_horizon, make_target, to_close
 from models.retrain_policy import (DECISION_METRIC, DEFAULT_MODEL_KEY, DEFAULT_TARGET,
                                    RETRAIN_EVENT, RetrainPolicy)
-from pipeline.jsonsafe import json_safe
+from pipeline.contracts.jsonsafe import json_safe
 from pipeline.store.base import Store
 
 log = logging.getLogger(__name__)

@@ -39,8 +39,8 @@ from models.lab_runs import (  # noqa: F401
 from models.lab_types import (  # noqa: F401
     MIN_ROWS, FittedModel, LabCancelled, LabConfig, LabError, LabResult, NoData, ProgressCallback,
 )
-from models.fundamentals import is_fundamentals_feature, load_fundamentals
-from models.sentiment import is_sentiment_feature, load_news
+from models.features.fundamentals import is_fundamentals_feature, load_fundamentals
+from models.features.sentiment import is_sentiment_feature, load_news
 from models.splits import Split, make_splits, split_warnings
 from models.targets import (SAME_BAR_FEATURES, effective_horizon, get_target, make_target,
                             reference_close, target_close)

@@ -12,7 +12,7 @@ from models.registry import GLOBAL_SCOPE, champion_refusal, promote, save_model_
 from models.targets import effective_horizon
 
 from models.lab_types import LabError, LabResult
-from pipeline.csv_export import csv_bytes
+from pipeline.contracts.csv_export import csv_bytes
 
 # ---------------------------------------------------------------------------------------------
 # Runs kept in the store, and model versions

@@ -2,7 +2,7 @@
 do to be promoted, with the constants every retrain decision shares.
 
 The one place to change the retrain policy: :mod:`models.adaptation` (train, evaluate, decide),
-:mod:`models.live_errors` (the drift monitor), :mod:`models.retrain_schedule` (when) and the
+:mod:`models.live.errors` (the drift monitor), :mod:`models.live.retrain_schedule` (when) and the
 scorer all read it from here.
 """
 from __future__ import annotations

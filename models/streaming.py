@@ -45,7 +45,7 @@ _NO_TS = np.iinfo(np.int64).min
 
 def has_streaming_form(name: str) -> bool:
     """True for a bar feature (the ones :class:`FeatureBank` computes); news features are
-    computed elsewhere (:mod:`models.sentiment`)."""
+    computed elsewhere (:mod:`models.features.sentiment`)."""
     return parse_feature(name) is not None
 
 

@@ -9,7 +9,7 @@ from dashboard.formatting import fmt_ts, sig_styler, ts_to_datetime, with_time_c
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.widgets import stored_date_range, wait_for_data
-from pipeline.csv_export import csv_bytes, export_file_name
+from pipeline.contracts.csv_export import csv_bytes, export_file_name
 
 TS_COLUMN = {"ts": st.column_config.NumberColumn("ts (epoch ms)", format="%d")}
 

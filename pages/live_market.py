@@ -12,7 +12,7 @@ from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.theme import current_theme
 from dashboard.view_models import latest_predictions, news_markers, per_candle_predictions
-from pipeline.schema import INTERVALS
+from pipeline.contracts.schema import INTERVALS
 
 enter_page()
 store = store_or_stop()

@@ -24,8 +24,8 @@ from models import lab
 from dashboard.lab_seeds import seeds_block
 from models.features import (DEFAULT_GROUP, FEATURE_GROUPS, all_features, expand_features,
                              level_features_note)
-from models.fundamentals import is_fundamentals_feature, load_fundamentals
-from models.sentiment import is_sentiment_feature, load_news
+from models.features.fundamentals import is_fundamentals_feature, load_fundamentals
+from models.features.sentiment import is_sentiment_feature, load_news
 from models.features import max_lookback
 from models.metrics import METRIC_COLUMNS, METRIC_LABELS
 from models.splits import RANDOM_SPLIT_WARNING, SPLIT_METHODS

@@ -21,9 +21,9 @@ from dashboard.news_widgets import (NEWS_PANEL_OPEN, alphavantage_key,
                                     alphavantage_news_panel, headline_csv_panel,
                                     news_worker_row)
 from dashboard.widgets import csv_import_panel, guarded, push_notice, show_notices, worker_header
-from pipeline.config import Secret
-from pipeline.runtime import SimulatorSpec
-from pipeline.schema import INTERVALS
+from pipeline.contracts.config import Secret
+from pipeline.workers.runtime import SimulatorSpec
+from pipeline.contracts.schema import INTERVALS
 from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import store_origin

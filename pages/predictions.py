@@ -19,8 +19,8 @@ from dashboard.theme import current_theme
 from dashboard.view_models import (HELP, catch_up_note, latency_note, live_kpis,
                                    scorer_snapshot)
 from dashboard.widgets import push_notice, show_notices, wait_for_data
-from models.live_errors import live_summary, retrain_events, rolling_live_errors, score_frame
-from models.live_news import extra_features_note
+from models.live.errors import live_summary, retrain_events, rolling_live_errors, score_frame
+from models.live.news import extra_features_note
 from models.registry import GLOBAL_SCOPE, champion_refusal, champions, rollback
 
 enter_page()

@@ -26,20 +26,20 @@ import sys
 import threading
 import time
 
-from pipeline.broker import BrokerUnavailable, EmbeddedBroker, pid_alive
-from pipeline.cli_status import cmd_status
-from pipeline.cli_streams import (
+from pipeline.workers.broker import BrokerUnavailable, EmbeddedBroker, pid_alive
+from pipeline.cli.status import cmd_status
+from pipeline.cli.streams import (
     cmd_fundamentals, cmd_fundamentals_index, cmd_news, cmd_news_index,
 )
-from pipeline.cli_support import (
+from pipeline.cli.support import (
     CliError, build_source, checked_store_and_broker, progress_line, resolve_bootstrap,
     run_worker, wait_for_signal,
 )
-from pipeline.config import Config, load_config
-from pipeline.fundamentals import FUNDAMENTALS_TOPIC
-from pipeline.news import NEWS_TOPIC
-from pipeline.serve import add_serve_parser
-from pipeline.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
+from pipeline.contracts.config import Config, load_config
+from pipeline.contracts.fundamentals import FUNDAMENTALS_TOPIC
+from pipeline.contracts.news import NEWS_TOPIC
+from pipeline.cli.serve import add_serve_parser
+from pipeline.contracts.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
 from pipeline.sources.base import SourceError
 from pipeline.sources.catalog import source_keys
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
-    from pipeline.runtime import quiet_kafka_logs
+    from pipeline.workers.runtime import quiet_kafka_logs
 
     quiet_kafka_logs()
     try:
@@ -247,7 +247,7 @@ def cmd_broker(args, config: Config) -> int:
 
 
 def cmd_produce(args, config: Config) -> int:
-    from pipeline.producer import Producer
+    from pipeline.workers.producer import Producer
 
     news = None
     if args.news_rate or args.news_impact:
@@ -257,7 +257,7 @@ def cmd_produce(args, config: Config) -> int:
         if not 0 < args.news_rate <= 1:
             raise CliError("--news-rate must be above 0 and at most 1 (items per symbol per "
                            "bar) when --news-impact is given.")
-        from pipeline.news_stream import NewsQueue
+        from pipeline.workers.news_stream import NewsQueue
 
         news = NewsQueue()
     store = open_store(config)
@@ -267,8 +267,8 @@ def cmd_produce(args, config: Config) -> int:
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
     news_worker = None
     if news is not None:
-        from pipeline.news_stream import NewsProducer
-        from pipeline.worker import WorkerThread
+        from pipeline.workers.news_stream import NewsProducer
+        from pipeline.workers.worker import WorkerThread
 
         news_worker = WorkerThread(NewsProducer(
             news.batches, info.bootstrap, description="simulated news",
@@ -296,7 +296,7 @@ def cmd_produce(args, config: Config) -> int:
 
 
 def cmd_index(args, config: Config) -> int:
-    from pipeline.indexer import Indexer
+    from pipeline.workers.indexer import Indexer
 
     store, info, stop = checked_store_and_broker(config)
     print(f"indexing {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
@@ -307,7 +307,7 @@ def cmd_index(args, config: Config) -> int:
 
 
 def cmd_score(args, config: Config) -> int:
-    from pipeline.scorer import Scorer
+    from pipeline.workers.scorer import Scorer
 
     store, info, stop = checked_store_and_broker(config)
     worker = Scorer(store, info.bootstrap, topic=args.topic, group_id=args.group,
@@ -329,9 +329,9 @@ def cmd_backfill(args, config: Config) -> int:
     runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
     from kafka import TopicPartition
 
-    from pipeline.backfill import start_indexer
-    from pipeline.kafka_clients import make_consumer
-    from pipeline.producer import Producer
+    from pipeline.workers.backfill import start_indexer
+    from pipeline.workers.kafka_clients import make_consumer
+    from pipeline.workers.producer import Producer
 
     if args.source == "simulator" and args.bars is None:
         raise CliError("backfill needs a finite source: pass --bars N for the simulator")
@@ -346,7 +346,7 @@ def cmd_backfill(args, config: Config) -> int:
     deadline = t0 + args.timeout
     indexer = None
     try:
-        from pipeline.broker import ensure_topics
+        from pipeline.workers.broker import ensure_topics
 
         ensure_topics(info.bootstrap, (args.topic, args.dlq_topic),
                       partitions=config.topic_partitions, **config.kafka_client_kwargs())

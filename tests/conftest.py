@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker, ensure_topics
-from pipeline.runtime import quiet_kafka_logs
+from pipeline.workers.broker import EmbeddedBroker, ensure_topics
+from pipeline.workers.runtime import quiet_kafka_logs
 from pipeline.store.sqlite import SqliteStore
 
 quiet_kafka_logs()

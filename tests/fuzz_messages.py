@@ -5,7 +5,7 @@
 Messages start from valid bars of the symbol ``FZ`` and are mutated (bit flips, truncation,
 type changes, huge and odd number literals, unicode junk, duplicated / missing / extra fields,
 random bytes, deep nesting, oversize). A mutation may happen to leave a valid bar: the test
-decides with :func:`pipeline.schema.parse_bar` which messages must be stored and which must be
+decides with :func:`pipeline.contracts.schema.parse_bar` which messages must be stored and which must be
 dead-lettered. Good bars in the test use other symbols, so no mutant can overwrite them.
 """
 from __future__ import annotations

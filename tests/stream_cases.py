@@ -1,7 +1,7 @@
 """Issue 19's Kafka and store cases, each run on real parts and measured.
 
 Every case sends bars with a real producer (librdkafka through confluent-kafka, or
-kafka-python) to the real embedded broker, runs a real :class:`~pipeline.indexer.Indexer`
+kafka-python) to the real embedded broker, runs a real :class:`~pipeline.workers.indexer.Indexer`
 on a real SQLite file, and returns its figures: sent / stored / dead-lettered / lost /
 duplicated and what the worker said (state, last error). The tests
 (``tests/test_kafka_producers.py``, ``tests/test_store_identity.py``) assert on them; run as a
@@ -31,7 +31,7 @@ def bar_value(i: int, symbol: str = "AAA") -> bytes:
 
 
 def new_topics(bootstrap: str) -> tuple[str, str]:
-    from pipeline.broker import ensure_topics
+    from pipeline.workers.broker import ensure_topics
 
     t = f"c-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, (t, t + ".dlq"))
@@ -65,8 +65,8 @@ def count_topic(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
 
 
 def start(store, bootstrap: str, topic: str, dlq: str, stall_after_s: float = 3.0):
-    from pipeline.indexer import Indexer
-    from pipeline.worker import WorkerThread
+    from pipeline.workers.indexer import Indexer
+    from pipeline.workers.worker import WorkerThread
 
     w = Indexer(store, bootstrap, topic=topic, dlq_topic=dlq, group_id=f"g-{topic}",
                 stall_after_s=stall_after_s)
@@ -333,7 +333,7 @@ def case_topic_recreated_live_producer(bootstrap: str, work: Path) -> dict:
 
     from kafka import KafkaAdminClient, KafkaProducer
 
-    from pipeline.broker import ensure_topics
+    from pipeline.workers.broker import ensure_topics
     from pipeline.store.sqlite import SqliteStore
 
     topic, dlq = new_topics(bootstrap)
@@ -383,7 +383,7 @@ def case_topic_recreated_live_producer(bootstrap: str, work: Path) -> dict:
 
 
 def _create_quietly(bootstrap: str, topic: str) -> None:
-    from pipeline.broker import ensure_topics
+    from pipeline.workers.broker import ensure_topics
 
     try:
         ensure_topics(bootstrap, (topic,))
@@ -396,7 +396,7 @@ def case_topic_recreated(bootstrap: str, work: Path) -> dict:
     all with the key AAA (so on several partitions they share one)."""
     from kafka import KafkaAdminClient, KafkaProducer
 
-    from pipeline.broker import ensure_topics
+    from pipeline.workers.broker import ensure_topics
     from pipeline.store.sqlite import SqliteStore
 
     topic, dlq = new_topics(bootstrap)
@@ -459,7 +459,7 @@ def case_end_offsets(bootstrap: str, work: Path) -> dict:
     out = {"case": "end_offsets vs high watermark", "records": 10_000, "read": n,
            "end_offsets": end, "highwater": c.highwater(tp), "position": c.position(tp)}
     try:
-        from pipeline.kafka_clients import log_end_offsets, make_consumer, probe_log_end
+        from pipeline.workers.kafka_clients import log_end_offsets, make_consumer, probe_log_end
 
         out["log_end_offsets"] = log_end_offsets(c, [tp])[tp]
         probe = make_consumer(bootstrap, None, None)
@@ -476,8 +476,8 @@ CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith
 
 def main(argv: list[str]) -> None:
     sys.path.insert(0, os.getcwd())
-    from pipeline.broker import EmbeddedBroker
-    from pipeline.runtime import quiet_kafka_logs
+    from pipeline.workers.broker import EmbeddedBroker
+    from pipeline.workers.runtime import quiet_kafka_logs
 
     quiet_kafka_logs()
     if os.environ.get("KAPPALAB_CASES_NO_SNAPPY"):  # main's requirements had no python-snappy

@@ -13,7 +13,7 @@ from models.adaptation import (
     DEFAULT_TARGET, RetrainPolicy, default_features, load_training_data, retrain, split_holdout,
     train_default_model,
 )
-from models.live_errors import (DriftMonitor, LiveErrors, live_summary, rolling_live_errors,
+from models.live.errors import (DriftMonitor, LiveErrors, live_summary, rolling_live_errors,
                                  score_frame)
 from models.metrics import close_error
 from models.registry import get_champion, load_model_version, promote, save_model_version
@@ -218,7 +218,7 @@ def test_a_model_that_never_calls_a_move_has_no_live_directional_accuracy():
     """As in the Model lab: persistence (predicted close = base close) gets no directional
     accuracy, neither in the scorer's rolling errors nor in the Predictions page's tables;
     a model that calls a move keeps its "no change" rows as misses."""
-    from models.live_errors import live_summary, rolling_live_errors, score_frame
+    from models.live.errors import live_summary, rolling_live_errors, score_frame
     from models.metrics import calls_a_move
 
     flat, moving = LiveErrors(window=20), LiveErrors(window=20)

@@ -79,8 +79,8 @@ def test_simulated_news_says_idle_while_the_simulator_is_stopped(data_dir):
     them): the news producer outlives the simulator (a restarted simulator feeds it again),
     and its caption says when it is idle."""
     from dashboard.news_widgets import news_worker_caption
-    from pipeline.config import load_config
-    from pipeline.runtime import Runtime, SimulatorSpec
+    from pipeline.contracts.config import load_config
+    from pipeline.workers.runtime import Runtime, SimulatorSpec
 
     rt = Runtime(load_config())
     try:

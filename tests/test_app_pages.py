@@ -116,7 +116,7 @@ def frames_to_text(frames) -> list[str]:
 
 
 def test_data_page_shows_prediction_prices_with_their_decimals(data_dir):
-    from pipeline.schema import Prediction
+    from pipeline.contracts.schema import Prediction
 
     fill(data_dir, bars_per_symbol=50)
     store = SqliteStore(data_dir / "kappalab.sqlite")

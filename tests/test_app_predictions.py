@@ -15,7 +15,7 @@ from models.adaptation import RetrainPolicy, retrain, train_default_model
 from models.features import compute_features
 from models.registry import get_champion, load_model_version
 from models.targets import from_close
-from pipeline.schema import Prediction
+from pipeline.contracts.schema import Prediction
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
 
@@ -208,7 +208,7 @@ def test_scorer_counts_read_as_two_counts(data_dir):
 def test_arena_leaderboard_enrol_promote_and_remove(data_dir):
     """The arena section: the leaderboard from a scorer's ``arena`` gauge (seen by its
     heartbeat), enrolment, promotion and removal through the page's forms (real store)."""
-    from models import arena
+    from models.live import arena
 
     filled = fill(data_dir)
     store = SqliteStore(data_dir / "kappalab.sqlite")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from models import arena
+from models.live import arena
 from models.adaptation import RetrainPolicy, train_default_model
 from models.lab import LabConfig, run_comparison, save_version
 from models.registry import get_champion, load_model_version

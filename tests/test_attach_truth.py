@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline.broker import EmbeddedBroker, pid_alive
+from pipeline.workers.broker import EmbeddedBroker, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages" / "pipeline_control.py")

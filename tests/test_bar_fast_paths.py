@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from pipeline.schema import (
+from pipeline.contracts.schema import (
     BAR_FIELDS, Bar, InvalidBar, MAX_PRICE, MAX_VOLUME, _DECODER, _checked_bar, bar_from_mapping, parse_bar,
 )
 from pipeline.sources.simulator import MarketSimulator

@@ -73,7 +73,7 @@ def streamlit_server(tmp_path):
     yield f"http://127.0.0.1:{port}", tmp_path, started
     stop_server(proc, log)
     # If the server died without its atexit hook, stop the broker it started, by PID.
-    from pipeline.broker import EmbeddedBroker, pid_alive
+    from pipeline.workers.broker import EmbeddedBroker, pid_alive
 
     info = EmbeddedBroker.read_state(tmp_path / "broker.json")
     if info and info.pid and pid_alive(info.pid) and info.owner_pid == proc.pid:

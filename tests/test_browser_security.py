@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.news import NewsItem
-from pipeline.schema import Bar
+from pipeline.contracts.news import NewsItem
+from pipeline.contracts.schema import Bar
 from pipeline.store.sqlite import SqliteStore
 from tests.test_browser_e2e import (  # noqa: F401 (browser: the fixture)
     browser, free_port, stop_server, wait_for_port)
@@ -182,7 +182,7 @@ def test_server_beyond_loopback_without_password_refuses(tmp_path, browser):
     """Opened by hand (`--server.address 0.0.0.0`, without KAPPALAB_NETWORK): the app sees the
     address, counts it as network mode, and without a presenter password shows one sentence
     and starts nothing. Run from another folder, the default still binds loopback."""
-    from pipeline.config import NETWORK_WITHOUT_PASSWORD
+    from pipeline.contracts.config import NETWORK_WITHOUT_PASSWORD
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

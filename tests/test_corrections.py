@@ -24,7 +24,7 @@ from models.features import compute_features
 from models.lab import load_bars
 from models.lab_types import LabConfig
 from models.registry import get_champion, load_model_version
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.revisions import revision
 from pipeline.store.sqlite import SqliteStore

@@ -18,14 +18,14 @@ import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from models.sentiment import sentiment_features
-from pipeline.broker import ensure_topics
+from models.features.sentiment import sentiment_features
+from pipeline.workers.broker import ensure_topics
 from pipeline.flink.launcher import FlinkJob, FlinkTopics, venv_dir
 from pipeline.flink.stream import FlinkIndexer
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 from pipeline.sources.news_simulator import simulate_frames
 from pipeline.store.sqlite import SqliteStore
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 from tests.flink_support import require_flink_venv
 
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.broker import ensure_topics
+from pipeline.workers.broker import ensure_topics
 from pipeline.flink.job import day_to_second, render_sql
 from pipeline.flink.launcher import (INSTALL_HINT, FlinkJob, bounds_option, end_offsets,
                                      latest_checkpoint)
 from pipeline.flink.stream import FlinkIndexer
-from pipeline.schema import Bar
-from pipeline.worker import WorkerThread
+from pipeline.contracts.schema import Bar
+from pipeline.workers.worker import WorkerThread
 from tests.flink_support import require_flink_venv
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from models.features import FEATURE_GROUPS, compute_features, expand_features, max_lookback
-from models.fundamentals import (FUNDAMENTALS_GROUP, FundamentalsTracker,
+from models.features.fundamentals import (FUNDAMENTALS_GROUP, FundamentalsTracker,
                                  fundamentals_features)
 from models.lab import LabConfig, run_comparison
-from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
-from pipeline.schema import Bar
+from pipeline.contracts.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
+from pipeline.contracts.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
 
@@ -203,9 +203,9 @@ def test_the_live_provider_plugs_into_the_scorer_extra_features(tmp_path, data):
     """LiveFundamentals inside the scorer's ExtraFeatures: stored snapshots warm it on a
     symbol's first bar, topic messages (raw JSON) feed it, duplicates and bad messages are
     counted, and every bar's values equal the batch join."""
-    from models.live_fundamentals import LiveFundamentals
-    from models.live_news import ExtraFeatures
-    from pipeline.schema import Bar
+    from models.live.fundamentals import LiveFundamentals
+    from models.live.news import ExtraFeatures
+    from pipeline.contracts.schema import Bar
 
     bars, snaps = data
     acme = bars[bars["symbol"].eq("ACME")].reset_index(drop=True)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
+from pipeline.contracts.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
 from tests.test_store_contract import PAGE, es_server, store  # noqa: F401  (fixtures)
 
 T0 = 1_700_000_000_000

@@ -9,9 +9,9 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipeline.fundamentals_stream import FundamentalsIndexer, FundamentalsProducer
+from pipeline.workers.fundamentals_stream import FundamentalsIndexer, FundamentalsProducer
 from pipeline.sources.alphavantage_overview import AlphaVantageOverview
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 from tests.market_api_double import MarketApiDouble, av_overview
 
 pytestmark = pytest.mark.slow

@@ -2,9 +2,10 @@
 
 Lower layers never import higher ones, so the store and the sources can be used (and tested)
 without the models or the UI, the features without the models, the models without the live
-layer, and the live scoring step without Kafka. Layers are folders where folders exist
-(``pipeline/store/``, ``pipeline/sources/``, ``models/features/``, ``models/live/``); the
-modules of ``models/`` and ``pipeline/`` not yet in a folder of their own are named below.
+layer, and the live scoring step without Kafka. A module's layer is its folder, nothing else:
+``pipeline/contracts/``, ``pipeline/store/``, ``pipeline/sources/``, ``models/features/``,
+``models/`` (flat), ``models/live/``, ``pipeline/workers/`` (with ``pipeline/cli/``,
+``pipeline/flink/`` and ``pipeline/__main__.py``), ``dashboard/``, ``pages/``, ``app.py``.
 """
 from __future__ import annotations
 
@@ -13,45 +14,48 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("pipeline", "models", "dashboard", "pages", "app")
-#: The contracts: schemas, topic names, config, JSON safety, back-off (still flat in pipeline/).
-CORE = {"pipeline.schema", "pipeline.news", "pipeline.fundamentals", "pipeline.config",
-        "pipeline.backoff", "pipeline.jsonsafe", "pipeline.csv_export"}
-#: Features from the other streams, beside the bar features of models/features/.
-FEATURES = {"models.sentiment", "models.fundamentals"}
 
 #: Bottom to top.
-LAYERS = ("core", "store", "sources", "features", "models", "live", "workers", "dashboard",
+LAYERS = ("contracts", "store", "sources", "features", "models", "live", "workers", "dashboard",
           "pages", "app")
+#: Folder (dotted prefix) -> layer; the longest prefix wins.
+FOLDERS = {
+    "pipeline": "contracts",  # the package itself (its __init__ only)
+    "pipeline.contracts": "contracts",
+    "pipeline.store": "store",
+    "pipeline.sources": "sources",
+    "pipeline.workers": "workers",
+    "pipeline.cli": "workers",
+    "pipeline.flink": "workers",
+    "pipeline.__main__": "workers",
+    "models": "models",
+    "models.features": "features",
+    "models.live": "live",
+    "dashboard": "dashboard",
+    "pages": "pages",
+    "app": "app",
+}
 
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if module in CORE or module == "pipeline":
-        return "core"
-    if parts[0] == "pipeline":
-        if len(parts) > 1 and parts[1] in ("store", "sources"):
-            return parts[1]
-        return "workers"
-    if parts[0] == "models":
-        if module in FEATURES or (len(parts) > 1 and parts[1] == "features"):
-            return "features"
-        if len(parts) > 1 and parts[1] == "live":
-            return "live"
-        return "models"
-    return parts[0]
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in FOLDERS:
+            return FOLDERS[".".join(parts[:n])]
+    raise AssertionError(f"{module} is in no folder of docs/ARCHITECTURE.md")
 
 
 #: layer -> the layers it may import (besides itself)
 ALLOWED = {
-    "core": set(),
-    "store": {"core"},
-    "sources": {"core"},
-    "features": {"core"},
-    "models": {"core", "store", "sources", "features"},
-    "live": {"core", "store", "features", "models"},
-    "workers": {"core", "store", "sources", "features", "models", "live"},
-    "dashboard": {"core", "store", "sources", "features", "models", "live", "workers"},
-    "pages": {"core", "store", "sources", "features", "models", "live", "workers", "dashboard"},
+    "contracts": set(),
+    "store": {"contracts"},
+    "sources": {"contracts"},
+    "features": {"contracts"},
+    "models": {"contracts", "store", "sources", "features"},
+    "live": {"contracts", "store", "features", "models"},
+    "workers": {"contracts", "store", "sources", "features", "models", "live"},
+    "dashboard": {"contracts", "store", "sources", "features", "models", "live", "workers"},
+    "pages": {"contracts", "store", "sources", "features", "models", "live", "workers", "dashboard"},
     "app": {"dashboard"},
 }
 
@@ -114,7 +118,7 @@ def test_every_import_respects_the_layers():
 
 def test_no_two_modules_import_each_other_at_import_time():
     """No import circle, not even one behind ``if TYPE_CHECKING`` (the one between
-    models/adaptation.py and models/live_errors.py is gone: models/retrain_policy.py)."""
+    models/adaptation.py and the former models/live_errors.py is gone: models/retrain_policy.py)."""
     files = source_files()
     modules = {module_name(p): p for p in files}
     graph = {m: {t for t in imports_of(p, top_level_only=True) if t in modules and t != m}
@@ -136,8 +140,19 @@ def test_no_two_modules_import_each_other_at_import_time():
     assert not cycles, "\n".join(cycles)
 
 
+def test_pipeline_has_no_module_outside_a_layer_folder():
+    """``pipeline/`` holds only its package files and the layer folders, so where a new module
+    goes says its layer (``python -m pipeline`` needs ``__main__.py`` at the top)."""
+    flat = sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
+    assert flat == ["__init__.py", "__main__.py"], flat
+    folders = {p.name for p in (ROOT / "pipeline").iterdir() if (p / "__init__.py").exists()}
+    assert folders == {"contracts", "store", "sources", "workers", "cli", "flink"}, folders
+
+
 def test_the_rules_catch_an_upward_import():
     assert layer("models.live.step") == "live" and layer("models.features.specs") == "features"
-    assert layer("pipeline.store.sqlite") == "store" and layer("pipeline.scorer") == "workers"
+    assert layer("pipeline.store.sqlite") == "store" and layer("pipeline.workers.scorer") == "workers"
+    assert layer("pipeline.contracts.schema") == "contracts" and layer("models.zoo") == "models"
+    assert layer("pipeline.__main__") == "workers" and layer("models.live.series") == "live"
     assert "live" not in ALLOWED["models"] and "models" not in ALLOWED["features"]
     assert "workers" not in ALLOWED["live"]

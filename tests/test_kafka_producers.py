@@ -53,7 +53,7 @@ def test_a_batch_the_client_cannot_decode_stalls_the_worker_with_the_reason(brok
 def test_transactions_tombstones_null_keys_and_headers(broker, tmp_path):
     """Committed bars (of two interleaved transactional producers) stored once, aborted
     ones never (Tansu lists no aborted transactions: the consumer reads the ABORT markers
-    itself, pipeline.kafka_clients.list_aborted_transactions); the tombstone dead-lettered
+    itself, pipeline.workers.kafka_clients.list_aborted_transactions); the tombstone dead-lettered
     once with its reason; the null-key bar and the bar with odd headers stored; control
     records neither stored nor dead-lettered."""
     f = record(stream_cases.case_transactions(broker.bootstrap, tmp_path))
@@ -65,7 +65,7 @@ def test_transactions_tombstones_null_keys_and_headers(broker, tmp_path):
 
 def test_consumers_read_committed_only(broker):
     """Every consumer is built by the one factory, with read_committed."""
-    from pipeline.kafka_clients import make_consumer
+    from pipeline.workers.kafka_clients import make_consumer
 
     c = make_consumer(broker.bootstrap, None, None)
     try:
@@ -146,9 +146,9 @@ def test_the_scorer_says_stalled_on_a_batch_it_cannot_decode(broker, tmp_path):
 
     import kafka.codec
 
-    from pipeline.scorer import Scorer
+    from pipeline.workers.scorer import Scorer
     from pipeline.store.sqlite import SqliteStore
-    from pipeline.worker import WorkerThread
+    from pipeline.workers.worker import WorkerThread
 
     topic, _dlq = stream_cases.new_topics(broker.bootstrap)
     p = stream_cases.rdkafka(broker.bootstrap, **{"compression.type": "snappy"})

@@ -178,7 +178,7 @@ def test_runs_are_saved_listed_compared_and_deleted(store, signal_result, tmp_pa
 
 
 def _bar(row):
-    from pipeline.schema import Bar
+    from pipeline.contracts.schema import Bar
 
     return Bar(**row)
 

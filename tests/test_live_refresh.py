@@ -9,7 +9,7 @@ import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from dashboard.candles import CandleFeed, whole_history_bucket
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
 

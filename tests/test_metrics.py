@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from models import metrics as M
-from models.live_errors import live_summary, score_frame
+from models.live.errors import live_summary, score_frame
 from models.metrics import close_error
 
 

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.news import (MAX_NEWS_BYTES, NEWS_COLUMNS, InvalidNews, NewsItem, news_id,
+from pipeline.contracts.news import (MAX_NEWS_BYTES, NEWS_COLUMNS, InvalidNews, NewsItem, news_id,
                            parse_news)
-from pipeline.schema import InvalidBar
+from pipeline.contracts.schema import InvalidBar
 from tests.test_store_contract import PAGE, es_server, store  # noqa: F401  (fixtures)
 
 T0 = 1_700_000_000_000

@@ -9,9 +9,9 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipeline.news_stream import NewsIndexer, NewsProducer, NewsQueue
+from pipeline.workers.news_stream import NewsIndexer, NewsProducer, NewsQueue
 from pipeline.sources.news_simulator import NewsMarketSimulator
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +65,8 @@ def test_simulated_news_reaches_the_store_exactly_once(broker, topics, any_store
 
 
 def test_runtime_starts_the_simulated_news_feed(broker, tmp_path):
-    from pipeline.config import load_config
-    from pipeline.runtime import Runtime, SimulatorSpec
+    from pipeline.contracts.config import load_config
+    from pipeline.workers.runtime import Runtime, SimulatorSpec
 
     config = load_config(env={"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
                               "KAPPALAB_DATA_DIR": str(tmp_path)})

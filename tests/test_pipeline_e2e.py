@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipeline.indexer import Indexer
-from pipeline.producer import Producer
-from pipeline.schema import Bar
+from pipeline.workers.indexer import Indexer
+from pipeline.workers.producer import Producer
+from pipeline.contracts.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 
 pytestmark = pytest.mark.slow
 

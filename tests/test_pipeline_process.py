@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.app_server import AppServer, alive, descendants, session_first_render
-from pipeline.broker import EmbeddedBroker
+from pipeline.workers.broker import EmbeddedBroker
 from pipeline.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.slow

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 
 
-from pipeline.news_stream import NewsProducer
-from pipeline.producer import Producer
+from pipeline.workers.news_stream import NewsProducer
+from pipeline.workers.producer import Producer
 from pipeline.sources.alphavantage import AlphaVantageSource
 from pipeline.sources.alphavantage_news import AlphaVantageNews
 from pipeline.sources.http_client import HttpPolicy
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 from tests.market_api_double import (
     MarketApiDouble, av_article, eastern_ms, make_bars, server_error,
 )

@@ -8,8 +8,8 @@ import sys
 import time
 import types
 
-from models.retrain_schedule import RetrainProcess
-from pipeline.worker import KafkaHeartbeats
+from models.live.retrain_schedule import RetrainProcess
+from pipeline.workers.worker import KafkaHeartbeats
 
 
 def test_retrain_child_does_not_run_the_main_script(tmp_path, sqlite_store, monkeypatch):

@@ -10,12 +10,12 @@ from models.adaptation import default_features, load_training_data, DEFAULT_TARG
 from models.adaptation import RetrainPolicy
 from models.registry import get_champion, promote, save_model_version
 from models.zoo import get_spec
-from pipeline.config import load_config
-from pipeline.producer import Producer
-from pipeline.runtime import Runtime, SimulatorSpec, resume_points, warmup_needed
-from pipeline.scorer import Scorer
+from pipeline.contracts.config import load_config
+from pipeline.workers.producer import Producer
+from pipeline.workers.runtime import Runtime, SimulatorSpec, resume_points, warmup_needed
+from pipeline.workers.scorer import Scorer
 from pipeline.sources.simulator import MarketSimulator
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 
 SYMBOLS = ("ACME", "GLOBX")
 

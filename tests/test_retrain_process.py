@@ -18,9 +18,9 @@ import pytest
 from sklearn.ensemble import RandomForestRegressor
 
 from models.adaptation import NotEnoughData, RetrainPolicy
-from models.progressive import LiveScoreboard
+from models.live.progressive import LiveScoreboard
 from models.registry import get_champion, load_model_version
-from models.retrain_schedule import (RETRAIN_NICENESS, RetrainProcess, RetrainProcessGone,
+from models.live.retrain_schedule import (RETRAIN_NICENESS, RetrainProcess, RetrainProcessGone,
                                      RetrainScheduler)
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
@@ -122,7 +122,7 @@ def test_the_child_exits_when_the_process_that_started_it_is_killed(tmp_path):
         sys.path.insert(0, {str(ROOT)!r})
         from pipeline.store.sqlite import SqliteStore
         from pipeline.sources.simulator import MarketSimulator
-        from models.retrain_schedule import RetrainProcess
+        from models.live.retrain_schedule import RetrainProcess
         store = SqliteStore({str(tmp_path / "s.sqlite")!r})
         sim = MarketSimulator(symbols=("ACME",), bars=400, seed=1)
         store.upsert_bars(list(sim.bars(threading.Event())))

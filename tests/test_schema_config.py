@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from pipeline.config import Secret, load_config
-from pipeline.schema import Bar, InvalidBar, parse_bar
+from pipeline.contracts.config import Secret, load_config
+from pipeline.contracts.schema import Bar, InvalidBar, parse_bar
 
 
 def good(**over):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.schema import MAX_MESSAGE_BYTES, InvalidBar, parse_bar
+from pipeline.contracts.schema import MAX_MESSAGE_BYTES, InvalidBar, parse_bar
 
 BASE = ('{"symbol":"A","interval":"1m","ts":1767225600000,"open":1,"high":2,"low":1,'
         '"close":1,"volume":1,"source":"s"%s}')

@@ -25,16 +25,16 @@ from sklearn.linear_model import LinearRegression
 from models.adaptation import RetrainPolicy, train_default_model
 from models.features import DEFAULT_FEATURES, compute_features, max_lookback
 from models.registry import get_champion, load_model_version
-from pipeline.indexer import Indexer
-from pipeline.producer import Producer
-from pipeline.runtime import resume_points
-from pipeline.schema import Bar
-from models.live_series import SeriesState, bars_from_frame
+from pipeline.workers.indexer import Indexer
+from pipeline.workers.producer import Producer
+from pipeline.workers.runtime import resume_points
+from pipeline.contracts.schema import Bar
+from models.live.series import SeriesState, bars_from_frame
 from models.streaming import FeatureSet
-from pipeline.scorer import Scorer
+from pipeline.workers.scorer import Scorer
 from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 from pipeline.store.sqlite import SqliteStore
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 
 SYMBOLS = ("ACME", "GLOBX", "INITECH")
 STEP = 60_000
@@ -314,7 +314,7 @@ def test_regime_change_triggers_drift_retrain_and_worse_challenger_is_kept_out(
 @pytest.mark.slow
 def test_cli_score_bootstraps_predicts_and_prints_a_summary(broker, tmp_path):
     """``python -m pipeline score`` (attach mode) on the configured broker and data dir."""
-    from pipeline.schema import BARS_TOPIC
+    from pipeline.contracts.schema import BARS_TOPIC
     from pipeline.store.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "kappalab.sqlite")

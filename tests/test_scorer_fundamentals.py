@@ -17,16 +17,16 @@ from kafka import KafkaProducer
 
 from models.adaptation import RetrainPolicy, load_training_data
 from models.features import compute_features
-from models.fundamentals import FUNDAMENTALS_GROUP, fundamentals_features
+from models.features.fundamentals import FUNDAMENTALS_GROUP, fundamentals_features
 from models.lab import LabConfig, run_comparison
 from models.lab_runs import save_version
 from models.registry import load_model_version
-from pipeline.broker import ensure_topics
-from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
-from pipeline.indexer import Indexer
-from pipeline.scorer import Scorer
+from pipeline.workers.broker import ensure_topics
+from pipeline.contracts.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
+from pipeline.workers.indexer import Indexer
+from pipeline.workers.scorer import Scorer
 from pipeline.sources.simulator import MarketSimulator
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 from tests.test_scorer import wait_for
 from tests.test_scorer_sentiment import bar_objects
 

@@ -23,17 +23,17 @@ from models.adaptation import RetrainPolicy
 from models.features import compute_features
 from models.lab import LabConfig, run_comparison
 from models.lab_runs import save_version
-from models.live_news import ExtraFeatures, LiveSentiment, extra_features_note
+from models.live.news import ExtraFeatures, LiveSentiment, extra_features_note
 from models.registry import load_model_version
-from models.sentiment import SENTIMENT_GROUP, sentiment_features
-from pipeline.broker import ensure_topics
-from pipeline.indexer import Indexer
-from pipeline.news import NewsItem
-from pipeline.news_stream import NewsIndexer
-from pipeline.schema import Bar
-from pipeline.scorer import Scorer
+from models.features.sentiment import SENTIMENT_GROUP, sentiment_features
+from pipeline.workers.broker import ensure_topics
+from pipeline.workers.indexer import Indexer
+from pipeline.contracts.news import NewsItem
+from pipeline.workers.news_stream import NewsIndexer
+from pipeline.contracts.schema import Bar
+from pipeline.workers.scorer import Scorer
 from pipeline.sources.news_simulator import simulate_frames
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 from tests.test_scorer import wait_for
 
 SYMBOLS = ("ACME", "GLOBX")
@@ -274,7 +274,7 @@ def test_predictions_page_says_the_scorer_uses_live_sentiment(data_dir):
     from streamlit.testing.v1 import AppTest
 
     from dashboard.runtime import get_runtime
-    from pipeline.runtime import SimulatorSpec
+    from pipeline.workers.runtime import SimulatorSpec
     from pipeline.store.sqlite import SqliteStore
 
     store = SqliteStore(data_dir / "kappalab.sqlite")

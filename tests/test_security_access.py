@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline.config import NETWORK_WITHOUT_PASSWORD, load_config
-from pipeline.serve import serve_command
-from pipeline.cli_support import CliError
+from pipeline.contracts.config import NETWORK_WITHOUT_PASSWORD, load_config
+from pipeline.cli.serve import serve_command
+from pipeline.cli.support import CliError
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "tr0ub4dor-and-3"

@@ -15,8 +15,8 @@ from streamlit.testing.v1 import AppTest
 from dashboard.charts import candlestick
 from dashboard.plain_text import md_plain, plain_figure
 from models.lab_runs import table_to_csv
-from pipeline.csv_export import csv_bytes, export_file_name
-from pipeline.schema import Bar
+from pipeline.contracts.csv_export import csv_bytes, export_file_name
+from pipeline.contracts.schema import Bar
 from pipeline.sources.base import SourceError
 from pipeline.sources.csv_replay import CsvReplaySource
 from pipeline.sources.import_paths import PathNotAllowed, resolve_import_path
@@ -159,7 +159,7 @@ def test_md_plain_escapes_every_markdown_construct():
 
 def test_candlestick_escapes_titles_symbols_and_news_in_hover(tmp_path):
     from dashboard.view_models import news_markers
-    from pipeline.news import NewsItem
+    from pipeline.contracts.news import NewsItem
 
     candles = pd.DataFrame({"ts": [0, 60_000], "open": [1.0, 2.0], "high": [2.0, 3.0],
                             "low": [0.5, 1.5], "close": [1.5, 2.5], "volume": [10.0, 20.0]})

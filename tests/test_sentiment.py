@@ -10,8 +10,8 @@ import pytest
 
 from models.features import FEATURE_GROUPS, compute_features, expand_features, max_lookback
 from models.lab import LabConfig, run_comparison
-from models.sentiment import SENTIMENT_GROUP, SentimentTracker, sentiment_features
-from pipeline.news import NEWS_COLUMNS
+from models.features.sentiment import SENTIMENT_GROUP, SentimentTracker, sentiment_features
+from pipeline.contracts.news import NEWS_COLUMNS
 from pipeline.sources.news_simulator import NewsMarketSimulator, simulate_frames
 from pipeline.sources.simulator import SimulatorParams
 from pipeline.store.sqlite import SqliteStore
@@ -160,8 +160,8 @@ def test_lab_reads_news_from_the_store(tmp_path, frames):
                                  news_impact=2.0, params=SimulatorParams(phi=0.0))
     store = SqliteStore(tmp_path / "s.sqlite")
     try:
-        from pipeline.news import NewsItem
-        from pipeline.schema import Bar
+        from pipeline.contracts.news import NewsItem
+        from pipeline.contracts.schema import Bar
 
         store.upsert_bars([Bar(**r) for r in bars.to_dict("records")])
         store.upsert_news([NewsItem(**r) for r in news.to_dict("records")])

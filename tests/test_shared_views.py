@@ -10,7 +10,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from dashboard.shared_views import SharedViews, shared_views
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
 

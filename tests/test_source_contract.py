@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.schema import parse_bar
+from pipeline.contracts.config import load_config
+from pipeline.contracts.schema import parse_bar
 from pipeline.sources import catalog
 from pipeline.sources.base import SourceError
 from pipeline.sources.catalog import SourceRequest

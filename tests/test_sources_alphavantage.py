@@ -8,8 +8,8 @@ import traceback
 
 import pytest
 
-from pipeline.config import Secret
-from pipeline.schema import INTERVALS
+from pipeline.contracts.config import Secret
+from pipeline.contracts.schema import INTERVALS
 from pipeline.sources.alphavantage import AlphaVantageSource, classify_notice
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError
@@ -339,7 +339,7 @@ def test_constructor_errors_are_sentences(api):
 
 
 def test_from_config_uses_key_and_base_url(api):
-    from pipeline.config import load_config
+    from pipeline.contracts.config import load_config
 
     cfg = load_config(env={"ALPHAVANTAGE_API_KEY": KEY, "ALPHAVANTAGE_BASE_URL": api.base_url},
                       secrets_path=api_path_nonexistent())

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pipeline.news import NewsItem
+from pipeline.contracts.news import NewsItem
 from pipeline.sources.alphavantage_news import AlphaVantageNews
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from pipeline.fundamentals import (FUNDAMENTAL_VALUES, FundamentalsSnapshot,
+from pipeline.contracts.fundamentals import (FUNDAMENTAL_VALUES, FundamentalsSnapshot,
                                    InvalidFundamentals, parse_fundamentals)
 from pipeline.sources.alphavantage_overview import AlphaVantageOverview
 from pipeline.sources.api_errors import ApiError

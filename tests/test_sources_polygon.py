@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.config import Secret
+from pipeline.contracts.config import Secret
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError
 from pipeline.sources.http_client import HttpPolicy

@@ -28,8 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
-from pipeline.config import Config, Secret, load_config
-from pipeline.schema import Bar, Prediction
+from pipeline.contracts.config import Config, Secret, load_config
+from pipeline.contracts.schema import Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, CHAMPIONS, EVENTS, MODEL_VERSIONS, OHLC_COLUMNS, PREDICTION_COLUMNS, RUNS, WORKERS,
     StoreUnavailable, bars_frame, now_ms,

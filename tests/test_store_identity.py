@@ -101,7 +101,7 @@ def test_a_blocked_loop_says_stalled_and_keeps_its_heartbeat(tmp_path):
     heartbeat keeps reaching the store, and it is ``running`` again once the loop returns."""
     import threading
 
-    from pipeline.worker import Worker, WorkerThread
+    from pipeline.workers.worker import Worker, WorkerThread
 
     class Blocked(Worker):
         kind = "blocked"

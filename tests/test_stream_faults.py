@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from pipeline.broker import ensure_topics
-from pipeline.indexer import Indexer
-from pipeline.bar_rules import SeriesClock
-from pipeline.schema import Bar, InvalidBar, key_problem, parse_bar
+from pipeline.workers.broker import ensure_topics
+from pipeline.workers.indexer import Indexer
+from pipeline.workers.bar_rules import SeriesClock
+from pipeline.contracts.schema import Bar, InvalidBar, key_problem, parse_bar
 from pipeline.store.sqlite import SqliteStore
-from pipeline.worker import WorkerThread
+from pipeline.workers.worker import WorkerThread
 from tests.fuzz_messages import fuzz_messages
 
 ARTIFACTS = Path("test-artifacts")
@@ -499,7 +499,7 @@ def test_two_indexers_one_group_four_partitions_one_killed(broker, tmp_path):
     b = index_process(broker, topics, tmp_path, "g-two")
 
     def both_working():
-        from pipeline.worker import latest_heartbeats
+        from pipeline.workers.worker import latest_heartbeats
 
         beats = {s.get("pid"): s for s in latest_heartbeats(broker.bootstrap, 5_000)}
         return all(beats.get(p.pid, {}).get("counters", {}).get("stored", 0) > 0
@@ -516,7 +516,7 @@ def test_two_indexers_one_group_four_partitions_one_killed(broker, tmp_path):
             wait_for(lambda: store.count_bars() >= len(bars), 180,
                      "every bar stored by the survivor")
         except AssertionError:
-            from pipeline.worker import latest_heartbeats
+            from pipeline.workers.worker import latest_heartbeats
 
             survivor = [s for s in latest_heartbeats(broker.bootstrap, 5_000) if s.get("pid") == b.pid]
             raise AssertionError(f"survivor: {survivor}; stored {store.count_bars()} of {len(bars)}")
@@ -538,7 +538,7 @@ def test_broker_restart_workers_reconnect_store_has_no_gap(tmp_path):
     """SIGKILL the embedded broker under a live producer and indexer (separate processes),
     start it again on the same port: the topics come back empty, the workers reconnect by
     themselves, the producer resumes after the last stored bar: no gap, no duplicate."""
-    from pipeline.broker import EmbeddedBroker
+    from pipeline.workers.broker import EmbeddedBroker
 
     state = tmp_path / "broker.json"
     first = EmbeddedBroker(state)
@@ -600,9 +600,9 @@ def test_broker_restart_workers_reconnect_store_has_no_gap(tmp_path):
 
 @pytest.mark.slow
 def test_app_runtime_restarts_a_dead_embedded_broker_on_the_same_port(tmp_path, monkeypatch):
-    from pipeline.broker import is_healthy
-    from pipeline.config import load_config
-    from pipeline.runtime import Runtime
+    from pipeline.workers.broker import is_healthy
+    from pipeline.contracts.config import load_config
+    from pipeline.workers.runtime import Runtime
 
     monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)

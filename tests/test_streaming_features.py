@@ -11,7 +11,7 @@ from models.features import (FEATURE_GROUPS, STREAM_GROUPS, compute_features, ev
                              max_lookback)
 from models.features.specs import SPECS, check_groups, fixed
 from models.streaming import FeatureBank, FeatureSet, StreamingFeatures, has_streaming_form
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 
 # Every feature spec (models/features/specs.py): the grouped names plus each parametrised
 # family's smallest window and examples. A new spec is in this list without being named here.

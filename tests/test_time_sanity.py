@@ -19,9 +19,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from dashboard.candles import CandleFeed
 from models.adaptation import RetrainPolicy, train_default_model
-from pipeline.bar_rules import MAX_AHEAD_MS, SeriesClock
-from pipeline.runtime import resume_points
-from pipeline.schema import Bar, Misaligned, parse_bar
+from pipeline.workers.bar_rules import MAX_AHEAD_MS, SeriesClock
+from pipeline.workers.runtime import resume_points
+from pipeline.contracts.schema import Bar, Misaligned, parse_bar
 from pipeline.sources.daily import DAY_MS
 from pipeline.sources.simulator import MarketSimulator
 from tests.test_scorer import counters, joined, start_indexer, start_scorer, wait_for

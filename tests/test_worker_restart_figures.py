@@ -7,10 +7,10 @@ import threading
 import time
 
 from dashboard.view_models import worker_row
-from pipeline.config import load_config
-from pipeline.indexer import Indexer
-from pipeline.producer import Producer
-from pipeline.runtime import Runtime
+from pipeline.contracts.config import load_config
+from pipeline.workers.indexer import Indexer
+from pipeline.workers.producer import Producer
+from pipeline.workers.runtime import Runtime
 from pipeline.sources.simulator import MarketSimulator
 
 

@@ -52,8 +52,8 @@ from models.features.kernels import EMA_WINDOW_FACTOR, BarArrays
 from models.features.specs import (FEATURE_GROUPS, MACD_FAST, MACD_SIGNAL, MACD_SLOW, SPECS,
                                    FeatureSpec, batch_feature, check_groups, parse_feature,
                                    spec_examples)
-from models.fundamentals import fundamentals_features, is_fundamentals_feature
-from models.sentiment import is_sentiment_feature, sentiment_features
+from models.features.fundamentals import fundamentals_features, is_fundamentals_feature
+from models.features.sentiment import is_sentiment_feature, sentiment_features
 
 #: Groups computed from another stream than the bars (joined as of each bar's end).
 STREAM_GROUPS = ("sentiment", "fundamentals")
@@ -90,7 +90,7 @@ def compute_features(bars: pd.DataFrame, features: list[str], news: pd.DataFrame
     ``symbol``/``interval`` values each series is computed on its own and the rows are put back
     where they were. Rows without enough history are NaN.
 
-    Sentiment features (:mod:`models.sentiment`) come from ``news`` instead, joined as of each
+    Sentiment features (:mod:`models.features.sentiment`) come from ``news`` instead, joined as of each
     bar's end (``interval`` is needed only when ``bars`` has no ``interval`` column).
     """
     names = validate_features(features)
@@ -177,7 +177,7 @@ def all_features() -> list[str]:
     """Every bar feature listed in a group (parametrised families accept other windows too).
 
     The ``sentiment`` group is left out: it is computed from news, not bars (the scorer's
-    streaming form is :class:`models.sentiment.SentimentTracker`, not the bar state)."""
+    streaming form is :class:`models.features.sentiment.SentimentTracker`, not the bar state)."""
     return list(dict.fromkeys(f for group, names in FEATURE_GROUPS.items()
                               if group not in STREAM_GROUPS for f in names))
 

@@ -28,8 +28,8 @@ from models.features.kernels import (
     TAU, BarArrays, day_of_week, ema_window, ewm_window, gains, log_ratio, losses,
     minute_of_day, ratio_minus_one, rsi_value, shift, window_mean, window_std, zscore,
 )
-from models.fundamentals import FUNDAMENTALS_GROUP
-from models.sentiment import SENTIMENT_GROUP
+from models.features.fundamentals import FUNDAMENTALS_GROUP
+from models.features.sentiment import SENTIMENT_GROUP
 
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 

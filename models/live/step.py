@@ -1,19 +1,19 @@
 """One scoring step, with no Kafka: bars in, predictions (new and settled) out.
 
-For each poll of bars the stream worker (:mod:`pipeline.scorer`) hands over, grouped by series:
+For each poll of bars the stream worker (:mod:`pipeline.workers.scorer`) hands over, grouped by series:
 
 1. per series, in bar order: settle the pending predictions *about* this bar (progressive
-   validation, :mod:`models.progressive`), update the series' streaming features
+   validation, :mod:`models.live.progressive`), update the series' streaming features
    (:mod:`models.streaming`: a few microseconds per bar, equal to the lab's batch features);
-2. one ``predict`` per champion for the whole poll (:mod:`models.champions`: a symbol's own
+2. one ``predict`` per champion for the whole poll (:mod:`models.live.champions`: a symbol's own
    champion, else the global one) on one NumPy array of the rows that get a prediction;
-3. the shadow models of the arena (:mod:`models.arena`) score the same rows;
+3. the shadow models of the arena (:mod:`models.live.arena`) score the same rows;
 4. the new and the settled predictions wait in :attr:`ScoringStep.outbox` (deterministic IDs)
    until the worker has stored them (:meth:`ScoringStep.written`).
 
-Retraining (bootstrap, schedule, drift) runs in the background (:mod:`models.retrain_schedule`)
+Retraining (bootstrap, schedule, drift) runs in the background (:mod:`models.live.retrain_schedule`)
 and is started from :meth:`ScoringStep.housekeeping`. On a restart each series' features and
-unscored predictions are rebuilt from the store (:mod:`models.live_series`), and each (model,
+unscored predictions are rebuilt from the store (:mod:`models.live.series`), and each (model,
 series) resumes after the last bar it predicted, so a replayed bar is never predicted twice.
 """
 from __future__ import annotations
@@ -27,18 +27,18 @@ import numpy as np
 import pandas as pd
 
 from models.adaptation import default_features
-from models.arena import Arena
-from models.champions import ChampionBook
-from models.live_fundamentals import LiveFundamentals
-from models.live_news import ExtraFeatures, LiveSentiment
-from models.live_series import (
+from models.live.arena import Arena
+from models.live.champions import ChampionBook
+from models.live.fundamentals import LiveFundamentals
+from models.live.news import ExtraFeatures, LiveSentiment
+from models.live.series import (
     SeriesKey, SeriesStates, SeriesWork, rederive_pending, resettle_stored,
 )
-from models.progressive import LiveScoreboard, PlainPrediction
+from models.live.progressive import LiveScoreboard, PlainPrediction
 from models.registry import LoadedModel, promoted_by_hand
 from models.retrain_policy import RetrainPolicy
-from models.retrain_schedule import RetrainScheduler
-from pipeline.schema import Bar, Prediction, interval_ms
+from models.live.retrain_schedule import RetrainScheduler
+from pipeline.contracts.schema import Bar, Prediction, interval_ms
 from pipeline.store.base import now_ms
 
 #: A poll's bars of one series: ``(bar, produced_ms or None)`` in bar order.
@@ -50,14 +50,14 @@ class ScoringStep:
     the champions, the shadow arena, the live scoreboard, the retrain scheduler, and the outbox
     of predictions computed but not stored yet.
 
-    Owned by one :class:`pipeline.scorer.Scorer` and called only from its loop thread; the
+    Owned by one :class:`pipeline.workers.scorer.Scorer` and called only from its loop thread; the
     retrain scheduler's background work reports back through :meth:`housekeeping`. ``count``
     and ``error`` are the worker's (thread-safe) counters and error log.
 
     Parameters
     ----------
     policy, adapt, train_default, bootstrap_check_s, retrain_in
-        Retraining (:class:`~models.retrain_schedule.RetrainScheduler`): the policy (default:
+        Retraining (:class:`~models.live.retrain_schedule.RetrainScheduler`): the policy (default:
         every 5,000 bars or on drift), scheduled/drift retraining on or off, training a default
         model when there is no champion, how often to re-check for enough data to do so;
         ``"process"``: training runs in a child process of its own, so it never holds this
@@ -72,8 +72,8 @@ class ScoringStep:
     latency_window
         Predictions in the latency percentiles.
     news_topic, fundamentals_topic
-        The topics read for the ``sentiment`` (:mod:`models.live_news`, ordering rules there)
-        and ``fundamentals`` features (:mod:`models.live_fundamentals`); ``None``: a champion
+        The topics read for the ``sentiment`` (:mod:`models.live.news`, ordering rules there)
+        and ``fundamentals`` features (:mod:`models.live.fundamentals`); ``None``: a champion
         using them is refused.
     """
 
@@ -218,7 +218,7 @@ class ScoringStep:
     def _revise(self, w: SeriesWork, tally: Counter) -> None:
         """Last write wins (docs/STREAM_ROBUSTNESS.md): rebuild the series' features with the
         corrected and late bars, predict its waiting predictions again, re-score the stored
-        ones whose bar changed (:meth:`models.live_series.SeriesStates.revise`)."""
+        ones whose bar changed (:meth:`models.live.series.SeriesStates.revise`)."""
         rev = self.series.revise(w.state, w.revisions)
         tally.update({k: n for k, n in rev.counts.items() if n})
         if w.model is not None and not self.extras.active:

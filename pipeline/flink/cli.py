@@ -6,8 +6,8 @@ import json
 import sys
 import time
 
-from pipeline.cli_support import CliError, checked_store_and_broker, resolve_bootstrap, run_worker
-from pipeline.config import Config
+from pipeline.cli.support import CliError, checked_store_and_broker, resolve_bootstrap, run_worker
+from pipeline.contracts.config import Config
 
 
 def add_flink_parser(sub) -> None:

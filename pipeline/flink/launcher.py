@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.broker import free_port, pid_alive
+from pipeline.workers.broker import free_port, pid_alive
 from pipeline.flink import (FLINK_DLQ_TOPIC, FLINK_JOB_GROUP, FLINK_SENTIMENT_TOPIC,
                             FLINK_TOPIC)
-from pipeline.news import NEWS_TOPIC
-from pipeline.schema import BARS_TOPIC
+from pipeline.contracts.news import NEWS_TOPIC
+from pipeline.contracts.schema import BARS_TOPIC
 
 HERE = Path(__file__).resolve().parent
 JOB_SCRIPT = HERE / "job.py"
@@ -79,13 +79,13 @@ def install_venv(venv: Path, echo=print) -> float:
 
 def end_offsets(bootstrap: str, topic: str, client_kwargs: dict | None = None,
                 timeout_s: float = 10.0) -> dict[int, int]:
-    """The offset after each partition's last record (:func:`pipeline.kafka_clients.
+    """The offset after each partition's last record (:func:`pipeline.workers.kafka_clients.
     probe_log_end`: the embedded broker's ``ListOffsets`` answers the start of the last
     batch), fetching again until every non-empty partition has answered with its high
     watermark: a bounded run must not stop a batch short."""
     from kafka import TopicPartition
 
-    from pipeline.kafka_clients import log_end_offsets, make_consumer, probe_log_end
+    from pipeline.workers.kafka_clients import log_end_offsets, make_consumer, probe_log_end
 
     consumer = make_consumer(bootstrap, None, None, client_kwargs, client_id="kappalab-flink")
     try:
@@ -282,7 +282,7 @@ class FlinkJob:
     def lag(self) -> int | None:
         """Records of the bars topic not yet committed by the job's group (offsets are
         committed on each checkpoint, so this is as fresh as the last checkpoint)."""
-        from pipeline.lag import GroupLag
+        from pipeline.workers.lag import GroupLag
 
         measure = GroupLag(self.bootstrap, self.topics.group, self.topics.bars,
                            self.client_kwargs)
@@ -303,7 +303,7 @@ class FlinkJob:
 
     # ---- details --------------------------------------------------------------------------
     def _settings(self, bounded: bool) -> dict[str, Any]:
-        from pipeline.broker import ensure_topics
+        from pipeline.workers.broker import ensure_topics
 
         missing = missing_parts(self.venv)
         if not self.bootstrap:

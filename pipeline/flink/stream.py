@@ -1,6 +1,6 @@
 """The Flink job's output stream into the store: :class:`FlinkIndexer`.
 
-The bar :class:`~pipeline.indexer.Indexer` (same contract, rules, batching, dead letters and
+The bar :class:`~pipeline.workers.indexer.Indexer` (same contract, rules, batching, dead letters and
 commit-after-write) on ``finance-data.flink``, with two differences that come from the job's
 upsert sink:
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.bar_rules import BarRules
+from pipeline.workers.bar_rules import BarRules
 from pipeline.flink import FLINK_DLQ_TOPIC, FLINK_INDEX_GROUP, FLINK_TOPIC
-from pipeline.indexer import Indexer
+from pipeline.workers.indexer import Indexer
 
 
 class IdKeyedBarRules(BarRules):

@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any, Iterable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipeline.config import Config, Secret
+from pipeline.contracts.config import Config, Secret
 from pipeline.sources.daily import normalise_daily_ts
-from pipeline.schema import Bar, InvalidBar, bar_from_mapping
+from pipeline.contracts.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError, RateLimited
 from pipeline.sources.http_client import ApiHttpClient, HttpPolicy, HttpReply, join_url

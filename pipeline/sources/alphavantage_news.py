@@ -4,7 +4,7 @@
 answers ``{"items": "N", "feed": [...]}``; each article carries ``title, url, time_published
 (YYYYMMDDTHHMMSS), source`` and a ``ticker_sentiment`` list with, per ticker,
 ``ticker_sentiment_score`` (-1..1) and ``relevance_score`` (0..1), both as strings. KappaLab
-keeps one :class:`~pipeline.news.NewsItem` per (article, requested ticker) with that ticker's
+keeps one :class:`~pipeline.contracts.news.NewsItem` per (article, requested ticker) with that ticker's
 own score and relevance.
 
 One request per ticker: Alpha Vantage's ``tickers=A,B`` means articles that mention *all* of
@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 from zoneinfo import ZoneInfo
 
-from pipeline.backoff import Backoff
-from pipeline.config import Config, Secret
-from pipeline.news import InvalidNews, NewsItem, news_from_mapping
+from pipeline.contracts.backoff import Backoff
+from pipeline.contracts.config import Config, Secret
+from pipeline.contracts.news import InvalidNews, NewsItem, news_from_mapping
 from pipeline.sources.alphavantage import DEFAULT_BASE_URL, KEY_HINT, body_error, check_rate_limit, check_reply
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError, Stopped

@@ -4,8 +4,8 @@
 (``Symbol``, ``AssetType``, ``Name``, ..., ``LatestQuarter`` ``YYYY-MM-DD``,
 ``MarketCapitalization``, ``PERatio``, ``EPS``, ``DividendYield``, ...); a figure the company
 lacks is ``"None"`` or ``"-"``. A symbol Alpha Vantage has no overview for answers ``{}``.
-KappaLab keeps the numbers of :data:`pipeline.fundamentals.OVERVIEW_FIELDS`, effective from the
-fetch time (see :mod:`pipeline.fundamentals` for why not from ``LatestQuarter``).
+KappaLab keeps the numbers of :data:`pipeline.contracts.fundamentals.OVERVIEW_FIELDS`, effective from the
+fetch time (see :mod:`pipeline.contracts.fundamentals` for why not from ``LatestQuarter``).
 
 Errors and budget as for the other Alpha Vantage sources: in-body ``Error Message`` /
 ``Information`` / ``Note`` become one sentence, per-minute notices are backed off and retried,
@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from pipeline.config import Config, Secret
-from pipeline.fundamentals import (OVERVIEW_FIELDS, FundamentalsSnapshot,
+from pipeline.contracts.config import Config, Secret
+from pipeline.contracts.fundamentals import (OVERVIEW_FIELDS, FundamentalsSnapshot,
                                    InvalidFundamentals, fundamentals_from_mapping)
 from pipeline.sources.alphavantage import (DEFAULT_BASE_URL, KEY_HINT, body_error,
                                            check_rate_limit, check_reply)

@@ -1,6 +1,6 @@
 """What every market source provides to the producer.
 
-A source yields :class:`~pipeline.schema.Bar` objects in time order per symbol. ``backfill``
+A source yields :class:`~pipeline.contracts.schema.Bar` objects in time order per symbol. ``backfill``
 sources end; ``live`` sources keep yielding until ``stop`` is set, sleeping between bars or
 polls with ``stop.wait`` so they stop promptly.
 """
@@ -10,7 +10,7 @@ import abc
 import threading
 from typing import Iterator
 
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 
 
 class SourceError(RuntimeError):

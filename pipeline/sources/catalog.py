@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from pipeline.config import Config, Secret
+from pipeline.contracts.config import Config, Secret
 from pipeline.sources.base import Source, SourceError
 from pipeline.sources.redaction import scrub_loggers
 

@@ -7,7 +7,7 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.schema import Bar, InvalidBar, bar_from_mapping
+from pipeline.contracts.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
 from pipeline.sources.csv_time import _clip, generic_parser, seed_parser
 from pipeline.sources.daily import normalise_daily_ts

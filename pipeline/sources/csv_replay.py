@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipeline.schema import INTERVALS, Bar
+from pipeline.contracts.schema import INTERVALS, Bar
 from pipeline.sources.base import Source, SourceError
 from pipeline.sources.csv_layout import (
     GENERIC_HEADER, SEED_HEADER, CsvFormatError, CsvLayout,

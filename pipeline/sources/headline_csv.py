@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipeline.news import InvalidNews, NewsItem, news_from_mapping
+from pipeline.contracts.news import InvalidNews, NewsItem, news_from_mapping
 from pipeline.sources.base import SourceError
 
 SYMBOL_COLUMNS = ("symbol", "ticker")
@@ -79,7 +79,7 @@ class HeadlineCsv:
         return {**self.counters, "skipped_samples": list(self.skipped_samples)}
 
     def items(self, stop: threading.Event) -> Iterator[list[NewsItem]]:
-        """The file's items in batches (a :class:`~pipeline.news_stream.NewsProducer` feed)."""
+        """The file's items in batches (a :class:`~pipeline.workers.news_stream.NewsProducer` feed)."""
         batch: list[NewsItem] = []
         for item in self._read():
             if stop.is_set():

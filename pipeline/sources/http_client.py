@@ -9,7 +9,7 @@ or an in-body notice the caller's ``check`` turns into
 :class:`~pipeline.sources.api_errors.ApiError` whose message is one sentence without the API
 key (:mod:`pipeline.sources.redaction`).
 
-The retry loop is tenacity's; the delays are :func:`pipeline.backoff.exponential_delay` (with
+The retry loop is tenacity's; the delays are :func:`pipeline.contracts.backoff.exponential_delay` (with
 jitter), or the server's ``Retry-After``. Waits use ``stop.wait`` so a stopping source never
 sleeps through a stop.
 """
@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 import requests
 import tenacity
 
-from pipeline.backoff import exponential_delay
-from pipeline.config import Secret
+from pipeline.contracts.backoff import exponential_delay
+from pipeline.contracts.config import Secret
 from pipeline.sources.api_errors import ApiError, RateLimited, Stopped
 from pipeline.sources.base import SourceError
 from pipeline.sources.redaction import redact, register_secret, short_text

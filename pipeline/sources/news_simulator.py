@@ -36,8 +36,8 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from pipeline.news import NEWS_COLUMNS, NewsItem
-from pipeline.schema import Bar
+from pipeline.contracts.news import NEWS_COLUMNS, NewsItem
+from pipeline.contracts.schema import Bar
 from pipeline.sources.base import Source
 from pipeline.sources.simulator import _YEAR_MS, MarketSimulator
 

@@ -7,9 +7,9 @@ import threading
 import time
 from typing import Any, Iterable, Iterator
 
-from pipeline.backoff import Backoff
-from pipeline.config import Secret
-from pipeline.schema import INTERVALS, MAX_SYMBOL_LEN, Bar
+from pipeline.contracts.backoff import Backoff
+from pipeline.contracts.config import Secret
+from pipeline.contracts.schema import INTERVALS, MAX_SYMBOL_LEN, Bar
 from pipeline.sources.api_errors import ApiError, Stopped
 from pipeline.sources.base import Source, SourceError
 from pipeline.sources.http_client import ApiHttpClient

@@ -16,8 +16,8 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pipeline.config import Config, Secret
-from pipeline.schema import Bar, InvalidBar, bar_from_mapping
+from pipeline.contracts.config import Config, Secret
+from pipeline.contracts.schema import Bar, InvalidBar, bar_from_mapping
 from pipeline.sources.base import SourceError
 from pipeline.sources.api_errors import ApiError, RateLimited
 from pipeline.sources.daily import nearest_utc_midnight

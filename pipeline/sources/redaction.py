@@ -14,7 +14,7 @@ import threading
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from pipeline.config import Secret
+from pipeline.contracts.config import Secret
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()

@@ -25,7 +25,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from pipeline.schema import Bar, interval_ms
+from pipeline.contracts.schema import Bar, interval_ms
 from pipeline.sources.base import Source
 
 DEFAULT_SYMBOLS = ("ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE")

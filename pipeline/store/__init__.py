@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-import pipeline.config as _config
+import pipeline.contracts.config as _config
 from pipeline.store.base import Store, StoreUnavailable, UpsertResult
 
 __all__ = ["BACKENDS", "Store", "StoreBackend", "StoreUnavailable", "UpsertResult",

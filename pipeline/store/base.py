@@ -39,17 +39,17 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from pipeline.jsonsafe import json_safe
-from pipeline.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
-from pipeline.news import NEWS_COLUMNS, NewsItem
-from pipeline.schema import BAR_FIELDS, PREDICTION_FIELDS, PRICE_FIELDS, Bar, Prediction
+from pipeline.contracts.jsonsafe import json_safe
+from pipeline.contracts.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
+from pipeline.contracts.news import NEWS_COLUMNS, NewsItem
+from pipeline.contracts.schema import BAR_FIELDS, PREDICTION_FIELDS, PRICE_FIELDS, Bar, Prediction
 
 BAR_COLUMNS = list(BAR_FIELDS)
 OHLC_COLUMNS = ["ts", *PRICE_FIELDS, "volume", "n"]
 #: dtypes of the numeric bar columns in every frame the store returns
 BAR_DTYPES = {"ts": "int64", **{f: "float64" for f in (*PRICE_FIELDS, "volume")}}
 #: model_id, symbol, interval, ts, base_ts, target, predicted, base_close, actual, error,
-#: produced_ms, stored_ms, latency_ms (the order of :func:`pipeline.schema.prediction_values`)
+#: produced_ms, stored_ms, latency_ms (the order of :func:`pipeline.contracts.schema.prediction_values`)
 PREDICTION_COLUMNS = list(PREDICTION_FIELDS)
 
 # Document collections (tables in SQLite, indices in Elasticsearch).
@@ -184,7 +184,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_intervals(self, symbol: str | None = None) -> list[str]:
         """Distinct intervals with at least one bar (of ``symbol`` if given), in the order
-        of :data:`pipeline.schema.INTERVALS` (shortest first)."""
+        of :data:`pipeline.contracts.schema.INTERVALS` (shortest first)."""
 
     @abc.abstractmethod
     def bar_time_range(self, symbol: str, interval: str) -> tuple[int, int] | None:
@@ -247,7 +247,7 @@ class Store(abc.ABC):
     # ---- news (the finance-news stream; docs/NEWS.md) -----------------------------------
     @abc.abstractmethod
     def upsert_news(self, items: Sequence[NewsItem]) -> UpsertResult:
-        """Insert or overwrite news items by their deterministic ID (:func:`pipeline.news.news_id`)."""
+        """Insert or overwrite news items by their deterministic ID (:func:`pipeline.contracts.news.news_id`)."""
 
     @abc.abstractmethod
     def query_news(self, symbol: str, start_ms: int | None = None, end_ms: int | None = None,
@@ -279,7 +279,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def put_doc(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None:
         """Insert or replace (not merge) one plain-JSON document (see
-        :func:`pipeline.jsonsafe.json_safe`); ``doc["created_ms"]`` orders listings. An
+        :func:`pipeline.contracts.jsonsafe.json_safe`); ``doc["created_ms"]`` orders listings. An
         unknown collection is a ``ValueError``."""
 
     @abc.abstractmethod

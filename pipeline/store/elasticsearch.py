@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import pandas as pd
 from elasticsearch import ApiError, Elasticsearch, SerializationError
 
-from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
-from pipeline.news import NEWS_COLUMNS, NewsItem
-from pipeline.schema import INTERVALS, Bar, Prediction
+from pipeline.contracts.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
+from pipeline.contracts.news import NEWS_COLUMNS, NewsItem
+from pipeline.contracts.schema import INTERVALS, Bar, Prediction
 from pipeline.store.base import (
     BAR_COLUMNS, OHLC_COLUMNS, PREDICTION_COLUMNS, Store, StoreUnavailable, UpsertResult,
     bars_frame, check_limit, news_frame,
@@ -160,7 +160,7 @@ class ElasticsearchStore(EsDocuments, EsIndexIO, Store):
 
     @classmethod
     def from_config(cls, config: Any) -> "ElasticsearchStore":
-        """Build from :class:`pipeline.config.Config` (``ELASTICSEARCH_*`` variables)."""
+        """Build from :class:`pipeline.contracts.config.Config` (``ELASTICSEARCH_*`` variables)."""
         return cls(
             config.es_url,
             api_key=config.es_api_key,

@@ -106,7 +106,7 @@ def _supported(func: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, An
 
 
 def _reveal(secret: Any) -> str | None:
-    """Plain value of a :class:`pipeline.config.Secret` or string."""
+    """Plain value of a :class:`pipeline.contracts.config.Secret` or string."""
     if secret is None:
         return None
     return secret.get() if hasattr(secret, "get") else str(secret)

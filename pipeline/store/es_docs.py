@@ -37,7 +37,7 @@ class EsDocuments:
                                refresh=True)
         except SerializationError:
             raise ValueError(f"document {doc_id!r} is not plain JSON (NaN, infinity or an "
-                             "unsupported type); pass it through pipeline.jsonsafe.json_safe first") from None
+                             "unsupported type); pass it through pipeline.contracts.jsonsafe.json_safe first") from None
 
     @at_edge
     def get_doc(self, collection: str, doc_id: str) -> dict[str, Any] | None:

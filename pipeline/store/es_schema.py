@@ -12,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.fundamentals import FUNDAMENTAL_VALUES
-from pipeline.schema import Bar, Prediction
+from pipeline.contracts.fundamentals import FUNDAMENTAL_VALUES
+from pipeline.contracts.schema import Bar, Prediction
 from pipeline.store.base import BAR_COLUMNS, BAR_DTYPES, COLLECTIONS, PREDICTION_COLUMNS
 
 BARS = "bars"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from pipeline.schema import Bar
+from pipeline.contracts.schema import Bar
 from pipeline.store.base import REVISIONS, now_ms
 
 KEEP = 32

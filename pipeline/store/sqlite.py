@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from pipeline.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
-from pipeline.news import NEWS_COLUMNS, NewsItem
-from pipeline.schema import Bar, Prediction, prediction_values
+from pipeline.contracts.fundamentals import FUNDAMENTALS_COLUMNS, FundamentalsSnapshot
+from pipeline.contracts.news import NEWS_COLUMNS, NewsItem
+from pipeline.contracts.schema import Bar, Prediction, prediction_values
 from pipeline.store.sqlite_identity import FileIdentity, sqlite_uri as _uri
 from pipeline.store.sqlite_file import (
     BACKSTOP_CHECKPOINT_PAGES, BAR_ROW, BAR_UPSERT, BUSY_TIMEOUT_S, FUNDAMENTALS_UPSERT,
@@ -256,7 +256,7 @@ class SqliteStore(Store):
         return sorted(self._distinct("symbol", interval=interval))
 
     def list_intervals(self, symbol=None) -> list[str]:
-        from pipeline.schema import INTERVALS
+        from pipeline.contracts.schema import INTERVALS
 
         found = self._distinct("interval", symbol=symbol)
         return [i for i in INTERVALS if i in found]

@@ -14,8 +14,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from pipeline.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS
-from pipeline.news import NEWS_COLUMNS
+from pipeline.contracts.fundamentals import FUNDAMENTAL_VALUES, FUNDAMENTALS_COLUMNS
+from pipeline.contracts.news import NEWS_COLUMNS
 from pipeline.store.base import BAR_COLUMNS, COLLECTIONS, PREDICTION_COLUMNS
 from pipeline.store.sqlite_identity import sqlite_uri as _uri
 
