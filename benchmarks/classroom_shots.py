@@ -1,7 +1,7 @@
 """Screenshots of N real viewers: headless Chromium pages on the Live page of one server.
 
     python benchmarks/classroom_shots.py [--pages 20] [--browsers 4] [--out /work/shots/22]
-        [--watch 60] [--mode process] [--app DIR]
+        [--watch 60] [--viewport 800x1000] [--mode process] [--app DIR]
 
 Starts one ``streamlit run app.py`` on an empty data dir, waits for the demo's warm-up, opens
 ``--pages`` pages (each in its own browser context, spread over ``--browsers`` Chromium
@@ -68,7 +68,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=20)
     ap.add_argument("--browsers", type=int, default=4, help="Chromium processes")
-    ap.add_argument("--viewport", default="800x600")
+    ap.add_argument("--viewport", default="800x1000")
     ap.add_argument("--out", type=Path, default=Path("/work/shots/22"))
     ap.add_argument("--watch", type=float, default=60.0,
                     help="seconds of watching the drawn pages for blank charts")
@@ -131,7 +131,7 @@ def main() -> None:
                                  f"drawn {first_drawn[i]} s, {behind} bars behind, "
                                  f"blank max {blank} s"))
             name = "twenty_viewers.png" if args.pages == 20 else "viewers.png"
-            montage(shots, labels, args.out / name)
+            montage(shots, labels, args.out / name, tile=(400, 400 * height // width))
         finally:
             for browser in browsers:
                 browser.close()
