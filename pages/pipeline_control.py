@@ -25,6 +25,7 @@ from dashboard.widgets import csv_import_panel, guarded, push_notice, show_notic
 from pipeline.contracts.config import Secret
 from pipeline.workers.runtime import SimulatorSpec
 from pipeline.contracts.schema import INTERVALS
+from pipeline.contracts.streams import STREAMS
 from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import store_origin
@@ -274,10 +275,10 @@ def live_figures(local: dict, attached: list[dict]) -> None:
         st.caption(catch_up_note(catch_up))
     if rules := data_rules_note((local.get("indexer") or {}).get("counters")):
         st.caption(rules)
-    for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
-        rejects = (local.get(name) or {}).get("recent_rejects") or []
+    for row in STREAMS:  # each stream's indexer and its dead-letter topic
+        rejects = (local.get(row.indexer) or {}).get("recent_rejects") or []
         if rejects:
-            with st.expander(f"Recent rejects sent to {topic} ({len(rejects)})"):
+            with st.expander(f"Recent rejects sent to {row.dlq_topic} ({len(rejects)})"):
                 st.dataframe(pd.DataFrame(rejects), hide_index=True, width="stretch")
 
 
