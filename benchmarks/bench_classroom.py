@@ -64,10 +64,18 @@ def cpu_window(server: AppServer, seconds: float, sleep=time.sleep) -> dict:
             "tree_pct": round(100 * (t1 - t0) / wall, 1)}
 
 
-def viewer_cpu(n: int, cpu: dict, idle: dict, window: float, refreshes: int) -> dict:
-    """One step's CPU figures: the server's CPU above idle per viewer and per refresh."""
+def viewer_cpu(n: int, cpu: dict, idle: dict, window: float, refreshes: int,
+               previous: dict | None = None) -> dict:
+    """One step's CPU figures: the server's CPU above idle per viewer and per refresh, and
+    (after a first step) per viewer added since the previous step: the marginal cost of one
+    more viewer, without the per-bar builds every viewer shares."""
     extra = max(0.0, cpu["server_pct"] - idle["server_pct"])
+    added = None
+    if previous is not None and n > previous["viewers"]:
+        added = round((cpu["server_pct"] - previous["cpu"]["server_pct"])
+                      / (n - previous["viewers"]), 2)
     return {"viewers": n, "cpu": cpu, "cpu_per_viewer_pct": round(extra / n, 2),
+            "cpu_per_added_viewer_pct": added,
             "cpu_ms_per_refresh": (round(extra / 100 * window * 1000 / refreshes, 2)
                                    if refreshes else None),
             "refreshes_per_viewer_s": round(refreshes / n / window, 2)}
@@ -124,7 +132,8 @@ def run_variant(name: str, mode: str, app_dir: Path, counts: list[int], window: 
                     if shown is not None and store_last is not None:
                         behind.append(max(0, (store_last - shown) // MIN))
                 out["steps"].append({
-                    **viewer_cpu(n, cpu, out["idle"], window, refreshes),
+                    **viewer_cpu(n, cpu, out["idle"], window, refreshes,
+                                 out["steps"][-1] if out["steps"] else None),
                     "refreshes_asked_per_viewer_s": round(1 / refresh_s, 2),
                     "browser_chart_s": opened,
                     "browser_chart_s_max": max(opened) if opened else None,
@@ -175,7 +184,8 @@ def run_variant_protocol(name: str, mode: str, app_dir: Path, counts: list[int],
                           if v.last_candle_ts is not None and store_last is not None]
                 charts = [round(v.first_chart_s, 2) for v in new if v.first_chart_s is not None]
                 out["steps"].append({
-                    **viewer_cpu(n, cpu, out["idle"], window, refreshes),
+                    **viewer_cpu(n, cpu, out["idle"], window, refreshes,
+                                 out["steps"][-1] if out["steps"] else None),
                     "server_chart_s_new": charts,
                     "server_chart_s_max": max(charts) if charts else None,
                     "behind_bars_max": max(behind) if behind else None,
@@ -208,7 +218,10 @@ def main() -> None:
     ap.add_argument("--variants", default="process,threads",
                     help="pipeline modes of this checkout to run, and/or 'baseline'")
     ap.add_argument("--baseline-app", type=Path, default=None,
-                    help="the app directory of the 'baseline' variant (threads, as it was)")
+                    help="the app directory of the 'baseline' variant (e.g. an export of main)")
+    ap.add_argument("--baseline-mode", choices=("threads", "process"), default="threads",
+                    help="the pipeline mode the baseline app runs in (threads: as the app was "
+                         "before the pipeline process existed)")
     ap.add_argument("--baseline-refresh", type=float, default=2.0,
                     help="the baseline Live page's refresh period (s)")
     ap.add_argument("--clients", choices=("chromium", "protocol"), default="chromium",
@@ -224,7 +237,9 @@ def main() -> None:
     results = []
     if args.clients == "protocol":
         for variant in args.variants.split(","):
-            mode, app = ("threads", args.baseline_app) if variant == "baseline" \
+            if variant == "baseline" and not args.baseline_app:
+                raise SystemExit("--baseline-app is needed for the baseline variant")
+            mode, app = (args.baseline_mode, args.baseline_app) if variant == "baseline" \
                 else (variant, ROOT)
             results.append(run_variant_protocol(variant, mode, app, counts, args.window))
         print(json.dumps({"bench": "classroom", "clients": "protocol", "window_s": args.window,
@@ -237,8 +252,9 @@ def main() -> None:
             if variant == "baseline":
                 if not args.baseline_app:
                     raise SystemExit("--baseline-app is needed for the baseline variant")
-                results.append(run_variant("baseline", "threads", args.baseline_app, counts,
-                                           args.window, args.baseline_refresh, browser))
+                results.append(run_variant("baseline", args.baseline_mode, args.baseline_app,
+                                           counts, args.window, args.baseline_refresh,
+                                           browser))
             else:
                 results.append(run_variant(variant, variant, ROOT, counts, args.window,
                                            LIVE_REFRESH_S, browser))

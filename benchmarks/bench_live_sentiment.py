@@ -5,7 +5,7 @@
 Replays simulated bars and news (news first, as the scorer applies a poll's news before its
 bars) through the scorer's parts on one thread, no broker or store: the streaming bar
 features of the default group, :class:`models.live.news.LiveSentiment` for the sentiment
-group, and the row merge of :class:`models.live.news.ExtraFeatures`. Prints one JSON line: the
+group, and the row merge of :class:`models.live.providers.ExtraFeatures`. Prints one JSON line: the
 time per bar of each part in microseconds (median of 5 repeats) and per news item read.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from models.features import DEFAULT_FEATURES  # noqa: E402
-from models.live.news import ExtraFeatures, LiveSentiment  # noqa: E402
+from models.live.news import LiveSentiment  # noqa: E402
+from models.live.providers import ExtraFeatures  # noqa: E402
 from models.features.sentiment import SENTIMENT_GROUP  # noqa: E402
 from models.streaming import StreamingFeatures  # noqa: E402
 from pipeline.contracts.news import NewsItem  # noqa: E402

@@ -216,7 +216,7 @@ def news_worker_row(runtime, local: dict, av_ready: bool = True) -> None:
                     st.rerun()
             elif name == "news_indexer":
                 if presenter_button("Start news indexer", key="start_news_indexer"):
-                    guarded(runtime.start_news_indexer, "news indexer", "pipeline")
+                    guarded(lambda: runtime.start_indexer("news"), "news indexer", "pipeline")
                     st.rerun(scope="app")
             caption = news_worker_caption(runtime, name, local.get(name))
             if name in AV_WORKERS and not av_ready and not running:

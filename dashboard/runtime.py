@@ -42,7 +42,7 @@ def autostart(rt: Runtime) -> str | None:
 
     Runs once per runtime (not per session). Skipped when workers of another process are
     already feeding this store (attach mode). With ``KAPPALAB_PIPELINE_MODE=process`` (the
-    default) they run in one supervised child process (pipeline/demo_process.py) and this
+    default) they run in one supervised child process (pipeline/workers/demo_process.py) and this
     returns at once; with ``threads``, as threads of this server, started here. Returns an
     error sentence, or None.
     """

@@ -38,7 +38,7 @@ def latency_note(latency: dict) -> str:
 
 
 def catch_up_note(n: int) -> str:
-    """What the scorer's catch-up count means (pipeline/scorer.py, ``CAUGHT_UP_MS``)."""
+    """What the scorer's catch-up count means (pipeline/workers/scorer.py, ``CAUGHT_UP_MS``)."""
     return (f"Catch-up: {n:,} predictions of bars that waited in Kafka while the scorer was "
             "stopped or starting (a backlog worked through at once); counted apart, not in "
             "the latency figures and not in the retrain schedule's bar count.")

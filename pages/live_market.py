@@ -7,7 +7,8 @@ from dashboard.candles import CandleFeed
 from dashboard.charts import candlestick, ma_warmup, waiting_candlestick
 from dashboard.formatting import fmt_num, fmt_pct_change, fmt_sig, fmt_ts, ts_to_datetime
 from dashboard.plain_text import md_plain
-from dashboard.shared_views import LIVE_REFRESH_S, shared_views
+from dashboard.shared_views import (LIVE_REFRESH_S, late_browser_keeps, note_shown,
+                                    share_figure, shared_views)
 from dashboard.shell import enter_page
 from dashboard.state import store_or_stop
 from dashboard.theme import current_theme
@@ -98,9 +99,16 @@ def live_panel() -> None:
     # (dashboard/shared_views.py); the session only re-emits what was built.
     view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred,
             show_news)
-    # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes.
-    marker = (*feed.marker(symbol, interval),  # its newest ts and revision (corrections)
-              latest_prediction_ts(symbol, interval) if show_pred else None)
+    shown = st.session_state.get("lm_drawn")
+    if late_browser_keeps("lm", LIVE_REFRESH_S) and shown and shown["view"] == view:
+        _show(shown)  # a late (starved) browser finishes drawing the chart it has
+        return
+    # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes,
+    # asked once for all the sessions refreshing within the same 0.1 s.
+    marker = shared_views().recent(
+        ("live", store.describe(), symbol, interval, show_pred),
+        lambda: (*feed.marker(symbol, interval),  # its newest ts and revision (corrections)
+                 latest_prediction_ts(symbol, interval) if show_pred else None))
     built = []
     # The figure's colours follow the browser's theme: one build per theme.
     drawn = shared_views().get(("live", store.describe(), current_theme(), *view), marker,
@@ -110,6 +118,8 @@ def live_panel() -> None:
     if drawn is None:
         st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
         return
+    if drawn is not shown:
+        note_shown("lm")
     st.session_state["lm_drawn"] = drawn
     _show(drawn)
 
@@ -147,9 +157,10 @@ def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
     # MAs are warmed up on the extra leading candles, then only the last n are shown.
     x_range = ([int(candles["ts"].iloc[-shown]), int(candles["ts"].iloc[-1]) + bucket]
                if len(candles) > shown > 0 else None)
-    drawn["figure"] = candlestick(candles, ma_windows, ma_kind, preds, news=news,
-                                  title=f"{symbol} · {size} candles", period_ms=bucket,
-                                  x_range=x_range)
+    # Serialised once here for every session drawing it (dashboard/shared_views.py).
+    drawn["figure"] = share_figure(candlestick(
+        candles, ma_windows, ma_kind, preds, news=news, title=f"{symbol} · {size} candles",
+        period_ms=bucket, x_range=x_range))
     if preds is not None and len(preds):
         drawn["caption"] = prediction_caption(preds.iloc[-1], bucket, step, size, interval)
     return drawn

@@ -11,9 +11,10 @@ from dashboard.charts import throughput
 from dashboard.flink_panel import flink_section
 from dashboard.plain_text import md_plain
 from dashboard.runtime import get_runtime
-from dashboard.shared_views import shared_views
+from dashboard.shared_views import share_figure, shared_views
 from dashboard.shell import enter_page
 from dashboard.state import get_config, store_or_stop
+from dashboard.theme import current_theme
 from dashboard.view_models import (HELP, catch_up_note, latency_note, source_problem,
                                    throughput_ceiling, worker_row, worker_status)
 from dashboard.view_models import data_rules_note
@@ -24,6 +25,7 @@ from dashboard.widgets import csv_import_panel, guarded, push_notice, show_notic
 from pipeline.contracts.config import Secret
 from pipeline.workers.runtime import SimulatorSpec
 from pipeline.contracts.schema import INTERVALS
+from pipeline.contracts.streams import STREAMS
 from pipeline.sources.catalog import available_sources, build_api_source
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
 from pipeline.store import store_origin
@@ -58,6 +60,8 @@ st.subheader("Workers")
 show_notices("pipeline")
 
 producing_elsewhere = runtime.attached_worker("producer") is not None
+# what the Producer source panel was drawn for; the worker panel reruns the page when it changes
+st.session_state["pc_producer_busy"] = runtime.is_running("producer") or producing_elsewhere
 start_producer = None
 for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
         "Producer source", expanded=not (runtime.is_running("producer") or producing_elsewhere))):
@@ -76,9 +80,12 @@ for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
                 return runtime.start_source(make_csv(), live=make_csv.live)
 
             what = md_plain(make_csv.summary.split(';')[1].strip())  # symbols from the file
+            # one producer at a time, whether it runs in this server or in another process
+            # (the demo pipeline's child process, a `python -m pipeline produce`)
+            producing = runtime.is_running("producer") or producing_elsewhere
             if st.button(f"Import {what}", type="primary",
-                         key="pc_csv_import", disabled=runtime.is_running("producer"),
-                         help="Stop the running producer first" if runtime.is_running("producer")
+                         key="pc_csv_import", disabled=producing,
+                         help="Stop the running producer first" if producing
                          else "Sends the bars through the producer and indexer into the store."):
                 with st.spinner("Starting the import…"):
                     if guarded(start_producer, "CSV import", "pipeline"):
@@ -86,7 +93,7 @@ for _ in presenter_only("starting, stopping and importing", lambda: st.expander(
                                     "row below counts the bars; the Live market and Data pages "
                                     "show them as they are stored.", "pipeline")
                 st.rerun()
-            if runtime.is_running("producer"):
+            if producing:
                 st.caption("One producer at a time: stop the running producer below, then "
                            "import.")
     else:
@@ -153,6 +160,10 @@ def worker_panel() -> None:
     """Headers, buttons and figures refresh together, in every tab, every 2 s."""
     local = runtime.local_stats()
     attached = runtime.attached_stats()
+    busy = (runtime.is_running("producer")
+            or runtime.attached_worker("producer", attached) is not None)
+    if busy != st.session_state.get("pc_producer_busy", busy):
+        st.rerun(scope="app")  # a producer started or stopped (here or elsewhere): redraw its panel
     cols = st.columns(len(WORKERS))
     for col, (name, label, start) in zip(cols, WORKERS):
         with col:
@@ -245,8 +256,11 @@ def live_figures(local: dict, attached: list[dict]) -> None:
     k4.metric("Symbols", counts[3])
     hist = {name: snap.get("history", []) for name, snap in local.items()}
     if any(hist.values()):
-        st.plotly_chart(throughput(hist, throughput_ceiling(hist)), width="stretch",
-                        key="pc_tp")
+        # One figure per server every 2 s (the workers' figures are the server's), per theme.
+        figure = shared_views().get(
+            ("pipeline throughput", store.describe(), current_theme()), int(time.time() // 2),
+            lambda: share_figure(throughput(hist, throughput_ceiling(hist))))
+        st.plotly_chart(figure, width="stretch", key="pc_tp")
     # This app's scorer, else the one attached by heartbeat (a `python -m pipeline score`).
     scorer = ((local.get("scorer") if runtime.is_running("scorer") else None)
               or runtime.attached_worker("scorer", attached) or local.get("scorer") or {})
@@ -261,10 +275,10 @@ def live_figures(local: dict, attached: list[dict]) -> None:
         st.caption(catch_up_note(catch_up))
     if rules := data_rules_note((local.get("indexer") or {}).get("counters")):
         st.caption(rules)
-    for name, topic in (("indexer", "finance-data.dlq"), ("news_indexer", "finance-news.dlq")):
-        rejects = (local.get(name) or {}).get("recent_rejects") or []
+    for row in STREAMS:  # each stream's indexer and its dead-letter topic
+        rejects = (local.get(row.indexer) or {}).get("recent_rejects") or []
         if rejects:
-            with st.expander(f"Recent rejects sent to {topic} ({len(rejects)})"):
+            with st.expander(f"Recent rejects sent to {row.dlq_topic} ({len(rejects)})"):
                 st.dataframe(pd.DataFrame(rejects), hide_index=True, width="stretch")
 
 

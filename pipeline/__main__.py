@@ -28,18 +28,15 @@ import time
 
 from pipeline.workers.broker import BrokerUnavailable, EmbeddedBroker, pid_alive
 from pipeline.cli.status import cmd_status
-from pipeline.cli.streams import (
-    cmd_fundamentals, cmd_fundamentals_index, cmd_news, cmd_news_index,
-)
+from pipeline.cli.streams import add_index_parsers, cmd_fundamentals, cmd_news
 from pipeline.cli.support import (
     CliError, build_source, checked_store_and_broker, progress_line, resolve_bootstrap,
     run_worker, wait_for_signal,
 )
 from pipeline.contracts.config import Config, load_config
-from pipeline.contracts.fundamentals import FUNDAMENTALS_TOPIC
-from pipeline.contracts.news import NEWS_TOPIC
 from pipeline.cli.serve import add_serve_parser
 from pipeline.contracts.schema import BARS_TOPIC, DLQ_TOPIC, INTERVALS
+from pipeline.contracts.streams import BARS, with_provider
 from pipeline.sources.base import SourceError
 from pipeline.sources.catalog import source_keys
 from pipeline.sources.simulator import DEFAULT_SYMBOLS
@@ -97,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_produce)
 
     ix = sub.add_parser("index", help="consume the topic into the store until Ctrl-C")
-    ix.add_argument("--group", default="kappalab-indexer", help="consumer group id")
+    ix.add_argument("--group", default=BARS.group, help="consumer group id")
     ix.add_argument("--topic", default=BARS_TOPIC, help="bars topic to consume")
     ix.add_argument("--dlq-topic", default=DLQ_TOPIC, help="dead-letter topic for bad messages")
     ix.add_argument("--until-idle", type=float, default=None, metavar="S",
@@ -107,11 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="run the live scorer until Ctrl-C")
     sc.add_argument("--group", default="kappalab-scorer", help="consumer group id")
     sc.add_argument("--topic", default=BARS_TOPIC, help="bars topic to consume")
-    sc.add_argument("--news-topic", default=NEWS_TOPIC,
-                    help="news topic for the sentiment features ('' = none: a champion using "
-                    "them is refused)")
-    sc.add_argument("--fundamentals-topic", default=FUNDAMENTALS_TOPIC,
-                    help="snapshots topic for the fundamentals features ('' = none)")
+    for row in with_provider():  # --news-topic, --fundamentals-topic: the stream table's
+        sc.add_argument(f"--{row.name}-topic", default=row.topic, help=row.topic_help)
     sc.add_argument("--until-idle", type=float, default=None, metavar="S",
                     help="exit after S seconds without new messages")
     sc.add_argument("--retrain-in", choices=["process", "thread"], default="process",
@@ -146,11 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="alphavantage --live: seconds between polls")
     nw.set_defaults(func=cmd_news)
 
-    ni = sub.add_parser("news-index", help="consume finance-news into the store until Ctrl-C")
-    ni.add_argument("--until-idle", type=float, default=None, metavar="S",
-                    help="exit after S seconds without a new message")
-    ni.set_defaults(func=cmd_news_index)
-
     fu = sub.add_parser("fundamentals", help="publish Alpha Vantage OVERVIEW snapshots to "
                         "finance-fundamentals (docs/NEWS.md)")
     fu.add_argument("--symbols", required=True, help="comma-separated symbols (e.g. IBM,MSFT)")
@@ -159,11 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--live: hours between fetches (default 24)")
     fu.set_defaults(func=cmd_fundamentals)
 
-    fi = sub.add_parser("fundamentals-index",
-                        help="consume finance-fundamentals into the store until Ctrl-C")
-    fi.add_argument("--until-idle", type=float, default=None, metavar="S",
-                    help="exit after S seconds without a new message")
-    fi.set_defaults(func=cmd_fundamentals_index)
+    add_index_parsers(sub)
 
     st = sub.add_parser("status", help="show broker, store and running workers")
     st.add_argument("--json", action="store_true")
@@ -257,7 +242,7 @@ def cmd_produce(args, config: Config) -> int:
         if not 0 < args.news_rate <= 1:
             raise CliError("--news-rate must be above 0 and at most 1 (items per symbol per "
                            "bar) when --news-impact is given.")
-        from pipeline.workers.news_stream import NewsQueue
+        from pipeline.workers.stream_producer import NewsQueue
 
         news = NewsQueue()
     store = open_store(config)
@@ -267,11 +252,11 @@ def cmd_produce(args, config: Config) -> int:
     print(f"producing {source.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
     news_worker = None
     if news is not None:
-        from pipeline.workers.news_stream import NewsProducer
+        from pipeline.workers.stream_producer import StreamProducer
         from pipeline.workers.worker import WorkerThread
 
-        news_worker = WorkerThread(NewsProducer(
-            news.batches, info.bootstrap, description="simulated news",
+        news_worker = WorkerThread(StreamProducer(
+            "news", news.batches, info.bootstrap, description="simulated news",
             client_kwargs=config.kafka_client_kwargs(), store=store)).start()
     endless_simulator = args.source == "simulator" and args.bars is None
     worker = Producer(source, info.bootstrap, topic=args.topic,
@@ -312,8 +297,8 @@ def cmd_score(args, config: Config) -> int:
     store, info, stop = checked_store_and_broker(config)
     worker = Scorer(store, info.bootstrap, topic=args.topic, group_id=args.group,
                     client_kwargs=config.kafka_client_kwargs(), mode="process",
-                    news_topic=args.news_topic or None,
-                    fundamentals_topic=args.fundamentals_topic or None,
+                    stream_topics={row.name: getattr(args, f"{row.name}_topic") or None
+                                   for row in with_provider()},
                     retrain_in=args.retrain_in)
     print(f"scoring {info.bootstrap} into {store.describe()}", file=sys.stderr, flush=True)
     run_worker(worker, stop, until_idle=args.until_idle, idle_counter="consumed")
@@ -326,7 +311,7 @@ def cmd_backfill(args, config: Config) -> int:
     The indexer reads the partitions directly (no consumer group, so concurrent backfills and
     the live indexer never share work) and stores exactly the records this run's producer got
     acknowledged, from the offsets recorded at the start; the summary counts only those. It
-    runs in a child process or a thread (``--indexer``; pipeline/backfill.py says why)."""
+    runs in a child process or a thread (``--indexer``; pipeline/workers/backfill.py says why)."""
     from kafka import TopicPartition
 
     from pipeline.workers.backfill import start_indexer

@@ -1,4 +1,4 @@
-"""The live arena (models/arena.py) on real parts: embedded broker over TCP, SQLite file, the
+"""The live arena (models/live/arena.py) on real parts: embedded broker over TCP, SQLite file, the
 simulator through a real producer, the indexer and the scorer. Two enrolled model versions and
 a baseline are scored in shadow beside the champion; their live figures equal a batch
 recomputation over the same bars, and the champion's predictions are untouched."""

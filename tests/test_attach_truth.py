@@ -117,3 +117,28 @@ def test_broker_on_a_port_in_use_exits_2(data_dir):
     assert "started" not in out and "ready" not in out
     assert f"Port {port}" in err and len(err.strip().splitlines()) == 1
     assert not (data_dir / "broker.json").exists()
+
+
+@pytest.mark.slow
+def test_csv_import_waits_for_a_producer_running_in_another_process(data_dir, broker_process):
+    """One producer at a time holds across processes: with `python -m pipeline produce` (as the
+    demo pipeline's child process runs it) the page's Import button is disabled and says why."""
+    from pipeline.store.sqlite import SqliteStore
+    from tests.test_app_pipeline_csv import pandas_csv
+
+    producer = cli(data_dir, "produce", "--symbols", "AAA", "--speed", "60")
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    try:
+        wait_for(lambda: [b for b in store.list_heartbeats(10_000)
+                          if b.get("kind") == "producer" and b.get("state") == "running"],
+                 60, "the producer's heartbeat")
+        at = AppTest.from_file(PAGE, default_timeout=60).run()
+        at.radio(key="pc_source").set_value("csv").run()
+        at.file_uploader(key="pc_csv_upload").set_value(("GOOG.csv", pandas_csv(),
+                                                         "text/csv")).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.button(key="pc_csv_import").disabled
+        assert any("One producer at a time" in c.value for c in at.caption)
+    finally:
+        stop(producer)
+        store.close()

@@ -1,4 +1,4 @@
-"""The backfill's indexer process (pipeline/backfill.py) when a process dies or Ctrl-C reaches
+"""The backfill's indexer process (pipeline/workers/backfill.py) when a process dies or Ctrl-C reaches
 both: real `python -m pipeline backfill` processes on the real broker, killed by PID."""
 from __future__ import annotations
 

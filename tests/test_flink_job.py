@@ -3,7 +3,7 @@
 One bounded run covers: 5m and 1h candles equal, bar for bar, the store's own downsampling
 (``ohlc_buckets``) of the same 1m bars; a late bar inside the allowed lateness updates its
 window; a bar later than that is dead-lettered as LateBar and counted; poison messages are
-dead-lettered with a reason; the news join equals the batch as-of join of models/sentiment.py.
+dead-lettered with a reason; the news join equals the batch as-of join of models/features/sentiment.py.
 Skipped (with the install command) when the Flink venv or Java is missing; tests/run.sh
 installs both, so CI runs them.
 """

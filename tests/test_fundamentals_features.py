@@ -204,7 +204,7 @@ def test_the_live_provider_plugs_into_the_scorer_extra_features(tmp_path, data):
     symbol's first bar, topic messages (raw JSON) feed it, duplicates and bad messages are
     counted, and every bar's values equal the batch join."""
     from models.live.fundamentals import LiveFundamentals
-    from models.live.news import ExtraFeatures
+    from models.live.providers import ExtraFeatures
     from pipeline.contracts.schema import Bar
 
     bars, snaps = data

@@ -1,5 +1,5 @@
 """finance-fundamentals end to end on real parts: the Alpha Vantage OVERVIEW double → source →
-FundamentalsProducer → embedded broker (TCP) → FundamentalsIndexer → store (SQLite file and the
+the fundamentals StreamProducer → embedded broker (TCP) → Indexer → store (SQLite file and the
 ES test double); bad messages go to the DLQ once each with the reason."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipeline.workers.fundamentals_stream import FundamentalsIndexer, FundamentalsProducer
+from pipeline.workers.indexer import Indexer
+from pipeline.workers.stream_producer import StreamProducer
 from pipeline.sources.alphavantage_overview import AlphaVantageOverview
 from pipeline.workers.worker import WorkerThread
 from tests.market_api_double import MarketApiDouble, av_overview
@@ -24,7 +25,8 @@ def test_snapshots_reach_the_store_once_and_bad_ones_the_dlq(broker, topics, any
         api.set_av_overview("MSFT", av_overview("MSFT", PERatio="None", EPS="12.1"))
         source = AlphaVantageOverview("IBM,MSFT,NOPE", api_key=KEY, base_url=api.base_url,
                                       requests_per_minute=None, requests_per_day=None)
-        producer = FundamentalsProducer(source.items, broker.bootstrap, topic=topics["bars"])
+        producer = StreamProducer("fundamentals", source.items, broker.bootstrap,
+                                  topic=topics["bars"])
         producer.run_guarded(threading.Event())
     assert producer.state == "finished", producer.last_error
     assert producer.stats()["counters"]["produced"] == 2
@@ -37,7 +39,7 @@ def test_snapshots_reach_the_store_once_and_bad_ones_the_dlq(broker, topics, any
     raw.flush()
     raw.close()
 
-    worker = FundamentalsIndexer(any_store, broker.bootstrap, topic=topics["bars"],
+    worker = Indexer(any_store, broker.bootstrap, stream="fundamentals", topic=topics["bars"],
                                  dlq_topic=topics["dlq"], group_id=f"g-fund-{topics['bars']}")
     wt = WorkerThread(worker).start()
     deadline = time.time() + 60

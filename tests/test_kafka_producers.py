@@ -77,7 +77,7 @@ def test_consumers_read_committed_only(broker):
     root = Path(pipeline.__file__).parent
     direct = [str(p.relative_to(root)) for p in root.rglob("*.py")
               if "KafkaConsumer(" in p.read_text() and p.name != "kafka_clients.py"]
-    assert direct == [], f"consumers built outside pipeline/kafka_clients.py: {direct}"
+    assert direct == [], f"consumers built outside pipeline/workers/kafka_clients.py: {direct}"
 
 
 def test_lag_uses_the_log_end_not_the_trailing_end_offsets(broker, tmp_path):
@@ -85,7 +85,7 @@ def test_lag_uses_the_log_end_not_the_trailing_end_offsets(broker, tmp_path):
     log_end_offsets (used for every lag figure) answers the true end."""
     f = record(stream_cases.case_end_offsets(broker.bootstrap, tmp_path))
     assert f["read"] == 10_000 and f["log_end_offsets"] == 10_000, f
-    assert f["probe_log_end"] == 10_000, f  # from outside a group (pipeline/lag.py)
+    assert f["probe_log_end"] == 10_000, f  # from outside a group (pipeline/workers/lag.py)
 
 
 @pytest.mark.slow

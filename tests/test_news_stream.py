@@ -1,5 +1,5 @@
-"""The finance-news stream end to end on real parts: news simulator → NewsProducer → embedded
-broker (TCP) → NewsIndexer → store (SQLite file and the ES test double), with bad messages
+"""The finance-news stream end to end on real parts: news simulator → the news StreamProducer → embedded
+broker (TCP) → the news Indexer → store (SQLite file and the ES test double), with bad messages
 going to the news DLQ once each."""
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipeline.workers.news_stream import NewsIndexer, NewsProducer, NewsQueue
+from pipeline.workers.indexer import Indexer
+from pipeline.workers.stream_producer import NewsQueue, StreamProducer
 from pipeline.sources.news_simulator import NewsMarketSimulator
 from pipeline.workers.worker import WorkerThread
 
 pytestmark = pytest.mark.slow
 
 
-def run_indexer(store, broker, topics, expected: int, timeout_s: float = 60) -> NewsIndexer:
-    worker = NewsIndexer(store, broker.bootstrap, topic=topics["bars"],
+def run_indexer(store, broker, topics, expected: int, timeout_s: float = 60) -> Indexer:
+    worker = Indexer(store, broker.bootstrap, stream="news", topic=topics["bars"],
                          dlq_topic=topics["dlq"], group_id=f"g-news-{topics['bars']}")
     wt = WorkerThread(worker).start()
     deadline = time.time() + timeout_s
@@ -33,7 +34,7 @@ def test_simulated_news_reaches_the_store_exactly_once(broker, topics, any_store
                               symbols=["ACME", "GLOBX"], bars=300, seed=4)
     bars = list(sim.bars(threading.Event()))  # publishes the news into the queue
     feed.close()
-    producer = NewsProducer(feed.batches, broker.bootstrap, topic=topics["bars"])
+    producer = StreamProducer("news", feed.batches, broker.bootstrap, topic=topics["bars"])
     producer.run_guarded(threading.Event())
     n = sim.news_emitted
     assert producer.state == "finished", producer.last_error

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 
-from pipeline.workers.news_stream import NewsProducer
+from pipeline.workers.stream_producer import StreamProducer
 from pipeline.workers.producer import Producer
 from pipeline.sources.alphavantage import AlphaVantageSource
 from pipeline.sources.alphavantage_news import AlphaVantageNews
@@ -60,7 +60,7 @@ def test_failing_live_news_source_stalls_the_news_producer_then_it_recovers(brok
         source = AlphaVantageNews("IBM", api_key=KEY, base_url=api.base_url, policy=FAST,
                                   requests_per_minute=None, requests_per_day=None, mode="live",
                                   poll_seconds=0.2, live_backoff_max=0.3)
-        producer = NewsProducer(source.items, broker.bootstrap, topic=f"stall-n-{time.time_ns()}",
+        producer = StreamProducer("news", source.items, broker.bootstrap, topic=f"stall-n-{time.time_ns()}",
                                 description=source.describe())
         producer.WATCH_EVERY_S = 0.1
         wt = WorkerThread(producer).start()

@@ -1,4 +1,4 @@
-"""The scorer's retrain process (models/retrain_schedule.py: RetrainProcess): a real spawned
+"""The scorer's retrain process (models/live/retrain_schedule.py: RetrainProcess): a real spawned
 child on a real SQLite file. It trains what the thread would, reports errors as the thread
 would, survives being killed (the job says so, the next job starts a new child) and never
 outlives the process that started it."""

@@ -62,8 +62,8 @@ def frame_of(snaps: list[FundamentalsSnapshot]) -> pd.DataFrame:
 
 
 def test_scorer_without_the_snapshots_topic_refuses_a_fundamentals_champion(sqlite_store):
-    scorer = Scorer(sqlite_store, "127.0.0.1:9", fundamentals_topic=None)
-    with pytest.raises(ValueError):
+    scorer = Scorer(sqlite_store, "127.0.0.1:9", stream_topics={"fundamentals": None})
+    with pytest.raises(ValueError, match="fund_pe_ratio needs the fundamentals stream"):
         scorer.extras.check(["ret_1", "fund_pe_ratio"])
     Scorer(sqlite_store, "127.0.0.1:9").extras.check(["ret_1", *FUNDAMENTALS_GROUP])
 
@@ -115,8 +115,8 @@ def test_live_fundamentals_champion_predicts_as_the_batch_join(broker, topics, s
     indexer = WorkerThread(Indexer(store, broker.bootstrap, topic=topics["bars"],
                                    dlq_topic=topics["dlq"], group_id=f"ix-{topics['bars']}"))
     scorer = WorkerThread(Scorer(store, broker.bootstrap, topic=topics["bars"],
-                                 group_id=f"sc-{topics['bars']}", news_topic=None,
-                                 fundamentals_topic=fund_topic, publish=False, adapt=False,
+                                 group_id=f"sc-{topics['bars']}", stream_topics={"news": None, "fundamentals": fund_topic},
+                                 publish=False, adapt=False,
                                  train_default=False,
                                  policy=RetrainPolicy(every_bars=None, drift_factor=None)))
     indexer.start()

@@ -23,13 +23,13 @@ from models.adaptation import RetrainPolicy
 from models.features import compute_features
 from models.lab import LabConfig, run_comparison
 from models.lab_runs import save_version
-from models.live.news import ExtraFeatures, LiveSentiment, extra_features_note
+from models.live.news import LiveSentiment, extra_features_note
+from models.live.providers import ExtraFeatures
 from models.registry import load_model_version
 from models.features.sentiment import SENTIMENT_GROUP, sentiment_features
 from pipeline.workers.broker import ensure_topics
 from pipeline.workers.indexer import Indexer
 from pipeline.contracts.news import NewsItem
-from pipeline.workers.news_stream import NewsIndexer
 from pipeline.contracts.schema import Bar
 from pipeline.workers.scorer import Scorer
 from pipeline.sources.news_simulator import simulate_frames
@@ -108,7 +108,7 @@ def test_a_sentiment_champion_arriving_later_gets_the_stored_news(sqlite_store):
 
 
 def test_scorer_without_news_refuses_a_sentiment_champion(sqlite_store):
-    scorer = Scorer(sqlite_store, "127.0.0.1:9", news_topic=None)
+    scorer = Scorer(sqlite_store, "127.0.0.1:9", stream_topics={"news": None})
     with pytest.raises(ValueError, match="needs the news stream"):
         scorer.extras.check(["ret_1", "sent_decay_1"])
     with pytest.raises(ValueError, match="streaming form|unknown feature"):
@@ -150,11 +150,11 @@ def test_live_sentiment_equals_batch_across_a_restart(broker, topics, sqlite_sto
     ensure_topics(broker.bootstrap, (news_topic, f"{news_topic}.dlq"))
     group = f"sc-{topics['bars']}"
     quiet = dict(policy=RetrainPolicy(every_bars=None, drift_factor=None), adapt=False,
-                 train_default=False, news_topic=news_topic, publish=False)
+                 train_default=False, stream_topics={"news": news_topic}, publish=False)
     workers = [
         WorkerThread(Indexer(store, broker.bootstrap, topic=topics["bars"],
                              dlq_topic=topics["dlq"], group_id=f"ix-{topics['bars']}")).start(),
-        WorkerThread(NewsIndexer(store, broker.bootstrap, topic=news_topic,
+        WorkerThread(Indexer(store, broker.bootstrap, stream="news", topic=news_topic,
                                  dlq_topic=f"{news_topic}.dlq",
                                  group_id=f"nix-{topics['bars']}")).start()]
     scorer = WorkerThread(Scorer(store, broker.bootstrap, topic=topics["bars"], group_id=group,
@@ -182,7 +182,7 @@ def test_live_sentiment_equals_batch_across_a_restart(broker, topics, sqlite_sto
                 scorer = WorkerThread(Scorer(store, broker.bootstrap, topic=topics["bars"],
                                              group_id=group, **quiet)).start()
             # News published before this bar's end goes first, and the scorer has read it
-            # before the bar is sent (the ordering the as-of equality needs; see live_news).
+            # before the bar is sent (the ordering the as-of equality needs; see models/live/news.py).
             due = [n for n in pending if n.ts < t + STEP + 2]
             pending = pending[len(due):]
             if t == late_bar + 2 * STEP:

@@ -1,4 +1,4 @@
-"""The classroom setting (dashboard/access.py, pipeline/serve.py) under Streamlit's AppTest and
+"""The classroom setting (dashboard/access.py, pipeline/cli/serve.py) under Streamlit's AppTest and
 the real CLI: network mode without a password refuses to start, viewers get no state-changing
 control, a session that typed the presenter password gets them all, the password is never
 shown. Loopback keeps everyone presenter."""

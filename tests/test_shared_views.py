@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from dashboard.shared_views import SharedViews, shared_views
+from dashboard.shared_views import VERSION_MAX_AGE_S, SharedViews, shared_views
 from pipeline.contracts.schema import Bar
 from pipeline.sources.simulator import MarketSimulator
 from pipeline.store.sqlite import SqliteStore
@@ -51,6 +51,7 @@ def test_two_sessions_on_one_view_share_one_computation_and_get_new_bars(data_di
 
     new = Bar("ACME", "1m", bars[-1].ts + MIN, 1.0, 2.0, 0.5, 1.5, 10.0, "test")
     store.upsert_bars([new])
+    time.sleep(VERSION_MAX_AGE_S)  # sessions share the "anything new?" answer that long
     first.run()
     second.run()
     assert not first.exception and not second.exception
@@ -84,3 +85,62 @@ def test_concurrent_requests_for_one_view_build_once():
     assert len(calls) == 1 and len(results) == 8
     assert all(r is results[0] for r in results)
     assert views.get("v", 2, lambda: "new") == "new" and views.builds["v"] == 2
+
+
+def test_sessions_asking_within_the_max_age_share_one_version_check():
+    views = SharedViews()
+    calls = []
+
+    def check():
+        calls.append(1)
+        return len(calls)
+
+    for _ in range(6):
+        views.recent("series", check, max_age_s=0.5)
+    assert len(calls) <= 2  # one check (two when the 0.5 s window turned between two asks)
+    before = len(calls)
+    time.sleep(0.5)
+    assert views.recent("series", check, max_age_s=0.5) == before + 1  # older: asked again
+
+
+def test_a_shared_figure_sends_the_same_json_and_is_packed_once():
+    import numpy as np
+    import pandas as pd
+    import plotly.io
+
+    from dashboard.charts import candlestick
+    from dashboard.shared_views import share_figure
+
+    ts = 1_700_000_000_000 + np.arange(120) * MIN
+    close = 100 + np.cumsum(np.sin(np.arange(120)))
+    candles = pd.DataFrame({"ts": ts, "open": close - 0.1, "high": close + 0.5,
+                            "low": close - 0.5, "close": close, "volume": 1e3 + ts % 7})
+    news = pd.DataFrame({"ts": ts[::30], "y": close[::30], "count": [1, 2, 1, 3],
+                         "sentiment_score": [0.5, -0.2, np.nan, 0.0],
+                         "hover": ["<b>bold</b> title", "a\nb", "x & y", "$1"]})
+    fig = candlestick(candles, [5, 20], "SMA", news=news, title="ACME <i>", period_ms=MIN)
+    shared = share_figure(fig)
+    assert plotly.io.to_json(shared.to_dict(), validate=False) == \
+        plotly.io.to_json(fig, validate=False)
+    assert shared.to_dict() is shared.to_dict()  # made once, not per call
+    assert len(shared.data) == len(fig.data) and shared.layout.title.text == "ACME &lt;i&gt;"
+    assert share_figure(None) is None
+
+
+def test_a_late_browser_keeps_its_chart_and_one_on_time_gets_the_new_bar(data_dir):
+    from dashboard.shared_views import LATE_FACTOR, LIVE_REFRESH_S
+
+    store = SqliteStore(data_dir / "kappalab.sqlite")
+    bars = list(MarketSimulator(symbols=("ACME",), bars=200).bars(threading.Event()))
+    store.upsert_bars(bars)
+    page = live_session().run()
+    first = chart_spec(page)
+    store.upsert_bars([Bar("ACME", "1m", bars[-1].ts + MIN, 1.0, 2.0, 0.5, 1.5, 10.0, "test")])
+    time.sleep(LATE_FACTOR * LIVE_REFRESH_S + 0.1)  # this browser asks late: starved
+    page.run()
+    assert not page.exception and chart_spec(page) == first  # kept: nothing to mount again
+    page.run()  # asked on time: the new bar
+    assert not page.exception and chart_spec(page) != first
+    assert candle_times(chart_spec(page))[-1].startswith(
+        time.strftime("%Y-%m-%dT%H:%M", time.gmtime((bars[-1].ts + MIN) / 1000)))
+    store.close()

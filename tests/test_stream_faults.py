@@ -240,7 +240,7 @@ def test_fuzz_100k_messages_interleaved_with_good_bars(broker, topics, sqlite_st
     # A valid bar keyed with another symbol, or too far ahead, is dead-lettered too.
     valid_mutants: dict[str, Bar] = {}
     invalid_offsets: set[int] = set()
-    clock = SeriesClock(lambda keys: {})  # pipeline/bar_rules.py on an empty store
+    clock = SeriesClock(lambda keys: {})  # pipeline/workers/bar_rules.py on an empty store
     for offset, (key, value) in enumerate(values):
         if key == b"FZ":
             try:

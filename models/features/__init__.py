@@ -95,7 +95,7 @@ def compute_features(bars: pd.DataFrame, features: list[str], news: pd.DataFrame
     """
     names = validate_features(features)
     fund_names = [n for n in names if is_fundamentals_feature(n)]
-    if fund_names:  # fundamentals snapshots (models/fundamentals.py), as of each bar's end
+    if fund_names:  # fundamentals snapshots (models/features/fundamentals.py), as of each bar's end
         rest = [n for n in names if n not in fund_names]
         parts = [compute_features(bars, rest, news=news, interval=interval)] if rest else []
         parts.append(fundamentals_features(bars, fundamentals, fund_names, interval))

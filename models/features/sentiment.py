@@ -203,7 +203,7 @@ class SentimentTracker:
             if ts >= st.last_end - self._max_window * st.step:
                 bisect.insort(st.window, entry)
 
-    update_item = update_news  # the name other trackers' items use (models/live_news.py)
+    update_item = update_news  # the name other trackers' items use (models/live/news.py)
 
     def update(self, bar: Any) -> dict[str, float]:
         if isinstance(bar, dict):

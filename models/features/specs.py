@@ -50,8 +50,8 @@ FEATURE_GROUPS: dict[str, list[str]] = {
     "volume": ["vol_z_20", "volume_change"],
     "lags": ["close_lag_1", "close_lag_2", "close_lag_3", "ret_lag_1", "ret_lag_2", "ret_lag_3"],
     "calendar": ["minute_sin", "minute_cos", "dow_sin", "dow_cos"],
-    "sentiment": SENTIMENT_GROUP,  # news joined as of the bar's end: models/sentiment.py
-    "fundamentals": FUNDAMENTALS_GROUP,  # snapshots as of the bar's end: models/fundamentals.py
+    "sentiment": SENTIMENT_GROUP,  # news joined as of the bar's end: models/features/sentiment.py
+    "fundamentals": FUNDAMENTALS_GROUP,  # snapshots as of the bar's end: models/features/fundamentals.py
 }
 
 

@@ -1,11 +1,11 @@
 """The ``fundamentals`` group live: a feature provider for the scorer (:mod:`models.live.news`),
 fed by ``finance-fundamentals``.
 
-The surface is the one :class:`models.live.news.ExtraFeatures` routes to: ``kind``, ``topic``,
+The surface is the one :class:`models.live.providers.ExtraFeatures` routes to: ``kind``, ``topic``,
 ``claims(name)``, ``consume(raw)``, ``update_item(snapshot)``, ``use(names)``, ``names``,
-``start_series(symbol, interval, first_ts)``, ``update(bar) -> dict`` and ``gauge()``. Plugging it
-in is one entry in the scorer's ``ExtraFeatures([LiveSentiment(store), LiveFundamentals(store)])``
-(not done here: the scorer belongs to another change).
+``start_series(symbol, interval, first_ts)``, ``update(bar) -> dict`` and ``gauge()``. The
+``fundamentals`` row of the stream table (:mod:`pipeline.contracts.streams`) names it, so the
+scoring step builds it for the topic it is given.
 
 Snapshots are few (one per symbol per fetch, typically a day apart), so every one read is kept,
 keyed by its id (symbol|source|ts): the log deduplicates what arrives both from the store (read
@@ -25,7 +25,7 @@ from pipeline.contracts.schema import InvalidBar, interval_ms
 
 
 class LiveFundamentals:
-    """The scorer's provider of the ``fundamentals`` features (a :class:`FeatureProvider`): reads
+    """The scorer's provider of the ``fundamentals`` features (a :class:`~models.live.providers.FeatureProvider`): reads
     ``finance-fundamentals`` records and the stored snapshots, and gives each bar the values
     as of its end. Owned by the scoring step, called from the scorer's loop thread only."""
 

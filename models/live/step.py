@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, deque
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,7 @@ import pandas as pd
 from models.adaptation import default_features
 from models.live.arena import Arena
 from models.live.champions import ChampionBook
-from models.live.fundamentals import LiveFundamentals
-from models.live.news import ExtraFeatures, LiveSentiment
+from models.live.providers import ExtraFeatures
 from models.live.series import (
     SeriesKey, SeriesStates, SeriesWork, rederive_pending, resettle_stored,
 )
@@ -39,6 +38,7 @@ from models.registry import LoadedModel, promoted_by_hand
 from models.retrain_policy import RetrainPolicy
 from models.live.retrain_schedule import RetrainScheduler
 from pipeline.contracts.schema import Bar, Prediction, interval_ms
+from pipeline.contracts.streams import with_provider
 from pipeline.store.base import now_ms
 
 #: A poll's bars of one series: ``(bar, produced_ms or None)`` in bar order.
@@ -71,10 +71,12 @@ class ScoringStep:
         before the first replayed one, so rebuilt features have no hole.
     latency_window
         Predictions in the latency percentiles.
-    news_topic, fundamentals_topic
-        The topics read for the ``sentiment`` (:mod:`models.live.news`, ordering rules there)
-        and ``fundamentals`` features (:mod:`models.live.fundamentals`); ``None``: a champion
-        using them is refused.
+    stream_topics
+        ``{stream: topic}``: for each stream of the stream table with a live feature provider
+        (:mod:`pipeline.contracts.streams`: ``news`` for the ``sentiment`` features,
+        :mod:`models.live.news`, ordering rules there; ``fundamentals``,
+        :mod:`models.live.fundamentals`), the topic its provider reads; a stream left out or
+        ``None`` is not read, and a champion using its features is refused.
     """
 
     INIT_BUDGET_S = 2.0  # per poll, for rebuilding series seen for the first time
@@ -88,7 +90,7 @@ class ScoringStep:
                  train_default: bool = True, bootstrap_check_s: float = 5.0,
                  retrain_in: str = "process", error_window: int = 200,
                  model_refresh_s: float = 2.0, store_catchup_s: float = 3.0,
-                 news_topic: str | None = None, fundamentals_topic: str | None = None,
+                 stream_topics: Mapping[str, str | None] | None = None,
                  latency_window: int = 2000):
         self.store, self.policy, self.count, self.error = store, policy, count, error
         self.scoreboard = LiveScoreboard(policy, error_window)
@@ -98,9 +100,9 @@ class ScoringStep:
                                           worker_id=worker_id, isolation=retrain_in)
         self.series = SeriesStates(store, default_features(), store_catchup_s,
                                    settle=self._settle_stored, on_error=error)
-        self.extras = ExtraFeatures(
-            ([LiveSentiment(store, news_topic)] if news_topic else [])
-            + ([LiveFundamentals(store, fundamentals_topic)] if fundamentals_topic else []))
+        topics = stream_topics or {}
+        self.extras = ExtraFeatures(row.provider_class()(store, topics[row.name])
+                                    for row in with_provider() if topics.get(row.name))
         self.champions = ChampionBook(store, model_refresh_s, check=self.extras.check)
         self.arena = Arena(store, error_window, model_refresh_s)  # shadow models
         self._latency: deque[float] = deque(maxlen=latency_window)
@@ -206,7 +208,7 @@ class ScoringStep:
                 w.revisions.append(bar)  # after this poll's new bars: last write wins
                 continue
             w.fresh.append((bar, produced))
-            if extras:  # the bar's news features (models/live_news.py), in bar order
+            if extras:  # the bar's news features (models/live/news.py), in bar order
                 w.extras.append(self.extras.update(bar))
             last = bar.ts
         if not w.fresh:

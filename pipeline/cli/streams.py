@@ -1,5 +1,6 @@
-"""The CLI commands of the news and fundamentals streams (``python -m pipeline news``,
-``news-index``, ``fundamentals``, ``fundamentals-index``): their producers and indexers."""
+"""The CLI commands of the item streams: the producers ``python -m pipeline news`` and
+``fundamentals`` (each with its own sources' options), and one indexer command per stream of
+the stream table (``news-index``, ``fundamentals-index``: :func:`add_index_parsers`)."""
 from __future__ import annotations
 
 import json
@@ -10,11 +11,12 @@ from pipeline.cli.support import (
     CliError, checked_store_and_broker, resolve_bootstrap, run_worker, wait_for_signal,
 )
 from pipeline.contracts.config import Config
+from pipeline.contracts.streams import STREAMS, stream
 from pipeline.store import open_store
 
 
 def cmd_news(args, config: Config) -> int:
-    from pipeline.workers.news_stream import NewsProducer
+    from pipeline.workers.stream_producer import StreamProducer
 
     if args.source == "csv":
         from pipeline.sources.headline_csv import HeadlineCsv
@@ -34,29 +36,17 @@ def cmd_news(args, config: Config) -> int:
     info, _ = resolve_bootstrap(config)
     stop = wait_for_signal()
     print(f"producing {feed.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
-    worker = NewsProducer(feed.items, info.bootstrap, description=feed.describe(),
-                          client_kwargs=config.kafka_client_kwargs(), store=open_store(config),
-                          mode="process")
+    worker = StreamProducer("news", feed.items, info.bootstrap, description=feed.describe(),
+                            client_kwargs=config.kafka_client_kwargs(), store=open_store(config),
+                            mode="process")
     run_worker(worker, stop)
     print_feed_summary("news source", feed)
     return 0
 
 
-def cmd_news_index(args, config: Config) -> int:
-    from pipeline.workers.news_stream import NewsIndexer
-
-    store, info, stop = checked_store_and_broker(config)
-    print(f"indexing news from {info.bootstrap} into {store.describe()}", file=sys.stderr,
-          flush=True)
-    worker = NewsIndexer(store, info.bootstrap, client_kwargs=config.kafka_client_kwargs(),
-                         mode="process")
-    run_worker(worker, stop, until_idle=args.until_idle)
-    return 0
-
-
 def cmd_fundamentals(args, config: Config) -> int:
-    from pipeline.workers.fundamentals_stream import FundamentalsProducer
     from pipeline.sources.alphavantage_overview import AlphaVantageOverview
+    from pipeline.workers.stream_producer import StreamProducer
 
     if args.poll_hours <= 0:
         raise CliError("--poll-hours must be a positive number of hours.")
@@ -66,22 +56,35 @@ def cmd_fundamentals(args, config: Config) -> int:
     info, _ = resolve_bootstrap(config)
     stop = wait_for_signal()
     print(f"producing {feed.describe()} to {info.bootstrap}", file=sys.stderr, flush=True)
-    worker = FundamentalsProducer(feed.items, info.bootstrap, description=feed.describe(),
-                                  client_kwargs=config.kafka_client_kwargs(),
-                                  store=open_store(config), mode="process")
+    worker = StreamProducer("fundamentals", feed.items, info.bootstrap,
+                            description=feed.describe(), client_kwargs=config.kafka_client_kwargs(),
+                            store=open_store(config), mode="process")
     run_worker(worker, stop)
     print_feed_summary("fundamentals source", feed)
     return 0
 
 
-def cmd_fundamentals_index(args, config: Config) -> int:
-    from pipeline.workers.fundamentals_stream import FundamentalsIndexer
+def add_index_parsers(sub) -> None:
+    """``<stream>-index`` for every row of the stream table that names an ``index_command``."""
+    for row in STREAMS:
+        if row.index_command:
+            ix = sub.add_parser(row.index_command,
+                                help=f"consume {row.topic} into the store until Ctrl-C")
+            ix.add_argument("--until-idle", type=float, default=None, metavar="S",
+                            help="exit after S seconds without a new message")
+            ix.set_defaults(func=cmd_stream_index, stream=row.name)
 
+
+def cmd_stream_index(args, config: Config) -> int:
+    """Index one stream (``args.stream``) in its own consumer group until Ctrl-C or idle."""
+    from pipeline.workers.indexer import Indexer
+
+    row = stream(args.stream)
     store, info, stop = checked_store_and_broker(config)
-    print(f"indexing fundamentals from {info.bootstrap} into {store.describe()}",
-          file=sys.stderr, flush=True)
-    worker = FundamentalsIndexer(store, info.bootstrap,
-                                 client_kwargs=config.kafka_client_kwargs(), mode="process")
+    print(f"indexing {row.name} from {info.bootstrap} into {store.describe()}", file=sys.stderr,
+          flush=True)
+    worker = Indexer(store, info.bootstrap, stream=row,
+                     client_kwargs=config.kafka_client_kwargs(), mode="process")
     run_worker(worker, stop, until_idle=args.until_idle)
     return 0
 

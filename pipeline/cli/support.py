@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 from pipeline.workers.broker import BrokerInfo, BrokerUnavailable, EmbeddedBroker
 from pipeline.contracts.config import Config
 from pipeline.store import open_store
@@ -35,29 +34,16 @@ def resolve_bootstrap(config: Config, start_if_missing: bool = False) -> tuple[B
 def build_source(args: argparse.Namespace, config: Config, store=None, resume=None, news=None):
     """The bars source the CLI flags describe; ``news`` (a :class:`NewsQueue`): the simulator
     also publishes news items into it (``produce --news-rate``)."""
+    from pipeline.sources.catalog import CATALOG, source_from_cli
+
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
-    if args.source == "simulator":
+    spec = CATALOG.get(args.source)
+    if spec is not None and spec.resumes and resume is None and store is not None:
         from pipeline.workers.runtime import resume_points
-        from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 
-        params: dict[str, Any] = {}
-        if args.phi is not None:
-            params["phi"] = args.phi
-        if args.regime_change_at is not None:
-            params["regime_change_at"] = args.regime_change_at
-        if resume is None and store is not None:
-            resume = resume_points(store, symbols, args.interval)
-        kwargs = dict(symbols=symbols, interval=args.interval, seed=args.seed, bars=args.bars,
-                      speed=args.speed, params=SimulatorParams(**params), resume=resume)
-        if news is not None:
-            from pipeline.sources.news_simulator import NewsMarketSimulator
-
-            return NewsMarketSimulator(news_rate=args.news_rate, news_impact=args.news_impact,
-                                       on_news=news.put, **kwargs)
-        return MarketSimulator(**kwargs)
-    from pipeline.sources.catalog import source_from_cli
-
-    return source_from_cli(args, config, symbols)
+        resume = resume_points(store, symbols, args.interval)
+    return source_from_cli(args, config, symbols, resume=resume,
+                           on_news=news.put if news is not None else None)
 
 
 def checked_store_and_broker(config: Config):

@@ -35,7 +35,7 @@ INTERVALS: dict[str, int] = {
 #: The grid a bar's ts lies on: its interval, at most a quarter hour (so that hourly and
 #: half-hourly bars of a session opening at :15, :30 or :45 UTC fit: US stocks at 9:30 ET,
 #: India at 9:15 IST), and midnight UTC for daily bars (pipeline/sources/daily.py). Within a
-#: series, bars keep one phase (pipeline/bar_rules.py).
+#: series, bars keep one phase (pipeline/workers/bar_rules.py).
 ALIGN_MS: dict[str, int] = {k: v if k == "1d" else min(v, 900_000) for k, v in INTERVALS.items()}
 _GRIDS = {60_000: ("minute", "on a whole minute of UTC"),
           300_000: ("5 minutes", "on a multiple of 5 minutes of UTC"),

@@ -7,16 +7,16 @@ read it, so a new source is its class file plus one :class:`SourceSpec` entry be
 Live API sources are offered but disabled until their key is configured, with the hint of
 what to set; a key typed into the dashboard lives in that session only. A source's settings
 and key are config variables read by name (``Config.setting`` / ``Config.secret``), so a new
-one needs no field in ``pipeline/config.py``.
+one needs no field in ``pipeline/contracts/config.py``.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from pipeline.contracts.config import Config, Secret
+from pipeline.contracts.imports import import_object
 from pipeline.sources.base import Source, SourceError
 from pipeline.sources.redaction import scrub_loggers
 
@@ -40,8 +40,9 @@ class SourceSpec:
     """One catalogued source: its CLI key and label, its class (``module:Class``, imported only
     when built), the config variables it reads (``secret``: its API key; ``settings``: others,
     such as a base URL), the loggers whose records must be scrubbed of its key, whether the
-    Pipeline page's generic form (symbols, interval, key, live) builds it, and ``build``:
-    ``(cls, config, request) -> Source``."""
+    Pipeline page's generic form (symbols, interval, key, live) builds it, whether an endless
+    run resumes where the store's series end (``resumes``: the ``resume`` option), and
+    ``build``: ``(cls, config, request) -> Source``."""
 
     key: str
     label: str
@@ -51,10 +52,10 @@ class SourceSpec:
     settings: tuple[str, ...] = ()
     loggers: tuple[str, ...] = ()
     api_form: bool = False
+    resumes: bool = False
 
     def source_class(self) -> type:
-        module, _, name = self.cls.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return import_object(self.cls)
 
     def key_from(self, config: Config, request: SourceRequest) -> Secret | str | None:
         """The key typed for this session, else the configured one."""
@@ -62,10 +63,24 @@ class SourceSpec:
 
 
 def _simulator(cls, config: Config, req: SourceRequest) -> Source:
+    """The market simulator, as the CLI, the runtime and the demo process build it: options
+    ``seed``, ``bars``, ``speed``, ``params`` (of :class:`SimulatorParams`), ``resume`` (where
+    each symbol's series goes on), ``fast_bars`` (warm-up owed); with ``on_news`` and a
+    ``news_rate`` above 0 it also publishes news items (:class:`NewsMarketSimulator`)."""
+    from pipeline.sources.simulator import SimulatorParams
+
     opts = req.options
     chosen = {"symbols": req.symbols} if req.symbols else {}  # none: the default symbols
-    return cls(interval=req.interval, seed=opts.get("seed", 7), bars=opts.get("bars"),
-               speed=opts.get("speed"), **chosen)
+    kwargs = dict(interval=req.interval, seed=opts.get("seed", 7), bars=opts.get("bars"),
+                  speed=opts.get("speed"), params=SimulatorParams(**opts.get("params", {})),
+                  resume=opts.get("resume"), fast_bars=opts.get("fast_bars", 0), **chosen)
+    if opts.get("on_news") is not None and opts.get("news_rate", 0) > 0:
+        from pipeline.sources.news_simulator import NewsMarketSimulator
+
+        return NewsMarketSimulator(news_rate=opts["news_rate"],
+                                   news_impact=opts.get("news_impact", 0.0),
+                                   on_news=opts["on_news"], **kwargs)
+    return cls(**kwargs)
 
 
 def _csv(cls, config: Config, req: SourceRequest) -> Source:
@@ -103,7 +118,7 @@ def _polygon(cls, config: Config, req: SourceRequest) -> Source:
 #: every bar source, in the order the CLI and the Pipeline page offer them
 CATALOG: dict[str, SourceSpec] = {spec.key: spec for spec in (
     SourceSpec("simulator", "Market simulator", "pipeline.sources.simulator:MarketSimulator",
-               _simulator),
+               _simulator, resumes=True),
     SourceSpec("csv", "CSV replay", "pipeline.sources.csv_replay:CsvReplaySource", _csv,
                loggers=("pipeline.sources.csv_replay",)),
     SourceSpec("alphavantage", "Alpha Vantage (live API)",
@@ -162,11 +177,19 @@ def build_api_source(kind: str, config: Config, symbols: list[str], interval: st
                                              days=days))
 
 
-def source_from_cli(args, config: Config, symbols: list[str]) -> Source:
-    """The non-simulator sources of ``python -m pipeline produce|backfill``."""
+def source_from_cli(args, config: Config, symbols: list[str], resume=None,
+                    on_news=None) -> Source:
+    """The source of ``python -m pipeline produce|backfill`` (``--source``) from its flags;
+    ``resume`` and ``on_news`` as the simulator's options of the same names."""
+    params = {k: getattr(args, k) for k in ("phi", "regime_change_at")
+              if getattr(args, k, None) is not None}
     options = {"file": getattr(args, "file", None), "speed": getattr(args, "speed", None),
                "skip_bad": getattr(args, "skip_bad", False), "tz": getattr(args, "tz", None),
-               "interval_given": getattr(args, "interval_given", True), "announce": True}
+               "interval_given": getattr(args, "interval_given", True), "announce": True,
+               "seed": getattr(args, "seed", 7), "bars": getattr(args, "bars", None),
+               "params": params, "resume": resume, "on_news": on_news,
+               "news_rate": getattr(args, "news_rate", 0.0),
+               "news_impact": getattr(args, "news_impact", 0.0)}
     return build(args.source, config, SourceRequest(
         symbols, args.interval, live=getattr(args, "live", False), days=getattr(args, "days", 5),
         options=options))

@@ -79,7 +79,7 @@ class HeadlineCsv:
         return {**self.counters, "skipped_samples": list(self.skipped_samples)}
 
     def items(self, stop: threading.Event) -> Iterator[list[NewsItem]]:
-        """The file's items in batches (a :class:`~pipeline.workers.news_stream.NewsProducer` feed)."""
+        """The file's items in batches (a news :class:`~pipeline.workers.stream_producer.StreamProducer` feed)."""
         batch: list[NewsItem] = []
         for item in self._read():
             if stop.is_set():

@@ -4,14 +4,14 @@ A backend is its module (a :class:`~pipeline.store.base.Store` subclass with ``f
 ``identity``, ``__reduce__`` and ``outage``) plus one :class:`StoreBackend` row in
 :data:`BACKENDS`: the config variable that chooses it and how the Pipeline page names where it
 comes from. Its own settings are config variables read by name (``Config.setting`` /
-``Config.secret``), so ``pipeline/config.py`` does not change for it.
+``Config.secret``), so ``pipeline/contracts/config.py`` does not change for it.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import pipeline.contracts.config as _config
+from pipeline.contracts.imports import import_object
 from pipeline.store.base import Store, StoreUnavailable, UpsertResult
 
 __all__ = ["BACKENDS", "Store", "StoreBackend", "StoreUnavailable", "UpsertResult",
@@ -30,8 +30,7 @@ class StoreBackend:
     origin: str = "embedded"
 
     def store_class(self) -> type[Store]:
-        module, _, name = self.cls.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return import_object(self.cls)
 
 
 #: the backends, asked in order; the first whose variable is set wins, the default last

@@ -18,17 +18,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.contracts.fundamentals import FUNDAMENTALS_DLQ_TOPIC, FUNDAMENTALS_TOPIC
-from pipeline.contracts.news import NEWS_DLQ_TOPIC, NEWS_TOPIC
 from pipeline.contracts.schema import BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC
+from pipeline.contracts.streams import stream_topics
 
 if TYPE_CHECKING:
     from pipeline.contracts.config import Config
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPICS = (BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC, NEWS_TOPIC,
-                  NEWS_DLQ_TOPIC, FUNDAMENTALS_TOPIC, FUNDAMENTALS_DLQ_TOPIC)
+#: the topics every pipeline needs: each stream's and its dead letters' (the stream table), the
+#: predictions and the worker heartbeats
+DEFAULT_TOPICS = tuple(dict.fromkeys((BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, WORKERS_TOPIC,
+                                      *stream_topics())))
 
 
 class BrokerUnavailable(RuntimeError):

@@ -37,7 +37,7 @@ DEFAULT_DEMO = SimulatorSpec(speed=60.0, warmup_bars=1500, news_rate=0.1)
 def resume_points(store: Store, symbols, interval: str) -> dict[str, tuple[int, float]]:
     """Last stored (ts, close) per symbol, so a restarted simulator continues the series;
     a bar far ahead of the wall clock counts only as the end of a chain the time rule
-    accepts (pipeline/bar_rules.py: a simulator ahead of the clock, not a bar dated 2099)."""
+    accepts (pipeline/workers/bar_rules.py: a simulator ahead of the clock, not a bar dated 2099)."""
     from pipeline.workers.bar_rules import MAX_AHEAD_MS, last_in_chain
     from pipeline.store.base import now_ms
 

@@ -1,4 +1,8 @@
-"""Indexer: ``finance-data`` → validate → store, with a dead-letter topic for bad messages.
+"""Indexer: a stream's topic → validate → store, with a dead-letter topic for bad messages.
+
+One class for every stream of the stream table (:mod:`pipeline.contracts.streams`): the row
+gives the contract (``parse``), the store write, the topics and the group; the bars' row
+(``finance-data``) adds the bar rules (key, time sanity, corrections).
 
 Every message ends either stored or dead-lettered with a reason, once, whatever its bytes.
 Failures have two owners:
@@ -31,14 +35,15 @@ from pipeline.workers.bar_rules import BarRules
 from pipeline.workers.dead_letters import DeadLetters, Reject, StoreOutage, describe_failure
 from pipeline.workers.kafka_clients import (fresh_fetch, log_end_offsets, make_consumer, undecodable,
                                      unreadable_reason)
-from pipeline.contracts.schema import BARS_TOPIC, DLQ_TOPIC, Bar, InvalidBar, parse_bar
+from pipeline.contracts.schema import Bar, InvalidBar, parse_bar
+from pipeline.contracts.streams import BARS, Stream, stream as stream_row
 from pipeline.store.outage import is_store_outage
 from pipeline.workers.topic_watch import TopicWatch
 from pipeline.workers.worker import Worker
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP = "kappalab-indexer"
+DEFAULT_GROUP = BARS.group
 #: Bounded reads hold at most this many records per partition that their producer has not
 #: acknowledged yet; past it they are read again from the broker later.
 MAX_HELD_RECORDS = 200_000
@@ -54,13 +59,16 @@ def make_dlq_producer(bootstrap: str, client_kwargs: dict | None = None):
 
 # ---- the worker ------------------------------------------------------------------------------
 class Indexer(Worker):
-    """Consume bars into the store.
+    """Consume one stream (bars by default) into the store.
 
-    :param store: the store to write to (its ``upsert_bars`` raises for outages).
+    :param store: the store to write to (its write, e.g. ``upsert_bars``, raises for outages).
     :param bootstrap: Kafka bootstrap servers.
-    :param topic: the bars topic.
-    :param dlq_topic: where rejected messages go.
-    :param group_id: consumer group (several indexers in one group share the partitions).
+    :param stream: the stream's row or name (:data:`pipeline.contracts.streams.STREAMS`); a
+        plain ``Indexer`` is named after it (``indexer``, ``news_indexer``...).
+    :param topic: the topic (default: the stream's).
+    :param dlq_topic: where rejected messages go (default: the stream's).
+    :param group_id: consumer group (default: the stream's; several indexers in one group
+        share the partitions).
     :param bounds: instead of a group, read ``topic``'s partitions from these offsets
         ``{partition: first}`` and store only the records in ``ledger`` (a backfill's own
         producer), finishing once that producer is done and all its records are handled.
@@ -69,9 +77,8 @@ class Indexer(Worker):
     """
 
     kind = "indexer"
-    #: The stream's message contract and its store write: the one pair a subclass for another
-    #: stream changes (pipeline/news_stream.py). ``parse_message`` raises InvalidBar (or a
-    #: subclass, whose class name starts the DLQ reason) for a message at fault.
+    #: The stream's message contract (its row's ``parse``, set per instance): raises InvalidBar
+    #: (or a subclass, whose class name starts the DLQ reason) for a message at fault.
     parse_message = staticmethod(parse_bar)
     #: A record with no value is skipped instead of dead-lettered (an upsert stream's
     #: tombstone, pipeline/flink/stream.py).
@@ -79,17 +86,21 @@ class Indexer(Worker):
     counter_names = ("consumed", "stored", "rejected", "store_retries", "commit_failures")
     rate_counter = "consumed"
 
-    def __init__(self, store, bootstrap: str, topic: str = BARS_TOPIC,
-                 dlq_topic: str = DLQ_TOPIC, group_id: str = DEFAULT_GROUP,
+    def __init__(self, store, bootstrap: str, topic: str | None = None,
+                 dlq_topic: str | None = None, group_id: str | None = None,
                  client_kwargs: dict | None = None, batch_max: int = 5000,
                  mode: str = "thread", max_backoff_s: float = 10.0,
                  stall_after_s: float = 15.0, bounds: dict[int, int] | None = None,
-                 ledger=None):
+                 ledger=None, stream: Stream | str = BARS):
+        self.stream = stream_row(stream)
+        if type(self) is Indexer:  # a subclass (the Flink job's candles) names itself
+            self.kind = self.stream.indexer
+        self.parse_message = self.stream.parse
         super().__init__(store=store, mode=mode)
         self.bootstrap = bootstrap
-        self.topic = topic
-        self.dlq_topic = dlq_topic
-        self.group_id = group_id if bounds is None else None
+        self.topic = topic or self.stream.topic
+        self.dlq_topic = dlq_topic or self.stream.dlq_topic
+        self.group_id = (group_id or self.stream.group) if bounds is None else None
         self.client_kwargs = client_kwargs or {}
         self.batch_max = batch_max
         self.max_backoff_s = max_backoff_s
@@ -107,8 +118,8 @@ class Indexer(Worker):
         self._last_orphan_check = 0.0
         #: bounded reads: records read before the producer saw their ack, per partition
         self._waiting: dict[Any, list] = {}
-        self._topic_watch = TopicWatch(self, topic)
-        #: key, time and correction rules of bars (pipeline/bar_rules.py); not for other streams
+        self._topic_watch = TopicWatch(self, self.topic)
+        #: key, time and correction rules of bars (pipeline/workers/bar_rules.py); not for other streams
         self.rules = BarRules(store) if self.parse_message is parse_bar else None
 
     def describe(self) -> str:
@@ -290,7 +301,7 @@ class Indexer(Worker):
         return result.accepted, rejects
 
     def upsert(self, records: list[Any]):
-        return self.store.upsert_bars(records)
+        return getattr(self.store, self.stream.store_write)(records)
 
     # ---- bounded reads (backfill) --------------------------------------------------------
     def _assign_bounds(self, consumer) -> None:

@@ -161,42 +161,39 @@ class Runtime:
             self.workers[name] = wt
             return wt
 
-    def start_indexer(self) -> WorkerThread:
+    def start_indexer(self, stream: str = "bars") -> WorkerThread:
+        """The indexer of a stream of the stream table (worker ``indexer``, ``news_indexer``…)."""
+        from pipeline.contracts.streams import stream as stream_row
         from pipeline.workers.indexer import Indexer
 
-        kw = self.config.kafka_client_kwargs()
-        return self.start_worker("indexer", lambda b: Indexer(self.store, b, client_kwargs=kw))
+        row, kw = stream_row(stream), self.config.kafka_client_kwargs()
+        return self.start_worker(row.indexer, lambda b: Indexer(self.store, b, stream=row,
+                                                                client_kwargs=kw))
 
     def start_simulator(self, spec: SimulatorSpec | None = None) -> WorkerThread:
+        from pipeline.sources.catalog import SourceRequest, build as build_source
         from pipeline.workers.producer import Producer
-        from pipeline.sources.simulator import MarketSimulator, SimulatorParams
 
         spec = spec or SimulatorSpec()
         self.simulator_spec = spec  # the page describes the simulated news from it
 
         news = None
         if spec.news_rate > 0:
-            from pipeline.workers.news_stream import NewsQueue
+            from pipeline.workers.stream_producer import NewsQueue
 
             # One queue per runtime: a restarted simulator feeds the running news producer.
             if getattr(self, "news_queue", None) is None:
                 self.news_queue = NewsQueue()
             news = self.news_queue
-            self.start_news_indexer()
-            self.start_news_producer(news.batches, "simulated news")
+            self.start_indexer("news")
+            self.start_stream_producer("news", news.batches, "simulated news")
 
-        def simulator(resume, fast_bars: int = 0) -> MarketSimulator:
-            kwargs = dict(
-                symbols=spec.symbols, interval=spec.interval, seed=spec.seed, bars=spec.bars,
-                speed=spec.speed, params=SimulatorParams(**spec.params), resume=resume,
-                fast_bars=fast_bars,
-            )
-            if news is None:
-                return MarketSimulator(**kwargs)
-            from pipeline.sources.news_simulator import NewsMarketSimulator
-
-            return NewsMarketSimulator(news_rate=spec.news_rate, news_impact=spec.news_impact,
-                                       on_news=news.put, **kwargs)
+        def simulator(resume, fast_bars: int = 0):  # the catalog's simulator
+            return build_source("simulator", self.config, SourceRequest(
+                list(spec.symbols), spec.interval, options=dict(
+                    seed=spec.seed, bars=spec.bars, speed=spec.speed, params=spec.params,
+                    resume=resume, fast_bars=fast_bars, news_rate=spec.news_rate,
+                    news_impact=spec.news_impact, on_news=news.put if news else None)))
 
         def factory(bootstrap: str) -> Worker:
             source = simulator(resume_points(self.store, spec.symbols, spec.interval),
@@ -216,13 +213,6 @@ class Runtime:
         return self.start_worker("producer", lambda b: Producer(
             source, b, client_kwargs=self.config.kafka_client_kwargs(), store=self.store, live=live))
 
-    def start_news_indexer(self) -> WorkerThread:
-        from pipeline.workers.news_stream import NewsIndexer
-
-        kw = self.config.kafka_client_kwargs()
-        return self.start_worker("news_indexer",
-                                 lambda b: NewsIndexer(self.store, b, client_kwargs=kw))
-
     def start_flink_indexer(self) -> WorkerThread:
         """Store the Flink job's candles (finance-data.flink), a row like any stream's."""
         from pipeline.flink.stream import FlinkIndexer
@@ -231,14 +221,17 @@ class Runtime:
         return self.start_worker("flink_indexer",
                                  lambda b: FlinkIndexer(self.store, b, client_kwargs=kw))
 
-    def start_news_producer(self, feed, description: str,
-                            name: str = "news_producer") -> WorkerThread:
-        """Publish ``feed`` (see :class:`pipeline.workers.news_stream.NewsProducer`) to finance-news."""
-        from pipeline.workers.news_stream import NewsProducer
+    def start_stream_producer(self, stream: str, feed, description: str,
+                              name: str | None = None) -> WorkerThread:
+        """Publish ``feed`` to a stream's topic (:class:`pipeline.workers.stream_producer.
+        StreamProducer`) as worker ``name`` (default: the stream's producer kind)."""
+        from pipeline.contracts.streams import stream as stream_row
+        from pipeline.workers.stream_producer import StreamProducer
 
-        return self.start_worker(name, lambda b: NewsProducer(
-            feed, b, description=description, client_kwargs=self.config.kafka_client_kwargs(),
-            store=self.store))
+        row = stream_row(stream)
+        return self.start_worker(name or row.producer, lambda b: StreamProducer(
+            row, feed, b, description=description,
+            client_kwargs=self.config.kafka_client_kwargs(), store=self.store))
 
     def start_news_feed(self, name: str, source: Any) -> WorkerThread:
         """Run a news source (``items(stop)``, ``describe()``, ``stats()``: Alpha Vantage news,
@@ -250,9 +243,9 @@ class Runtime:
             if self.is_running(name):
                 raise ValueError(f"the {NEWS_FEEDS[name].lower()} is already running; stop "
                                  "it first")
-            self.start_news_indexer()
+            self.start_indexer("news")
             self.news_sources[name] = source
-            return self.start_news_producer(source.items, source.describe(), name=name)
+            return self.start_stream_producer("news", source.items, source.describe(), name=name)
 
     def start_alphavantage_news(self, symbols, *, live: bool, api_key=None,
                                 time_from: int | None = None, time_to: int | None = None,
@@ -282,23 +275,19 @@ class Runtime:
         """Alpha Vantage OVERVIEW snapshots → finance-fundamentals → store (workers
         ``fundamentals`` and ``fundamentals_indexer``); one snapshot per symbol, again every
         ``poll_seconds`` when ``live``. Shares the Alpha Vantage news budget."""
-        from pipeline.workers.fundamentals_stream import FundamentalsIndexer, FundamentalsProducer
         from pipeline.sources.alphavantage_overview import AlphaVantageOverview
 
         source = AlphaVantageOverview(
             symbols, api_key=api_key or self.config.alphavantage_api_key,
             base_url=self.config.alphavantage_base_url, mode="live" if live else "once",
             poll_seconds=poll_seconds, budget=self.alphavantage_budget())
-        kw = self.config.kafka_client_kwargs()
         with self._lock:
             if self.is_running("fundamentals"):
                 raise ValueError("the fundamentals feed is already running; stop it first")
-            self.start_worker("fundamentals_indexer",
-                              lambda b: FundamentalsIndexer(self.store, b, client_kwargs=kw))
+            self.start_indexer("fundamentals")
             self.news_sources["fundamentals"] = source
-            return self.start_worker("fundamentals", lambda b: FundamentalsProducer(
-                source.items, b, description=source.describe(), client_kwargs=kw,
-                store=self.store))
+            return self.start_stream_producer("fundamentals", source.items, source.describe(),
+                                              name="fundamentals")
 
     def alphavantage_budget(self):
         """One request budget (free tier: 5 a minute, 25 a day) for this runtime's Alpha

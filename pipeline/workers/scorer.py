@@ -23,13 +23,12 @@ from typing import Any
 from models.live.step import ScoringStep, SeriesBars
 from models.retrain_policy import RetrainPolicy
 from pipeline.workers.bar_rules import SeriesClock, stored_last
-from pipeline.contracts.fundamentals import FUNDAMENTALS_TOPIC
 from pipeline.workers.kafka_clients import fresh_fetch, make_consumer, undecodable, unreadable_reason
-from pipeline.contracts.news import NEWS_TOPIC
 from pipeline.workers.prediction_feed import PredictionFeed
 from pipeline.contracts.schema import (
     BARS_TOPIC, PREDICTIONS_TOPIC, Bar, InvalidBar, key_problem, parse_bar, prediction_values,
 )
+from pipeline.contracts.streams import with_provider
 from pipeline.store.base import now_ms
 from pipeline.workers.worker import Worker
 
@@ -53,8 +52,10 @@ class Scorer(Worker):
     latency_window
         Predictions in the latency percentiles.
     policy, adapt, train_default, bootstrap_check_s, error_window, model_refresh_s,
-    store_catchup_s, news_topic, fundamentals_topic, retrain_in
+    store_catchup_s, retrain_in
         The scoring step's (:class:`models.live.step.ScoringStep`, documented there).
+    stream_topics
+        ``{stream: topic or None}`` (streams with a live provider); left out: its own topic.
     """
 
     kind = "scorer"
@@ -77,8 +78,7 @@ class Scorer(Worker):
                  error_window: int = 200,
                  model_refresh_s: float = 2.0, bootstrap_check_s: float = 5.0,
                  store_catchup_s: float = 3.0, max_backoff_s: float = 10.0,
-                 news_topic: str | None = NEWS_TOPIC,
-                 fundamentals_topic: str | None = FUNDAMENTALS_TOPIC,
+                 stream_topics: dict[str, str | None] | None = None,
                  retrain_in: str = "process"):
         super().__init__(store=store, mode=mode)
         self.bootstrap, self.topic, self.group_id = bootstrap, topic, group_id
@@ -91,12 +91,12 @@ class Scorer(Worker):
             store, self.policy, count=self.count, error=self.error, worker_id=self.worker_id,
             adapt=adapt, train_default=train_default, bootstrap_check_s=bootstrap_check_s,
             retrain_in=retrain_in, error_window=error_window, model_refresh_s=model_refresh_s,
-            store_catchup_s=store_catchup_s, news_topic=news_topic,
-            fundamentals_topic=fundamentals_topic, latency_window=latency_window)
+            store_catchup_s=store_catchup_s, latency_window=latency_window, stream_topics={
+                **{row.name: row.topic for row in with_provider()}, **(stream_topics or {})})
         step = self.step  # its parts, by their old names (tests and tools read them):
         self.scheduler, self.series, self.extras = step.scheduler, step.series, step.extras
         self.champions, self.arena = step.champions, step.arena
-        self.clock = SeriesClock(stored_last(store))  # the time rule (pipeline/bar_rules.py)
+        self.clock = SeriesClock(stored_last(store))  # the time rule (pipeline/workers/bar_rules.py)
         self._last_gauges = self._last_error_gauge = 0.0
         self._frozen_for: tuple | None = None  # the champions at the last heap freeze
         self._unpublished: list[tuple[str, tuple]] = []  # stored, not handed to the feed yet
@@ -251,7 +251,7 @@ class Scorer(Worker):
         parsed: list[tuple[Bar, int | None]] = []
         n = 0
         extra = [tp for tp in batch if tp.topic != self.topic]
-        for tp in extra:  # the poll's news before its bars (models/live_news.py: ordering)
+        for tp in extra:  # the poll's news before its bars (models/live/news.py: ordering)
             self.step.extras.handle(batch[tp])
         for tp, msgs in batch.items():
             if tp.topic != self.topic:
@@ -267,7 +267,7 @@ class Scorer(Worker):
                     continue
                 produced = msg.timestamp if msg.timestamp and msg.timestamp > 0 else None
                 parsed.append((bar, produced))
-        screen = self.clock.screen([bar for bar, _ in parsed])  # pipeline/bar_rules.py
+        screen = self.clock.screen([bar for bar, _ in parsed])  # pipeline/workers/bar_rules.py
         self.clock.commit(screen)
         self.count("suspect", len(screen.suspects))
         for i, (bar, produced) in enumerate(parsed):

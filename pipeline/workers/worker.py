@@ -22,7 +22,7 @@ from typing import Any
 # worker id); the worker reads it with its heartbeat and stops as on Ctrl-C.
 from pipeline.store.base import STOP_REQUESTS
 
-# Re-exported for callers of old; pipeline/heartbeats.py is their home.
+# Re-exported for callers of old; pipeline/workers/heartbeats.py is their home.
 from pipeline.workers.heartbeats import KafkaHeartbeats, latest_heartbeats  # noqa: F401
 
 log = logging.getLogger(__name__)

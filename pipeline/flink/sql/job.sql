@@ -41,7 +41,7 @@ CREATE TABLE news_raw (
 )
 ;
 -- ---- sinks ----------------------------------------------------------------------------------
--- Candles in the bar schema (pipeline/schema.py), keyed by the bar id symbol|interval|ts: a
+-- Candles in the bar schema (pipeline/contracts/schema.py), keyed by the bar id symbol|interval|ts: a
 -- window updated by a late bar is written again under the same key and the indexer overwrites.
 CREATE TABLE candles (
   id STRING,
@@ -65,7 +65,7 @@ CREATE TABLE candles (
 )
 ;
 -- Each 1m bar with the news published before its close: the feature group's as-of rule
--- (models/sentiment.py), news_count_10 and sent_mean_10.
+-- (models/features/sentiment.py), news_count_10 and sent_mean_10.
 CREATE TABLE bar_sentiment (
   id STRING,
   symbol STRING,
@@ -84,7 +84,7 @@ CREATE TABLE bar_sentiment (
   'value.fields-include' = 'EXCEPT_KEY'
 )
 ;
--- Dead letters in the indexer's format (pipeline/dead_letters.py): the original bytes as the
+-- Dead letters in the indexer's format (pipeline/workers/dead_letters.py): the original bytes as the
 -- value, the reason and the origin in headers.
 CREATE TABLE dead_letters (
   message STRING,
@@ -174,7 +174,7 @@ SELECT message, `partition`, `offset`, rt, symbol, ts, score, rel, nid,
   END AS reason
 FROM (
   SELECT message, `partition`, `offset`, rt, symbol, ts, score, rel,
-    -- pipeline/news.py: news_id, so a replayed item is one item
+    -- pipeline/contracts/news.py: news_id, so a replayed item is one item
     'news-' || SHA1(CASE WHEN COALESCE(url, '') <> '' THEN CONCAT_WS(CHR(31), symbol, src, url)
                          ELSE CONCAT_WS(CHR(31), symbol, src, CAST(ts AS STRING), title) END) AS nid,
     src, title

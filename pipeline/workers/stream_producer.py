@@ -1,14 +1,17 @@
-"""The ``finance-news`` stream's workers: a producer of news items and their indexer.
+"""The producer of the item streams (news, fundamentals: every row of the stream table but the
+bars, whose :class:`~pipeline.workers.producer.Producer` runs a bar source), and the news
+simulator's hand-over queue.
 
-:class:`NewsIndexer` is the bar :class:`~pipeline.workers.indexer.Indexer` with the news contract
-(:func:`pipeline.contracts.news.parse_news`) and the news write (``store.upsert_news``): the same
-batching, dead-letter rules (once per offset, bisecting a failed write, message vs store
-fault) and commit-after-write, on ``finance-news`` with ``finance-news.dlq``.
+:class:`StreamProducer` publishes batches of a stream's records from a *feed*, a callable
+``feed(stop) -> iterator of lists of records``: ``AlphaVantageNews(...).items``,
+``AlphaVantageOverview(...).items`` or :meth:`NewsQueue.batches` (which the news simulator
+fills through its ``on_news`` hook while the bar producer runs it). Key = symbol, value = the
+record's JSON. Their indexer is the one :class:`~pipeline.workers.indexer.Indexer` with the
+stream's row (:mod:`pipeline.contracts.streams`).
 
-:class:`NewsProducer` publishes batches of :class:`~pipeline.contracts.news.NewsItem` from a *feed*, a
-callable ``feed(stop) -> iterator of lists of items``: ``AlphaVantageNews(...).items`` or
-:meth:`NewsQueue.batches` (which the news simulator fills through its ``on_news`` hook while
-the bar producer runs it). Key = symbol, value = the item's JSON.
+Why every stream has a topic of its own rather than a direct write: a record is part of the
+log, so a store rebuilt by replay has the same news and fundamentals, and the live scorer
+follows them (subscribe, update its provider) instead of polling the store.
 """
 from __future__ import annotations
 
@@ -17,49 +20,38 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from pipeline.workers.indexer import Indexer
-from pipeline.contracts.news import NEWS_DLQ_TOPIC, NEWS_TOPIC, NewsItem, parse_news
+from pipeline.contracts.news import NewsItem
+from pipeline.contracts.streams import Stream, stream as stream_row
 from pipeline.workers.producer import make_kafka_producer
 from pipeline.sources.base import SourceError
 from pipeline.workers.worker import SourceWatch, Worker
 
-NewsFeed = Callable[[threading.Event], Iterator[list[NewsItem]]]
-NEWS_GROUP = "kappalab-news-indexer"
+Feed = Callable[[threading.Event], Iterator[list[Any]]]
 
 
-class NewsIndexer(Indexer):
-    """Consume ``finance-news`` into the store (see the module docstring)."""
+class StreamProducer(Worker):
+    """Publish a feed of one stream's records (news items, fundamentals snapshots) to its topic.
 
-    kind = "news_indexer"
-    parse_message = staticmethod(parse_news)
-
-    def __init__(self, store, bootstrap: str, topic: str = NEWS_TOPIC,
-                 dlq_topic: str = NEWS_DLQ_TOPIC, group_id: str = NEWS_GROUP, **kwargs: Any):
-        super().__init__(store, bootstrap, topic=topic, dlq_topic=dlq_topic,
-                         group_id=group_id, **kwargs)
-
-    def upsert(self, records: list[Any]):
-        return self.store.upsert_news(records)
-
-
-class NewsProducer(Worker):
-    """Publish a news feed to ``finance-news``.
-
-    :param feed: ``feed(stop)`` yields lists of news items until done or stopped.
+    :param stream: the stream's row or name (:data:`pipeline.contracts.streams.STREAMS`); the
+        worker's kind is the row's ``producer`` (``news_producer``...).
+    :param feed: ``feed(stop)`` yields lists of records until done or stopped; a record has
+        ``symbol``, ``ts`` and ``to_json()``.
+    :param topic: default: the stream's.
     :param description: shown on the Pipeline page.
     """
 
-    kind = "news_producer"
     counter_names = ("produced", "send_errors")
     rate_counter = "produced"
 
-    def __init__(self, feed: NewsFeed, bootstrap: str, topic: str = NEWS_TOPIC,
-                 description: str = "news", client_kwargs: dict | None = None,
-                 mode: str = "thread", store=None):
+    def __init__(self, stream: Stream | str, feed: Feed, bootstrap: str,
+                 topic: str | None = None, description: str = "news",
+                 client_kwargs: dict | None = None, mode: str = "thread", store=None):
+        self.stream = stream_row(stream)
+        self.kind = self.stream.producer
         super().__init__(store=store, mode=mode)
         self.feed = feed
         self.bootstrap = bootstrap
-        self.topic = topic
+        self.topic = topic or self.stream.topic
         self.description = description
         self.client_kwargs = client_kwargs or {}
 
@@ -104,7 +96,7 @@ class NewsProducer(Worker):
 
 class NewsQueue:
     """A hand-over point between a source that publishes items (``put``, e.g. the news
-    simulator's ``on_news``) and a :class:`NewsProducer` (``batches`` is its feed)."""
+    simulator's ``on_news``) and a news :class:`StreamProducer` (``batches`` is its feed)."""
 
     def __init__(self, maxsize: int = 100_000):
         self._queue: queue.Queue[NewsItem | None] = queue.Queue(maxsize)
