@@ -34,7 +34,7 @@ import streamlit as st
 LIVE_REFRESH_S = 1.0
 #: Sessions asking "anything new?" within this many seconds of each other share one answer
 #: (:meth:`SharedViews.recent`): N open pages cost a few store lookups a second, not N.
-VERSION_MAX_AGE_S = 0.2
+VERSION_MAX_AGE_S = 0.1
 #: A browser asking for its refreshes more than this many periods apart is late (starved of
 #: CPU): it keeps the chart it has for HOLD_GAPS of its gaps (at most HOLD_MAX_S seconds)
 #: instead of getting a new one on each refresh (:func:`late_browser_keeps`).

@@ -108,7 +108,7 @@ def live_panel() -> None:
         _show(shown)  # a late (starved) browser finishes drawing the chart it has
         return
     # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes,
-    # asked once for all the sessions refreshing within the same 0.2 s.
+    # asked once for all the sessions refreshing within the same 0.1 s.
     marker = shared_views().recent(
         ("live", store.describe(), symbol, interval, show_pred),
         lambda: (*feed.marker(symbol, interval),  # its newest ts and revision (corrections)

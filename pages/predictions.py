@@ -109,7 +109,7 @@ def live_panel() -> None:
     # One build per server per view and store version, shared by every session
     # (dashboard/shared_views.py): the version is the newest prediction and bar of the series
     # and the number of retraining decisions (the charts mark them), asked once for all the
-    # sessions refreshing within the same 0.2 s.
+    # sessions refreshing within the same 0.1 s.
     view = ("predictions", store.describe(), current_theme(), symbol, interval, n_points, window)
     shown = st.session_state.get("pr_shown")
     if late_browser_keeps("pr", PANEL_REFRESH_S) and shown and shown[0] == view:

@@ -74,3 +74,17 @@ def test_the_scorer_builds_one_provider_per_row_with_a_provider(sqlite_store):
     assert news_off.extras.topics == [r.topic for r in with_provider() if r.name != "news"]
     with pytest.raises(ValueError, match="no live feature provider"):
         stream("bars").provider_class()
+
+
+def test_module_name_references_import_or_say_why():
+    """The one ``module:Name`` import (contracts/imports.py) the stream table, the source
+    catalog and the store registry share."""
+    from pipeline.contracts.imports import import_object
+    from pipeline.store.sqlite import SqliteStore
+
+    assert import_object("pipeline.store.sqlite:SqliteStore") is SqliteStore
+    for bad in ("pipeline.store.sqlite", "pipeline.store.sqlite:", ":SqliteStore"):
+        with pytest.raises(ValueError, match="is not a 'module:Name' reference"):
+            import_object(bad)
+    with pytest.raises(AttributeError):
+        import_object("pipeline.store.sqlite:NoSuchStore")
