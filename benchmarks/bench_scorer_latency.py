@@ -3,7 +3,7 @@
     python benchmarks/bench_scorer_latency.py [--symbols 50,500] [--seconds 60] [--retrain-every 1000]
                                               [--retrain-in process|thread] [--processes]
                                               [--profile [--profile-out FILE]]
-                                              [--shadows 0,3]
+                                              [--shadows 0,3] [--raw-beside]
 
 Everything real and in one process, as the dashboard runs it: the embedded broker (TCP on
 loopback; the broker itself is its own binary), the simulator producing ``--symbols`` symbols with one 1m bar per second each (after
@@ -32,13 +32,25 @@ with the live producer's settings, and a consumer with the scorer's fetch settin
 process, does only ``json.loads`` + one SQLite insert per poll. Its latency (record timestamp →
 insert) is what kafka-python itself costs for that burst on this machine; the pipeline's figures
 are also given as a ratio of it (``p99_vs_raw``), which is fairer than absolute milliseconds on
-a shared machine.
+a shared machine. (The raw job itself: ``benchmarks/raw_kafka.py``.)
+
+``--raw-beside`` (with ``--processes``) also runs that raw job as an OS process of its own
+beside the scorer during the measured window, on the pipeline's own bars topic in a group of
+its own: the same bars at the same moments under the same machine load, its process CPU
+measured like the scorer's. A floor measured before the run sees a quieter machine (no
+producer, indexer, scorer or retrain child running), and CPU time per unit of work grows with
+the load on this 2-core VM, so this is the like-for-like baseline for the targets.
 
 Prints ONE JSON line: ``runs``, one entry per symbol count, each with
 - ``raw_floor_ms``: p50/p95/p99/max of the raw client floor above; ``raw_cpu_ms_per_bar``:
-  its consuming thread's CPU per bar;
+  its consuming thread's CPU per bar; ``raw_client_cpu_ms_per_bar``: that thread plus the
+  consumer's own I/O thread (kafka-python 3 does its network I/O there);
+- ``raw_beside`` (``--raw-beside``): the beside process's ``latency_ms`` for the bars produced
+  in the window and its process ``cpu_ms_per_bar``; ``cpu_vs_raw_beside``,
+  ``p99_vs_raw_beside``;
 - ``scorer_cpu_ms_per_bar`` (``--processes`` only): the scorer process's own CPU over the
-  window per prediction (its retrain child not included), and ``cpu_vs_raw``;
+  window per prediction (its retrain child not included), and ``cpu_vs_raw`` (against the
+  consuming thread alone), ``cpu_vs_raw_client`` (against thread + I/O thread);
 - ``latency_ms``: p50/p95/p99/max of ``latency_ms`` stored with each prediction made in the
   window (Kafka record timestamp of the bar → the moment the prediction batch went to the store);
 - ``latency_acked_ms``: the scorer's own gauge, to the store's acknowledgement (last 2,000);
@@ -53,7 +65,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -61,18 +72,18 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.adaptation import RetrainPolicy  # noqa: E402
 from benchmarks.app_server import proc_cpu_s  # noqa: E402
+from benchmarks.raw_kafka import RawBeside, percentiles, raw_child, raw_floor  # noqa: E402
 from models.registry import get_champion  # noqa: E402
 from pipeline.workers.broker import EmbeddedBroker  # noqa: E402
 from pipeline.workers.indexer import Indexer  # noqa: E402
 from pipeline.workers.producer import Producer  # noqa: E402
 from pipeline.workers.runtime import quiet_kafka_logs  # noqa: E402
 from pipeline.workers.scorer import Scorer  # noqa: E402
+from pipeline.contracts.schema import BARS_TOPIC  # noqa: E402
 from pipeline.sources.simulator import MarketSimulator  # noqa: E402
 from pipeline.store.sqlite import SqliteStore  # noqa: E402
 from pipeline.workers.worker import WorkerThread  # noqa: E402
@@ -101,13 +112,23 @@ def main() -> int:
                     help="where the scorer trains (default: a child process of its own)")
     ap.add_argument("--shadows", default="0",
                     help="shadow models scored beside the champion, e.g. 0,3 (one run each)")
+    ap.add_argument("--raw-beside", action="store_true",
+                    help="with --processes: also run the raw kafka-python job as a process of "
+                         "its own on the pipeline's bars, beside the scorer, in the measured "
+                         "window (benchmarks/raw_kafka.py)")
     ap.add_argument("--scorer-child", nargs=2, metavar=("DB", "BOOTSTRAP"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--raw-child", nargs=3, metavar=("BOOTSTRAP", "TOPIC", "OUT"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.scorer_child:
         return scorer_child(*args.scorer_child, args.retrain_every, args.retrain_in)
+    if args.raw_child:
+        return raw_child(*args.raw_child)
     if args.processes and args.profile:
         ap.error("--profile profiles the scorer thread of this process; leave out --processes")
+    if args.raw_beside and not args.processes:
+        ap.error("--raw-beside compares two processes: add --processes")
     quiet_kafka_logs()
     runs = []
     for n in [int(x) for x in str(args.symbols).split(",") if x.strip()]:
@@ -131,14 +152,14 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
     info = broker.start(reuse=False)
     symbols = [f"S{i:03d}" for i in range(n_symbols)]
     workers: list[WorkerThread] = []
-    child = None
-    raw = raw_cpu = None
+    child = beside = None
+    raw = raw_cpu = raw_client_cpu = None
     try:
         if args.raw_seconds > 0:
             print(f"raw client floor, {n_symbols} bars a second, {args.raw_seconds:g} s",
                   file=sys.stderr, flush=True)
-            raw, raw_cpu = raw_floor(info.bootstrap, work / "raw.sqlite", symbols,
-                                     args.raw_seconds)
+            raw, raw_cpu, raw_client_cpu = raw_floor(info.bootstrap, work / "raw.sqlite",
+                                                     symbols, args.raw_seconds)
         indexer = WorkerThread(Indexer(store, info.bootstrap, group_id="bench-indexer")).start()
         workers.append(indexer)
         measuring = threading.Event()
@@ -158,6 +179,10 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
             workers.append(WorkerThread(scorer_w).start())
             scorer_stats = lambda: scorer_w.stats(history=False)  # noqa: E731
         _wait(lambda: "lag" in scorer_stats()["gauges"], 90, "scorer join")
+        if args.raw_beside:
+            beside = RawBeside(Path(__file__).resolve(), info.bootstrap, BARS_TOPIC,
+                               work / "raw-beside.json")
+            _wait(beside.joined, 90, "the raw consumer process to join")
         source = MarketSimulator(symbols=symbols, interval="1m", seed=7, speed=60.0,
                                  fast_bars=args.warmup_bars)
         producer = WorkerThread(Producer(source, info.bootstrap, store=store, live=True)).start()
@@ -179,17 +204,22 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
         print(f"measuring {n_symbols} symbols for {args.seconds:g} s (pid "
               f"{child.pid if child else os.getpid()})", file=sys.stderr, flush=True)
         cpu0 = proc_cpu_s(child.pid) if child else None
+        if beside is not None:
+            beside.start()
         measuring.set()
         time.sleep(args.seconds)
         measuring.clear()
         t1 = int(time.time() * 1000)
         cpu_s = proc_cpu_s(child.pid) - cpu0 if child else None
+        beside_cpu_s = beside.cpu_s() if beside is not None else None
         if child is not None:
             time.sleep(2.5)  # one more heartbeat
         snap = scorer_stats()
         if profile is not None:
             profile()
     finally:
+        if beside is not None:
+            beside.stop()
         if child is not None:
             _stop_child(child)
         for wt in reversed(workers):
@@ -206,14 +236,15 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
         "bars_per_s_offered": n_symbols,
         "predictions": int(len(window)),
         "predictions_per_s": round(len(window) / ((t1 - t0) / 1000), 1),
-        "latency_ms": _percentiles(lat),
+        "latency_ms": percentiles(lat),
         "raw_floor_ms": raw,
-        "p99_vs_raw": (round(_percentiles(lat)["p99"] / raw["p99"], 2)
+        "p99_vs_raw": (round(percentiles(lat)["p99"] / raw["p99"], 2)
                        if raw and raw["p99"] and len(lat) else None),
         "latency_acked_ms": snap["gauges"].get("latency_ms"),
         # CPU per bar: the raw consumer's thread (poll + json + insert) and, with --processes,
         # the scorer process's own CPU over the window (its retrain child not included)
         "raw_cpu_ms_per_bar": raw_cpu,
+        "raw_client_cpu_ms_per_bar": raw_client_cpu,  # + the consumer's own I/O thread
         "scorer_cpu_ms_per_bar": (round(cpu_s * 1000 / len(window), 3)
                                   if cpu_s is not None and len(window) else None),
         "retrain_events": len(events),
@@ -226,6 +257,14 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
         "shadows": shadows,
         "arena": {r.get("name"): r.get("scored") for r in snap["gauges"].get("arena") or []},
     }
+    if beside is not None:
+        rb = out["raw_beside"] = beside.window(t0, t1, beside_cpu_s)
+        if rb.get("cpu_ms_per_bar") and out["scorer_cpu_ms_per_bar"]:
+            out["cpu_vs_raw_beside"] = round(out["scorer_cpu_ms_per_bar"]
+                                             / rb["cpu_ms_per_bar"], 2)
+        if (rb.get("latency_ms") or {}).get("p99") and len(lat):
+            out["p99_vs_raw_beside"] = round(out["latency_ms"]["p99"]
+                                             / rb["latency_ms"]["p99"], 2)
     store.close()
     if args.keep:
         out["data_dir"] = str(work)
@@ -233,6 +272,8 @@ def run_once(args, n_symbols: int, shadows: int = 0) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     if raw_cpu and out["scorer_cpu_ms_per_bar"]:
         out["cpu_vs_raw"] = round(out["scorer_cpu_ms_per_bar"] / raw_cpu, 2)
+    if raw_client_cpu and out["scorer_cpu_ms_per_bar"]:
+        out["cpu_vs_raw_client"] = round(out["scorer_cpu_ms_per_bar"] / raw_client_cpu, 2)
     return out
 
 
@@ -247,71 +288,6 @@ def _enrol_shadows(store, k: int) -> None:
                 if key not in ("version_id", "status", "created_ms", "content_hash")}
         version = save_model_version(store, champion.model, {**meta, "name": f"shadow {i + 1}"})
         arena.enrol(store, version, reason="benchmark")
-
-
-def raw_floor(bootstrap: str, db: Path, symbols: list[str], seconds: float
-              ) -> tuple[dict, float | None]:
-    """kafka-python's own latency for the live feed's bursts: bar record timestamp → a plain
-    SQLite insert, with nothing of the pipeline in between (see the module docstring); and
-    the consuming thread's CPU ms per bar over the measured part."""
-    from kafka import KafkaConsumer
-
-    from pipeline.workers.producer import make_kafka_producer
-
-    topic = "bench-raw-floor"
-    stop = threading.Event()
-    producer = make_kafka_producer(bootstrap, live=True)
-    producer.send(topic, key=b"warm", value=b"{}").get(30)  # the topic exists before timing
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic,
-                             enable_auto_commit=False, auto_offset_reset="latest",
-                             max_poll_interval_ms=10_000, session_timeout_ms=10_000,
-                             heartbeat_interval_ms=1_000, max_poll_records=2000,
-                             fetch_max_wait_ms=Scorer.FETCH_WAIT_MS)
-    while not consumer.assignment():  # join the group before timing
-        consumer.poll(timeout_ms=100)
-    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE bars (symbol TEXT, ts INTEGER, close REAL, produced_ms INTEGER)")
-    source = MarketSimulator(symbols=symbols, interval="1m", seed=11, speed=60.0, fast_bars=0)
-
-    def produce() -> None:
-        for bar in source.bars(stop):  # one burst of len(symbols) bars a second
-            producer.send(topic, key=bar.symbol.encode(), value=bar.to_json())
-
-    sender = threading.Thread(target=produce, name="bench-raw-producer")
-    sender.start()
-    lat: list[float] = []
-    cpu0 = None
-    measure_from = time.time() + 2.0  # the first bursts settle the fetch sessions
-    t_end = measure_from + seconds
-    try:
-        while time.time() < t_end:
-            rows = []
-            for msgs in consumer.poll(timeout_ms=100, max_records=2000).values():
-                for m in msgs:
-                    d = json.loads(m.value)
-                    rows.append((d["symbol"], d["ts"], d["close"], m.timestamp))
-            if rows:
-                conn.execute("BEGIN")
-                conn.executemany("INSERT INTO bars VALUES (?,?,?,?)", rows)
-                conn.execute("COMMIT")
-                stored = time.time() * 1000
-                if time.time() >= measure_from:
-                    if cpu0 is None:  # from the end of the first measured batch
-                        cpu0 = time.thread_time()
-                    else:
-                        lat.extend(stored - r[3] for r in rows)
-                consumer.commit_async()
-    finally:
-        stop.set()
-        sender.join(30)
-        producer.close(timeout=10)
-        consumer.close()
-        conn.close()
-    cpu = (round((time.thread_time() - cpu0) * 1000 / len(lat), 3)
-           if cpu0 is not None and lat else None)
-    return _percentiles(np.asarray(lat, dtype="float64")), cpu
 
 
 def _bench_scorer(store, bootstrap: str, retrain_every: int, mode: str = "thread",
@@ -382,14 +358,6 @@ def _profile_run(worker, measuring: threading.Event, out: str | None = None):
 
     worker.tick = tick
     return report
-
-
-def _percentiles(x: np.ndarray) -> dict:
-    if not len(x):
-        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
-    p50, p95, p99 = np.percentile(x, [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1),
-            "p99": round(float(p99), 1), "max": round(float(x.max()), 1), "n": int(len(x))}
 
 
 def _held(cond, seconds: float):

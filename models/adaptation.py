@@ -300,8 +300,8 @@ def _waiting_reason(data: pd.DataFrame, policy: RetrainPolicy, per_symbol: int, 
     rows_need = (int(np.ceil(train_need / (1 - holdout_fraction))) if holdout_fraction
                  else train_need + policy.holdout_bars)
     more = max(0, rows_need - int(counts.min())) if len(counts) else rows_need
-    have = (f"{int(counts.min()):,}" if counts.min() == counts.max()
-            else f"{int(counts.min()):,} to {int(counts.max()):,}")
+    have = ("0" if not len(counts) else f"{int(counts.min()):,}" if counts.min() == counts.max()
+            else f"{int(counts.min()):,} to {int(counts.max()):,}")  # none: no symbol yet
     return (f"waiting for data: the {n_sym} symbol(s) have {have} rows with complete features "
             f"(stored bars minus the features' warm-up); the default model needs "
             f"{train_need:,} training rows per symbol after a holdout "

@@ -84,7 +84,11 @@ def stored_count(symbol: str, interval: str) -> int:
     return count + len(store.query_bars(symbol, interval, start_ms=newest + 1))
 
 
-@st.fragment(run_every=LIVE_REFRESH_S)
+#: While the store is empty, the check for the first bars runs this often (it is one count).
+WAITING_REFRESH_S = 0.25
+
+
+@st.fragment(run_every=LIVE_REFRESH_S if symbols else WAITING_REFRESH_S)
 def live_panel() -> None:
     if not symbols:
         count = store.count_bars()

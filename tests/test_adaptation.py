@@ -276,3 +276,13 @@ def test_waiting_reason_counts_what_is_stored(sqlite_store):
     assert f"have {rows} rows with complete features" in d.reason
     # 100 training rows per symbol after a 20 % holdout: 125 rows
     assert f"about {125 - rows} more bars per symbol" in d.reason
+
+
+def test_waiting_reason_with_no_complete_row_yet(sqlite_store):
+    """Bars stored, but fewer than the features' warm-up: no symbol has a complete row yet.
+    The scorer says it waits (it said "retrain failed: ValueError: cannot convert float NaN
+    to integer" at 500 symbols, in the first seconds of bench_scorer_latency.py)."""
+    fill(sqlite_store, 10)
+    d = train_default_model(sqlite_store, "1m")
+    assert d.waiting
+    assert "have 0 rows with complete features" in d.reason

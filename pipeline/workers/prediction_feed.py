@@ -51,13 +51,15 @@ class PredictionFeed:
         self.producer.close(timeout=5)
 
     def _run(self) -> None:
-        send, topic, on_error, dumps = self.producer.send, self.topic, self.on_error, json.dumps
+        send, topic, on_error = self.producer.send, self.topic, self.on_error
+        # one encoder for the thread: json.dumps(..., allow_nan=False) builds a new one a call
+        dumps = json.JSONEncoder(allow_nan=False).encode
         while (batch := self._queue.get()) is not None:
             for doc_id, values in batch:
                 try:
                     doc = dict(zip(PREDICTION_FIELDS, values))
                     doc["doc_id"] = doc_id
                     send(topic, key=doc["symbol"].encode(),
-                         value=dumps(doc, allow_nan=False).encode()).add_errback(on_error)
+                         value=dumps(doc).encode()).add_errback(on_error)
                 except Exception as exc:  # the store is the record; the topic is a feed
                     self.on_error(exc)
