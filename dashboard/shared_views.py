@@ -6,9 +6,8 @@ one chart ran N store queries and built N Plotly figures per new bar. :class:`Sh
 symbol, interval, candle size, range...), the last value built and the *version* of the store
 it was built from (for the Live page: the series' newest bar ts and newest prediction ts,
 looked up once for all the sessions refreshing within 0.1 s: :meth:`SharedViews.recent`).
-:meth:`SharedViews.get` returns the value
-built for ``(view, version)``, building it once: sessions asking while it is being built wait
-for that build instead of starting their own.
+:meth:`SharedViews.get` returns the value built for ``(view, version)``, building it once:
+sessions asking while it is being built wait for that build instead of starting their own.
 
 A session then re-emits the same (already built) elements. Streamlit sends an element whose
 serialized message is identical to one the browser already holds (≥ ``global.minCachedMessageSize``,
