@@ -158,8 +158,9 @@ def launch_chromium(playwright):
 def chart_last_ts(page) -> int | None:
     """The newest candle's time (epoch ms) of the page's candlestick chart, or None."""
     return page.evaluate("""() => {
-        const el = document.querySelector('.js-plotly-plot');
-        if (!el || !el.data) return null;
+        const el = Array.from(document.querySelectorAll('.js-plotly-plot')).find(
+            p => p.data && p.data.some(t => t.type === 'candlestick'));
+        if (!el) return null;
         const c = el.data.find(t => t.type === 'candlestick');
         if (!c || !c.x || !c.x.length) return null;
         const x = c.x[c.x.length - 1];
@@ -167,6 +168,15 @@ def chart_last_ts(page) -> int | None:
                              ? x.replace(' ', 'T') + 'Z' : x);
         return isNaN(t) ? null : t;
     }""")
+
+
+def is_preload(element) -> bool:
+    """True for the hidden chart a session's first run sends so the browser loads plotly.js
+    early (dashboard/early_start.py): not a chart of the page."""
+    from dashboard.early_start import PRELOAD_META
+
+    return (element.WhichOneof("type") == "plotly_chart"
+            and PRELOAD_META in element.plotly_chart.spec)
 
 
 def loadavg() -> float:
@@ -204,7 +214,8 @@ def session_first_render(port: int, until: str = "plotly_chart", timeout_s: floa
             if until == "script_finished" and kind == "script_finished":
                 return time.monotonic() - t0
             if (kind == "delta" and fwd.delta.HasField("new_element")
-                    and fwd.delta.new_element.WhichOneof("type") == until):
+                    and fwd.delta.new_element.WhichOneof("type") == until
+                    and not is_preload(fwd.delta.new_element)):
                 return time.monotonic() - t0
     raise TimeoutError(f"no {until} within {timeout_s} s")
 
@@ -286,7 +297,8 @@ class ProtocolViewer:
                         period, fragment = fwd.auto_rerun.interval, fwd.auto_rerun.fragment_id
                         next_rerun = time.monotonic() + period
                 elif (kind == "delta" and fwd.delta.HasField("new_element")
-                      and fwd.delta.new_element.WhichOneof("type") == "plotly_chart"):
+                      and fwd.delta.new_element.WhichOneof("type") == "plotly_chart"
+                      and not is_preload(fwd.delta.new_element)):
                     if self.first_chart_s is None:
                         self.first_chart_s = time.monotonic() - t0
                     spec = json.loads(fwd.delta.new_element.plotly_chart.spec)

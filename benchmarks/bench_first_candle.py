@@ -14,6 +14,15 @@ Times are seconds from the moment `streamlit run` is launched:
   the whole warm-up (1,500 bars per default symbol) more than it held at the launch;
 - ``chart_drawn``: the page's candlestick chart is drawn (Plotly's cartesian layer exists).
 
+Server-side marks (what the server did, apart from what the browser does with it), from the
+frames the page's websocket receives (loopback) and from ``/proc``:
+
+- ``pipeline_started``: the demo pipeline's child process was spawned (process mode);
+- ``script_started``: the first script run began (the server's ``new_session`` message);
+- ``chart_sent``: the first chart element with candles reached the page (a ``plotly_chart``
+  delta whose figure has a candlestick trace); ``chart_drawn - chart_sent`` is the browser's
+  own time (parsing, plotly.js, layout, drawing).
+
 Modes: ``process`` (the default: the pipeline in one child process), ``threads`` (the
 pipeline as threads of the server) and ``baseline`` (the app in ``--baseline-app``, e.g. an
 export of the code before a change, in threads mode, or ``--baseline-mode process``), measured in one run. Prints ONE JSON
@@ -33,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.app_server import (  # noqa: E402
-    CHART, ROOT, AppServer, launch_chromium, loadavg, store_figures,
+    CHART, CLK_TCK, ROOT, AppServer, descendants, launch_chromium, loadavg, store_figures,
 )
 from pipeline.workers.runtime import DEFAULT_DEMO  # noqa: E402
 
@@ -61,6 +70,44 @@ def watch_store(server: AppServer, marks: dict, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
+def watch_frames(server: AppServer, marks: dict):
+    """A page ``websocket`` handler noting ``script_started`` and ``chart_sent``."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    def on_frame(payload) -> None:
+        if isinstance(payload, str) or "chart_sent" in marks:
+            return
+        msg = ForwardMsg()
+        try:
+            msg.ParseFromString(payload)
+        except Exception:  # not a ForwardMsg: nothing to note
+            return
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":
+            marks.setdefault("script_started", server.since())
+        elif (kind == "delta" and msg.delta.HasField("new_element")
+              and msg.delta.new_element.WhichOneof("type") == "plotly_chart"):
+            data = json.loads(msg.delta.new_element.plotly_chart.spec).get("data") or []
+            if any(t.get("type") == "candlestick" and t.get("x") for t in data):
+                marks["chart_sent"] = server.since()
+
+    return lambda ws: ws.on("framereceived", on_frame)
+
+
+def pipeline_started(server: AppServer) -> float | None:
+    """Seconds from the launch to the spawn of the demo pipeline's child process (its start
+    time in /proc, on the same clock as ``time.monotonic`` on Linux), or None."""
+    for pid in descendants(server.proc.pid):
+        try:
+            if b"demo_process" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        except OSError:
+            continue  # ended meanwhile
+        return round(started / CLK_TCK - server.t0, 2)
+    return None
+
+
 def one_start(data_dir: Path, mode: str, browser, app_dir: Path = ROOT) -> dict:
     server = AppServer(data_dir, mode, app_dir)
     marks: dict = {}
@@ -70,18 +117,20 @@ def one_start(data_dir: Path, mode: str, browser, app_dir: Path = ROOT) -> dict:
     try:
         marks["port_open"] = server.wait_port()
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("websocket", watch_frames(server, marks))
         page.goto(server.url, wait_until="commit", timeout=60_000)
         page.wait_for_selector("h1:has-text('Live market')", timeout=90_000)
         marks["page_loaded"] = server.since()
         page.wait_for_selector(CHART, timeout=120_000)
         marks["chart_drawn"] = server.since()
+        marks["pipeline_started"] = pipeline_started(server)
         watcher.join(30)
         page.close()
     finally:
         stop.set()
         server.stop()
     order = ("port_open", "page_loaded", "broker_recorded", "first_bar_stored", "warmup_stored",
-             "chart_drawn")
+             "chart_drawn", "pipeline_started", "script_started", "chart_sent")
     return {k: marks.get(k) for k in order}
 
 

@@ -42,9 +42,10 @@ def autostart(rt: Runtime) -> str | None:
 
     Runs once per runtime (not per session). Skipped when workers of another process are
     already feeding this store (attach mode). With ``KAPPALAB_PIPELINE_MODE=process`` (the
-    default) they run in one supervised child process (pipeline/workers/demo_process.py) and this
-    returns at once; with ``threads``, as threads of this server, started here. Returns an
-    error sentence, or None.
+    default) they run in one supervised child process (pipeline/workers/demo_process.py,
+    which makes that check itself; maybe started already by dashboard/early_start.py) and
+    this returns at once; with ``threads``, as threads of this server, started here. Returns
+    an error sentence, or None.
     """
     if not autostart_enabled():
         return None
@@ -52,11 +53,13 @@ def autostart(rt: Runtime) -> str | None:
         if rt.autostart_done.is_set():
             return None
         rt.autostart_done.set()
-    if rt.attached_stats():
-        return None
     if rt.config.pipeline_mode == "process":
-        # Off the UI's interpreter: the pages see its workers by their heartbeats.
+        # Off the UI's interpreter: the pages see its workers by their heartbeats. Maybe
+        # started already by app.py (dashboard/early_start.py); the child itself stands down
+        # when workers of another process feed the store (attach mode).
         rt.start_pipeline_process()
+        return None
+    if rt.attached_stats():
         return None
     try:
         rt.ensure_broker()
@@ -73,7 +76,7 @@ def pipeline_process_note(rt: Runtime) -> tuple[str, str] | None:
     """(level, sentence) about the demo pipeline's child process for the sidebar, or None
     when this app started none."""
     proc = rt.pipeline_process
-    if proc is None:
+    if proc is None or proc.stood_down:  # none, or other workers feed the store (attach mode)
         return None
     if not proc.alive():
         return "error", (f"The demo pipeline process stopped: {proc.last_error}"

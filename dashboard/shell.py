@@ -29,6 +29,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dashboard.access import presenter_sidebar, startup_refusal, stop_if_refused
+from dashboard.early_start import defer_pipeline, preload_plotly
 from dashboard.plain_text import md_plain
 from dashboard.runtime import autostart, autostart_enabled, get_runtime, pipeline_process_note
 from dashboard.state import get_config, store_or_stop
@@ -64,12 +65,15 @@ def run_app() -> None:
     if startup_refusal():  # network mode without a presenter password: one sentence, nothing
         st.navigation(app_pages(), position="hidden")  # starts, no legacy page list either
         stop_if_refused()
+    preload_plotly()  # a session's first run: the browser loads plotly.js meanwhile
     store_or_stop()
     runtime = get_runtime()
+    # A restart draws the stored bars first; its pipeline starts after this run (early_start.py).
+    deferred = defer_pipeline(runtime)
     # The first load waits for the broker and the workers (seconds): say so, not a blank page.
-    starting = autostart_enabled() and not runtime.autostart_done.is_set()
+    starting = autostart_enabled() and not runtime.autostart_done.is_set() and not deferred
     with st.spinner(STARTING) if starting else nullcontext():
-        problem = autostart(runtime)
+        problem = None if deferred else autostart(runtime)
     if problem:
         st.session_state["autostart_error"] = problem
 
@@ -100,6 +104,8 @@ def run_app() -> None:
         page.run()
     finally:
         _in_shell.reset(token)
+        if deferred:
+            autostart(runtime)  # process mode: returns at once (a failure shows in the sidebar)
 
 
 def enter_page() -> None:

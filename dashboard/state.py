@@ -5,11 +5,15 @@ error and stops the page instead of a traceback).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from dashboard.plain_text import md_plain
 from pipeline.contracts.config import Config, load_config
-from pipeline.store import Store, StoreUnavailable, open_store
+
+if TYPE_CHECKING:  # the store (pandas) is imported by its first use, not by this module:
+    from pipeline.store import Store  # app.py starts the pipeline before (early_start.py)
 
 
 def get_config() -> Config:
@@ -19,6 +23,8 @@ def get_config() -> Config:
 
 @st.cache_resource(show_spinner=False)
 def _open_store(key: tuple, _config: Config) -> Store:
+    from pipeline.store import open_store
+
     store = open_store(_config)
     store.check()
     return store
@@ -30,6 +36,8 @@ def get_store(config: Config | None = None) -> Store:
 
 
 def store_or_stop(config: Config | None = None) -> Store:
+    from pipeline.store import StoreUnavailable
+
     try:
         return get_store(config)
     except StoreUnavailable as exc:

@@ -71,3 +71,58 @@ def test_threads_mode_runs_the_pipeline_in_the_server(tmp_path):
         assert {b["pid"] for b in beats} == {server.proc.pid}
     finally:
         server.stop()
+
+
+
+def test_pipeline_process_stands_down_when_other_workers_feed_the_store(tmp_path, monkeypatch):
+    """Attach mode: workers of another process already feed the store, so the demo pipeline's
+    child (started before the store is checked, dashboard/early_start.py) starts nothing,
+    exits with ATTACHED_EXIT, is not restarted, and leaves no broker behind."""
+    from pipeline.workers.demo_process import ATTACHED_EXIT, PipelineProcess
+
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    try:
+        # a live indexer of another process, as `python -m pipeline indexer` writes it
+        store.heartbeat("indexer-elsewhere", {"kind": "indexer", "state": "running",
+                                              "pid": os.getpid()})
+    finally:
+        store.close()
+    monkeypatch.setenv("KAPPALAB_DATA_DIR", str(tmp_path))
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "ELASTICSEARCH_URL"):
+        monkeypatch.delenv(var, raising=False)
+    proc = PipelineProcess.once(tmp_path)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc._thread.is_alive():
+            time.sleep(0.2)
+        assert proc.stood_down and proc.process.returncode == ATTACHED_EXIT
+        assert proc.last_error is None and not proc.alive()
+        broker = EmbeddedBroker.read_state(tmp_path / "broker.json")
+        assert broker is None or not alive(broker.pid)  # the one it started is stopped
+        assert PipelineProcess.once(tmp_path) is proc  # one per data dir and server process
+        assert proc.process.returncode == ATTACHED_EXIT  # and not started again
+    finally:
+        proc.stop()
+
+
+def test_restart_draws_first_then_starts_the_pipeline(tmp_path):
+    """With bars stored (a restart) the session's first run sends the chart before the
+    pipeline's process starts (dashboard/early_start.py); the process does start after that
+    run, off the server."""
+    import threading
+
+    from pipeline.sources.simulator import MarketSimulator
+
+    store = SqliteStore(tmp_path / "kappalab.sqlite")
+    try:
+        store.upsert_bars(list(MarketSimulator(symbols=("ACME",), bars=300).bars(
+            threading.Event())))
+    finally:
+        store.close()
+    server = AppServer(tmp_path, "process")
+    try:
+        session_first_render(server.port)  # the chart, from the stored bars
+        beats = wait_for_beats(tmp_path, {"producer", "indexer"})
+        assert server.proc.pid not in {b["pid"] for b in beats}
+    finally:
+        server.stop()

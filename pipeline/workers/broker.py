@@ -32,6 +32,16 @@ DEFAULT_TOPICS = tuple(dict.fromkeys((BARS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, 
                                       *stream_topics())))
 
 
+#: Bootstraps of embedded brokers this process uses (started or found recorded): their clients
+#: get the embedded broker's short group timeouts (:func:`is_embedded`, kafka_clients.py).
+_EMBEDDED: set[str] = set()
+
+
+def is_embedded(bootstrap: str) -> bool:
+    """True when ``bootstrap`` is an embedded broker this process started or found recorded."""
+    return bootstrap in _EMBEDDED
+
+
 class BrokerUnavailable(RuntimeError):
     """No broker could be started or reached; the message says what to do."""
 
@@ -153,6 +163,7 @@ def find_or_start_broker(config: "Config", *, start: bool = True, port: int | No
         return BrokerInfo(bootstrap, None, embedded=False), None
     recorded = EmbeddedBroker.read_state(config.broker_state_file)
     if recorded and pid_alive(recorded.pid) and is_healthy(recorded.bootstrap, 5):
+        _EMBEDDED.add(recorded.bootstrap)
         return recorded, None
     if not start:
         raise BrokerUnavailable(
@@ -190,6 +201,7 @@ class EmbeddedBroker:
             if existing and pid_alive(existing.pid) and is_healthy(existing.bootstrap, 3):
                 log.info("reusing embedded broker %s", existing.describe())
                 self.info = existing
+                _EMBEDDED.add(existing.bootstrap)
                 return existing
         binary = broker_binary()
         if self.port and port_in_use(self.port):
@@ -220,13 +232,14 @@ class EmbeddedBroker:
                 )
             if _port_open(port) and is_healthy(bootstrap, 2):
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)  # it answers within a few tenths of a second: every 50 ms counts
         else:
             self.stop()
             raise BrokerUnavailable(
                 f"The embedded broker did not answer a metadata request within {timeout_s:.0f} s "
                 f"on {bootstrap}; see {log_path}."
             )
+        _EMBEDDED.add(bootstrap)
         ensure_topics(bootstrap)
         if self.process.poll() is not None:  # another program answered on that port, not ours
             raise BrokerUnavailable(

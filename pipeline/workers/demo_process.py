@@ -35,6 +35,10 @@ WATCH_PARENT_S = 0.5
 #: a child that exits sooner than this after its start counts as a failed start
 QUICK_EXIT_S = 10.0
 MAX_QUICK_EXITS = 3
+#: the child's exit code when workers of another process already feed the store: not restarted
+ATTACHED_EXIT = 3
+#: the live scorer starts once the indexer stored its first bars, or after this many seconds
+SCORER_AFTER_S = 8.0
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -65,16 +69,48 @@ def watch_parent(parent_pid: int, stop: threading.Event) -> threading.Thread:
 
 
 def run_demo(stop: threading.Event) -> int:
-    """Start the demo pipeline, wait for ``stop``, stop it all. Returns the exit code."""
-    from pipeline.workers.broker import BrokerUnavailable
-    from pipeline.contracts.config import load_config
-    from pipeline.workers.runtime import DEFAULT_DEMO, Runtime
+    """Start the demo pipeline, wait for ``stop``, stop it all. Returns the exit code.
 
-    rt = Runtime(load_config())
+    The embedded broker starts first, in a thread, while this process imports the workers'
+    modules (pandas, the store): its group joins can begin the moment they are loaded; the
+    scorer (scikit-learn, its first model) starts once the first bars are stored
+    (docs/CLASSROOM.md, "The first minute"). Stands down (:data:`ATTACHED_EXIT`) when
+    workers of another process already feed this store, as the dashboard did before it
+    started this process (attach mode)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.contracts.config import load_config
+    from pipeline.workers.broker import BrokerUnavailable, find_or_start_broker
+    from pipeline.workers.kafka_clients import quiet_kafka_logs
+
+    quiet_kafka_logs()
+    config = load_config()
+    with ThreadPoolExecutor(1, thread_name_prefix="kappalab-broker-start") as pool:
+        broker = pool.submit(find_or_start_broker, config)
+        try:
+            from pipeline.workers.runtime import DEFAULT_DEMO, Runtime
+
+            rt = Runtime(config)
+            attached = rt.attached_stats()  # the store's heartbeats (no broker adopted yet)
+            rt.ensure_broker(broker.result())
+        except BaseException as exc:
+            _stop_started(broker)
+            if isinstance(exc, BrokerUnavailable):
+                print(f"kappalab pipeline: {exc}", file=sys.stderr, flush=True)
+                return 2
+            raise
     try:
-        rt.ensure_broker()
-        rt.start_indexer()
+        if attached:
+            log.info("workers of another process feed this store: nothing to start")
+            return ATTACHED_EXIT
+        indexer = rt.start_indexer()
         rt.start_simulator(DEFAULT_DEMO)
+        # The scorer's imports and first model would compete for the two cores with the
+        # first bars (and the page waiting for them): it starts once they are stored.
+        deadline = time.monotonic() + SCORER_AFTER_S
+        while (not indexer.worker.stats(history=False)["counters"].get("stored")
+               and time.monotonic() < deadline and not stop.wait(0.1)):
+            pass
         try:
             rt.start_scorer()
         except ImportError as exc:  # the models' packages are missing: no live scorer
@@ -86,6 +122,16 @@ def run_demo(stop: threading.Event) -> int:
         return 2
     finally:
         rt.shutdown()
+
+
+def _stop_started(broker) -> None:
+    """Stop the embedded broker the start thread launched, if it launched one."""
+    try:
+        _, started = broker.result()
+    except Exception:  # it did not start one
+        return
+    if started is not None:
+        started.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +155,24 @@ class PipelineProcess:
     The child is started (and waited for) by one long-lived thread of this process, so the
     kernel's parent-death signal fires only when this process ends. A child that keeps exiting
     within ``QUICK_EXIT_S`` of its start is given up after ``MAX_QUICK_EXITS`` tries, with the
-    reason in :attr:`last_error` (the tail of its log).
+    reason in :attr:`last_error` (the tail of its log); one that stood down because other
+    workers feed the store (:data:`ATTACHED_EXIT`) is not restarted (:attr:`stood_down`).
+    :meth:`once` gives one per data dir and server process, so the dashboard can start it at
+    the top of its first script run and its runtime adopt it later.
     """
+
+    _started: dict[Path, "PipelineProcess"] = {}
+    _started_lock = threading.Lock()
+
+    @classmethod
+    def once(cls, data_dir: Path) -> "PipelineProcess":
+        """The pipeline process of ``data_dir`` in this server process, started on first call."""
+        key = Path(data_dir).resolve()
+        with cls._started_lock:
+            if key not in cls._started:
+                cls._started[key] = cls(data_dir)
+            proc = cls._started[key]
+        return proc.start()
 
     def __init__(self, data_dir: Path, app_dir: Path | None = None):
         self.data_dir = Path(data_dir)
@@ -118,16 +180,18 @@ class PipelineProcess:
         self.log_path = self.data_dir / "pipeline.log"
         self.process: subprocess.Popen | None = None
         self.last_error: str | None = None
+        self.stood_down = False  # the child found other workers feeding the store
         self.started = threading.Event()  # the first child was spawned
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> "PipelineProcess":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._supervise, daemon=True,
-                                            name="kappalab-pipeline-supervisor")
-            self._thread.start()
-            self.started.wait(10)
+        with self._started_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._supervise, daemon=True,
+                                                name="kappalab-pipeline-supervisor")
+                self._thread.start()
+        self.started.wait(10)
         return self
 
     @property
@@ -161,6 +225,9 @@ class PipelineProcess:
             self.started.set()
             code = self.process.wait()
             if self._stop.is_set():
+                return
+            if code == ATTACHED_EXIT:
+                self.stood_down = True
                 return
             quick_exits = quick_exits + 1 if time.monotonic() - began < QUICK_EXIT_S else 0
             self.last_error = (f"the pipeline process exited with code {code}: "

@@ -7,7 +7,10 @@ heartbeat reader) is built by :func:`make_consumer`, so they share the same rule
   ends, and aborted ones are skipped: listed by the broker (Apache Kafka), or found from the
   ABORT markers in the fetched batches where the broker lists none (Tansu; see
   :func:`list_aborted_transactions` and docs/STREAM_ROBUSTNESS.md).
-* short group timeouts, no auto-commit, ``earliest`` reset, no topic auto-creation.
+* short group timeouts on the embedded broker (its group joins take half a session timeout),
+  Kafka's own defaults elsewhere; no auto-commit, ``earliest`` reset, no topic auto-creation.
+* waits that cost little while idle (:class:`IdleFetchWait`): the configured fetch wait while
+  records come, a long one once nothing has come for :data:`IDLE_AFTER_S`.
 
 :func:`log_end_offsets` is the log end a consumer can trust: the high watermark of its last
 fetch response (the embedded broker's ListOffsets answers the *start* of the last record
@@ -15,23 +18,34 @@ batch, not the end).
 """
 from __future__ import annotations
 
+import time
+from functools import cache
 from typing import Any, Iterable
 
+from pipeline.workers.broker import is_embedded
 from pipeline.workers.dead_letters import describe_failure
 
 #: Consumers read committed data only (see the module docstring).
 ISOLATION_LEVEL = "read_committed"
-#: Consumer-group session timeout of the stream workers: the embedded broker answers a group
-#: join after half of it, so it bounds the first bar's delay on every start (3 heartbeats).
-GROUP_SESSION_MS = 4_000
+#: Consumer-group session timeout of the stream workers on the embedded broker: it answers a
+#: group join after half of it (one second at least), so it bounds the first bar's delay on
+#: every start (docs/CLASSROOM.md); four heartbeats per session.
+GROUP_SESSION_MS = 2_000
+GROUP_HEARTBEAT_MS = 500
+#: On a configured Kafka: the client's defaults (Kafka refuses sessions under
+#: ``group.min.session.timeout.ms``, 6 s by default); its joins wait
+#: ``group.initial.rebalance.delay.ms`` instead.
+KAFKA_SESSION_MS = 10_000
+KAFKA_HEARTBEAT_MS = 3_000
+#: A consumer that got nothing for this long is idle: its fetches wait :data:`IDLE_FETCH_WAIT_MS`.
+IDLE_AFTER_S = 2.0
+IDLE_FETCH_WAIT_MS = 500
 
 
 def make_consumer(bootstrap: str, topics: str | Iterable[str] | None, group_id: str | None,
                   client_kwargs: dict | None = None, max_poll_records: int = 5000,
                   client_id: str = "kappalab", **overrides: Any):
     """A kafka-python consumer with the pipeline's settings; ``overrides`` win."""
-    from kafka import KafkaConsumer
-
     if topics is None:
         topics = ()
     elif isinstance(topics, str):
@@ -47,19 +61,85 @@ def make_consumer(bootstrap: str, topics: str | Iterable[str] | None, group_id: 
         # (and is said) until someone creates it, with the partitions they choose.
         allow_auto_create_topics=False,
         # Short intervals: the embedded broker completes a group join half a session timeout
-        # after it starts (minutes with the defaults, 2 s here: docs/CLASSROOM.md).
+        # after it starts (minutes with the defaults, 1 s here: docs/CLASSROOM.md).
         max_poll_interval_ms=10_000,
-        session_timeout_ms=GROUP_SESSION_MS,
-        heartbeat_interval_ms=1_000,
+        session_timeout_ms=GROUP_SESSION_MS if is_embedded(bootstrap) else KAFKA_SESSION_MS,
+        heartbeat_interval_ms=(GROUP_HEARTBEAT_MS if is_embedded(bootstrap)
+                               else KAFKA_HEARTBEAT_MS),
         max_poll_records=max_poll_records,
         fetch_max_wait_ms=200,
         max_partition_fetch_bytes=8 * 1024 * 1024,  # a whole batch per fetch round trip
     )
     settings.update(overrides)
     settings.update(client_kwargs or {})
-    consumer = KafkaConsumer(*topics, **settings)
+    consumer = consumer_class()(*topics, **settings)
     list_aborted_transactions(consumer)
     return consumer
+
+
+def quiet_kafka_logs() -> None:
+    """kafka-python warns about every slow event-loop task on a busy 2-core machine."""
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for name in ("kafka.net.selector", "kafka.conn", "kafka.coordinator", "kafka.client"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@cache
+def consumer_class():
+    """kafka-python's consumer whose ``poll`` keeps an :class:`IdleFetchWait`."""
+    from kafka import KafkaConsumer
+
+    class PipelineConsumer(KafkaConsumer):
+        """A KafkaConsumer whose fetches wait long once it is idle (:class:`IdleFetchWait`)."""
+
+        def __init__(self, *topics, **configs):
+            super().__init__(*topics, **configs)
+            self.idle_wait = IdleFetchWait(getattr(self, "_fetcher", None),
+                                           configs.get("fetch_max_wait_ms", 500))
+
+        def poll(self, *args, **kwargs):
+            records = super().poll(*args, **kwargs)
+            self.idle_wait.polled(bool(records))
+            return records
+
+    return PipelineConsumer
+
+
+class IdleFetchWait:
+    """How long the broker may hold a fetch with nothing to return: the consumer's own
+    ``fetch_max_wait_ms`` (``busy_ms``) while records come, :data:`IDLE_FETCH_WAIT_MS` once
+    none came for :data:`IDLE_AFTER_S`, and back at the first record.
+
+    A short wait is paid in CPU while nothing comes (a fetch round trip every ``busy_ms``: the
+    scorer's 10 ms cost about 0.06 core per idle consumer); a long one in latency only on a
+    broker that holds an empty fetch even when data arrives (the embedded Tansu: the first
+    record after an idle spell waits up to about half of it), not on Apache Kafka, which
+    answers as soon as data arrives. Changes the fetcher's setting of kafka-python (each fetch
+    request carries its wait); a client without that attribute keeps its own wait."""
+
+    def __init__(self, fetcher, busy_ms: int, idle_ms: int = IDLE_FETCH_WAIT_MS,
+                 idle_after_s: float = IDLE_AFTER_S):
+        self._config = getattr(fetcher, "config", None)
+        self.busy_ms, self.idle_ms = busy_ms, max(busy_ms, idle_ms)
+        self.idle_after_s = idle_after_s
+        self._last_records = time.monotonic()
+        self.idle = False
+
+    def polled(self, got_records: bool) -> None:
+        now = time.monotonic()
+        if got_records:
+            self._last_records = now
+            if self.idle:
+                self._set(False)
+        elif not self.idle and now - self._last_records >= self.idle_after_s:
+            self._set(True)
+
+    def _set(self, idle: bool) -> None:
+        self.idle = idle
+        if isinstance(self._config, dict):
+            self._config["fetch_max_wait_ms"] = self.idle_ms if idle else self.busy_ms
 
 
 def log_end_offsets(consumer, partitions: Iterable) -> dict:

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 from pipeline.workers.broker import BrokerInfo, EmbeddedBroker, find_or_start_broker, pid_alive
+from pipeline.workers.kafka_clients import quiet_kafka_logs  # noqa: F401  (re-exported)
 from pipeline.contracts.config import Config
 # The demo simulator's settings and its resume/warm-up rules (re-exported: callers import them here).
 from pipeline.workers.demo_history import DEFAULT_DEMO, SimulatorSpec, resume_points, warmup_needed  # noqa: F401
@@ -28,13 +29,6 @@ HEARTBEAT_FRESH_MS = 10_000
 #: Alpha Vantage backfill or a headline CSV). All publish to finance-news.
 NEWS_FEEDS = {"news_producer": "Simulated news", "av_news": "Alpha Vantage news (live)",
               "news_import": "News import"}
-
-
-def quiet_kafka_logs() -> None:
-    """kafka-python warns about every slow event-loop task on a busy 2-core machine."""
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    for name in ("kafka.net.selector", "kafka.conn", "kafka.coordinator", "kafka.client"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class Runtime:
@@ -63,8 +57,9 @@ class Runtime:
         atexit.register(self.shutdown)
 
     # ---- broker --------------------------------------------------------------------------
-    def ensure_broker(self) -> BrokerInfo:
-        """The configured Kafka, or the embedded broker (found running or started here)."""
+    def ensure_broker(self, found: tuple | None = None) -> BrokerInfo:
+        """The configured Kafka, or the embedded broker (found running or started here);
+        ``found``: what :func:`find_or_start_broker` already returned for this config."""
         with self._lock:
             if self.broker_info and (not self.broker_info.embedded or self._broker_alive()):
                 return self.broker_info
@@ -72,7 +67,7 @@ class Runtime:
             # workers reconnect by themselves.
             port = (int(self.broker_info.bootstrap.rsplit(":", 1)[1])
                     if self.broker_info and self.broker_info.embedded else None)
-            self.broker_info, started = find_or_start_broker(self.config, port=port)
+            self.broker_info, started = found or find_or_start_broker(self.config, port=port)
             if started is not None:
                 self._broker = started
             if self.broker_info.embedded:
@@ -119,7 +114,8 @@ class Runtime:
         with self._lock:
             if self.pipeline_process is None:
                 self.simulator_spec = DEFAULT_DEMO  # the pages describe the simulated feed
-                self.pipeline_process = PipelineProcess(self.config.data_dir).start()
+                # the one the dashboard may have started already (dashboard/early_start.py)
+                self.pipeline_process = PipelineProcess.once(self.config.data_dir)
             return self.pipeline_process
 
     @property
