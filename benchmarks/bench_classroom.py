@@ -1,7 +1,7 @@
 """A classroom on one laptop: N viewers (headless Chromium pages) on the Live page of one server.
 
     python benchmarks/bench_classroom.py [--viewers 1,5,10,20,30] [--window 15]
-        [--variants process,threads] [--baseline-app DIR]
+        [--variants process,threads] [--baseline-app DIR [--baseline-mode process]]
 
 For each variant (a pipeline mode of this checkout, and optionally ``baseline``: the app in
 ``--baseline-app``, e.g. an export of the code before a change, run the same way) it starts
@@ -19,7 +19,9 @@ start the demo, waits for the warm-up to be stored, then:
   it measures the CPU over ``--window`` s, then reads each page's newest candle against the
   store's newest bar of the same series (``behind_bars``: in 1m bars; the demo stores one a
   second);
-- ``cpu_per_viewer_pct``: (server CPU with N viewers - idle) / N; ``cpu_ms_per_refresh``:
+- ``cpu_per_viewer_pct``: (server CPU with N viewers - idle) / N (the builds every viewer
+  shares included); ``cpu_per_added_viewer_pct``: (server CPU with N - with the previous
+  step's viewers) / the viewers added, the cost of one more viewer; ``cpu_ms_per_refresh``:
   that extra CPU over the refreshes the N pages asked for in the window (the websocket frames
   they sent, counted by Playwright: a starved browser asks less often than the page's period,
   ``refreshes_per_viewer_s`` says how often it did).

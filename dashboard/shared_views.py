@@ -4,17 +4,19 @@ Each open page refreshes itself (``st.fragment(run_every=...)``). Without sharin
 one chart ran N store queries and built N Plotly figures per new bar. :class:`SharedViews`
 (one per server process, through ``st.cache_resource``) keeps, per *view* (the page's own key:
 symbol, interval, candle size, range...), the last value built and the *version* of the store
-it was built from (for the Live page: the series' newest bar ts and newest prediction ts, two
-index lookups each session still makes per refresh). :meth:`SharedViews.get` returns the value
-built for ``(view, version)``, building it once: sessions asking while it is being built wait
-for that build instead of starting their own.
+it was built from (for the Live page: the series' newest bar ts and newest prediction ts,
+looked up once for all the sessions refreshing within 0.1 s: :meth:`SharedViews.recent`).
+:meth:`SharedViews.get` returns the value built for ``(view, version)``, building it once:
+sessions asking while it is being built wait for that build instead of starting their own.
 
 A session then re-emits the same (already built) elements. Streamlit sends an element whose
 serialized message is identical to one the browser already holds (≥ ``global.minCachedMessageSize``,
 10 KB: a chart) as a reference to its hash (``runtime/forward_msg_cache.py``), so a refresh
-with nothing new costs the browser a few bytes and the server a re-serialization (~2 ms), no
-store query and no figure build. (Returning early without re-emitting is not an option: a
-fragment run clears the elements it did not emit.)
+with nothing new costs the browser a few bytes and the server one serialisation of the
+figure's JSON, made cheap by :class:`SharedFigure`; no store query and no figure build.
+(Returning early without re-emitting is not an option: a fragment run clears the elements it
+did not emit.) A browser too starved to keep up keeps its chart for a few refreshes
+(:func:`late_browser_keeps`). Figures: docs/CLASSROOM.md.
 """
 from __future__ import annotations
 

@@ -103,10 +103,7 @@ def live_panel() -> None:
     # (dashboard/shared_views.py); the session only re-emits what was built.
     view = (symbol, interval, candle, whole, n_candles, tuple(ma_windows), ma_kind, show_pred,
             show_news)
-    shown = st.session_state.get("lm_drawn")
-    if late_browser_keeps("lm", LIVE_REFRESH_S) and shown and shown["view"] == view:
-        _show(shown)  # a late (starved) browser finishes drawing the chart it has
-        return
+    late = late_browser_keeps("lm", LIVE_REFRESH_S)
     # The cheap "anything new?" check: newest bar (and prediction) ts through the indexes,
     # asked once for all the sessions refreshing within the same 0.1 s.
     marker = shared_views().recent(
@@ -122,10 +119,16 @@ def live_panel() -> None:
     if drawn is None:
         st.info(f"No {interval} bars stored for {md_plain(symbol)} yet.")
         return
-    if drawn is not shown:
-        note_shown("lm")
     st.session_state["lm_drawn"] = drawn
-    _show(drawn)
+    held = st.session_state.get("lm_figure")  # (view, figure) the browser was last sent
+    if late and held and held[0] == view:
+        figure = held[1]  # a late (starved) browser finishes drawing the chart it has
+    else:
+        figure = drawn["figure"]
+        if not held or held[1] is not figure:
+            note_shown("lm")
+        st.session_state["lm_figure"] = (view, figure)
+    _show(drawn, figure)
 
 
 def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
@@ -170,10 +173,10 @@ def build_view(feed: CandleFeed, view: tuple, marker: tuple) -> dict | None:
     return drawn
 
 
-def _show(drawn: dict) -> None:
+def _show(drawn: dict, figure) -> None:
     for col, (label, value, delta, help_) in zip(st.columns(4), drawn["kpis"]):
         col.metric(label, value, delta, help=help_)
-    st.plotly_chart(drawn["figure"], width="stretch", key="lm_chart")
+    st.plotly_chart(figure, width="stretch", key="lm_chart")
     if drawn["caption"]:
         st.caption(drawn["caption"])
 

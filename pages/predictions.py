@@ -111,16 +111,18 @@ def live_panel() -> None:
     # and the number of retraining decisions (the charts mark them), asked once for all the
     # sessions refreshing within the same 0.1 s.
     view = ("predictions", store.describe(), current_theme(), symbol, interval, n_points, window)
-    shown = st.session_state.get("pr_shown")
-    if late_browser_keeps("pr", PANEL_REFRESH_S) and shown and shown[0] == view:
-        built = shown[1]  # a late (starved) browser finishes drawing the charts it has
+    late = late_browser_keeps("pr", PANEL_REFRESH_S)
+    version = shared_views().recent(("predictions", store.describe(), symbol, interval),
+                                    panel_version)
+    built = shared_views().get(view, version, build_panel)
+    held = st.session_state.get("pr_charts")  # (view, built) whose charts were last sent
+    if late and held and held[0] == view and built is not None and held[1] is not None:
+        charts = held[1]  # a late (starved) browser finishes drawing the charts it has
     else:
-        version = shared_views().recent(("predictions", store.describe(), symbol, interval),
-                                        panel_version)
-        built = shared_views().get(view, version, build_panel)
-        if not shown or built is not shown[1]:
+        charts = built
+        if not held or held[1] is not built:
             note_shown("pr")
-        st.session_state["pr_shown"] = (view, built)
+        st.session_state["pr_charts"] = (view, built)
     if built is None:
         st.info(f"No predictions stored for {md_plain(symbol)} {interval} yet. They appear "
                 "once the scorer has a champion and this series' bars flow.")
@@ -128,10 +130,11 @@ def live_panel() -> None:
     for col, kpi in zip(st.columns(5), built["kpis"]):
         col.metric(kpi.label, kpi.value, help=kpi.help)
     st.caption(built["scored_note"])
-    st.plotly_chart(built["chart"], width="stretch", key="pr_chart")
+    st.plotly_chart(charts["chart"], width="stretch", key="pr_chart")
     st.caption(built["latest_note"])
     if built["rolling"] is not None:
-        st.plotly_chart(built["rolling"], width="stretch", key="pr_roll")
+        st.plotly_chart(charts["rolling"] if charts["rolling"] is not None else built["rolling"],
+                        width="stretch", key="pr_roll")
         st.caption(built["rolling_note"])
         st.dataframe(plain(built["table"]), hide_index=True, width="stretch")
 

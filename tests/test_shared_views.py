@@ -128,6 +128,8 @@ def test_a_shared_figure_sends_the_same_json_and_is_packed_once():
 
 
 def test_a_late_browser_keeps_its_chart_and_one_on_time_gets_the_new_bar(data_dir):
+    """A starved browser keeps the chart it is drawing (Streamlit mounts every new figure
+    from scratch), with the KPIs of the newest bar; on time, it gets the new chart."""
     from dashboard.shared_views import LATE_FACTOR, LIVE_REFRESH_S
 
     store = SqliteStore(data_dir / "kappalab.sqlite")
@@ -139,6 +141,8 @@ def test_a_late_browser_keeps_its_chart_and_one_on_time_gets_the_new_bar(data_di
     time.sleep(LATE_FACTOR * LIVE_REFRESH_S + 0.1)  # this browser asks late: starved
     page.run()
     assert not page.exception and chart_spec(page) == first  # kept: nothing to mount again
+    stored = next(m for m in page.metric if m.label == "Bars stored")
+    assert stored.value == "201"  # the figures above it are the store's newest
     page.run()  # asked on time: the new bar
     assert not page.exception and chart_spec(page) != first
     assert candle_times(chart_spec(page))[-1].startswith(
