@@ -37,8 +37,6 @@ QUICK_EXIT_S = 10.0
 MAX_QUICK_EXITS = 3
 #: the child's exit code when workers of another process already feed the store: not restarted
 ATTACHED_EXIT = 3
-#: the live scorer starts once the indexer stored its first bars, or after this many seconds
-SCORER_AFTER_S = 8.0
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -72,8 +70,7 @@ def run_demo(stop: threading.Event) -> int:
     """Start the demo pipeline, wait for ``stop``, stop it all. Returns the exit code.
 
     The embedded broker starts first, in a thread, while this process imports the workers'
-    modules (pandas, the store): its group joins can begin the moment they are loaded; the
-    scorer (scikit-learn, its first model) starts once the first bars are stored
+    modules (pandas, the store): its group joins can begin the moment they are loaded
     (docs/CLASSROOM.md, "The first minute"). Stands down (:data:`ATTACHED_EXIT`) when
     workers of another process already feed this store, as the dashboard did before it
     started this process (attach mode)."""
@@ -103,15 +100,9 @@ def run_demo(stop: threading.Event) -> int:
         if attached:
             log.info("workers of another process feed this store: nothing to start")
             return ATTACHED_EXIT
-        indexer = rt.start_indexer()
+        rt.start_indexer()
         rt.start_simulator(DEFAULT_DEMO)
-        # The scorer's imports and first model would compete for the two cores with the
-        # first bars (and the page waiting for them): it starts once they are stored.
-        deadline = time.monotonic() + SCORER_AFTER_S
-        while (not indexer.worker.stats(history=False)["counters"].get("stored")
-               and time.monotonic() < deadline and not stop.wait(0.1)):
-            pass
-        try:
+        try:  # its imports (scikit-learn) while the indexer's group join is under way
             rt.start_scorer()
         except ImportError as exc:  # the models' packages are missing: no live scorer
             log.warning("no live scorer: %s", exc)

@@ -38,7 +38,7 @@ GROUP_HEARTBEAT_MS = 500
 KAFKA_SESSION_MS = 10_000
 KAFKA_HEARTBEAT_MS = 3_000
 #: A consumer that got nothing for this long is idle: its fetches wait :data:`IDLE_FETCH_WAIT_MS`.
-IDLE_AFTER_S = 2.0
+IDLE_AFTER_S = 5.0
 IDLE_FETCH_WAIT_MS = 500
 
 

@@ -14,8 +14,9 @@ class PredictionFeed:
     """Publishes stored predictions to the predictions topic from a thread of its own (owns
     that thread and its Kafka producer; ``put`` is called from the scorer's loop thread).
 
-    The store is the record and the topic a feed, so the scorer hands each stored batch over
-    (``(doc_id, prediction_values(p))`` snapshots, ~1 µs each) and goes back to polling; the
+    The store is the record and the topic a feed, so the scorer hands its stored predictions
+    over (``(doc_id, prediction_values(p))`` snapshots, ~1 µs each) at the end of each burst
+    of bars (:meth:`pipeline.workers.scorer.Scorer._hand_over`) and goes on polling; the
     documents, JSON encoding and the Kafka sends happen here.
     Failures go to ``on_error`` (counted, never retried: the store has the predictions).
     """
