@@ -8,6 +8,8 @@ pipeline …``) are shown through their store heartbeats.
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 
 import streamlit as st
 
@@ -81,10 +83,25 @@ def pipeline_process_note(rt: Runtime) -> tuple[str, str] | None:
     if not proc.alive():
         return "error", (f"The demo pipeline process stopped: {proc.last_error}"
                          if proc.last_error else "The demo pipeline process is stopping.")
-    kinds = sorted({str(b.get("kind")) for b in rt.attached_stats() if b.get("pid") == proc.pid})
+    kinds = sorted({str(b.get("kind")) for b in _shared_attached(rt) if b.get("pid") == proc.pid})
     if not kinds:
         return "caption", f"{STARTING_PROCESS} (process {proc.pid})…"
     return "caption", f"**Pipeline:** process {proc.pid} ({', '.join(kinds)})"
+
+
+def _shared_attached(rt: Runtime, every_s: float = 2.0) -> list[dict]:
+    """``rt.attached_stats()``, read at most every ``every_s`` for all sessions together (the
+    sidebar of every open page asks for it every few seconds)."""
+    now = time.monotonic()
+    with _ATTACHED_LOCK:
+        cached = _ATTACHED.get(rt)
+        if cached is None or now - cached[0] >= every_s:
+            cached = _ATTACHED[rt] = (now, rt.attached_stats())
+    return cached[1]
+
+
+_ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ATTACHED_LOCK = threading.Lock()
 
 
 def _scorer_available() -> bool:

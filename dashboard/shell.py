@@ -42,6 +42,8 @@ FAVICON = APP_DIR / "dashboard" / "assets" / "favicon.png"
 #: True while app.py's shell runs the page of this script run (the script thread's context).
 _in_shell: ContextVar[bool] = ContextVar("kappalab_in_shell", default=False)
 _REROUTED = "_shell_rerouted"
+#: how often the sidebar's pipeline line is redrawn (its heartbeat read is shared by sessions)
+PIPELINE_NOTE_EVERY_S = 5.0
 STARTING = ("Starting the demo pipeline: embedded broker, market simulator, indexer and live "
             "scorer (a few seconds, once per server)…")
 
@@ -89,9 +91,7 @@ def run_app() -> None:
         else:
             broker = "embedded (not started)"
         st.caption(f"**Broker:** {broker}")
-        note = pipeline_process_note(runtime)
-        if note:
-            (st.error if note[0] == "error" else st.caption)(note[1])
+        _pipeline_note(runtime)
         if st.session_state.get("autostart_error"):
             st.error(md_plain(st.session_state["autostart_error"]))
 
@@ -106,6 +106,15 @@ def run_app() -> None:
         _in_shell.reset(token)
         if deferred:
             autostart(runtime)  # process mode: returns at once (a failure shows in the sidebar)
+
+
+@st.fragment(run_every=PIPELINE_NOTE_EVERY_S)
+def _pipeline_note(runtime) -> None:
+    """The sidebar's line about the demo pipeline process, kept current: its workers come up
+    one by one after the first run (the scorer last), and the process may die later."""
+    note = pipeline_process_note(runtime)
+    if note:
+        (st.error if note[0] == "error" else st.caption)(note[1])
 
 
 def enter_page() -> None:

@@ -116,6 +116,12 @@ def test_first_run_shows_candles_growing(streamlit_server, browser):
     assert later > first, f"candles did not grow: {first} -> {later}"
     print(f"\nfirst candle after {first_candle_s:.1f} s from server start; "
           f"bars stored {first} -> {later} in 5 s")
+    # The sidebar's pipeline line follows the workers as they come up (the scorer last), with
+    # no click or reload: it names the scorer once its heartbeat is in.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stSidebar\"] p')].some("
+        "p => p.innerText.startsWith('Pipeline:') && p.innerText.includes('scorer'))",
+        timeout=90_000)
 
     page.get_by_role("link", name="Pipeline").click()
     page.wait_for_selector("text=Workers", timeout=30_000)
