@@ -222,8 +222,8 @@ def session_first_render(port: int, until: str = "plotly_chart", timeout_s: floa
 
 class ProtocolViewer:
     """A viewer without a browser: one Streamlit session over the websocket, doing what the
-    page's JavaScript does for the server (the first run, then the fragment's auto-reruns at
-    the period the server asks for, with the hashes of the elements it already holds), and
+    page's JavaScript does for the server (the first run, then every fragment's auto-reruns at
+    the period the server asks for it, with the hashes of the elements it already holds), and
     noting what it receives: the first chart's time, the newest candle of the latest chart.
     Runs in its own thread."""
 
@@ -261,16 +261,18 @@ class ProtocolViewer:
         from websockets.sync.client import connect
 
         held: set[str] = set()
-        period, fragment, page_hash = None, None, ""
+        page_hash = ""
+        timers: dict[str, list[float]] = {}  # fragment id -> [period, next rerun], as a browser
         with connect(f"ws://127.0.0.1:{self.port}/_stcore/stream", subprotocols=["streamlit"],
                      max_size=None, open_timeout=30) as ws:
             msg = BackMsg()
             msg.rerun_script.query_string = ""
             t0 = time.monotonic()
             ws.send(msg.SerializeToString())
-            next_rerun = None
             while not self._stop.is_set():
-                if next_rerun is not None and time.monotonic() >= next_rerun:
+                for fragment, timer in timers.items():  # every fragment at its own period
+                    if time.monotonic() < timer[1]:
+                        continue
                     msg = BackMsg()
                     msg.rerun_script.fragment_id = fragment
                     msg.rerun_script.is_auto_rerun = True
@@ -278,7 +280,7 @@ class ProtocolViewer:
                     msg.rerun_script.cached_message_hashes.extend(held)
                     ws.send(msg.SerializeToString())
                     self.reruns += 1
-                    next_rerun += period
+                    timer[1] += timer[0]
                 try:
                     raw = ws.recv(timeout=0.05)
                 except TimeoutError:
@@ -293,9 +295,9 @@ class ProtocolViewer:
                 elif kind == "new_session":
                     page_hash = fwd.new_session.page_script_hash
                 elif kind == "auto_rerun" and fwd.auto_rerun.fragment_id:
-                    if fragment is None:
-                        period, fragment = fwd.auto_rerun.interval, fwd.auto_rerun.fragment_id
-                        next_rerun = time.monotonic() + period
+                    if fwd.auto_rerun.fragment_id not in timers:
+                        period = fwd.auto_rerun.interval
+                        timers[fwd.auto_rerun.fragment_id] = [period, time.monotonic() + period]
                 elif (kind == "delta" and fwd.delta.HasField("new_element")
                       and fwd.delta.new_element.WhichOneof("type") == "plotly_chart"
                       and not is_preload(fwd.delta.new_element)):

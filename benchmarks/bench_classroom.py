@@ -27,7 +27,7 @@ start the demo, waits for the warm-up to be stored, then:
   ``refreshes_per_viewer_s`` says how often it did).
 
 With ``--clients protocol`` the viewers are protocol sessions instead of browsers
-(``ProtocolViewer``: the first run, then the fragment's auto-reruns at the page's period, with
+(``ProtocolViewer``: the first run, then each fragment's auto-reruns at its own period, with
 the hashes of the elements already held, as the page's JavaScript does): the server's own cost
 for N sessions without N Chromium renderers competing for the same two cores; time to chart
 is then the server's (first run request → chart element received), and ``behind_bars`` the
