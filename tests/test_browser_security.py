@@ -131,7 +131,9 @@ def test_readme_command_listens_on_loopback_and_shows_data_as_text(readme_server
     assert title.startswith(SYMBOL), title
     page.locator(".scatterlayer path.point").last.hover(force=True)
     page.wait_for_selector(".hoverlayer .hovertext", timeout=10_000)
-    hover = page.locator(".hoverlayer").text_content()
+    # the hover layer of the chart hovered (the page also holds the hidden plotly.js preload
+    # chart of dashboard/early_start.py, whose hover layer is empty)
+    hover = page.locator(".hoverlayer:has(.hovertext)").text_content()
     assert TITLE in hover and f"<i>{SECOND}</i>" in hover, hover
     assert page.locator(".js-plotly-plot a").count() == 0
     assert page.locator('.hoverlayer tspan[style*="bold"], .hoverlayer tspan[style*="italic"]'
