@@ -84,7 +84,7 @@ def _client_threads_cpu() -> float:
             try:
                 total += time.clock_gettime(time.pthread_getcpuclockid(t.ident))
             except (OSError, ProcessLookupError):
-                pass
+                continue  # the thread ended between enumerate() and the read: its CPU is gone
     return total
 
 

@@ -26,8 +26,8 @@ from pipeline.contracts.news import NEWS_COLUMNS, NewsItem
 from pipeline.contracts.schema import Bar, Prediction, prediction_values
 from pipeline.store.sqlite_identity import FileIdentity, sqlite_uri as _uri
 from pipeline.store.sqlite_file import (
-    BACKSTOP_CHECKPOINT_PAGES, BAR_ROW, BAR_UPSERT, BUSY_TIMEOUT_S, FUNDAMENTALS_UPSERT,
-    NEWS_UPSERT, PRED_UPSERT, SCHEMA, check_collection, series_where, start_checkpointer,
+    BACKSTOP_CHECKPOINT_PAGES, BAR_ROW, BAR_UPSERT, BUSY_TIMEOUT_S, DOC_UPSERT,
+    FUNDAMENTALS_UPSERT, NEWS_UPSERT, PRED_UPSERT, SCHEMA, check_collection, series_where, start_checkpointer,
     where_clause, why_unwritable, writer_lock,
 )
 from pipeline.store.sqlite_file import CHECKPOINT_EVERY_S  # noqa: F401 (read by tools as before)
@@ -37,7 +37,6 @@ from pipeline.store.base import (
 )
 
 log = logging.getLogger(__name__)
-
 
 
 class SqliteStore(Store):
@@ -375,11 +374,7 @@ class SqliteStore(Store):
         check_collection(collection)
         body = json.dumps(doc, allow_nan=False)
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO docs (collection, id, created_ms, body) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (collection, id) DO UPDATE SET created_ms=excluded.created_ms, "
-                "body=excluded.body",
-                (collection, doc_id, int(doc.get("created_ms", 0)), body))
+            conn.execute(DOC_UPSERT, (collection, doc_id, int(doc.get("created_ms", 0)), body))
 
     def get_doc(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         check_collection(collection)
@@ -411,11 +406,7 @@ class SqliteStore(Store):
             current = None if row is None else json.loads(row[0])
             if current != expected:
                 return False
-            conn.execute(
-                "INSERT INTO docs (collection, id, created_ms, body) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (collection, id) DO UPDATE SET created_ms=excluded.created_ms, "
-                "body=excluded.body",
-                (collection, doc_id, int(doc.get("created_ms", 0)), body))
+            conn.execute(DOC_UPSERT, (collection, doc_id, int(doc.get("created_ms", 0)), body))
         return True
 
     def delete_doc(self, collection: str, doc_id: str) -> bool:

@@ -154,6 +154,11 @@ ON CONFLICT (id) DO UPDATE SET
     {', '.join(f'{c}=excluded.{c}' for c in FUNDAMENTALS_COLUMNS)}
 """
 
+#: A document written whole (put_doc, and replace_doc_if once its compare has passed).
+DOC_UPSERT = ("INSERT INTO docs (collection, id, created_ms, body) VALUES (?, ?, ?, ?) "
+              "ON CONFLICT (collection, id) DO UPDATE SET created_ms=excluded.created_ms, "
+              "body=excluded.body")
+
 
 def series_where(symbol, interval, start_ms, end_ms) -> tuple[str, list[Any]]:
     return where_clause(start_ms, end_ms, symbol=symbol, interval=interval)
